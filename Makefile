@@ -1,0 +1,31 @@
+# `make demo` and `make test` each create (or reuse) the virtual environment in .venv.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+SYSTEM_PYTHON ?= python3
+
+.PHONY: venv demo test lint bench clean
+
+$(INSTALLED): pyproject.toml constraints.txt
+	test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(INSTALLED)
+
+venv: $(INSTALLED)
+
+demo: $(INSTALLED)
+	$(VENV)/bin/seghiresgradcam demo --out demo_output
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PYTHON) -m pytest -q
+
+bench: $(INSTALLED)
+	$(PYTHON) bench/bench_engine.py
+
+clean:
+	rm -rf $(VENV) demo_output

@@ -1,0 +1,175 @@
+"""What the engine needs to know about a network: its device, the input it expects, and
+which layers can be explained (``list_layers``).
+
+The recommended layer is the last layer to finish before the segmentation head: the last
+module, in execution order, that runs once, returns a tensor shaped like an image
+(batch, channels, *spatial), is not the network's output itself and has more channels than
+the output. In a U-Net this is the last decoder block, after every skip connection has
+merged: every path from input to output passes through it, its grid is the finest, and
+Seg-HiRes-Grad CAM there sums exactly to the target score for networks without biases.
+The final 1x1 convolution (or a last transposed convolution straight to the classes) is
+skipped because a map on the logits themselves explains nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import ExplainInputError
+
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A layer that can be explained: its dotted module name and output shape."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...]  # (channels, *spatial) on the layer's grid
+    recommended: bool
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def expected_input(model: nn.Module) -> tuple[int, int] | None:
+    """(input channels, spatial dimensions) read from the first convolution, if any."""
+    for module in model.modules():
+        if isinstance(module, _CONVOLUTIONS):
+            return module.in_channels, module.weight.dim() - 2
+    return None
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module):
+    """Runs the model in eval mode (as inference does) and restores every module's flag."""
+    training_flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, was_training in training_flags:
+            module.training = was_training
+
+
+def as_image_batch(image, model: nn.Module) -> torch.Tensor:
+    """The image as a float (1, C, *spatial) tensor on the model's device, checked."""
+    tensor = image.detach() if isinstance(image, torch.Tensor) else torch.as_tensor(image)
+    expected = expected_input(model)
+    spatial_dims = expected[1] if expected else (tensor.dim() - 1 if tensor.dim() in (3, 4) else tensor.dim() - 2)
+    if tensor.dim() == spatial_dims + 1:
+        tensor = tensor.unsqueeze(0)
+    elif tensor.dim() != spatial_dims + 2 or tensor.shape[0] != 1:
+        raise ExplainInputError(
+            f"Image shape {tuple(tensor.shape)} does not fit a {spatial_dims}D network: pass one image "
+            f"shaped (channels, {', '.join('spatial' for _ in range(spatial_dims))}) or with a leading batch of 1."
+        )
+    if expected and tensor.shape[1] != expected[0]:
+        raise ExplainInputError(
+            f"The network expects {expected[0]} input channel(s) but the image has {tensor.shape[1]}: "
+            "pass the channels the model was trained on (e.g. one CT channel) as the first axis."
+        )
+    if not tensor.is_floating_point():
+        tensor = tensor.float()
+    if not torch.isfinite(tensor).all():
+        raise ExplainInputError(
+            "The image contains NaN or infinite values: replace them (e.g. with the background "
+            "intensity) before explaining."
+        )
+    parameter_dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    return tensor.to(device=model_device(model), dtype=parameter_dtype)
+
+
+def find_layer(model: nn.Module, name: str, image_batch: torch.Tensor) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name and name in modules:
+        return modules[name]
+    candidates = [layer.name for layer in _layers_for_batch_shape(model, image_batch)]
+    shown = ", ".join(candidates[-30:])
+    raise ExplainInputError(
+        f"The network has no layer named {name!r}. Choose one of its explainable layers "
+        f"(dotted module names; list_layers() gives all with their shapes), for example: {shown}."
+    )
+
+
+_layer_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def list_layers(model: nn.Module, image_shape) -> list[LayerInfo]:
+    """Layers that can be explained for images of ``image_shape`` ((C, *spatial) or with a
+    leading batch of 1), in execution order; one of them is marked ``recommended``."""
+    probe = as_image_batch(torch.zeros(tuple(image_shape)), model)
+    return _layers_for_batch_shape(model, probe)
+
+
+def recommended_layer(model: nn.Module, image_batch: torch.Tensor) -> str:
+    return next(layer.name for layer in _layers_for_batch_shape(model, image_batch) if layer.recommended)
+
+
+def _layers_for_batch_shape(model: nn.Module, image_batch: torch.Tensor) -> list[LayerInfo]:
+    # Keyed by the module objects too, so that editing the network invalidates the entry.
+    key = (tuple(image_batch.shape), str(image_batch.device), tuple(id(m) for m in model.modules()))
+    per_model = _layer_cache.setdefault(model, {})
+    if key not in per_model:
+        per_model.clear()
+        per_model[key] = _trace_layers(model, torch.zeros_like(image_batch))
+    return per_model[key]
+
+
+def _trace_layers(model: nn.Module, probe: torch.Tensor) -> list[LayerInfo]:
+    calls: dict[str, list[torch.Tensor]] = {}
+    order: list[tuple[str, nn.Module]] = []
+
+    def recorder(name: str):
+        def hook(module, inputs, output):
+            if name not in calls:
+                order.append((name, module))
+                calls[name] = []
+            calls[name].append(output)
+
+        return hook
+
+    handles = [module.register_forward_hook(recorder(name)) for name, module in model.named_modules() if name]
+    try:
+        with evaluation_mode(model), torch.no_grad():
+            network_output = model(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not isinstance(network_output, torch.Tensor):
+        raise ExplainInputError(
+            f"The network returns {type(network_output).__name__}, not a tensor of logits: wrap it so "
+            "that forward() returns the (1, classes, *spatial) logits."
+        )
+
+    def explainable(outputs: list) -> bool:
+        output = outputs[0]
+        return (
+            len(outputs) == 1
+            and isinstance(output, torch.Tensor)
+            and output.dim() == probe.dim()
+            and output.shape[0] == 1
+            and output.data_ptr() != network_output.data_ptr()
+        )
+
+    layers = [(name, module, calls[name][0]) for name, module in order if explainable(calls[name])]
+    if not layers:
+        raise ExplainInputError("The network has no layer with an image-shaped output that runs once per forward pass.")
+    classes = network_output.shape[1]
+    wide = [index for index, (_, _, output) in enumerate(layers) if output.shape[1] > classes]
+    chosen = wide[-1] if wide else len(layers) - 1
+    return [
+        LayerInfo(name, type(module).__name__, tuple(output.shape[1:]), index == chosen)
+        for index, (name, module, output) in enumerate(layers)
+    ]

@@ -1,0 +1,53 @@
+"""Shared builders of small real networks for the test suite."""
+
+import pytest
+import torch
+from torch import nn
+
+
+def bias_free_cnn(spatial_dims: int, in_channels: int = 1, classes: int = 3, width: int = 6) -> nn.Sequential:
+    """Convolutions and ReLUs without biases: positively homogeneous from any layer on."""
+    conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+    up = nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
+    return nn.Sequential(
+        conv(in_channels, width, 3, padding=1, bias=False),
+        nn.ReLU(),
+        conv(width, 2 * width, 3, stride=2, padding=1, bias=False),
+        nn.ReLU(),
+        conv(2 * width, 2 * width, 3, padding=1, bias=False),
+        nn.ReLU(),
+        up(2 * width, width, 2, stride=2, bias=False),
+        nn.ReLU(),
+        conv(width, width, 3, padding=1, bias=False),
+        nn.ReLU(),
+        conv(width, classes, 1, bias=False),
+    )
+
+
+class BiasFreeUNet(nn.Module):
+    """A two-level U-Net of bias-free convolutions and ReLUs with one skip connection.
+
+    ``decoder`` runs after the skip connection has merged, so every input-to-output path
+    passes through it; ``encoder`` is bypassed by the skip connection.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int = 1, classes: int = 2, width: int = 4):
+        super().__init__()
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        up = nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
+        self.encoder = nn.Sequential(conv(in_channels, width, 3, padding=1, bias=False), nn.ReLU())
+        self.down = nn.Sequential(conv(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.ReLU())
+        self.up = nn.Sequential(up(2 * width, width, 2, stride=2, bias=False), nn.ReLU())
+        self.decoder = nn.Sequential(conv(2 * width, width, 3, padding=1, bias=False), nn.ReLU())
+        self.head = conv(width, classes, 1, bias=False)
+
+    def forward(self, x):
+        skip = self.encoder(x)
+        merged = torch.cat([skip, self.up(self.down(skip))], dim=1)
+        return self.head(self.decoder(merged))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,42 @@
+"""The Slicer extension's packaging and its import rules."""
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "SegHiResGradCAM"
+
+
+def test_every_core_file_is_packaged_by_the_module_cmake_file():
+    listed = set(re.findall(r"\$\{MODULE_NAME\}Lib/(\S+\.py)", (MODULE / "CMakeLists.txt").read_text()))
+    present = {
+        path.relative_to(MODULE / "SegHiResGradCAMLib").as_posix()
+        for path in (MODULE / "SegHiResGradCAMLib").rglob("*.py")
+    }
+    assert listed == present
+
+
+def test_the_slicer_module_file_imports_nothing_heavy_at_start_up():
+    tree = ast.parse((MODULE / "SegHiResGradCAM.py").read_text())
+    top_level = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+    names = {alias.name for node in top_level if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module for node in top_level if isinstance(node, ast.ImportFrom)}
+    assert not names & {"torch", "monai", "nnunetv2", "numpy", "SegHiResGradCAMLib.engine"}
+
+
+def test_the_core_package_imports_without_loading_torch():
+    code = "import sys, SegHiResGradCAMLib, SegHiResGradCAMLib.errors; print('torch' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "False"
+
+
+def test_the_extension_declares_its_pytorch_dependency_and_icon():
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"project\(SegHiResGradCAM\)", cmake)
+    assert re.search(r'set\(EXTENSION_DEPENDS "PyTorch"\)', cmake)
+    assert "add_subdirectory(SegHiResGradCAM)" in cmake
+    for icon in (ROOT / "SegHiResGradCAM.png", MODULE / "Resources" / "Icons" / "SegHiResGradCAM.png"):
+        assert icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,38 @@
+"""Draws the extension and module icon (128 x 128 PNG): a toy kidney-and-tumour slice with
+a heat overlay on the tumour.
+
+    .venv/bin/python Utilities/make_icon.py
+"""
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+
+from SegHiResGradCAMLib.toy_example import toy_case
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def icon() -> Image.Image:
+    image, labels = toy_case(seed=3, size=128)
+    grey = np.clip((image[0] + 1.2) / 2.6, 0, 1)
+    tumour = np.argwhere(labels == 2).mean(axis=0)
+    yy, xx = np.mgrid[:128, :128]
+    heat = np.exp(-((yy - tumour[0]) ** 2 + (xx - tumour[1]) ** 2) / (2 * 9.0**2))
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    coloured = colormaps["inferno"](heat)[..., :3]
+    alpha = np.clip(heat * 1.3, 0, 0.85)[..., None]
+    blended = (1 - alpha) * rgb + alpha * coloured
+    return Image.fromarray((blended * 255).astype(np.uint8))
+
+
+if __name__ == "__main__":
+    picture = icon()
+    for path in (
+        ROOT / "SegHiResGradCAM.png",
+        ROOT / "SegHiResGradCAM" / "Resources" / "Icons" / "SegHiResGradCAM.png",
+    ):
+        picture.save(path)
+        print(f"wrote {path}")
