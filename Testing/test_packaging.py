@@ -40,3 +40,10 @@ def test_the_extension_declares_its_pytorch_dependency_and_icon():
     assert "add_subdirectory(SegHiResGradCAM)" in cmake
     for icon in (ROOT / "SegHiResGradCAM.png", MODULE / "Resources" / "Icons" / "SegHiResGradCAM.png"):
         assert icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_readme_python_example_runs(capsys):
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    exec(compile(blocks[0], "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "upcat_1" in printed and "(recommended)" in printed and "seg-hires-grad-cam" in printed
