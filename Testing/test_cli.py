@@ -16,8 +16,9 @@ def test_methods_lists_both_registered_methods():
 
 def test_demo_writes_a_figure_and_heatmaps_concentrated_on_the_tumour(tmp_path):
     out = tmp_path / "demo"
-    printed = subprocess.run([COMMAND, "demo", "--out", str(out)], capture_output=True, text=True, check=True).stdout
-    assert "heat inside the segment" in printed
+    run = subprocess.run([COMMAND, "demo", "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "heat inside the segment" in run.stdout
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for method in ("seg-grad-cam", "seg-hires-grad-cam"):
         heatmap = np.load(out / f"{method}.npy")
