@@ -13,6 +13,9 @@ _LAZY_EXPORTS = {
     "CamMethod": ".methods",
     "register_method": ".methods",
     "ExplainInputError": ".errors",
+    "ExplainCancelled": ".errors",
+    "ExplainResourceError": ".errors",
+    "sliding_window_logits": ".sliding_window",
 }
 
 __all__ = sorted(_LAZY_EXPORTS)

@@ -1,15 +1,17 @@
-"""The CAM engine: one forward pass, a backward pass from the target score T to the target
+"""The CAM engine: forward passes, a backward pass from the target score T to the target
 layer only, and a registered method that turns activations and gradients into a map.
 
 How the gradient is confined: the forward pass runs without autograd up to the target
 layer; a forward hook there swaps the layer's output for a fresh leaf tensor and switches
 autograd on for the rest of the network. The graph therefore starts at the target layer,
-and ``torch.autograd.grad(T, leaf)`` computes neither parameter gradients nor anything
-upstream of the layer. That is the cheapest exact computation of dT/dA.
+and ``torch.autograd.grad(logits, leaf, dT/dlogits)`` computes neither parameter gradients
+nor anything upstream of the layer. That is the cheapest exact computation of dT/dA.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +21,14 @@ from torch import nn
 
 from .errors import ExplainInputError
 from .methods import get_method
-from .model_inspection import as_image_batch, evaluation_mode, find_layer, recommended_layer
+from .model_inspection import (
+    as_image_batch,
+    evaluation_mode,
+    find_layer,
+    placed_on,
+    recommended_layer,
+    resolve_device,
+)
 
 SCORES = ("logits", "probability")
 HEADS = ("softmax", "sigmoid")
@@ -29,9 +38,10 @@ HEADS = ("softmax", "sigmoid")
 class CamResult:
     """A class activation map for one target.
 
-    ``raw`` is the signed map on the target layer's grid; ``heatmap`` is ReLU(raw)
-    interpolated (bilinear / trilinear, align_corners=False) onto the image grid, not
-    normalised; ``score`` is the target score T.
+    ``raw`` is the signed map on the target layer's grid (for sliding windows whose offsets
+    do not align with the layer's stride: on the image grid, see ``raw_grid``);
+    ``heatmap`` is ReLU(raw) interpolated (bilinear / trilinear, align_corners=False) onto
+    the image grid, not normalised; ``score`` is the target score T.
     """
 
     raw: np.ndarray
@@ -40,6 +50,7 @@ class CamResult:
     method: str
     layer: str
     target_class: int
+    raw_grid: str = "layer"
 
     @property
     def normalized(self) -> np.ndarray:
@@ -47,14 +58,36 @@ class CamResult:
         return self.heatmap / peak if peak > 0 else np.zeros_like(self.heatmap)
 
 
-@dataclass
-class LayerGradients:
-    """Activations A and gradients G = dT/dA of one forward/backward pass, batch removed."""
+@dataclass(frozen=True)
+class Target:
+    """What T is: the class, the score (logits or probability) and the head type."""
 
-    activations: torch.Tensor
-    gradients: torch.Tensor
-    score: torch.Tensor
-    output_shape: tuple[int, ...]
+    target_class: int
+    score: str = "logits"
+    head: str = "softmax"
+
+    def value_and_gradient(self, logits: torch.Tensor, weight: torch.Tensor | None):
+        """T = sum over voxels of weight * score_c, and dT/dlogits, for (B, K, *spatial)
+        logits that are treated as constants (no graph is kept)."""
+        classes = logits.shape[1]
+        if not 0 <= self.target_class < classes:
+            raise ExplainInputError(
+                f"Target class {self.target_class} does not exist: the network has {classes} output "
+                f"channels, so choose 0..{classes - 1}."
+            )
+        constant = logits.detach().float().requires_grad_(True)
+        with torch.enable_grad():
+            if self.score == "logits":
+                values = constant[:, self.target_class]
+            elif self.head == "softmax":
+                values = torch.softmax(constant, dim=1)[:, self.target_class]
+            else:
+                values = torch.sigmoid(constant[:, self.target_class])
+            if weight is not None:
+                values = values * weight.to(values.dtype)
+            target = values.sum()
+            (gradient,) = torch.autograd.grad(target, constant)
+        return target.detach(), gradient
 
 
 def explain(
@@ -66,111 +99,144 @@ def explain(
     method: str = "seg-hires-grad-cam",
     score: str = "logits",
     head: str = "softmax",
+    window: tuple[int, ...] | None = None,
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    batch_size: int = 1,
+    device=None,
+    mixed_precision: bool = False,
+    progress: Callable[[float, str], None] | None = None,
+    cancel=None,
+    skip_windows: bool = True,
 ) -> CamResult:
-    """Explain ``T = sum over mask of the class-``target_class`` score`` at ``layer``.
+    """Explain T = sum over ``mask`` of the class-``target_class`` score at ``layer``.
 
     ``image``: (C, *spatial) or (1, C, *spatial), 2D or 3D, array or tensor.
     ``mask``: boolean array over the output's spatial shape; None means the whole image.
     ``score``: "logits" or "probability" (softmax over classes for a ``head="softmax"``
     network, sigmoid of the channel for ``head="sigmoid"`` region or multi-label heads).
+    ``window``: run the network window by window (MONAI's sliding-window grid, ``overlap``,
+    ``blend`` "gaussian" or "constant", ``batch_size`` windows at a time) and explain the
+    blended output exactly; None runs one pass over the whole image.
+    ``device``: None follows the model; "auto" picks CUDA, then MPS, then the CPU.
+    ``progress(fraction, message)`` is called as windows finish; ``cancel`` (anything with
+    ``is_set()``, e.g. a threading.Event) stops the run with ExplainCancelled.
     The model is evaluated in eval mode and left exactly as it was.
     """
     cam_method = get_method(method)
     _check_choice("score", score, SCORES)
     _check_choice("head", head, HEADS)
-    image_batch = as_image_batch(image, model)
-    target_mask = None if mask is None else _as_mask(mask, image_batch.device)
-    layer_name = layer if layer is not None else recommended_layer(model, image_batch)
-    module = find_layer(model, layer_name, image_batch)
+    target = Target(int(target_class), score, head)
+    chosen_device = resolve_device(device)
+    with placed_on(model, chosen_device) as compute_device:
+        if window is None:
+            image_batch = as_image_batch(image, model, compute_device)
+            target_mask = None if mask is None else as_mask(mask, compute_device)
+            layer_name = layer if layer is not None else recommended_layer(model, image_batch)
+            module = find_layer(model, layer_name, image_batch)
+            with evaluation_mode(model), autocast(compute_device, mixed_precision):
+                raw, score_value = _explain_whole_image(
+                    model, module, layer_name, image_batch, target, target_mask, cam_method
+                )
+            raw_grid = "layer"
+        else:
+            from .sliding_window import check_blend, explain_by_windows, window_grid
 
-    def target_weight(output_shape):
-        if target_mask is not None and tuple(target_mask.shape) != output_shape:
-            raise ExplainInputError(
-                f"The mask has shape {tuple(target_mask.shape)} but the network's output grid is "
-                f"{output_shape}: resample the segment onto the image the network sees."
-            )
-        return target_mask
-
-    grads = layer_gradients(model, module, layer_name, image_batch, target_class, target_weight, score, head)
-    raw = cam_method.raw_map(grads.activations, grads.gradients)
+            image_batch = as_image_batch(image, model, torch.device("cpu"))
+            target_mask = None if mask is None else as_mask(mask, torch.device("cpu"))
+            window = check_window(window, image_batch.dim() - 2)
+            window_grid(tuple(image_batch.shape[2:]), window, overlap)  # checks the overlap
+            check_blend(blend)
+            layer_name = layer if layer is not None else recommended_layer(model, _window_probe(image_batch, window))
+            module = find_layer(model, layer_name, _window_probe(image_batch, window))
+            with evaluation_mode(model), autocast(compute_device, mixed_precision):
+                raw, score_value, raw_grid = explain_by_windows(
+                    model, module, layer_name, image_batch, target, target_mask, cam_method,
+                    window=window, overlap=overlap, blend=blend, batch_size=batch_size, device=compute_device,
+                    progress=progress, cancel=cancel, skip_windows=skip_windows,
+                )  # fmt: skip
+    raw = raw.float()
     heatmap = upsample_to(raw.clamp(min=0), tuple(image_batch.shape[2:]))
+    if progress is not None and window is None:
+        progress(1.0, "done")
     return CamResult(
-        raw=raw.float().cpu().numpy(),
-        heatmap=heatmap.float().cpu().numpy(),
-        score=float(grads.score),
+        raw=raw.cpu().numpy(),
+        heatmap=heatmap.cpu().numpy(),
+        score=float(score_value),
         method=method,
         layer=layer_name,
-        target_class=int(target_class),
+        target_class=target.target_class,
+        raw_grid=raw_grid,
     )
 
 
-def layer_gradients(
-    model: nn.Module,
-    module: nn.Module,
-    layer_name: str,
-    image_batch: torch.Tensor,
-    target_class: int,
-    target_weight,
-    score: str,
-    head: str,
-) -> LayerGradients:
-    """One forward pass and a backward pass from T to ``module``'s output.
+def _explain_whole_image(model, module, layer_name, image_batch, target, target_mask, cam_method):
+    def upstream(logits):
+        if target_mask is not None and tuple(target_mask.shape) != tuple(logits.shape[2:]):
+            raise ExplainInputError(
+                f"The mask has shape {tuple(target_mask.shape)} but the network's output grid is "
+                f"{tuple(logits.shape[2:])}: resample the segment onto the image the network sees."
+            )
+        return target.value_and_gradient(logits, target_mask)
 
-    ``target_weight(output_spatial_shape)`` returns the per-voxel weights of T (a boolean
-    mask, float weights, or None for all voxels) once the output grid is known.
+    activations, gradients, score_value = forward_backward(model, module, layer_name, image_batch, upstream)
+    return cam_method.raw_map(activations[0].float(), gradients[0].float()), score_value
+
+
+def forward_backward(model, module, layer_name: str, batch: torch.Tensor, upstream):
+    """One forward pass and a backward pass from the output to ``module``'s output.
+
+    ``upstream(logits)`` returns (T, dT/dlogits) once the output is known. Returns the
+    layer's activations and gradients (batch first, graph freed) and T.
     """
-    capture = _LayerCapture(layer_name)
-    handle = module.register_forward_hook(capture)
+    capture = LayerCapture(layer_name, track_gradient=True)
+    with capture.attached(module):
+        logits = run_network(model, batch)
+        capture.require_activation()
+        score_value, output_gradient = upstream(logits)
+        gradient = None
+        if logits.requires_grad:
+            (gradient,) = torch.autograd.grad(
+                logits, capture.activation, grad_outputs=output_gradient.to(logits.dtype), allow_unused=True
+            )
+    if gradient is None:
+        raise ExplainInputError(
+            f"The output does not depend on layer {layer_name!r} (no gradient path from the "
+            "output back to it): choose a layer on the path to the segmentation output."
+        )
+    return capture.activation.detach(), gradient, score_value
+
+
+def forward_activations(model, module, layer_name: str, batch: torch.Tensor) -> torch.Tensor:
+    """The layer's activations for ``batch`` from a forward pass without autograd."""
+    capture = LayerCapture(layer_name, track_gradient=False)
+    with capture.attached(module), torch.no_grad():
+        run_network(model, batch)
+        capture.require_activation()
+    return capture.activation
+
+
+def run_network(model, batch: torch.Tensor) -> torch.Tensor:
+    """A forward pass without autograd (hooks may switch it on) that must return logits."""
     grad_was_enabled = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)
     try:
-        with evaluation_mode(model):
-            torch.set_grad_enabled(False)
-            logits = model(image_batch)
-            torch.set_grad_enabled(grad_was_enabled)
-        if capture.leaf is None:
-            raise ExplainInputError(
-                f"Layer {layer_name!r} did not run during the forward pass: choose a layer that the "
-                "network uses (list_layers() shows them)."
-            )
-        if not isinstance(logits, torch.Tensor):
-            raise ExplainInputError(
-                f"The network returns {type(logits).__name__}, not a tensor of logits: wrap it so that "
-                "forward() returns the (1, classes, *spatial) logits."
-            )
-        classes = logits.shape[1]
-        if not 0 <= target_class < classes:
-            raise ExplainInputError(
-                f"Target class {target_class} does not exist: the network has {classes} output "
-                f"channels, so choose 0..{classes - 1}."
-            )
-        weight = target_weight(tuple(logits.shape[2:]))
-        with torch.enable_grad():
-            target = target_score(logits, target_class, weight, score, head)
-            gradient = None
-            if target.requires_grad:
-                (gradient,) = torch.autograd.grad(target, capture.leaf, allow_unused=True)
-        if gradient is None:
-            raise ExplainInputError(
-                f"The output does not depend on layer {layer_name!r} (no gradient path from the "
-                "output back to it): choose a layer on the path to the segmentation output."
-            )
-        return LayerGradients(capture.leaf.detach()[0], gradient[0], target.detach(), tuple(logits.shape[2:]))
+        logits = model(batch)
     finally:
         torch.set_grad_enabled(grad_was_enabled)
-        handle.remove()
+    if not isinstance(logits, torch.Tensor):
+        raise ExplainInputError(
+            f"The network returns {type(logits).__name__}, not a tensor of logits: wrap it so that "
+            "forward() returns the (1, classes, *spatial) logits."
+        )
+    return logits
 
 
-def target_score(logits: torch.Tensor, target_class: int, weight, score: str, head: str) -> torch.Tensor:
-    """T = sum over voxels of weight * (class-c logit or probability)."""
-    if score == "logits":
-        values = logits[0, target_class]
-    elif head == "softmax":
-        values = torch.softmax(logits[0], dim=0)[target_class]
-    else:
-        values = torch.sigmoid(logits[0, target_class])
-    if weight is None:
-        return values.sum()
-    return (values * weight.to(values.dtype)).sum()
+def autocast(device: torch.device, enabled: bool):
+    """float16 autocast on CUDA when asked; accumulation stays float32 elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
 
 
 def upsample_to(layer_map: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Tensor:
@@ -181,15 +247,32 @@ def upsample_to(layer_map: torch.Tensor, spatial_shape: tuple[int, ...]) -> torc
     return resized[0, 0]
 
 
-class _LayerCapture:
-    """Forward hook that makes the layer's output the root of the autograd graph."""
+class LayerCapture:
+    """Forward hook that records the layer's output; with ``track_gradient`` it makes that
+    output the root of the autograd graph for the rest of the forward pass."""
 
-    def __init__(self, layer_name: str):
+    def __init__(self, layer_name: str, track_gradient: bool):
         self.layer_name = layer_name
-        self.leaf: torch.Tensor | None = None
+        self.track_gradient = track_gradient
+        self.activation: torch.Tensor | None = None
+
+    @contextlib.contextmanager
+    def attached(self, module: nn.Module):
+        handle = module.register_forward_hook(self)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+    def require_activation(self) -> None:
+        if self.activation is None:
+            raise ExplainInputError(
+                f"Layer {self.layer_name!r} did not run during the forward pass: choose a layer that the "
+                "network uses (list_layers() shows them)."
+            )
 
     def __call__(self, module, inputs, output):
-        if self.leaf is not None:
+        if self.activation is not None:
             raise ExplainInputError(
                 f"Layer {self.layer_name!r} runs more than once per forward pass (shared weights), so "
                 "its activation is ambiguous: choose a layer that runs once."
@@ -199,14 +282,17 @@ class _LayerCapture:
                 f"Layer {self.layer_name!r} does not return a floating-point tensor: choose a layer "
                 "with an image-shaped output (list_layers() shows them)."
             )
+        if not self.track_gradient:
+            self.activation = output.detach()
+            return None
         torch.set_grad_enabled(True)
-        self.leaf = output.detach().requires_grad_(True)
+        self.activation = output.detach().requires_grad_(True)
         # The network may modify the returned tensor in place (ReLU(inplace=True)); a copy
         # keeps the leaf, which the gradient is taken against, intact.
-        return self.leaf.clone()
+        return self.activation.clone()
 
 
-def _as_mask(mask, device: torch.device) -> torch.Tensor:
+def as_mask(mask, device: torch.device) -> torch.Tensor:
     tensor = mask.detach() if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
     tensor = tensor.to(device) != 0
     if not bool(tensor.any()):
@@ -214,6 +300,21 @@ def _as_mask(mask, device: torch.device) -> torch.Tensor:
             "The mask is empty: select a segment with at least one voxel, or pass mask=None to explain the whole image."
         )
     return tensor
+
+
+def check_window(window, spatial_dims: int) -> tuple[int, ...]:
+    window = (int(window),) * spatial_dims if np.isscalar(window) else tuple(int(size) for size in window)
+    if len(window) != spatial_dims or min(window) < 1:
+        raise ExplainInputError(
+            f"Window {window} does not fit a {spatial_dims}D image: give {spatial_dims} positive sizes, "
+            "e.g. the patch size the network was trained with."
+        )
+    return window
+
+
+def _window_probe(image_batch: torch.Tensor, window: tuple[int, ...]) -> torch.Tensor:
+    """A zero tensor shaped like one window, for choosing and checking the layer."""
+    return image_batch.new_zeros((1, image_batch.shape[1], *window))
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:

@@ -7,3 +7,11 @@ the Slicer module can show it to the user as it is.
 
 class ExplainInputError(ValueError):
     """The image, mask, class, layer or model cannot be explained as asked."""
+
+
+class ExplainCancelled(Exception):
+    """The user cancelled the computation; nothing partial is returned."""
+
+
+class ExplainResourceError(RuntimeError):
+    """The computation does not fit the device (e.g. GPU memory)."""

@@ -6,8 +6,9 @@ engine never needs to know which methods exist: registering one here is enough.
 
 ``additive`` tells the sliding-window engine how windows combine. For an additive
 method the whole-volume map is the sum of the per-window maps (exact for maps that are
-linear in G); the others are computed once from whole-volume statistics (gradients
-summed over windows, activations blended like the logits).
+linear in G). Channel-weight methods (S = sum_k w_k A_k) give per-channel statistics that
+add up over windows; their weights are formed once and applied to the activations
+blended like the logits.
 """
 
 from __future__ import annotations
@@ -22,11 +23,17 @@ RawMapFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class CamMethod:
+    """A registered method. Channel-weight methods also give ``window_statistics(A, G)``
+    (per-channel sums that add up over windows) and ``channel_weights(statistics,
+    positions)``, so that sliding windows never hold a channels x volume array."""
+
     name: str
     title: str
     raw_map: RawMapFunction
     additive: bool
     reference: str
+    window_statistics: RawMapFunction | None = None
+    channel_weights: Callable[[torch.Tensor, float], torch.Tensor] | None = None
 
 
 METHODS: dict[str, CamMethod] = {}
@@ -36,28 +43,53 @@ def register_method(name: str, title: str, *, additive: bool, reference: str):
     """Decorator that registers ``raw_map(activations, gradients) -> map`` as a method."""
 
     def register(raw_map: RawMapFunction) -> RawMapFunction:
-        if name in METHODS:
-            raise ValueError(f"A CAM method named {name!r} is already registered.")
-        METHODS[name] = CamMethod(name, title, raw_map, additive, reference)
+        _add(CamMethod(name, title, raw_map, additive, reference))
         return raw_map
 
     return register
+
+
+def register_channel_weight_method(name: str, title: str, *, reference: str, window_statistics, channel_weights):
+    """Registers a method of the form S = sum_k w_k A_k whose weights come from per-channel
+    statistics: ``window_statistics(A, G)`` (summed over windows) and
+    ``channel_weights(statistics, number_of_layer_positions)``."""
+
+    def raw_map(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        positions = activations[0].numel()
+        weights = channel_weights(window_statistics(activations, gradients), positions)
+        return torch.einsum("k,k...->...", weights, activations)
+
+    return _add(CamMethod(name, title, raw_map, False, reference, window_statistics, channel_weights))
+
+
+def _add(method: CamMethod) -> CamMethod:
+    if method.name in METHODS:
+        raise ValueError(f"A CAM method named {method.name!r} is already registered.")
+    METHODS[method.name] = method
+    return method
 
 
 def _spatial_dims(tensor: torch.Tensor) -> tuple[int, ...]:
     return tuple(range(1, tensor.dim()))
 
 
-@register_method(
+def gradient_sums(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    return gradients.sum(dim=_spatial_dims(gradients))
+
+
+def mean_gradients(sums: torch.Tensor, positions: float) -> torch.Tensor:
+    return sums / positions
+
+
+# a_k = (1/Z) sum_u G_k(u);  S = sum_k a_k A_k
+register_channel_weight_method(
     "seg-grad-cam",
     "Seg-Grad CAM",
-    additive=False,
     reference="Vinogradova, Dibrov, Myers: Towards Interpretable Semantic Segmentation "
     "via Gradient-weighted Class Activation Mapping, AAAI 2020",
+    window_statistics=gradient_sums,
+    channel_weights=mean_gradients,
 )
-def seg_grad_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    channel_weights = gradients.mean(dim=_spatial_dims(gradients), keepdim=True)
-    return (channel_weights * activations).sum(dim=0)
 
 
 @register_method(

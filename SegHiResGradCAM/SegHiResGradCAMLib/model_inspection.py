@@ -51,6 +51,39 @@ def expected_input(model: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def resolve_device(device) -> torch.device | None:
+    """None (follow the model), "auto" (CUDA, then MPS, then CPU), or an explicit device."""
+    if device is None:
+        return None
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ExplainInputError(f"Unknown device {device!r}: use 'auto', 'cpu' or 'cuda'.") from error
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ExplainInputError("CUDA was requested but no CUDA GPU is available: use device='cpu' or 'auto'.")
+    return chosen
+
+
+@contextlib.contextmanager
+def placed_on(model: nn.Module, device: torch.device | None):
+    """Moves the model to ``device`` for the duration and back afterwards (bitwise the same)."""
+    original = model_device(model)
+    if device is None or device == original:
+        yield original
+        return
+    model.to(device)
+    try:
+        yield device
+    finally:
+        model.to(original)
+
+
 @contextlib.contextmanager
 def evaluation_mode(model: nn.Module):
     """Runs the model in eval mode (as inference does) and restores every module's flag."""
@@ -63,8 +96,9 @@ def evaluation_mode(model: nn.Module):
             module.training = was_training
 
 
-def as_image_batch(image, model: nn.Module) -> torch.Tensor:
-    """The image as a float (1, C, *spatial) tensor on the model's device, checked."""
+def as_image_batch(image, model: nn.Module, device: torch.device | None = None) -> torch.Tensor:
+    """The image as a float (1, C, *spatial) tensor, checked, on ``device`` (default: the
+    model's)."""
     tensor = image.detach() if isinstance(image, torch.Tensor) else torch.as_tensor(image)
     expected = expected_input(model)
     spatial_dims = expected[1] if expected else (tensor.dim() - 1 if tensor.dim() in (3, 4) else tensor.dim() - 2)
@@ -88,7 +122,7 @@ def as_image_batch(image, model: nn.Module) -> torch.Tensor:
             "intensity) before explaining."
         )
     parameter_dtype = next((p.dtype for p in model.parameters()), torch.float32)
-    return tensor.to(device=model_device(model), dtype=parameter_dtype)
+    return tensor.to(device=device or model_device(model), dtype=parameter_dtype)
 
 
 def find_layer(model: nn.Module, name: str, image_batch: torch.Tensor) -> nn.Module:

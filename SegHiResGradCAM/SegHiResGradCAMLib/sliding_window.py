@@ -1,0 +1,386 @@
+"""Sliding-window inference and its exact attribution (DESIGN.md section 2).
+
+The blended logits are Y(v) = sum_w g_w(v) Y^w(v) / N(v) with N = sum_w g_w, on MONAI's
+window grid (same padding, scan interval, last-window placement and importance map as
+``monai.inferers.sliding_window_inference``). T is linear in Y, so T = sum_w T_w with the
+window's own upstream gradient dT/dY^w = (dT/dY) g_w / N. N depends only on the grid, so
+it is known before any network runs, and each window is attributed on its own:
+
+- additive methods (Seg-HiRes-Grad CAM): the per-window maps are summed (not averaged)
+  into the whole-volume map, which is then the exact attribution of the blended T;
+- channel-weight methods (Seg-Grad CAM): per-channel gradient statistics are summed over
+  all windows, the weights formed once, and the weighted activation sum of each window
+  blended like the logits in a second, forward-only pass (the map is linear in the
+  activations, so this equals applying the weights to the blended activations, without
+  ever holding a channels x volume array).
+
+Windows whose outputs do not touch M have a zero upstream gradient and skip the backward
+pass. The maps live on the layer's whole-volume grid when every window offset (and the
+padding) is a multiple of the layer's stride; otherwise on the image grid, each layer
+voxel spread evenly over the image voxels it covers (so that sums are kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ExplainCancelled, ExplainInputError, ExplainResourceError
+from .methods import CamMethod
+
+BLENDS = ("gaussian", "constant")
+GAUSSIAN_SIGMA_SCALE = 0.125  # MONAI's default: sigma = 0.125 x window size
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    image_shape: tuple[int, ...]
+    window: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]  # (before, after) per spatial axis
+    starts: tuple[tuple[int, ...], ...]
+
+    @property
+    def padded_shape(self) -> tuple[int, ...]:
+        return tuple(
+            size + before + after for size, (before, after) in zip(self.image_shape, self.padding, strict=True)
+        )
+
+    def slices(self, start: tuple[int, ...], stride: tuple[int, ...] | None = None) -> tuple[slice, ...]:
+        stride = stride or (1,) * len(start)
+        return tuple(
+            slice(begin // step, (begin + size) // step)
+            for begin, size, step in zip(start, self.window, stride, strict=True)
+        )
+
+    def unpadded(self, stride: tuple[int, ...] | None = None) -> tuple[slice, ...]:
+        stride = stride or (1,) * len(self.window)
+        return tuple(
+            slice(before // step, (before + size) // step)
+            for (before, _), size, step in zip(self.padding, self.image_shape, stride, strict=True)
+        )
+
+
+def window_grid(image_shape, window, overlap: float) -> WindowGrid:
+    """MONAI's grid: images smaller than the window are padded symmetrically; windows step
+    by int(window x (1 - overlap)), and the last one is moved back to end at the border."""
+    if not 0 <= overlap < 1:
+        raise ExplainInputError(f"Overlap {overlap} is out of range: choose a fraction in [0, 1), e.g. 0.25 or 0.5.")
+    padding = []
+    starts_per_axis = []
+    for size, length in zip(image_shape, window, strict=True):
+        missing = max(length - size, 0)
+        padding.append((missing // 2, missing - missing // 2))
+        size += missing
+        interval = length if length == size else max(int(length * (1 - overlap)), 1)
+        count = next(i for i in range(math.ceil(size / interval)) if i * interval + length >= size) + 1
+        starts_per_axis.append([min(i * interval, size - length) for i in range(count)])
+    return WindowGrid(tuple(image_shape), tuple(window), tuple(padding), tuple(itertools.product(*starts_per_axis)))
+
+
+def check_blend(blend: str) -> None:
+    if blend not in BLENDS:
+        raise ExplainInputError(f"Unknown blend {blend!r}: choose one of {', '.join(BLENDS)}.")
+
+
+def importance_map(window: tuple[int, ...], blend: str) -> torch.Tensor:
+    """The per-window blending weight g (MONAI's compute_importance_map)."""
+    check_blend(blend)
+    if blend == "constant":
+        return torch.ones(window)
+    weight = torch.ones(())
+    for size in window:
+        offsets = torch.arange(-(size - 1) / 2.0, (size - 1) / 2.0 + 1)
+        profile = torch.exp(offsets**2 / (-2 * (size * GAUSSIAN_SIGMA_SCALE) ** 2))
+        weight = weight.unsqueeze(-1) * profile
+    return weight.clamp(min=max(weight.min().item(), 1e-3))
+
+
+def blend_count(grid: WindowGrid, weight: torch.Tensor) -> torch.Tensor:
+    """N = sum over windows of the placed importance maps."""
+    count = torch.zeros(grid.padded_shape)
+    for start in grid.starts:
+        count[grid.slices(start)] += weight
+    return count
+
+
+def pad_to_grid(image_batch: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
+    if not any(before or after for before, after in grid.padding):
+        return image_batch
+    flat = [amount for pair in reversed(grid.padding) for amount in pair]
+    return F.pad(image_batch, flat, mode="constant", value=0.0)
+
+
+class Progress:
+    """Monotone progress over a known number of window steps, with cancellation between them."""
+
+    def __init__(self, total_steps: int, callback, cancel):
+        self.total = max(total_steps, 1)
+        self.done = 0
+        self.callback = callback
+        self.cancel = cancel
+
+    def check_cancelled(self) -> None:
+        if self.cancel is not None and (self.cancel() if callable(self.cancel) else self.cancel.is_set()):
+            raise ExplainCancelled("Cancelled by the user; nothing was written.")
+
+    def step(self, count: int, message: str) -> None:
+        self.done += count
+        if self.callback is not None:
+            self.callback(min(self.done / self.total, 1.0), message)
+
+
+def batches(items: list, size: int) -> Iterator[list]:
+    for first in range(0, len(items), max(size, 1)):
+        yield items[first : first + max(size, 1)]
+
+
+def _window_batch(padded: torch.Tensor, grid: WindowGrid, starts, device) -> torch.Tensor:
+    return torch.cat([padded[(slice(None), slice(None), *grid.slices(start))] for start in starts]).to(device)
+
+
+@contextlib.contextmanager
+def _out_of_memory_guard(device: torch.device, window: tuple[int, ...], batch_size: int):
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise ExplainResourceError(
+            f"The {device.type.upper()} ran out of memory with windows of {window} voxels, {batch_size} at a "
+            "time: use a smaller window or batch size, mixed precision, or device='cpu'."
+        ) from error
+
+
+def _blend_logits(model, padded, grid, weight, batch_size, device, tracker, message) -> torch.Tensor:
+    from .engine import run_network
+
+    blended = None
+    for starts in batches(list(grid.starts), batch_size):
+        tracker.check_cancelled()
+        logits = run_network(model, _window_batch(padded, grid, starts, device)).float().cpu()
+        if blended is None:
+            blended = torch.zeros((logits.shape[1], *grid.padded_shape))
+        for index, start in enumerate(starts):
+            blended[(slice(None), *grid.slices(start))] += logits[index] * weight
+        tracker.step(len(starts), message)
+    blended /= blend_count(grid, weight)
+    return blended
+
+
+def sliding_window_logits(
+    model: nn.Module,
+    image,
+    window,
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    batch_size: int = 1,
+    device=None,
+    progress: Callable[[float, str], None] | None = None,
+    cancel=None,
+) -> torch.Tensor:
+    """Blended logits (K, *spatial) on the CPU, equal to MONAI's sliding_window_inference
+    with the same window (roi_size), overlap and blend (mode)."""
+    from .engine import check_window
+    from .model_inspection import as_image_batch, evaluation_mode, placed_on, resolve_device
+
+    with placed_on(model, resolve_device(device)) as compute_device:
+        image_batch = as_image_batch(image, model, torch.device("cpu"))
+        window = check_window(window, image_batch.dim() - 2)
+        grid = window_grid(tuple(image_batch.shape[2:]), window, overlap)
+        tracker = Progress(len(grid.starts), progress, cancel)
+        with evaluation_mode(model), _out_of_memory_guard(compute_device, window, batch_size):
+            blended = _blend_logits(
+                model, pad_to_grid(image_batch, grid), grid, importance_map(window, blend), batch_size,
+                compute_device, tracker, "inference",
+            )  # fmt: skip
+    return blended[(slice(None), *grid.unpadded())]
+
+
+class _MapAccumulator:
+    """Sums (or blends) per-window maps onto the whole-volume layer grid, or onto the image
+    grid when window offsets do not align with the layer's stride."""
+
+    def __init__(self, grid: WindowGrid, layer_window_shape: tuple[int, ...]):
+        self.grid = grid
+        stride = []
+        for size, layer_size in zip(grid.window, layer_window_shape, strict=True):
+            if size % layer_size:
+                raise ExplainInputError(
+                    f"The layer's grid {layer_window_shape} does not divide the window {grid.window}: choose "
+                    "a window that is a multiple of the network's total stride, or another layer."
+                )
+            stride.append(size // layer_size)
+        self.stride = tuple(stride)
+        offsets_per_axis = [
+            [start[axis] for start in grid.starts] + [grid.padding[axis][0]] for axis in range(len(grid.window))
+        ]
+        self.on_layer_grid = all(
+            offset % step == 0
+            for offsets, step in zip(offsets_per_axis, self.stride, strict=True)
+            for offset in offsets
+        )
+        self._grid_stride = self.stride if self.on_layer_grid else None
+        shape = tuple(
+            size // step for size, step in zip(grid.padded_shape, self._grid_stride or (1,) * len(stride), strict=True)
+        )
+        self.total = torch.zeros(shape)
+        self.count: torch.Tensor | None = None
+        self.layer_positions = math.prod(size / step for size, step in zip(grid.padded_shape, self.stride, strict=True))
+
+    def _placed(self, window_map: torch.Tensor) -> torch.Tensor:
+        expanded = window_map.float().cpu()
+        if not self.on_layer_grid:
+            for axis, step in enumerate(self.stride):
+                expanded = expanded.repeat_interleave(step, dim=axis)
+        return expanded
+
+    def add(self, start: tuple[int, ...], window_map: torch.Tensor) -> None:
+        """Adds a window's map; on the image grid each layer voxel's value is spread evenly
+        over the voxels it covers, so that the total is kept."""
+        spread = 1 if self.on_layer_grid else math.prod(self.stride)
+        self.total[self.grid.slices(start, self._grid_stride)] += self._placed(window_map) / spread
+
+    def blend(self, start: tuple[int, ...], window_map: torch.Tensor, weight: torch.Tensor) -> None:
+        """Adds a window's map with blending weights ``weight`` (image-grid window shape)."""
+        if self.count is None:
+            self.count = torch.zeros_like(self.total)
+        if self.on_layer_grid and self.stride != (1,) * len(self.stride):
+            pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[weight.dim()]
+            weight = pool(weight[None, None], self.stride)[0, 0]
+        where = self.grid.slices(start, self._grid_stride)
+        self.total[where] += self._placed(window_map) * weight
+        self.count[where] += weight
+
+    def result(self) -> torch.Tensor:
+        total = self.total if self.count is None else self.total / self.count
+        return total[self.grid.unpadded(self._grid_stride)]
+
+    @property
+    def grid_name(self) -> str:
+        return "layer" if self.on_layer_grid else "image"
+
+
+def explain_by_windows(
+    model,
+    module,
+    layer_name: str,
+    image_batch: torch.Tensor,
+    target,
+    target_mask: torch.Tensor | None,
+    cam_method: CamMethod,
+    *,
+    window: tuple[int, ...],
+    overlap: float,
+    blend: str,
+    batch_size: int,
+    device: torch.device,
+    progress,
+    cancel,
+    skip_windows: bool,
+):
+    """The exact attribution of the blended T; returns (raw map, T, grid name)."""
+    from .engine import forward_activations, forward_backward
+
+    if not cam_method.additive and cam_method.channel_weights is None:
+        raise ExplainInputError(
+            f"Method {cam_method.name!r} cannot be computed window by window: use window=None on an image "
+            "that fits the network, or another method."
+        )
+    grid = window_grid(tuple(image_batch.shape[2:]), window, overlap)
+    if target_mask is not None and tuple(target_mask.shape) != grid.image_shape:
+        raise ExplainInputError(
+            f"The mask has shape {tuple(target_mask.shape)} but the image (and the blended output) is "
+            f"{grid.image_shape}: resample the segment onto the image grid."
+        )
+    weight = importance_map(window, blend)
+    count = blend_count(grid, weight)
+    padded = pad_to_grid(image_batch, grid)
+    in_target = torch.zeros(grid.padded_shape, dtype=torch.bool)
+    in_target[grid.unpadded()] = True if target_mask is None else target_mask
+    reached = [start for start in grid.starts if in_target[grid.slices(start)].any()]
+    backward_starts = reached if skip_windows else list(grid.starts)
+    nonlinear_score = target.score != "logits"
+    steps = len(backward_starts) + len(grid.starts) * (int(nonlinear_score) + int(not cam_method.additive))
+    tracker = Progress(steps, progress, cancel)
+
+    with _out_of_memory_guard(device, window, batch_size):
+        output_gradient = None  # dT/dY on the blended logits, for a score that is not linear in Y
+        score_value = torch.zeros((), dtype=torch.float64)
+        if nonlinear_score:
+            blended = _blend_logits(model, padded, grid, weight, batch_size, device, tracker, "inference")
+            unpadded = (slice(None), *grid.unpadded())
+            score_value, gradient = target.value_and_gradient(blended[unpadded][None], target_mask)
+            output_gradient = torch.zeros_like(blended)
+            output_gradient[unpadded] = gradient[0]
+            del blended
+
+        def window_upstream(starts) -> torch.Tensor:
+            shares = torch.stack([weight / count[grid.slices(start)] for start in starts])
+            if output_gradient is not None:
+                chosen = torch.stack([output_gradient[(slice(None), *grid.slices(start))] for start in starts])
+                return (shares[:, None] * chosen).to(device)
+            return (shares * torch.stack([in_target[grid.slices(start)] for start in starts])).to(device)
+
+        accumulator = None
+        statistics = None
+        for starts in batches(backward_starts, batch_size):
+            tracker.check_cancelled()
+            upstream_weights = window_upstream(starts)
+
+            def upstream(logits, upstream_weights=upstream_weights):
+                if tuple(logits.shape[2:]) != window:
+                    raise ExplainInputError(
+                        f"The network's output grid {tuple(logits.shape[2:])} differs from its input window "
+                        f"{window}: sliding windows need a network whose output matches its input."
+                    )
+                if output_gradient is not None:
+                    return torch.zeros(()), upstream_weights
+                return target.value_and_gradient(logits, upstream_weights)
+
+            activations, gradients, contribution = forward_backward(
+                model, module, layer_name, _window_batch(padded, grid, starts, device), upstream
+            )
+            score_value = score_value + contribution.double().cpu()
+            if accumulator is None:
+                accumulator = _MapAccumulator(grid, tuple(activations.shape[2:]))
+            for index, start in enumerate(starts):
+                activation, gradient = activations[index].float(), gradients[index].float()
+                if cam_method.additive:
+                    accumulator.add(start, cam_method.raw_map(activation, gradient))
+                else:
+                    window_statistics = cam_method.window_statistics(activation, gradient)
+                    statistics = window_statistics if statistics is None else statistics + window_statistics
+            del activations, gradients
+            tracker.step(len(starts), "attribution")
+
+        if accumulator is None:  # no window reaches M: T is zero, and so is every map
+            probe = _window_batch(padded, grid, grid.starts[:1], device)
+            accumulator = _MapAccumulator(grid, tuple(forward_activations(model, module, layer_name, probe).shape[2:]))
+        if not cam_method.additive:
+            layer_channels = (
+                None if statistics is None else cam_method.channel_weights(statistics, accumulator.layer_positions)
+            )
+            for starts in batches(list(grid.starts), batch_size):
+                tracker.check_cancelled()
+                activations = forward_activations(
+                    model, module, layer_name, _window_batch(padded, grid, starts, device)
+                )
+                channel_weights = (
+                    torch.zeros(activations.shape[1], device=device)
+                    if layer_channels is None
+                    else layer_channels.to(device)
+                )
+                for index, start in enumerate(starts):
+                    window_map = torch.einsum("k,k...->...", channel_weights, activations[index].float())
+                    accumulator.blend(start, window_map, weight)
+                tracker.step(len(starts), "blending activations")
+    if progress is not None:
+        progress(1.0, "done")
+    return accumulator.result(), score_value, accumulator.grid_name
