@@ -12,13 +12,10 @@ just before it (model and input loaded), with the whole-process peaks beside it.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import subprocess
-import sys
-import time
+from functools import partial
 
 import torch
+from measure import interleaved_ratio, peak_rss_in_fresh_process, report_peak_rss
 
 CHANNELS = (16, 32, 64, 128, 256)
 
@@ -51,40 +48,10 @@ def computation(name: str, layer: str):
     return lambda model, image, mask: cam(model, image, mask, name, layer)
 
 
-def cpu_seconds(function, *arguments) -> float:
-    started = time.process_time()
-    function(*arguments)
-    return time.process_time() - started
-
-
-def peak_rss_of(size: int, name: str, layer: str) -> dict:
-    """Runs one computation in a fresh process and returns its RSS figures in MiB."""
-    output = subprocess.run(
-        [sys.executable, __file__, "--memory-probe", str(size), name, layer],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])
-
-
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} missing from /proc/self/status")
-
-
 def memory_probe(size: int, name: str, layer: str) -> None:
     model, image, mask = build_case(size)
     forward(model, torch.randn(1, 32, 32, 32))  # load kernels before the baseline reading
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # resets the peak RSS (VmHWM) to the current RSS
-    before = _status_mib("VmRSS")
-    computation(name, layer)(model, image, mask)
-    peak = _status_mib("VmHWM")
-    print(json.dumps({"before_mib": before, "peak_mib": peak, "added_mib": peak - before}))
+    report_peak_rss(lambda: computation(name, layer)(model, image, mask))
 
 
 def main() -> None:
@@ -110,7 +77,7 @@ def main() -> None:
         layer = arguments.layer or next(info.name for info in layers if info.recommended)
         shape = next(info.shape for info in layers if info.name == layer)
         print(f"\n{size}^3 voxels, target layer {layer} {shape}, M = {int(mask.sum())} voxels")
-        forward_memory = peak_rss_of(size, "forward", layer)
+        forward_memory = peak_rss_in_fresh_process(__file__, str(size), "forward", layer)
         print(
             f"  forward (no grad):      peak RSS {forward_memory['peak_mib']:7.0f} MiB, "
             f"+{forward_memory['added_mib']:6.0f} MiB over the loaded model"
@@ -118,16 +85,14 @@ def main() -> None:
         for method in arguments.methods:
             run_cam = computation(method, layer)
             run_cam(model, image, mask)  # warm-up
-            ratios, forward_times = [], []
-            for _ in range(arguments.pairs):
-                forward_time = cpu_seconds(forward, model, image)
-                ratios.append(cpu_seconds(run_cam, model, image, mask) / forward_time)
-                forward_times.append(forward_time)
-            memory = peak_rss_of(size, method, layer)
-            pairs = " ".join(f"{ratio:.2f}" for ratio in ratios)
+            ratio, ratios, forward_time = interleaved_ratio(
+                partial(forward, model, image), partial(run_cam, model, image, mask), arguments.pairs
+            )
+            memory = peak_rss_in_fresh_process(__file__, str(size), method, layer)
+            pairs = " ".join(f"{value:.2f}" for value in ratios)
             print(
-                f"  {method:22s}  time {statistics.median(ratios):4.2f}x forward "
-                f"(pairs: {pairs}; forward {statistics.median(forward_times):.1f} CPU-s), "
+                f"  {method:22s}  time {ratio:4.2f}x forward "
+                f"(pairs: {pairs}; forward {forward_time:.1f} CPU-s), "
                 f"memory {memory['added_mib'] / forward_memory['added_mib']:4.2f}x forward "
                 f"(peak RSS {memory['peak_mib']:.0f} MiB = {memory['peak_mib'] / forward_memory['peak_mib']:.2f}x)"
             )

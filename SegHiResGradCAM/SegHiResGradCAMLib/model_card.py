@@ -1,0 +1,156 @@
+"""Model cards: a JSON file that says how to build a network, load its weights and prepare
+a CT for it. Weights are untrusted input and load with ``weights_only=True``; the network
+class must be one of an allow-list of MONAI architectures, so a card never names code to
+run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ExplainInputError
+
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "kits_demo_unet.json"
+ARCHITECTURES = ("UNet", "BasicUNet", "AttentionUnet", "SegResNet", "DynUNet")
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """Clip HU to [low, high], then (HU - centre) / scale."""
+
+    low: float
+    high: float
+    centre: float
+    scale: float
+
+    def apply(self, hu: np.ndarray) -> np.ndarray:
+        return ((np.clip(hu, self.low, self.high) - self.centre) / self.scale).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    path: Path
+    name: str
+    architecture: str
+    kwargs: dict
+    weights: Path
+    orientation: str  # axis codes the network's (x, y, z) index axes point to, e.g. "LPS"
+    spacing: tuple[float, float, float]  # mm, in (x, y, z) index order
+    intensity: Intensity
+    head: str  # "softmax" or "sigmoid"
+    classes: tuple[str, ...]
+    colours: tuple[tuple[float, float, float], ...]
+    window: tuple[int, int, int]  # sliding window in array order (z, y, x)
+    overlap: float
+    default_layer: str | None
+    extra: dict
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.kwargs.get("in_channels", 1))
+
+    def class_index(self, name_or_index) -> int:
+        if isinstance(name_or_index, int) or str(name_or_index).isdigit():
+            index = int(name_or_index)
+            if 0 <= index < len(self.classes):
+                return index
+        elif name_or_index in self.classes:
+            return self.classes.index(name_or_index)
+        raise ExplainInputError(
+            f"The model has no class {name_or_index!r}: choose one of "
+            + ", ".join(f"{i} ({name})" for i, name in enumerate(self.classes))
+            + "."
+        )
+
+    def build_network(self):
+        """The eager network with its weights, in eval mode."""
+        import monai.networks.nets as nets
+
+        if self.architecture not in ARCHITECTURES:
+            raise ExplainInputError(
+                f"Model card {self.path.name} names architecture {self.architecture!r}, which is not one of the "
+                f"supported MONAI networks ({', '.join(ARCHITECTURES)})."
+            )
+        try:
+            network = getattr(nets, self.architecture)(**self.kwargs)
+        except TypeError as error:
+            raise ExplainInputError(
+                f"Model card {self.path.name}: the network arguments do not fit: {error}."
+            ) from None
+        state = load_weights(self.weights)
+        try:
+            network.load_state_dict(state)
+        except RuntimeError as error:
+            first = str(error).splitlines()[0]
+            raise ExplainInputError(
+                f"The weights in {self.weights.name} do not fit the {self.architecture} described by "
+                f"{self.path.name} ({first}): check the architecture arguments in the card."
+            ) from None
+        return network.eval()
+
+
+def load_weights(path: Path) -> dict:
+    """A state dict from an untrusted file: tensors and plain containers only."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    if not path.is_file():
+        raise ExplainInputError(f"The weights file {path} does not exist: check the path in the model card.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExplainInputError(
+            f"Cannot load weights from {path.name}: the file is damaged or is not a plain PyTorch state dict "
+            f"({first[:160]}). Only tensors are loaded, never code."
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ExplainInputError(f"{path.name} is not a state dict of tensors: save model.state_dict() instead.")
+    return state
+
+
+def read_model_card(path=None) -> ModelCard:
+    """A model card from a JSON file or a folder holding one (default: the bundled model)."""
+    path = Path(path) if path is not None else BUNDLED_MODEL
+    if path.is_dir():
+        cards = sorted(path.glob("*.json"))
+        if len(cards) != 1:
+            raise ExplainInputError(
+                f"The model folder {path} must hold exactly one model card (.json); it holds {len(cards)}."
+            )
+        path = cards[0]
+    if not path.is_file():
+        raise ExplainInputError(f"The model card {path} does not exist: give a model card JSON or a model folder.")
+    try:
+        card = json.loads(path.read_text())
+        preprocessing = card["preprocessing"]
+        intensity = preprocessing["intensity"]
+        return ModelCard(
+            path=path,
+            name=card.get("name", path.stem),
+            architecture=card["architecture"],
+            kwargs=dict(card["kwargs"]),
+            weights=(path.parent / card["weights"]).resolve(),
+            orientation=preprocessing["orientation"],
+            spacing=tuple(float(v) for v in preprocessing["spacing"]),
+            intensity=Intensity(*(float(intensity[key]) for key in ("low", "high", "centre", "scale"))),
+            head=card.get("head", "softmax"),
+            classes=tuple(card["classes"]),
+            colours=tuple(tuple(c) for c in card.get("colours", [[0.5, 0.5, 0.5]] * len(card["classes"]))),
+            window=tuple(int(v) for v in card["sliding_window"]["size"]),
+            overlap=float(card["sliding_window"].get("overlap", 0.25)),
+            default_layer=card.get("default_layer"),
+            extra={key: value for key, value in card.items() if key in ("training", "validation")},
+        )
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ExplainInputError(f"The model card {path.name} is not valid JSON ({error}).") from None
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExplainInputError(f"The model card {path.name} lacks or mistypes the entry {error}.") from None

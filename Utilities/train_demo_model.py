@@ -1,0 +1,165 @@
+"""Trains the bundled demo network: a small MONAI 3D U-Net on synthetic KiTS-like CTs.
+
+Runs on the CPU within the time budget (default 25 minutes on 2 cores), validates on 10
+held-out seeds with the same sliding-window inference the product uses, and writes the
+weights and the model card to SegHiResGradCAM/Resources/Models/.
+
+    .venv/bin/python Utilities/train_demo_model.py [--minutes 25] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import UNet
+
+from SegHiResGradCAMLib.model_card import Intensity
+from SegHiResGradCAMLib.phantom import LABELS, Grid, make_case
+from SegHiResGradCAMLib.sliding_window import sliding_window_logits
+
+OUTPUT = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "Resources" / "Models"
+NAME = "kits_demo_unet"
+KWARGS = dict(spatial_dims=3, in_channels=1, out_channels=4, channels=(12, 24, 48, 96), strides=(2, 2, 2),
+              num_res_units=1)  # fmt: skip
+SPACING = (2.5, 2.5, 3.0)  # mm, (x, y, z)
+MODEL_GRID = Grid.centred((160, 160, 60), SPACING)  # 400 x 400 x 180 mm, as the demo CTs
+INTENSITY = Intensity(low=-250.0, high=350.0, centre=50.0, scale=150.0)
+PATCH = (32, 96, 96)  # (z, y, x)
+OVERLAP = 0.25
+TRAINING_SEEDS = range(1000, 1048)
+VALIDATION_SEEDS = range(100, 110)
+COLOURS = [[0.0, 0.0, 0.0], [0.85, 0.55, 0.25], [0.85, 0.15, 0.2], [0.3, 0.6, 0.95]]
+
+
+def load_cases(seeds):
+    cases = [make_case(seed, MODEL_GRID) for seed in seeds]
+    return [(INTENSITY.apply(case.hu), case.labels.astype(np.int64)) for case in cases]
+
+
+def random_patch(rng, image, labels):
+    """A training patch; two in three are centred on a kidney, tumour or cyst voxel."""
+    shape = np.array(image.shape)
+    if rng.random() < 0.67:
+        foreground = np.argwhere(labels > 0) if rng.random() < 0.5 else np.argwhere(labels >= 2)
+        if len(foreground) == 0:
+            foreground = np.argwhere(labels > 0)
+        centre = foreground[rng.integers(len(foreground))]
+    else:
+        centre = rng.integers(0, shape)
+    low = np.clip(centre - np.array(PATCH) // 2, 0, shape - PATCH)
+    box = tuple(slice(lo, lo + size) for lo, size in zip(low, PATCH, strict=True))
+    patch_image, patch_labels = image[box], labels[box]
+    if rng.random() < 0.5:  # left-right mirror: kidneys and tumours occur on both sides
+        patch_image, patch_labels = patch_image[..., ::-1], patch_labels[..., ::-1]
+    patch_image = patch_image * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
+    return np.ascontiguousarray(patch_image), np.ascontiguousarray(patch_labels)
+
+
+def dice_loss(logits, labels):
+    probabilities = torch.softmax(logits, 1)
+    one_hot = F.one_hot(labels, logits.shape[1]).movedim(-1, 1).float()
+    overlap = (probabilities * one_hot).sum((0, 2, 3, 4))
+    total = probabilities.sum((0, 2, 3, 4)) + one_hot.sum((0, 2, 3, 4))
+    return 1 - ((2 * overlap + 1) / (total + 1))[1:].mean()
+
+
+def dice(prediction, truth) -> float:
+    total = prediction.sum() + truth.sum()
+    return float(2 * (prediction & truth).sum() / total) if total else 1.0
+
+
+def validate(model, cases) -> dict:
+    scores = {"kidney": [], "tumour": [], "cyst": [], "kidney_and_masses": []}
+    for image, labels in cases:
+        prediction = sliding_window_logits(model, image[None], PATCH, OVERLAP).argmax(0).numpy()
+        scores["kidney"].append(dice(prediction == 1, labels == 1))
+        scores["tumour"].append(dice(prediction == 2, labels == 2))
+        if (labels == 3).any() or (prediction == 3).any():
+            scores["cyst"].append(dice(prediction == 3, labels == 3))
+        scores["kidney_and_masses"].append(dice(prediction > 0, labels > 0))
+    return {name: round(float(np.mean(values)), 4) for name, values in scores.items() if values}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=25.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=2)
+    arguments = parser.parse_args()
+    started = time.time()
+    torch.manual_seed(arguments.seed)
+    rng = np.random.default_rng(arguments.seed)
+    training = load_cases(TRAINING_SEEDS)
+    print(f"{len(training)} training cases ready in {time.time() - started:.0f} s", flush=True)
+    model = UNet(**KWARGS)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-5)
+    class_weights = torch.tensor([0.5, 1.0, 2.0, 1.5])
+    budget = arguments.minutes * 60 - (time.time() - started) - 90  # leave time to validate
+    step, losses, training_started = 0, [], time.time()
+    while time.time() - training_started < budget:
+        fraction = (time.time() - training_started) / budget
+        for group in optimiser.param_groups:
+            group["lr"] = 3e-3 * (1 - fraction) ** 0.9
+        pairs = [random_patch(rng, *training[rng.integers(len(training))]) for _ in range(arguments.batch)]
+        images = torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None]
+        labels = torch.from_numpy(np.stack([p[1] for p in pairs]))
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels, weight=class_weights) + dice_loss(logits, labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+        step += 1
+        if step % 100 == 0:
+            print(f"step {step}: loss {np.mean(losses[-100:]):.3f} ({time.time() - started:.0f} s)", flush=True)
+    model.eval()
+    scores = validate(model, load_cases(VALIDATION_SEEDS))
+    print("validation Dice:", scores, flush=True)
+
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    torch.save({key: value.detach().clone() for key, value in model.state_dict().items()}, OUTPUT / f"{NAME}.pt")
+    card = {
+        "name": "KiTS-like demo 3D U-Net",
+        "description": "Small MONAI 3D U-Net trained on synthetic KiTS-like CTs (Utilities/train_demo_model.py). "
+        "For demonstration only, not for clinical use.",
+        "architecture": "UNet",
+        "kwargs": {key: list(value) if isinstance(value, tuple) else value for key, value in KWARGS.items()},
+        "weights": f"{NAME}.pt",
+        "preprocessing": {
+            "orientation": "LPS",
+            "spacing": list(SPACING),
+            "intensity": {
+                "low": INTENSITY.low,
+                "high": INTENSITY.high,
+                "centre": INTENSITY.centre,
+                "scale": INTENSITY.scale,
+            },
+        },
+        "head": "softmax",
+        "classes": [LABELS[index] for index in range(4)],
+        "colours": COLOURS,
+        "sliding_window": {"size": list(PATCH), "overlap": OVERLAP, "blend": "gaussian", "axis_order": "zyx"},
+        "default_layer": None,
+        "training": {
+            "seed": arguments.seed,
+            "steps": step,
+            "batch": arguments.batch,
+            "patch": list(PATCH),
+            "cases": len(training),
+            "training_seeds": [TRAINING_SEEDS.start, TRAINING_SEEDS.stop - 1],
+            "minutes": round((time.time() - started) / 60, 1),
+        },
+        "validation": {"seeds": list(VALIDATION_SEEDS), "dice": scores, "grid": "model grid (2.5 x 2.5 x 3 mm)"},
+    }
+    (OUTPUT / f"{NAME}.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(f"wrote {OUTPUT / NAME}.pt and .json after {(time.time() - started) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
