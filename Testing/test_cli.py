@@ -1,32 +1,138 @@
-"""The installed ``seghiresgradcam`` command, run as a user would."""
+"""The installed ``seghiresgradcam`` command, run as a user would, on real files."""
 
+import json
+import pickle
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SegHiResGradCAMLib.phantom import Grid, make_case
+from SegHiResGradCAMLib.volume_io import case_images, reorient
 
 COMMAND = shutil.which("seghiresgradcam") or str(Path(__file__).resolve().parents[1] / ".venv/bin/seghiresgradcam")
+BUNDLED = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "Resources" / "Models" / "kits_demo_unet.json"
+
+
+def seghiresgradcam(*arguments):
+    return subprocess.run([COMMAND, *map(str, arguments)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def kits_like_case(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("case")
+    ct, labels = case_images(make_case(21, Grid.centred((192, 192, 40), (1.6, 1.6, 3.0))))
+    sitk.WriteImage(reorient(ct, "IPL"), str(folder / "imaging.nii.gz"))
+    sitk.WriteImage(reorient(labels, "IPL"), str(folder / "segmentation.nii.gz"))
+    tumour = sitk.Equal(labels, 2)
+    sitk.WriteImage(tumour, str(folder / "tumour.nrrd"))  # stored in another orientation and format
+    return folder
+
+
+def test_explain_writes_the_heatmap_and_prediction_in_the_ct_geometry(kits_like_case, tmp_path):
+    ct_path = kits_like_case / "imaging.nii.gz"
+    run = seghiresgradcam("explain", "--image", ct_path, "--target-class", "tumour", "--mask",
+                          kits_like_case / "tumour.nrrd", "--out", tmp_path / "heat.nrrd", "--prediction",
+                          tmp_path / "prediction.nii.gz", "--progress", "none")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    ct, heat = sitk.ReadImage(str(ct_path)), sitk.ReadImage(str(tmp_path / "heat.nrrd"))
+    prediction = sitk.ReadImage(str(tmp_path / "prediction.nii.gz"))
+    for result in (heat, prediction):
+        assert result.GetSize() == ct.GetSize()
+        assert np.allclose(result.GetSpacing(), ct.GetSpacing()) and np.allclose(result.GetOrigin(), ct.GetOrigin())
+        assert np.allclose(result.GetDirection(), ct.GetDirection())
+    values = sitk.GetArrayFromImage(heat)
+    assert values.min() >= 0 and values.max() == pytest.approx(1.0, abs=0.02)
+    assert heat.GetMetaData("seghiresgradcam_method") == "seg-hires-grad-cam"
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(kits_like_case / "segmentation.nii.gz")))
+    assert set(np.unique(sitk.GetArrayFromImage(prediction))) <= {0, 1, 2, 3}
+    # The explanation of a tumour segment lies mostly in and around the kidneys, not in the air.
+    assert values[truth > 0].sum() > values[sitk.GetArrayFromImage(ct) < -900].sum()
+
+
+def test_json_progress_is_monotone_and_ends_at_one(kits_like_case, tmp_path):
+    run = seghiresgradcam("explain", "--image", kits_like_case / "imaging.nii.gz", "--target-class", "1",
+                          "--from-prediction", "--method", "seg-grad-cam", "--out", tmp_path / "heat.nii.gz",
+                          "--progress", "json")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    fractions = [json.loads(line)["fraction"] for line in run.stdout.splitlines()]
+    assert len(fractions) > 5 and fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_layers_lists_the_bundled_model_s_layers_with_a_recommended_one():
+    run = seghiresgradcam("layers")
+    assert run.returncode == 0, run.stderr
+    recommended = [line for line in run.stdout.splitlines() if "(recommended)" in line]
+    assert len(recommended) == 1 and recommended[0].split()[0] == "model.1"
 
 
 def test_methods_lists_both_registered_methods():
-    listing = subprocess.run([COMMAND, "methods"], capture_output=True, text=True, check=True).stdout
+    listing = seghiresgradcam("methods").stdout
     assert "seg-hires-grad-cam" in listing and "seg-grad-cam" in listing
 
 
-def test_demo_writes_a_figure_and_heatmaps_concentrated_on_the_tumour(tmp_path):
-    out = tmp_path / "demo"
-    run = subprocess.run([COMMAND, "demo", "--out", str(out)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert "heat inside the segment" in run.stdout
-    assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for method in ("seg-grad-cam", "seg-hires-grad-cam"):
-        heatmap = np.load(out / f"{method}.npy")
-        assert heatmap.shape == (96, 96)
-        assert heatmap.min() >= 0 and heatmap.max() > 0
+def bad_model_files(folder: Path) -> dict:
+    truncated = folder / "truncated.json"
+    truncated.write_text(BUNDLED.read_text()[:200])
+    damaged_weights = folder / "damaged" / "model.json"
+    damaged_weights.parent.mkdir()
+    card = json.loads(BUNDLED.read_text())
+    (damaged_weights.parent / "weights.pt").write_bytes((BUNDLED.parent / card["weights"]).read_bytes()[:5000])
+    card["weights"] = "weights.pt"
+    damaged_weights.write_text(json.dumps(card))
+    return {"truncated": truncated, "damaged": damaged_weights, "missing": folder / "nowhere.json"}
 
 
-def test_unknown_command_fails_with_usage():
-    failed = subprocess.run([COMMAND, "frobnicate"], capture_output=True, text=True)
-    assert failed.returncode == 2
-    assert "invalid choice" in failed.stderr
+class Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/seghiresgradcam-payload-ran"),))
+
+
+def test_a_weights_file_that_would_run_code_is_refused_without_running_it(tmp_path):
+    marker = Path("/tmp/seghiresgradcam-payload-ran")
+    marker.unlink(missing_ok=True)
+    card = json.loads(BUNDLED.read_text())
+    with open(tmp_path / "evil.pt", "wb") as handle:
+        pickle.dump({"model.0.conv.weight": Payload()}, handle)
+    card["weights"] = "evil.pt"
+    (tmp_path / "evil.json").write_text(json.dumps(card))
+    run = seghiresgradcam("layers", "--model", tmp_path / "evil.json")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "Only tensors are loaded, never code" in run.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("problem", ["missing image", "not a CT", "truncated", "damaged", "missing", "bad class"])
+def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(problem, kits_like_case, tmp_path):
+    models = bad_model_files(tmp_path)
+    image = kits_like_case / "imaging.nii.gz"
+    arguments = ["--target-class", "tumour", "--from-prediction", "--out", tmp_path / "heat.nrrd"]
+    if problem == "missing image":
+        image = tmp_path / "no-such-ct.nii.gz"
+    elif problem == "not a CT":
+        image = kits_like_case / "segmentation.nii.gz"
+    elif problem == "bad class":
+        arguments[1] = "spleen"
+    else:
+        arguments += ["--model", models[problem]]
+    run = seghiresgradcam("explain", "--image", image, *arguments, "--progress", "none")
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seghiresgradcam: error: ")
+    assert not (tmp_path / "heat.nrrd").exists()
+
+
+def test_demo_writes_the_case_heatmaps_and_figure_and_reuses_the_case(tmp_path):
+    first = seghiresgradcam("demo", "--out", tmp_path, "--progress", "none")
+    assert first.returncode == 0, first.stderr
+    for name in ["case_00007_ct.nii.gz", "case_00007_ground_truth.nii.gz", "prediction.nrrd",
+                 "heatmap_seg-grad-cam.nrrd", "heatmap_seg-hires-grad-cam.nrrd"]:  # fmt: skip
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "in tumour" in first.stdout and "Making the synthetic" in first.stdout
+    second = seghiresgradcam("demo", "--out", tmp_path, "--progress", "none")
+    assert second.returncode == 0 and "Reusing the sample case" in second.stdout

@@ -10,7 +10,13 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import BasicUNet, UNet
 
 from conftest import BiasFreeUNet, bias_free_cnn
-from SegHiResGradCAMLib import ExplainCancelled, ExplainInputError, explain, sliding_window_logits
+from SegHiResGradCAMLib import (
+    ExplainCancelled,
+    ExplainInputError,
+    ExplainResourceError,
+    explain,
+    sliding_window_logits,
+)
 from SegHiResGradCAMLib.sliding_window import window_grid
 
 METHODS = ["seg-hires-grad-cam", "seg-grad-cam"]
@@ -181,3 +187,31 @@ def test_bad_window_arguments_are_refused():
         if torch.cuda.is_available():
             raise ExplainInputError("no CUDA GPU (skipped: a GPU is present)")
         explain(model, image, 1, window=(32, 32, 16), device="cuda")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_batches_of_windows_give_the_same_result_as_one_at_a_time(method):
+    model = small_basic_unet()
+    image = torch.randn(1, 48, 40, 24)
+    mask = box_mask((48, 40, 24), (8, 8, 4), (30, 20, 16))
+    one = explain(model, image, 1, mask=mask, method=method, window=(32, 32, 16), batch_size=1)
+    three = explain(model, image, 1, mask=mask, method=method, window=(32, 32, 16), batch_size=3)
+    np.testing.assert_allclose(three.raw, one.raw, rtol=1e-5, atol=1e-6 * np.abs(one.raw).max())
+    assert three.score == pytest.approx(one.score, rel=1e-6)
+
+
+def test_running_out_of_device_memory_says_what_to_do():
+    class Greedy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 2, 1)
+
+        def forward(self, x):
+            if x.shape[0] > 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return self.conv(x)
+
+    image = torch.randn(1, 24, 24, 24)
+    with pytest.raises(ExplainResourceError, match=r"smaller window or batch size.*device='cpu'"):
+        explain(Greedy(), image, 1, layer="conv", window=(16, 16, 16), batch_size=4)
+    assert explain(Greedy(), image, 1, layer="conv", window=(16, 16, 16), batch_size=1).raw.shape == (24, 24, 24)

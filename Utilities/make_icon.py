@@ -1,5 +1,5 @@
-"""Draws the extension and module icon (128 x 128 PNG): a toy kidney-and-tumour slice with
-a heat overlay on the tumour.
+"""Draws the extension and module icon (128 x 128 PNG): an axial slice of the synthetic
+KiTS-like CT with a heat overlay on the tumour.
 
     .venv/bin/python Utilities/make_icon.py
 """
@@ -10,17 +10,18 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from SegHiResGradCAMLib.toy_example import toy_case
+from SegHiResGradCAMLib.phantom import Grid, make_case
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def icon() -> Image.Image:
-    image, labels = toy_case(seed=3, size=128)
-    grey = np.clip((image[0] + 1.2) / 2.6, 0, 1)
-    tumour = np.argwhere(labels == 2).mean(axis=0)
+    case = make_case(seed=3, grid=Grid.centred((128, 128, 40), (3.1, 3.1, 4.5)))
+    tumour = np.argwhere(case.labels == 2).mean(axis=0)
+    axial = case.hu[int(tumour[0])]
+    grey = np.clip((axial + 160) / 400, 0, 1)
     yy, xx = np.mgrid[:128, :128]
-    heat = np.exp(-((yy - tumour[0]) ** 2 + (xx - tumour[1]) ** 2) / (2 * 9.0**2))
+    heat = np.exp(-((yy - tumour[1]) ** 2 + (xx - tumour[2]) ** 2) / (2 * 7.0**2))
     rgb = np.repeat(grey[..., None], 3, axis=2)
     coloured = colormaps["inferno"](heat)[..., :3]
     alpha = np.clip(heat * 1.3, 0, 0.85)[..., None]

@@ -1,23 +1,92 @@
-"""The ``seghiresgradcam`` command line."""
+"""The ``seghiresgradcam`` command line: explain a segmentation network's segment in a CT."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from .errors import ExplainCancelled, ExplainInputError, ExplainResourceError
+
+
+class TerminalProgress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30):
+        self.stream, self.width, self.last = stream, width, ""
+
+    def __call__(self, fraction: float, message: str) -> None:
+        filled = round(fraction * self.width)
+        line = f"\r[{'#' * filled}{'.' * (self.width - filled)}] {100 * fraction:5.1f}% {message:<24}"
+        if line != self.last:
+            self.stream.write(line)
+            self.stream.flush()
+            self.last = line
+        if fraction >= 1.0:
+            self.stream.write("\n")
+
+
+def json_progress(fraction: float, message: str) -> None:
+    print(json.dumps({"fraction": round(fraction, 4), "message": message}), flush=True)
+
+
+def _progress(kind: str):
+    return {"bar": TerminalProgress(), "json": json_progress, "none": None}[kind]
+
+
+def _explain(arguments) -> int:
+    from .pipeline import ExplainJob, run
+
+    out = Path(arguments.out)
+    job = ExplainJob(
+        image=Path(arguments.image),
+        target_class=arguments.target_class,
+        methods=[arguments.method],
+        heatmaps=[out],
+        model=Path(arguments.model) if arguments.model else None,
+        mask=Path(arguments.mask) if arguments.mask else None,
+        layer=arguments.layer,
+        device=arguments.device,
+        prediction=Path(arguments.prediction) if arguments.prediction else None,
+        progress=_progress(arguments.progress),
+    )
+    result = run(job)
+    if arguments.progress != "json":
+        print(
+            f"{arguments.method} of class {result.class_name} at layer {result.layer} on {result.device}: "
+            f"T = {result.scores[arguments.method]:.4g}; heatmap written to {out}"
+        )
+    return 0
+
+
+def _layers(arguments) -> int:
+    from .model_card import read_model_card
+    from .model_inspection import list_layers
+
+    card = read_model_card(arguments.model)
+    for layer in list_layers(card.build_network(), (card.in_channels, *card.window)):
+        marker = "  (recommended)" if layer.recommended else ""
+        print(f"{layer.name:40s} {layer.type:20s} {'x'.join(map(str, layer.shape))}{marker}")
+    return 0
+
 
 def _demo(arguments) -> int:
-    from .toy_example import run_toy_example
+    from .demo import run_demo
 
-    summary = run_toy_example(Path(arguments.out))
-    print(f"Toy example written to {arguments.out}/ (figure.png, one heatmap per method)")
-    print(f"  trained a small 2D U-Net in {summary['training_s']:.1f} s; total {summary['seconds']:.1f} s")
-    for name, numbers in summary["methods"].items():
-        print(
-            f"  {name:20s} layer {numbers['layer']:8s} T = {numbers['score']:10.2f}   "
-            f"heat inside the segment: {100 * numbers['mass_in_segment']:5.1f} %"
-        )
+    summary = run_demo(Path(arguments.out), seed=arguments.seed, device=arguments.device,
+                       progress=_progress(arguments.progress))  # fmt: skip
+    seconds = summary["seconds"]
+    print(f"\nWritten to {arguments.out}/: the CT and ground truth (NIfTI), prediction.nrrd, one heatmap NRRD per "
+          "method, figure.png")  # fmt: skip
+    print(f"device {summary['device']}, layer {summary['layer']}; inference {seconds['inference']:.1f} s, "
+          f"total {seconds['total']:.1f} s; tumour Dice {summary['tumour_dice']:.3f}, kidney Dice "
+          f"{summary['kidney_dice']:.3f}")  # fmt: skip
+    print(f"{'method':22s} {'T':>10s} {'time':>7s} {'in tumour':>10s} {'in kidney':>10s} {'outside body':>13s}")
+    for method, shares in summary["heat_shares"].items():
+        tumour, kidney, outside = (100 * shares[key] for key in ("tumour", "kidney", "outside_body"))
+        score = summary["target_score"][method]
+        print(f"{method:22s} {score:10.4g} {seconds[method]:6.1f}s {tumour:9.1f}% {kidney:9.1f}% {outside:12.1f}%")
     return 0
 
 
@@ -29,16 +98,57 @@ def _methods(arguments) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seghiresgradcam", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the built-in example and write a figure")
+
+    explain = commands.add_parser("explain", help="explain a segment of a CT and write the heatmap")
+    explain.add_argument("--image", required=True, help="the CT (NIfTI, NRRD, MHA: anything SimpleITK reads)")
+    explain.add_argument("--model", help="model card JSON or model folder (default: the bundled demo model)")
+    explain.add_argument("--target-class", required=True, help="output class, by name or index")
+    which = explain.add_mutually_exclusive_group(required=True)
+    which.add_argument("--mask", help="label map whose nonzero voxels are the segment M (any grid)")
+    which.add_argument("--from-prediction", action="store_true", help="M = the network's own prediction")
+    explain.add_argument("--method", default="seg-hires-grad-cam", help="CAM method (see `methods`)")
+    explain.add_argument("--layer", help="target layer (see `layers`; default: the recommended one)")
+    explain.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    explain.add_argument("--out", required=True, help="heatmap file, written in the CT's geometry (0..1)")
+    explain.add_argument("--prediction", help="also write the predicted label map here")
+    explain.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    explain.set_defaults(run=_explain)
+
+    layers = commands.add_parser("layers", help="list the layers that can be explained")
+    layers.add_argument("--model", help="model card JSON or model folder (default: the bundled demo model)")
+    layers.set_defaults(run=_layers)
+
+    demo = commands.add_parser("demo", help="explain the bundled model's tumour segmentation of a sample case")
     demo.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    demo.add_argument("--seed", type=int, default=7, help="which synthetic case (default: 7)")
+    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    demo.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
     demo.set_defaults(run=_demo)
+
     methods = commands.add_parser("methods", help="list the registered CAM methods")
     methods.set_defaults(run=_methods)
-    arguments = parser.parse_args(argv)
-    return arguments.run(arguments)
+    return parser
+
+
+def main(argv=None) -> int:
+    arguments = build_parser().parse_args(argv)
+    try:
+        return arguments.run(arguments)
+    except ExplainInputError as error:
+        print(f"seghiresgradcam: error: {error}", file=sys.stderr)
+        return 2
+    except ExplainResourceError as error:
+        print(f"seghiresgradcam: error: {error}", file=sys.stderr)
+        return 3
+    except (ExplainCancelled, KeyboardInterrupt):
+        print("seghiresgradcam: cancelled; no output was written.", file=sys.stderr)
+        return 130
+    except OSError as error:
+        print(f"seghiresgradcam: error: {error.strerror or error} ({error.filename or ''})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

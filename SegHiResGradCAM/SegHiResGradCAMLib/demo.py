@@ -1,0 +1,106 @@
+"""``seghiresgradcam demo``: a synthetic KiTS-like case, the bundled network's tumour
+segmentation, and its explanation by Seg-Grad CAM and Seg-HiRes-Grad CAM, laid out like
+the paper's figures."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .pipeline import ExplainJob, run
+from .volume_io import case_images, reorient, write_volume
+
+DEMO_METHODS = ("seg-grad-cam", "seg-hires-grad-cam")
+
+
+def sample_case(folder: Path, seed: int, say=print) -> tuple[Path, Path]:
+    """The KiTS-like sample CT and its ground truth (NIfTI, IPL), made once and reused."""
+    from .phantom import make_case
+
+    ct_path, truth_path = folder / f"case_{seed:05d}_ct.nii.gz", folder / f"case_{seed:05d}_ground_truth.nii.gz"
+    if ct_path.is_file() and truth_path.is_file():
+        say(f"Reusing the sample case in {folder}/")
+        return ct_path, truth_path
+    say(f"Making the synthetic KiTS-like case {seed} (512 x 512 x 60, 0.78 x 0.78 x 3 mm) ...")
+    ct, truth = case_images(make_case(seed))
+    write_volume(reorient(truth, "IPL"), truth_path)
+    write_volume(reorient(ct, "IPL"), ct_path)
+    return ct_path, truth_path
+
+
+def body_mask(hu: np.ndarray) -> np.ndarray:
+    """The patient's body on each axial slice of an LPS [z, y, x] array."""
+    inside = np.stack([ndimage.binary_fill_holes(axial) for axial in hu > -400])
+    components, count = ndimage.label(inside)
+    if count == 0:
+        return inside
+    sizes = ndimage.sum(inside, components, range(1, count + 1))
+    return components == (int(np.argmax(sizes)) + 1)
+
+
+def heat_shares(heat: np.ndarray, truth: np.ndarray, body: np.ndarray) -> dict[str, float]:
+    total = float(heat.sum())
+    if total <= 0:
+        return {"tumour": 0.0, "kidney": 0.0, "outside_body": 0.0}
+    return {
+        "tumour": float(heat[truth == 2].sum()) / total,
+        "kidney": float(heat[truth == 1].sum()) / total,
+        "outside_body": float(heat[~body].sum()) / total,
+    }
+
+
+def run_demo(out: Path, seed: int = 7, device: str = "auto", progress=None, say=print) -> dict:
+    from .figures import paper_figure
+    from .methods import METHODS
+
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    ct_path, truth_path = sample_case(out, seed, say)
+    heatmap_paths = [out / f"heatmap_{method}.nrrd" for method in DEMO_METHODS]
+    job = ExplainJob(image=ct_path, target_class="tumour", methods=list(DEMO_METHODS), heatmaps=heatmap_paths,
+                     device=device, prediction=out / "prediction.nrrd", progress=progress)  # fmt: skip
+    result = run(job)
+
+    def lps(image: sitk.Image) -> np.ndarray:
+        return sitk.GetArrayFromImage(reorient(image, "LPS"))
+
+    hu = lps(sitk.ReadImage(str(ct_path)))
+    truth, prediction, segment = lps(sitk.ReadImage(str(truth_path))), lps(result.prediction), lps(result.segment)
+    heatmaps = {method: lps(result.heatmaps[method]) for method in DEMO_METHODS}
+    body = body_mask(hu)
+    components, count = ndimage.label(segment)
+    largest = components == (1 + int(np.argmax(ndimage.sum(segment, components, range(1, count + 1)))))
+    centre = round(ndimage.center_of_mass(largest)[0])
+    # Zoom on the kidneys: the bounding box of the labels on this slice with a 50 mm margin.
+    rows, columns = np.nonzero((truth[centre] > 0) | (segment[centre] > 0))
+    margin = round(50 / reorient(result.prediction, "LPS").GetSpacing()[0])
+    view = (slice(max(rows.min() - margin, 0), rows.max() + margin), slice(max(columns.min() - margin, 0),
+            columns.max() + margin))  # fmt: skip
+    paper_figure(
+        out / "figure.png",
+        np.clip(hu[centre][view], -160, 240),
+        truth[centre][view],
+        prediction[centre][view],
+        segment[centre][view].astype(bool),
+        {METHODS[method].title: heat[centre][view] for method, heat in heatmaps.items()},
+        title=f"Synthetic KiTS-like case {seed}: why did the network segment this tumour? (axial slice {centre})",
+    )
+    summary = {
+        "device": result.device,
+        "layer": result.layer,
+        "seconds": {**result.seconds, "total": time.perf_counter() - started},
+        "target_score": result.scores,
+        "heat_shares": {method: heat_shares(heat, truth, body) for method, heat in heatmaps.items()},
+        "tumour_dice": _dice(prediction == 2, truth == 2),
+        "kidney_dice": _dice(prediction == 1, truth == 1),
+    }
+    return summary
+
+
+def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    total = prediction.sum() + truth.sum()
+    return float(2 * (prediction & truth).sum() / total) if total else 1.0
