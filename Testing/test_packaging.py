@@ -47,3 +47,12 @@ def test_the_readme_python_example_runs(capsys):
     exec(compile(blocks[0], "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "upcat_1" in printed and "(recommended)" in printed and "seg-hires-grad-cam" in printed
+
+
+def test_the_extensions_index_entry_names_category_repository_and_pytorch():
+    import json
+
+    entry = json.loads((ROOT / "SegHiResGradCAM.json").read_text())
+    assert entry["category"] == "Segmentation"
+    assert entry["scm_url"].endswith(".git")
+    assert entry["build_dependencies"] == ["PyTorch"]

@@ -49,6 +49,7 @@ def _explain(arguments) -> int:
         layer=arguments.layer,
         device=arguments.device,
         prediction=Path(arguments.prediction) if arguments.prediction else None,
+        summary=Path(arguments.summary) if arguments.summary else None,
         progress=_progress(arguments.progress),
     )
     result = run(job)
@@ -65,7 +66,12 @@ def _layers(arguments) -> int:
     from .model_inspection import list_layers
 
     card = read_model_card(arguments.model)
-    for layer in list_layers(card.build_network(), (card.in_channels, *card.window)):
+    layers = list_layers(card.build_network(), (card.in_channels, *card.window))
+    if arguments.json:
+        print(json.dumps([{"name": layer.name, "type": layer.type, "shape": list(layer.shape),
+                           "recommended": layer.recommended} for layer in layers]))  # fmt: skip
+        return 0
+    for layer in layers:
         marker = "  (recommended)" if layer.recommended else ""
         print(f"{layer.name:40s} {layer.type:20s} {'x'.join(map(str, layer.shape))}{marker}")
     return 0
@@ -93,6 +99,9 @@ def _demo(arguments) -> int:
 def _methods(arguments) -> int:
     from .methods import METHODS
 
+    if arguments.json:
+        print(json.dumps([{"name": method.name, "title": method.title} for method in METHODS.values()]))
+        return 0
     for method in METHODS.values():
         print(f"{method.name:20s} {method.title}  ({method.reference})")
     return 0
@@ -114,11 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     explain.add_argument("--out", required=True, help="heatmap file, written in the CT's geometry (0..1)")
     explain.add_argument("--prediction", help="also write the predicted label map here")
+    explain.add_argument("--summary", help="also write a JSON summary (T, layer, method title, times) here")
     explain.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
     explain.set_defaults(run=_explain)
 
     layers = commands.add_parser("layers", help="list the layers that can be explained")
     layers.add_argument("--model", help="model card JSON or model folder (default: the bundled demo model)")
+    layers.add_argument("--json", action="store_true", help="print JSON (for programs)")
     layers.set_defaults(run=_layers)
 
     demo = commands.add_parser("demo", help="explain the bundled model's tumour segmentation of a sample case")
@@ -129,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     methods = commands.add_parser("methods", help="list the registered CAM methods")
+    methods.add_argument("--json", action="store_true", help="print JSON (for programs)")
     methods.set_defaults(run=_methods)
     return parser
 

@@ -4,6 +4,7 @@ in the CT's exact geometry."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ class ExplainJob:
     layer: str | None = None
     device: str = "auto"
     prediction: Path | None = None  # where to write the predicted label map, if wanted
+    summary: Path | None = None  # where to write a JSON summary (method titles, T, layer, times)
     progress: object = None  # callable(fraction, message)
     cancel: object = None
 
@@ -49,6 +51,20 @@ class JobResult:
     heatmaps: dict[str, sitk.Image] = field(default_factory=dict)
     prediction: sitk.Image | None = None
     segment: sitk.Image | None = None
+
+    def summary(self) -> dict:
+        from .methods import METHODS
+
+        return {
+            "device": self.device,
+            "layer": self.layer,
+            "target_class": self.target_class,
+            "class_name": self.class_name,
+            "methods": {
+                name: {"title": METHODS[name].title, "target_score": score} for name, score in self.scores.items()
+            },
+            "seconds": self.seconds,
+        }
 
 
 def _report(job: ExplainJob, fraction: float, message: str) -> None:
@@ -123,5 +139,7 @@ def run(job: ExplainJob) -> JobResult:
         write_volume(result.heatmaps[method], path)
     if job.prediction is not None:
         write_volume(result.prediction, job.prediction)
+    if job.summary is not None:
+        job.summary.write_text(json.dumps(result.summary(), indent=2))
     _report(job, 1.0, "done")
     return result

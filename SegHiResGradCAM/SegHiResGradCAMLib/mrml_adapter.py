@@ -1,0 +1,231 @@
+"""MRML nodes <-> files for the background pipeline, and the heatmap's display.
+
+Qt-free and torch-free: it runs in the Slicer application and, for tests, with
+slicer-core. Input nodes are only read, never modified; every node this module creates is
+either returned to the caller or removed before an error propagates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+
+from .errors import ExplainInputError
+
+RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
+HEAT_COLOUR_TABLE = RESOURCES / "ColorTables" / "SegHiResGradCAMHeat.txt"
+HEAT_COLOUR_NODE_NAME = "SegHiResGradCAM heat"
+OUTPUT_ATTRIBUTE = "SegHiResGradCAM.Output"
+HEAT_OPACITY = 0.5
+HEAT_THRESHOLD = 0.05  # heat below this is transparent
+
+
+def output_name(volume_node, segment_name: str, method_title: str) -> str:
+    return f"{volume_node.GetName()} - {segment_name} - {method_title}"
+
+
+def check_volume(volume_node) -> None:
+    if volume_node is None:
+        raise ExplainInputError("No input volume: load a CT and select it as the input volume.")
+    if not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise ExplainInputError(
+            f"{volume_node.GetName()} is not a scalar CT volume ({volume_node.GetClassName()}): select the CT itself."
+        )
+    image = volume_node.GetImageData()
+    if image is None or image.GetNumberOfScalarComponents() != 1:
+        raise ExplainInputError(
+            f"{volume_node.GetName()} has {0 if image is None else image.GetNumberOfScalarComponents()} components per "
+            "voxel: a single-channel 3D CT is needed (not a colour, vector or 4D volume)."
+        )
+    if min(image.GetDimensions()) < 2:
+        raise ExplainInputError(
+            f"{volume_node.GetName()} is not a 3D volume: a CT series with several slices is needed."
+        )
+
+
+@contextlib.contextmanager
+def temporary_node(scene, class_name: str):
+    """A node for the duration of the block; it and every node added meanwhile (display,
+    storage and colour nodes that exports create) are removed afterwards."""
+    before = {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
+    try:
+        yield scene.AddNewNodeByClass(class_name)
+    finally:
+        added = [scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes())]
+        for node in added:
+            if node.GetID() not in before:
+                scene.RemoveNode(node)
+
+
+def export_volume(volume_node, path: Path) -> None:
+    """Writes the volume (NRRD or NIfTI by the file's extension) without touching the node."""
+    check_volume(volume_node)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetUseCompression(0)
+    if not storage.WriteData(volume_node):
+        raise ExplainInputError(f"Could not write {volume_node.GetName()} to {path}: check the free disk space.")
+
+
+def export_segment(segmentation_node, segment_id: str, volume_node, path: Path) -> None:
+    """Writes the segment as a label map on the CT's grid, whatever the segment's own
+    geometry; refuses an empty segment or one outside the CT."""
+    segmentation = segmentation_node.GetSegmentation() if segmentation_node is not None else None
+    segment = segmentation.GetSegment(segment_id) if segmentation is not None and segment_id else None
+    if segment is None:
+        raise ExplainInputError("No segment selected: choose a segmentation and a segment, or use the prediction.")
+    name = segment.GetName()
+    scene = volume_node.GetScene()
+    with temporary_node(scene, "vtkMRMLLabelMapVolumeNode") as labelmap:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        logic = slicer.vtkSlicerSegmentationsModuleLogic()
+        if not logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, volume_node):
+            raise ExplainInputError(f"Segment {name!r} is empty: paint it or choose another segment.")
+        voxels = slicer.util.arrayFromVolume(labelmap)
+        if not voxels.any():
+            raise ExplainInputError(
+                f"Segment {name!r} has no voxel inside {volume_node.GetName()}: it is empty or lies outside the CT."
+            )
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        if not storage.WriteData(labelmap):
+            raise ExplainInputError(f"Could not write the segment to {path}: check the free disk space.")
+
+
+def heat_colour_node(scene):
+    """The extension's heat colour table, added to the scene once."""
+    existing = scene.GetFirstNodeByName(HEAT_COLOUR_NODE_NAME)
+    if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
+        return existing
+    entries = [line.split() for line in HEAT_COLOUR_TABLE.read_text().splitlines() if line and not line.startswith("#")]
+    node = slicer.vtkMRMLColorTableNode()
+    node.SetName(HEAT_COLOUR_NODE_NAME)
+    node.SetTypeToUser()
+    node.SetNumberOfColors(len(entries))
+    node.GetLookupTable().SetTableRange(0, len(entries) - 1)
+    for index, name, *rgba in entries:
+        red, green, blue, alpha = (int(value) / 255 for value in rgba)
+        node.SetColor(int(index), name, red, green, blue, alpha)
+    node.SetAttribute("Category", "SegHiResGradCAM")
+    scene.AddNode(node)
+    return node
+
+
+def import_heatmap(path: Path, volume_node, name: str):
+    """Reads a heatmap written in the CT's geometry into a new scalar volume node with
+    exactly the CT's IJK-to-RAS, displayed as a heat overlay and placed under the CT."""
+    scene = volume_node.GetScene()
+    heat = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    try:
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        if not storage.ReadData(heat):
+            raise ExplainInputError(f"Could not read the heatmap {path}.")
+        if heat.GetImageData().GetDimensions() != volume_node.GetImageData().GetDimensions():
+            raise ExplainInputError("The heatmap does not have the CT's size: the computation did not use this CT.")
+        expected, found = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        volume_node.GetIJKToRASMatrix(expected)
+        heat.GetIJKToRASMatrix(found)
+        if not np.allclose(slicer.util.arrayFromVTKMatrix(expected), slicer.util.arrayFromVTKMatrix(found), atol=1e-3):
+            raise ExplainInputError(
+                "The heatmap's geometry differs from the CT's: the computation did not use this CT."
+            )
+        heat.SetIJKToRASMatrix(expected)  # exactly the CT's, not a float round trip of it
+        heat.SetAttribute(OUTPUT_ATTRIBUTE, "heatmap")
+        show_heatmap(heat, volume_node)
+        place_under(heat, volume_node)
+        return heat
+    except Exception:
+        remove_output(heat)
+        raise
+
+
+def show_heatmap(heat, volume_node) -> None:
+    """Heat colours, window/level 0..1, low heat transparent, foreground at 50 % over the CT
+    in every slice view."""
+    scene = heat.GetScene()
+    display = heat.GetDisplayNode()
+    if display is None:
+        display = scene.AddNewNodeByClass("vtkMRMLScalarVolumeDisplayNode")
+        heat.SetAndObserveDisplayNodeID(display.GetID())
+    display.SetAndObserveColorNodeID(heat_colour_node(scene).GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.AutoThresholdOff()
+    display.SetLowerThreshold(HEAT_THRESHOLD)
+    display.SetUpperThreshold(1.0)
+    display.ApplyThresholdOn()
+    for composite in _nodes(scene, "vtkMRMLSliceCompositeNode"):
+        composite.SetBackgroundVolumeID(volume_node.GetID())
+        composite.SetForegroundVolumeID(heat.GetID())
+        composite.SetForegroundOpacity(HEAT_OPACITY)
+
+
+def place_under(node, parent_node) -> None:
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(node.GetScene())
+    parent = hierarchy.GetItemByDataNode(parent_node)
+    if not parent:
+        parent = hierarchy.CreateItem(hierarchy.GetSceneItemID(), parent_node)
+    item = hierarchy.GetItemByDataNode(node)
+    if item:
+        hierarchy.SetItemParent(item, parent)
+    else:
+        hierarchy.CreateItem(parent, node)
+
+
+def import_prediction(path: Path, volume_node, class_names, colours, name: str):
+    """The network's predicted label map as a segmentation node with named, coloured
+    segments, on the CT's geometry, placed under the CT."""
+    scene = volume_node.GetScene()
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    try:
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        with temporary_node(scene, "vtkMRMLLabelMapVolumeNode") as labelmap:
+            storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+            storage.SetFileName(str(path))
+            if not storage.ReadData(labelmap):
+                raise ExplainInputError(f"Could not read the prediction {path}.")
+            if not slicer.vtkSlicerSegmentationsModuleLogic().ImportLabelmapToSegmentationNode(labelmap, segmentation):
+                raise ExplainInputError("Could not turn the prediction into segments.")
+        segments = segmentation.GetSegmentation()
+        for index in range(segments.GetNumberOfSegments()):
+            segment = segments.GetNthSegment(index)
+            label = segment.GetLabelValue()
+            if 0 < label < len(class_names):
+                segment.SetName(class_names[label])
+                segment.SetColor(*colours[label])
+        segmentation.SetAttribute(OUTPUT_ATTRIBUTE, "prediction")
+        place_under(segmentation, volume_node)
+        return segmentation
+    except Exception:
+        remove_output(segmentation)
+        raise
+
+
+def remove_output(node) -> None:
+    """Removes a node this module made, with its display and storage nodes."""
+    scene = node.GetScene()
+    for index in reversed(range(node.GetNumberOfDisplayNodes())):
+        scene.RemoveNode(node.GetNthDisplayNode(index))
+    if node.GetStorageNode() is not None:
+        scene.RemoveNode(node.GetStorageNode())
+    scene.RemoveNode(node)
+
+
+def previous_output(scene, name: str):
+    """This module's earlier output of the same name, if any (never a user's node)."""
+    for node in _nodes(scene, "vtkMRMLNode"):
+        if node.GetName() == name and node.GetAttribute(OUTPUT_ATTRIBUTE):
+            return node
+    return None
+
+
+def _nodes(scene, class_name: str):
+    collection = scene.GetNodesByClass(class_name)
+    return [collection.GetItemAsObject(index) for index in range(collection.GetNumberOfItems())]

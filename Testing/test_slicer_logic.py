@@ -1,0 +1,169 @@
+"""The Slicer side against a real MRML scene (slicer-core), real storage nodes and the real
+command line in a background process."""
+
+import glob
+import tempfile
+import time
+
+import numpy as np
+import pytest
+import slicer
+import vtk
+from PIL import Image
+from scipy import ndimage
+
+from mrml_scene import new_scene, phantom_volume, render_red_slice, segment_from_labels
+from SegHiResGradCAMLib import mrml_adapter
+from SegHiResGradCAMLib.errors import ExplainInputError
+from SegHiResGradCAMLib.slicer_logic import ExplainRun, ExplainSettings
+
+OBLIQUE = np.array([[0.0, -1.0, 0.0], [-0.94, 0.0, 0.342], [0.342, 0.0, 0.94]])  # a rotated, permuted grid
+LEFT_HANDED = np.diag([-1.0, -1.0, -1.0])  # LPS axes with the slice axis flipped
+
+
+def matrix_of(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def node_ids(scene) -> set:
+    return {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
+
+
+def leftover_work_dirs() -> list:
+    return glob.glob(f"{tempfile.gettempdir()}/SegHiResGradCAM-*")
+
+
+def finish(run: ExplainRun, timeout: float = 300):
+    deadline = time.time() + timeout
+    while (status := run.poll()).state == "running":
+        assert time.time() < deadline, "the background run did not finish"
+        time.sleep(0.2)
+    return status
+
+
+@pytest.mark.parametrize("direction", [None, OBLIQUE, LEFT_HANDED], ids=["axial", "oblique", "left-handed"])
+def test_heatmap_node_has_the_ct_geometry_display_and_place(direction, tmp_path):
+    scene = new_scene()
+    volume, case = phantom_volume(scene, direction_ras=direction)
+    segmentation, segment_id = segment_from_labels(scene, volume, case.labels, 2, "tumour")
+    before = {name: scene.GetNodeByID(name).GetMTime() for name in (volume.GetID(), segmentation.GetID())}
+    run = ExplainRun(ExplainSettings(volume, "tumour", segmentation_node=segmentation, segment_id=segment_id,
+                                     with_prediction=True))  # fmt: skip
+    status = finish(run)
+    assert status.state == "finished", status.message
+    heat = run.heatmap_node
+    assert heat.GetName() == "CT - tumour - Seg-HiRes-Grad CAM"
+    np.testing.assert_array_equal(matrix_of(heat), matrix_of(volume))
+    assert heat.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+    display = heat.GetDisplayNode()
+    assert display.GetColorNode().GetName() == mrml_adapter.HEAT_COLOUR_NODE_NAME
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
+    assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(mrml_adapter.HEAT_THRESHOLD)
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    for index in range(composites.GetNumberOfItems()):
+        composite = composites.GetItemAsObject(index)
+        assert composite.GetForegroundVolumeID() == heat.GetID()
+        assert composite.GetBackgroundVolumeID() == volume.GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.5)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(heat)) == hierarchy.GetItemByDataNode(volume)
+    names = [run.prediction_node.GetSegmentation().GetNthSegment(i).GetName()
+             for i in range(run.prediction_node.GetSegmentation().GetNumberOfSegments())]  # fmt: skip
+    assert "kidney" in names
+    # The inputs were only read.
+    assert {name: scene.GetNodeByID(name).GetMTime() for name in before} == before
+    # Seg-HiRes-Grad CAM of a tumour segment lies on the tumour, whatever the storage.
+    heat_values = slicer.util.arrayFromVolume(heat)
+    near_tumour = ndimage.binary_dilation(case.labels == 2, iterations=3)
+    assert heat_values[near_tumour].sum() > 0.8 * heat_values.sum()
+    assert not leftover_work_dirs()
+    check_red_slice_view(scene, volume, heat, case, tmp_path / "red.png")
+
+
+def check_red_slice_view(scene, volume, heat, case, png_path):
+    """Renders the Red view as Slicer blends it and checks where the heat colours are."""
+    ijk_to_ras = matrix_of(volume)
+    tumour = np.argwhere(case.labels == 2)[:, ::-1]  # (i, j, k)
+    centre = (ijk_to_ras @ np.append(tumour.mean(axis=0), 1))[:3]
+    pixels = render_red_slice(scene, volume, heat, None, centre)
+    Image.fromarray(pixels).save(png_path)
+    coloured = np.ptp(pixels.astype(int), axis=2) > 40  # the CT is grey; heat is coloured
+    # Where the tumour's voxels near this slice fall in the view.
+    slice_node = scene.GetFirstNodeByName("Red")
+    ras_to_xy = np.linalg.inv(slicer.util.arrayFromVTKMatrix(slice_node.GetXYToRAS()))
+    points = ijk_to_ras @ np.c_[tumour, np.ones(len(tumour))].T
+    on_slice = np.abs(points[2] - centre[2]) < 2.0
+    xy = (ras_to_xy @ points[:, on_slice])[:2].round().astype(int)
+    height = pixels.shape[0]
+    in_view = (xy[0] >= 0) & (xy[0] < pixels.shape[1]) & (xy[1] >= 0) & (xy[1] < height)
+    tumour_pixels = np.zeros(coloured.shape, bool)
+    tumour_pixels[height - 1 - xy[1, in_view], xy[0, in_view]] = True
+    assert tumour_pixels.sum() > 20
+    assert coloured[tumour_pixels].mean() > 0.5  # heat colours inside the tumour
+    far = ~ndimage.binary_dilation(tumour_pixels, iterations=25)
+    assert coloured[far].mean() < 0.02  # and none far from it
+
+
+def test_cancel_leaves_no_node_and_no_file():
+    scene = new_scene()
+    volume, _ = phantom_volume(scene)
+    nodes = node_ids(scene)
+    run = ExplainRun(ExplainSettings(volume, "kidney"))
+    time.sleep(1.0)
+    run.cancel()
+    assert run.poll().state == "cancelled"
+    assert node_ids(scene) == nodes
+    assert not leftover_work_dirs()
+
+
+def test_a_failing_run_reports_the_process_s_own_message_and_creates_nothing(tmp_path):
+    scene = new_scene()
+    volume, _ = phantom_volume(scene)
+    nodes = node_ids(scene)
+    run = ExplainRun(ExplainSettings(volume, "kidney", layer="no.such.layer"))
+    status = finish(run)
+    assert status.state == "failed" and "no layer named 'no.such.layer'" in status.message
+    assert node_ids(scene) == nodes and not leftover_work_dirs()
+
+
+def bad_settings(scene):
+    volume, _ = phantom_volume(scene)
+    empty_segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
+    empty_id = empty_segmentation.GetSegmentation().AddEmptySegment("nothing")
+    vector = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "RGB")
+    slicer.util.updateVolumeFromArray(vector, np.zeros((4, 5, 6, 3), np.uint8))
+    outside = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "far away")
+    far_labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    slicer.util.updateVolumeFromArray(far_labels, np.ones((4, 4, 4), np.uint8))
+    far_labels.SetOrigin(5000.0, 5000.0, 5000.0)
+    slicer.vtkSlicerSegmentationsModuleLogic().ImportLabelmapToSegmentationNode(far_labels, outside)
+    scene.RemoveNode(far_labels)
+    outside_id = outside.GetSegmentation().GetNthSegmentID(0)
+    return {
+        "no volume": (ExplainSettings(None, "tumour"), "No input volume"),
+        "vector volume": (ExplainSettings(vector, "tumour"), "not a scalar CT volume|components per voxel"),
+        "empty segment": (
+            ExplainSettings(volume, "tumour", segmentation_node=empty_segmentation, segment_id=empty_id),
+            "is empty|no voxel",
+        ),
+        "segment outside the CT": (
+            ExplainSettings(volume, "tumour", segmentation_node=outside, segment_id=outside_id),
+            "no voxel inside",
+        ),
+        "missing model": (ExplainSettings(volume, "tumour", model="/nowhere/model.json"), "does not exist"),
+        "unknown class": (ExplainSettings(volume, "liver"), "no class 'liver'"),
+    }
+
+
+@pytest.mark.parametrize("case", ["no volume", "vector volume", "empty segment", "segment outside the CT",
+                                  "missing model", "unknown class"])  # fmt: skip
+def test_bad_input_is_refused_before_anything_runs_and_creates_no_node(case):
+    scene = new_scene()
+    settings, message = bad_settings(scene)[case]
+    nodes = node_ids(scene)
+    with pytest.raises(ExplainInputError, match=message):
+        ExplainRun(settings)
+    assert node_ids(scene) == nodes
+    assert not leftover_work_dirs()
