@@ -27,8 +27,11 @@ def test_the_slicer_module_file_imports_nothing_heavy_at_start_up():
     assert not names & {"torch", "monai", "nnunetv2", "numpy", "SegHiResGradCAMLib.engine"}
 
 
-def test_the_core_package_imports_without_loading_torch():
-    code = "import sys, SegHiResGradCAMLib, SegHiResGradCAMLib.errors; print('torch' in sys.modules)"
+def test_the_slicer_side_of_the_package_imports_without_loading_torch():
+    code = (
+        "import sys, SegHiResGradCAMLib, SegHiResGradCAMLib.slicer_logic, SegHiResGradCAMLib.mrml_adapter; "
+        "print('torch' in sys.modules)"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "False"
 
@@ -56,3 +59,12 @@ def test_the_extensions_index_entry_names_category_repository_and_pytorch():
     assert entry["category"] == "Segmentation"
     assert entry["scm_url"].endswith(".git")
     assert entry["build_dependencies"] == ["PyTorch"]
+
+
+def test_the_engine_imports_neither_slicer_nor_qt_nor_simpleitk():
+    code = (
+        "import sys, SegHiResGradCAMLib.engine, SegHiResGradCAMLib.sliding_window; "
+        "print(sorted(m for m in ('slicer', 'vtk', 'qt', 'SimpleITK') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
