@@ -179,7 +179,8 @@ def make_case(seed: int, grid: Grid | None = None) -> Case:
         kidney = kidneys[rng.integers(2)]
         direction = rng.normal(0, 1, 3)
         direction /= np.linalg.norm(direction)
-        centre = kidney.centre + kidney.rotation @ (kidney.semi_axes * direction * rng.uniform(0.3, 0.9))
+        # Renal cell carcinomas arise from the cortex and mostly bulge out of the kidney.
+        centre = kidney.centre + kidney.rotation @ (kidney.semi_axes * direction * rng.uniform(0.7, 1.05))
         radius = _tumour_diameter(rng) / 2
         tumour = Ellipsoid(centre, radius * rng.uniform(0.85, 1.15, 3), _rotation(rng, 30))
         region = tumour.inside(grid) & body
