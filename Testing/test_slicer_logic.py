@@ -17,7 +17,8 @@ from SegHiResGradCAMLib import mrml_adapter
 from SegHiResGradCAMLib.errors import ExplainInputError
 from SegHiResGradCAMLib.slicer_logic import ExplainRun, ExplainSettings
 
-OBLIQUE = np.array([[0.0, -1.0, 0.0], [-0.94, 0.0, 0.342], [0.342, 0.0, 0.94]])  # a rotated, permuted grid
+_C, _S = np.cos(np.deg2rad(20)), np.sin(np.deg2rad(20))
+OBLIQUE = np.array([[0.0, -1.0, 0.0], [-_C, 0.0, _S], [_S, 0.0, _C]])  # rotated by 20 degrees, permuted, left-handed
 LEFT_HANDED = np.diag([-1.0, -1.0, -1.0])  # LPS axes with the slice axis flipped
 
 
@@ -55,7 +56,8 @@ def test_heatmap_node_has_the_ct_geometry_display_and_place(direction, tmp_path)
     assert status.state == "finished", status.message
     heat = run.heatmap_node
     assert heat.GetName() == "CT - tumour - Seg-HiRes-Grad CAM"
-    np.testing.assert_array_equal(matrix_of(heat), matrix_of(volume))
+    # Equal up to the last bit of the direction cosines (Slicer re-normalises them).
+    np.testing.assert_allclose(matrix_of(heat), matrix_of(volume), rtol=0, atol=1e-12)
     assert heat.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
     display = heat.GetDisplayNode()
     assert display.GetColorNode().GetName() == mrml_adapter.HEAT_COLOUR_NODE_NAME

@@ -104,7 +104,7 @@ def load_weights(path: Path) -> dict:
         raise ExplainInputError(f"The weights file {path} does not exist: check the path in the model card.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExplainInputError(
             f"Cannot load weights from {path.name}: the file is damaged or is not a plain PyTorch state dict "

@@ -126,16 +126,7 @@ def import_heatmap(path: Path, volume_node, name: str):
         storage.SetFileName(str(path))
         if not storage.ReadData(heat):
             raise ExplainInputError(f"Could not read the heatmap {path}.")
-        if heat.GetImageData().GetDimensions() != volume_node.GetImageData().GetDimensions():
-            raise ExplainInputError("The heatmap does not have the CT's size: the computation did not use this CT.")
-        expected, found = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-        volume_node.GetIJKToRASMatrix(expected)
-        heat.GetIJKToRASMatrix(found)
-        if not np.allclose(slicer.util.arrayFromVTKMatrix(expected), slicer.util.arrayFromVTKMatrix(found), atol=1e-3):
-            raise ExplainInputError(
-                "The heatmap's geometry differs from the CT's: the computation did not use this CT."
-            )
-        heat.SetIJKToRASMatrix(expected)  # exactly the CT's, not a float round trip of it
+        _put_on_volume_grid(heat, volume_node)
         heat.SetAttribute(OUTPUT_ATTRIBUTE, "heatmap")
         show_heatmap(heat, volume_node)
         place_under(heat, volume_node)
@@ -143,6 +134,49 @@ def import_heatmap(path: Path, volume_node, name: str):
     except Exception:
         remove_output(heat)
         raise
+
+
+def _ijk_to_ras(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def _put_on_volume_grid(image_node, volume_node) -> None:
+    """Gives ``image_node`` exactly the volume's IJK-to-RAS and voxel order.
+
+    A file written on the volume's grid can come back with its axes reordered or flipped:
+    Slicer flips the slice axis of left-handed grids on reading. Such a grid holds the same
+    voxel centres, so the array is permuted and flipped back; anything else is refused.
+    """
+    wanted, found = _ijk_to_ras(volume_node), _ijk_to_ras(image_node)
+    mapping = np.linalg.inv(found) @ wanted  # volume IJK -> image IJK
+    signs = np.round(mapping[:3, :3])
+    sizes = np.array(volume_node.GetImageData().GetDimensions())
+    found_sizes = np.array(image_node.GetImageData().GetDimensions())
+    order = [int(np.argmax(np.abs(signs[:, axis]))) for axis in range(3)]
+    flips = [signs[order[axis], axis] < 0 for axis in range(3)]
+    expected_offsets = np.zeros(3)
+    for axis in range(3):
+        expected_offsets[order[axis]] = sizes[axis] - 1 if flips[axis] else 0
+    if (
+        sorted(order) != [0, 1, 2]
+        or not np.allclose(mapping[:3, :3], signs, atol=1e-3)
+        or not np.allclose(mapping[:3, 3], expected_offsets, atol=1e-2)
+        or not np.array_equal(found_sizes[order], sizes)
+    ):
+        raise ExplainInputError("The heatmap's grid differs from the CT's: the computation did not use this CT.")
+    values = slicer.util.arrayFromVolume(image_node).transpose(2, 1, 0).transpose(order)  # (i, j, k) of the CT
+    for axis in range(3):
+        if flips[axis]:
+            values = np.flip(values, axis=axis)
+    slicer.util.updateVolumeFromArray(image_node, np.ascontiguousarray(values.transpose(2, 1, 0)))
+    # Spacing, origin and directions as the volume stores them, so the matrices match bit for bit.
+    directions = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASDirectionMatrix(directions)
+    image_node.SetIJKToRASDirectionMatrix(directions)
+    image_node.SetSpacing(volume_node.GetSpacing())
+    image_node.SetOrigin(volume_node.GetOrigin())
 
 
 def show_heatmap(heat, volume_node) -> None:
