@@ -36,6 +36,8 @@ PATCH = (32, 96, 96)  # (z, y, x)
 OVERLAP = 0.25
 TRAINING_SEEDS = range(1000, 1048)
 VALIDATION_SEEDS = range(100, 110)
+FRESH_SEEDS_FROM = 2000  # one new training case replaces an old one every REFRESH_EVERY steps
+REFRESH_EVERY = 15
 COLOURS = [[0.0, 0.0, 0.0], [0.85, 0.55, 0.25], [0.85, 0.15, 0.2], [0.3, 0.6, 0.95]]
 
 
@@ -108,6 +110,8 @@ def main() -> None:
         fraction = (time.time() - training_started) / budget
         for group in optimiser.param_groups:
             group["lr"] = 3e-3 * (1 - fraction) ** 0.9
+        if step % REFRESH_EVERY == REFRESH_EVERY - 1:  # fresh anatomy keeps small tumours from being memorised
+            training[step // REFRESH_EVERY % len(training)] = load_cases([FRESH_SEEDS_FROM + step // REFRESH_EVERY])[0]
         pairs = [random_patch(rng, *training[rng.integers(len(training))]) for _ in range(arguments.batch)]
         images = torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None]
         labels = torch.from_numpy(np.stack([p[1] for p in pairs]))
@@ -153,8 +157,9 @@ def main() -> None:
             "steps": step,
             "batch": arguments.batch,
             "patch": list(PATCH),
-            "cases": len(training),
-            "training_seeds": [TRAINING_SEEDS.start, TRAINING_SEEDS.stop - 1],
+            "cases": len(training) + step // REFRESH_EVERY,
+            "training_seeds": f"{TRAINING_SEEDS.start}-{TRAINING_SEEDS.stop - 1}, then "
+            f"{FRESH_SEEDS_FROM}-{FRESH_SEEDS_FROM + step // REFRESH_EVERY - 1} (one every {REFRESH_EVERY} steps)",
             "minutes": round((time.time() - started) / 60, 1),
         },
         "validation": {"seeds": list(VALIDATION_SEEDS), "dice": scores, "grid": "model grid (2.5 x 2.5 x 3 mm)"},
