@@ -51,3 +51,27 @@ class BiasFreeUNet(nn.Module):
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def plain_autograd_layer(model, image, target_class, mask, layer, score="logits", head="softmax"):
+    """(A, G = dT/dA, T) for one image from an ordinary forward pass with autograd on
+    everywhere and a hook that keeps the layer's (non-leaf) output: the reference that the
+    engine's confined backward pass must reproduce."""
+    captured = {}
+    module = dict(model.named_modules())[layer]
+    handle = module.register_forward_hook(lambda m, i, o: captured.setdefault("A", o))
+    model.eval()
+    try:
+        logits = model(image[None])
+    finally:
+        handle.remove()
+    if score == "logits":
+        values = logits[0, target_class]
+    elif head == "softmax":
+        values = torch.softmax(logits, dim=1)[0, target_class]
+    else:
+        values = torch.sigmoid(logits[0, target_class])
+    target = values[mask].sum()
+    activation = captured["A"]
+    (gradient,) = torch.autograd.grad(target, activation)
+    return activation[0].detach(), gradient[0], target.item()

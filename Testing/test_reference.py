@@ -5,34 +5,18 @@ import pytest
 import torch
 from monai.networks.nets import BasicUNet, UNet
 
+from conftest import plain_autograd_layer
 from SegHiResGradCAMLib import explain
 
 
 def reference_maps(model, image, target_class, mask, layer, score="logits", head="softmax"):
     """Seg-Grad CAM and Seg-HiRes-Grad CAM from an ordinary forward pass with autograd on
     everywhere and a hook that keeps the layer's (non-leaf) output."""
-    captured = {}
-    module = dict(model.named_modules())[layer]
-    handle = module.register_forward_hook(lambda m, i, o: captured.setdefault("A", o))
-    model.eval()
-    try:
-        logits = model(image[None])
-    finally:
-        handle.remove()
-    if score == "logits":
-        values = logits[0, target_class]
-    elif head == "softmax":
-        values = torch.softmax(logits, dim=1)[0, target_class]
-    else:
-        values = torch.sigmoid(logits[0, target_class])
-    target = values[mask].sum()
-    activation = captured["A"]
-    (gradient,) = torch.autograd.grad(target, activation)
-    activation, gradient = activation[0].detach(), gradient[0]
+    activation, gradient, target = plain_autograd_layer(model, image, target_class, mask, layer, score, head)
     hires = (gradient * activation).sum(0)
     spatial = tuple(range(1, gradient.dim()))
     grad_cam = (gradient.mean(spatial, keepdim=True) * activation).sum(0)
-    return {"seg-hires-grad-cam": hires.numpy(), "seg-grad-cam": grad_cam.numpy()}, target.item()
+    return {"seg-hires-grad-cam": hires.numpy(), "seg-grad-cam": grad_cam.numpy()}, target
 
 
 def assert_relative_close(actual, expected, rtol=1e-5):

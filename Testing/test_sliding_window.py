@@ -17,9 +17,10 @@ from SegHiResGradCAMLib import (
     explain,
     sliding_window_logits,
 )
+from SegHiResGradCAMLib.methods import METHODS as REGISTERED
 from SegHiResGradCAMLib.sliding_window import window_grid
 
-METHODS = ["seg-hires-grad-cam", "seg-grad-cam"]
+METHODS = [name for name, method in REGISTERED.items() if method.windowed]
 
 
 def small_basic_unet(spatial_dims=3, classes=3):

@@ -79,15 +79,20 @@ class Target:
         with torch.enable_grad():
             if self.score == "logits":
                 values = constant[:, self.target_class]
-            elif self.head == "softmax":
-                values = torch.softmax(constant, dim=1)[:, self.target_class]
             else:
-                values = torch.sigmoid(constant[:, self.target_class])
+                values = class_probability(constant, self.target_class, self.head)
             if weight is not None:
                 values = values * weight.to(values.dtype)
             target = values.sum()
             (gradient,) = torch.autograd.grad(target, constant)
         return target.detach(), gradient
+
+
+def class_probability(logits: torch.Tensor, target_class: int, head: str) -> torch.Tensor:
+    """(B, *spatial) probability of the class: softmax over classes, or the sigmoid of a region."""
+    if head == "softmax":
+        return torch.softmax(logits, dim=1)[:, target_class]
+    return torch.sigmoid(logits[:, target_class])
 
 
 def explain(
@@ -108,6 +113,7 @@ def explain(
     progress: Callable[[float, str], None] | None = None,
     cancel=None,
     skip_windows: bool = True,
+    score_cam_channels: int | None = None,
 ) -> CamResult:
     """Explain T = sum over ``mask`` of the class-``target_class`` score at ``layer``.
 
@@ -121,6 +127,9 @@ def explain(
     ``device``: None follows the model; "auto" picks CUDA, then MPS, then the CPU.
     ``progress(fraction, message)`` is called as windows finish; ``cancel`` (anything with
     ``is_set()``, e.g. a threading.Event) stops the run with ExplainCancelled.
+    ``score_cam_channels``: Seg-Score CAM only, explain just this many channels (those with
+    the largest activation over M) to save forward passes; ``batch_size`` masked inputs
+    run at a time.
     The model is evaluated in eval mode and left exactly as it was.
     """
     cam_method = get_method(method)
@@ -135,13 +144,20 @@ def explain(
             layer_name = layer if layer is not None else recommended_layer(model, image_batch)
             module = find_layer(model, layer_name, image_batch)
             with evaluation_mode(model), autocast(compute_device, mixed_precision):
-                raw, score_value = _explain_whole_image(
-                    model, module, layer_name, image_batch, target, target_mask, cam_method
-                )
+                if cam_method.network_map is not None:
+                    _check_mask_shape(target_mask, tuple(image_batch.shape[2:]))
+                    raw, score_value = cam_method.network_map(
+                        model, module, layer_name, image_batch, target, target_mask, batch_size, score_cam_channels
+                    )
+                else:
+                    raw, score_value = _explain_whole_image(
+                        model, module, layer_name, image_batch, target, target_mask, cam_method
+                    )
             raw_grid = "layer"
         else:
-            from .sliding_window import check_blend, explain_by_windows, window_grid
+            from .sliding_window import check_blend, check_windowed, explain_by_windows, window_grid
 
+            check_windowed(cam_method)
             image_batch = as_image_batch(image, model, torch.device("cpu"))
             target_mask = None if mask is None else as_mask(mask, torch.device("cpu"))
             window = check_window(window, image_batch.dim() - 2)
@@ -172,15 +188,19 @@ def explain(
 
 def _explain_whole_image(model, module, layer_name, image_batch, target, target_mask, cam_method):
     def upstream(logits):
-        if target_mask is not None and tuple(target_mask.shape) != tuple(logits.shape[2:]):
-            raise ExplainInputError(
-                f"The mask has shape {tuple(target_mask.shape)} but the network's output grid is "
-                f"{tuple(logits.shape[2:])}: resample the segment onto the image the network sees."
-            )
+        _check_mask_shape(target_mask, tuple(logits.shape[2:]))
         return target.value_and_gradient(logits, target_mask)
 
     activations, gradients, score_value = forward_backward(model, module, layer_name, image_batch, upstream)
     return cam_method.raw_map(activations[0].float(), gradients[0].float()), score_value
+
+
+def _check_mask_shape(target_mask, output_shape: tuple[int, ...]) -> None:
+    if target_mask is not None and tuple(target_mask.shape) != output_shape:
+        raise ExplainInputError(
+            f"The mask has shape {tuple(target_mask.shape)} but the network's output grid is "
+            f"{output_shape}: resample the segment onto the image the network sees."
+        )
 
 
 def forward_backward(model, module, layer_name: str, batch: torch.Tensor, upstream):

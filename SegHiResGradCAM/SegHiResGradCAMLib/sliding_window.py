@@ -84,6 +84,14 @@ def window_grid(image_shape, window, overlap: float) -> WindowGrid:
     return WindowGrid(tuple(image_shape), tuple(window), tuple(padding), tuple(itertools.product(*starts_per_axis)))
 
 
+def check_windowed(cam_method: CamMethod) -> None:
+    if not cam_method.windowed:
+        raise ExplainInputError(
+            f"Method {cam_method.name!r} cannot be computed window by window ({cam_method.cost}): crop the "
+            "image to the region of interest and use window=None, or choose another method."
+        )
+
+
 def check_blend(blend: str) -> None:
     if blend not in BLENDS:
         raise ExplainInputError(f"Unknown blend {blend!r}: choose one of {', '.join(BLENDS)}.")
@@ -158,11 +166,13 @@ def _out_of_memory_guard(device: torch.device, window: tuple[int, ...], batch_si
         ) from error
 
 
-def _blend_logits(model, padded, grid, weight, batch_size, device, tracker, message) -> torch.Tensor:
+def _blend_logits(
+    model, padded, grid, weight, batch_size, device, tracker, message, chosen_starts=None
+) -> torch.Tensor:
     from .engine import run_network
 
     blended = None
-    for starts in batches(list(grid.starts), batch_size):
+    for starts in batches(list(grid.starts if chosen_starts is None else chosen_starts), batch_size):
         tracker.check_cancelled()
         logits = run_network(model, _window_batch(padded, grid, starts, device)).float().cpu()
         if blended is None:
@@ -184,9 +194,14 @@ def sliding_window_logits(
     device=None,
     progress: Callable[[float, str], None] | None = None,
     cancel=None,
+    required=None,
 ) -> torch.Tensor:
     """Blended logits (K, *spatial) on the CPU, equal to MONAI's sliding_window_inference
-    with the same window (roi_size), overlap and blend (mode)."""
+    with the same window (roi_size), overlap and blend (mode).
+
+    ``required`` (a boolean mask over the image): run only the windows that reach it; the
+    logits are then exact inside ``required`` only (every window covering those voxels
+    runs), which is all a target over M needs."""
     from .engine import check_window
     from .model_inspection import as_image_batch, evaluation_mode, placed_on, resolve_device
 
@@ -194,13 +209,30 @@ def sliding_window_logits(
         image_batch = as_image_batch(image, model, torch.device("cpu"))
         window = check_window(window, image_batch.dim() - 2)
         grid = window_grid(tuple(image_batch.shape[2:]), window, overlap)
-        tracker = Progress(len(grid.starts), progress, cancel)
+        starts = list(grid.starts) if required is None else _windows_reaching(grid, required)
+        tracker = Progress(len(starts), progress, cancel)
         with evaluation_mode(model), _out_of_memory_guard(compute_device, window, batch_size):
             blended = _blend_logits(
                 model, pad_to_grid(image_batch, grid), grid, importance_map(window, blend), batch_size,
-                compute_device, tracker, "inference",
+                compute_device, tracker, "inference", starts,
             )  # fmt: skip
     return blended[(slice(None), *grid.unpadded())]
+
+
+def _padded_mask(grid: WindowGrid, mask) -> torch.Tensor:
+    padded = torch.zeros(grid.padded_shape, dtype=torch.bool)
+    padded[grid.unpadded()] = True if mask is None else torch.as_tensor(mask).bool()
+    return padded
+
+
+def _windows_reaching(grid: WindowGrid, mask) -> list[tuple[int, ...]]:
+    if mask is not None and tuple(mask.shape) != grid.image_shape:
+        raise ExplainInputError(
+            f"The mask has shape {tuple(mask.shape)} but the image (and the blended output) is "
+            f"{grid.image_shape}: resample the segment onto the image grid."
+        )
+    padded = _padded_mask(grid, mask)
+    return [start for start in grid.starts if padded[grid.slices(start)].any()]
 
 
 class _MapAccumulator:
@@ -267,6 +299,27 @@ class _MapAccumulator:
         return "layer" if self.on_layer_grid else "image"
 
 
+def _blended_activation_sums(model, module, layer_name, padded, grid, weight, count, batch_size, device, tracker):
+    """sum_u A_k(u) of the activations blended like the logits: each window's activation
+    weighted by its share g_w / N of the blend (averaged over each layer voxel's footprint)."""
+    from .engine import forward_activations
+
+    sums, stride = None, None
+    for starts in batches(list(grid.starts), batch_size):
+        tracker.check_cancelled()
+        activations = forward_activations(model, module, layer_name, _window_batch(padded, grid, starts, device))
+        stride = stride or _MapAccumulator(grid, tuple(activations.shape[2:])).stride  # checks that it divides
+        for index, start in enumerate(starts):
+            window_share = weight / count[grid.slices(start)]
+            if any(step > 1 for step in stride):
+                pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[window_share.dim()]
+                window_share = pool(window_share[None, None], stride)[0, 0]
+            contribution = (activations[index].float().cpu() * window_share).flatten(1).sum(1)
+            sums = contribution if sums is None else sums + contribution
+        tracker.step(len(starts), "activation sums")
+    return sums.to(device)
+
+
 def explain_by_windows(
     model,
     module,
@@ -288,27 +341,17 @@ def explain_by_windows(
     """The exact attribution of the blended T; returns (raw map, T, grid name)."""
     from .engine import forward_activations, forward_backward
 
-    if not cam_method.additive and cam_method.channel_weights is None:
-        raise ExplainInputError(
-            f"Method {cam_method.name!r} cannot be computed window by window: use window=None on an image "
-            "that fits the network, or another method."
-        )
+    check_windowed(cam_method)
     grid = window_grid(tuple(image_batch.shape[2:]), window, overlap)
-    if target_mask is not None and tuple(target_mask.shape) != grid.image_shape:
-        raise ExplainInputError(
-            f"The mask has shape {tuple(target_mask.shape)} but the image (and the blended output) is "
-            f"{grid.image_shape}: resample the segment onto the image grid."
-        )
+    reached = _windows_reaching(grid, target_mask)
     weight = importance_map(window, blend)
     count = blend_count(grid, weight)
     padded = pad_to_grid(image_batch, grid)
-    in_target = torch.zeros(grid.padded_shape, dtype=torch.bool)
-    in_target[grid.unpadded()] = True if target_mask is None else target_mask
-    reached = [start for start in grid.starts if in_target[grid.slices(start)].any()]
+    in_target = _padded_mask(grid, target_mask)
     backward_starts = reached if skip_windows else list(grid.starts)
     nonlinear_score = target.score != "logits"
-    steps = len(backward_starts) + len(grid.starts) * (int(nonlinear_score) + int(not cam_method.additive))
-    tracker = Progress(steps, progress, cancel)
+    passes = int(nonlinear_score) + int(not cam_method.additive) + int(cam_method.needs_activation_sums)
+    tracker = Progress(len(backward_starts) + len(grid.starts) * passes, progress, cancel)
 
     with _out_of_memory_guard(device, window, batch_size):
         output_gradient = None  # dT/dY on the blended logits, for a score that is not linear in Y
@@ -328,6 +371,11 @@ def explain_by_windows(
                 return (shares[:, None] * chosen).to(device)
             return (shares * torch.stack([in_target[grid.slices(start)] for start in starts])).to(device)
 
+        activation_sums = None
+        if cam_method.needs_activation_sums:
+            activation_sums = _blended_activation_sums(
+                model, module, layer_name, padded, grid, weight, count, batch_size, device, tracker
+            )
         accumulator = None
         statistics = None
         for starts in batches(backward_starts, batch_size):
@@ -355,7 +403,7 @@ def explain_by_windows(
                 if cam_method.additive:
                     accumulator.add(start, cam_method.raw_map(activation, gradient))
                 else:
-                    window_statistics = cam_method.window_statistics(activation, gradient)
+                    window_statistics = cam_method.window_statistics(activation, gradient, activation_sums)
                     statistics = window_statistics if statistics is None else statistics + window_statistics
             del activations, gradients
             tracker.step(len(starts), "attribution")
@@ -365,7 +413,9 @@ def explain_by_windows(
             accumulator = _MapAccumulator(grid, tuple(forward_activations(model, module, layer_name, probe).shape[2:]))
         if not cam_method.additive:
             layer_channels = (
-                None if statistics is None else cam_method.channel_weights(statistics, accumulator.layer_positions)
+                None
+                if statistics is None
+                else cam_method.channel_weights(statistics, accumulator.layer_positions, activation_sums)
             )
             for starts in batches(list(grid.starts), batch_size):
                 tracker.check_cancelled()
