@@ -55,6 +55,7 @@ class SegHiResGradCAMParameterNode:
     device: str = "auto"
     modelPath: str = ""
     withPrediction: bool = False
+    withMetrics: bool = False
     replacePrevious: bool = True
 
 
@@ -120,6 +121,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 "device": self.ui.deviceComboBox,
                 "modelPath": self.ui.modelPathLineEdit,
                 "withPrediction": self.ui.withPredictionCheckBox,
+                "withMetrics": self.ui.withMetricsCheckBox,
                 "replacePrevious": self.ui.replaceCheckBox,
             }
         )
@@ -165,6 +167,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             layer=self.ui.layerComboBox.currentText or None,
             device=self.ui.deviceComboBox.currentText,
             with_prediction=self.ui.withPredictionCheckBox.checked,
+            with_metrics=self.ui.withMetricsCheckBox.checked,
             replace_previous=self.ui.replaceCheckBox.checked,
         )
 

@@ -69,9 +69,35 @@ def test_layers_lists_the_bundled_model_s_layers_with_a_recommended_one():
     assert len(recommended) == 1 and recommended[0].split()[0] == "model.1"
 
 
-def test_methods_lists_both_registered_methods():
-    listing = seghiresgradcam("methods").stdout
-    assert "seg-hires-grad-cam" in listing and "seg-grad-cam" in listing
+def test_methods_lists_every_registered_method_with_its_cost():
+    from SegHiResGradCAMLib import METHODS
+
+    listed = json.loads(seghiresgradcam("methods", "--json").stdout)
+    assert [entry["name"] for entry in listed] == list(METHODS)
+    assert all(entry["cost"] for entry in listed)
+    assert {entry["name"] for entry in listed if not entry["sliding_windows"]} == {
+        "seg-eigen-cam", "eigen-cam", "seg-score-cam"
+    }  # fmt: skip
+
+
+def test_metrics_of_a_method_that_explains_a_crop_around_m(kits_like_case, tmp_path):
+    """Seg-Eigen CAM cannot run window by window: the command explains a crop around M,
+    returns the map on the whole CT, and measures it (table on stdout, JSON in a file)."""
+    run = seghiresgradcam("explain", "--image", kits_like_case / "imaging.nii.gz", "--target-class", "tumour",
+                          "--mask", kits_like_case / "tumour.nrrd", "--method", "seg-eigen-cam", "--out",
+                          tmp_path / "heat.nrrd", "--metrics", tmp_path / "metrics.json",
+                          "--progress", "none")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["mass_in_regions"]) == {"in kidney (predicted)", "in cyst (predicted)", "outside body"}
+    assert metrics["mass_in_target"] + sum(metrics["mass_in_regions"].values()) <= 1 + 1e-6
+    assert len(metrics["deletion"]["scores"]) == len(metrics["insertion"]["scores"]) == 11
+    assert -1 <= metrics["randomisation_similarity"] <= 1
+    assert "deletion area (lower is better)" in run.stdout and "heat mass inside M" in run.stdout
+    heat = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "heat.nrrd")))
+    ct = sitk.ReadImage(str(kits_like_case / "imaging.nii.gz"))
+    assert heat.shape == sitk.GetArrayFromImage(ct).shape and heat.max() == pytest.approx(1.0, abs=0.02)
+    assert (heat == 0).mean() > 0.5  # zero outside the crop
 
 
 def bad_model_files(folder: Path) -> dict:

@@ -108,6 +108,40 @@ def check_red_slice_view(scene, volume, heat, case, png_path):
     assert coloured[far].mean() < 0.02  # and none far from it
 
 
+def table_rows(table_node) -> dict:
+    table = table_node.GetTable()
+    rows = range(table.GetNumberOfRows())
+    return {table.GetValue(row, 0).ToString(): table.GetValue(row, 1).ToString() for row in rows}
+
+
+def test_metrics_table_sits_next_to_the_heatmap_and_is_replaced_with_it():
+    scene = new_scene()
+    volume, case = phantom_volume(scene)
+    segmentation, segment_id = segment_from_labels(scene, volume, case.labels, 2, "tumour")
+    settings = ExplainSettings(volume, "tumour", method="seg-layer-cam", segmentation_node=segmentation,
+                               segment_id=segment_id, with_metrics=True, replace_previous=True)  # fmt: skip
+    first = ExplainRun(settings)
+    assert finish(first).state == "finished"
+    table = first.metrics_node
+    assert table.GetName() == "CT - tumour - Seg-Layer CAM - metrics"
+    rows = table_rows(table)
+    assert float(rows["heat mass inside M"].rstrip(" %")) > 50  # a tumour segment's heat is mostly in the tumour
+    assert rows["maximum inside M"] in {"yes", "no"}
+    assert {"heat mass in kidney (predicted)", "heat mass outside body", "deletion area (lower is better)",
+            "insertion area (higher is better)", "similarity after randomising the network"} <= set(rows)  # fmt: skip
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    parent = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(table))
+    assert parent == hierarchy.GetItemParent(hierarchy.GetItemByDataNode(first.heatmap_node))
+    assert parent == hierarchy.GetItemByDataNode(volume)
+
+    second = ExplainRun(settings)
+    assert finish(second).state == "finished"
+    assert scene.GetNodeByID(table.GetID()) is None and scene.GetNodeByID(first.heatmap_node.GetID()) is None
+    tables = scene.GetNodesByClass("vtkMRMLTableNode")
+    assert tables.GetNumberOfItems() == 1 and tables.GetItemAsObject(0) is second.metrics_node
+    assert not leftover_work_dirs()
+
+
 def test_cancel_leaves_no_node_and_no_file():
     scene = new_scene()
     volume, _ = phantom_volume(scene)

@@ -16,6 +16,9 @@ _LAZY_EXPORTS = {
     "ExplainCancelled": ".errors",
     "ExplainResourceError": ".errors",
     "sliding_window_logits": ".sliding_window",
+    "explain_layers": ".fusion",
+    "explanation_metrics": ".metrics",
+    "ExplanationMetrics": ".metrics",
 }
 
 __all__ = sorted(_LAZY_EXPORTS)

@@ -50,15 +50,26 @@ def _explain(arguments) -> int:
         device=arguments.device,
         prediction=Path(arguments.prediction) if arguments.prediction else None,
         summary=Path(arguments.summary) if arguments.summary else None,
+        metrics=arguments.metrics is not None,
         progress=_progress(arguments.progress),
     )
     result = run(job)
+    if arguments.metrics:
+        Path(arguments.metrics).write_text(json.dumps(result.metrics[arguments.method].as_dict(), indent=2) + "\n")
     if arguments.progress != "json":
         print(
             f"{arguments.method} of class {result.class_name} at layer {result.layer} on {result.device}: "
             f"T = {result.scores[arguments.method]:.4g}; heatmap written to {out}"
         )
+        if arguments.metrics is not None:
+            print_table(["metric", "value"], result.metrics[arguments.method].rows())
     return 0
+
+
+def print_table(header: list[str], rows: list[tuple]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    for row in [header, ["-" * width for width in widths], *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def _layers(arguments) -> int:
@@ -100,10 +111,11 @@ def _methods(arguments) -> int:
     from .methods import METHODS
 
     if arguments.json:
-        print(json.dumps([{"name": method.name, "title": method.title} for method in METHODS.values()]))
+        print(json.dumps([{"name": method.name, "title": method.title, "cost": method.cost,
+                            "sliding_windows": method.windowed} for method in METHODS.values()]))  # fmt: skip
         return 0
     for method in METHODS.values():
-        print(f"{method.name:20s} {method.title}  ({method.reference})")
+        print(f"{method.name:20s} {method.title}  ({method.reference})\n{'':20s} cost: {method.cost}")
     return 0
 
 
@@ -124,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", required=True, help="heatmap file, written in the CT's geometry (0..1)")
     explain.add_argument("--prediction", help="also write the predicted label map here")
     explain.add_argument("--summary", help="also write a JSON summary (T, layer, method title, times) here")
+    explain.add_argument("--metrics", nargs="?", const="", metavar="JSON",
+                         help="also measure the map (heat inside M, in other predicted classes and outside the "
+                         "body; deletion and insertion areas; similarity after randomising the network): print a "
+                         "table, and write JSON to the file if given. Costs about 25 more network passes.")  # fmt: skip
     explain.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
     explain.set_defaults(run=_explain)
 

@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .metrics import body_mask, mass_share
 from .pipeline import ExplainJob, run
 from .volume_io import case_images, reorient, write_volume
 
@@ -32,24 +33,11 @@ def sample_case(folder: Path, seed: int, say=print) -> tuple[Path, Path]:
     return ct_path, truth_path
 
 
-def body_mask(hu: np.ndarray) -> np.ndarray:
-    """The patient's body on each axial slice of an LPS [z, y, x] array."""
-    inside = np.stack([ndimage.binary_fill_holes(axial) for axial in hu > -400])
-    components, count = ndimage.label(inside)
-    if count == 0:
-        return inside
-    sizes = ndimage.sum(inside, components, range(1, count + 1))
-    return components == (int(np.argmax(sizes)) + 1)
-
-
 def heat_shares(heat: np.ndarray, truth: np.ndarray, body: np.ndarray) -> dict[str, float]:
-    total = float(heat.sum())
-    if total <= 0:
-        return {"tumour": 0.0, "kidney": 0.0, "outside_body": 0.0}
     return {
-        "tumour": float(heat[truth == 2].sum()) / total,
-        "kidney": float(heat[truth == 1].sum()) / total,
-        "outside_body": float(heat[~body].sum()) / total,
+        "tumour": mass_share(heat, truth == 2),
+        "kidney": mass_share(heat, truth == 1),
+        "outside_body": mass_share(heat, ~body),
     }
 
 

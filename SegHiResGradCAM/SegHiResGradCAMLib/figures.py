@@ -38,16 +38,42 @@ def paper_figure(path, image, ground_truth, prediction, segment, heatmaps: dict[
         if labels is not None:
             axis.imshow(_label_overlay(labels))
         axis.set_title(name)
-    shown = None
-    for axis, (name, heatmap) in zip(axes[len(panels) :], heatmaps.items(), strict=True):
-        axis.imshow(image, cmap="gray")
-        shown = axis.imshow(np.ma.masked_less(heatmap, 0.02), cmap="inferno", vmin=0, vmax=1, alpha=0.75)
-        axis.contour(segment.astype(float), levels=[0.5], colors="cyan", linewidths=0.6)
-        axis.set_title(name)
+    shown = [_heat_panel(axis, image, heat, segment, name) for axis, (name, heat) in zip(axes[len(panels) :],
+             heatmaps.items(), strict=True)]  # fmt: skip
+    _finish(figure, axes, path, title, shown)
+
+
+def method_panels(path, image, segment, heatmaps: dict[str, np.ndarray], title="", columns: int = 4):
+    """Writes a PNG with one panel per method (normalised heatmap over the slice, M's
+    outline in cyan), in rows of ``columns``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = -(-len(heatmaps) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.9 * columns, 3.0 * rows), constrained_layout=True)
+    axes = np.atleast_1d(axes).ravel()
+    pairs = zip(axes, heatmaps.items(), strict=False)  # the last row may have empty panels
+    shown = [_heat_panel(axis, image, heat, segment, name) for axis, (name, heat) in pairs]
+    _finish(figure, axes, path, title, shown)
+
+
+def _heat_panel(axis, image, heatmap, segment, name):
+    axis.imshow(image, cmap="gray")
+    shown = axis.imshow(np.ma.masked_less(heatmap, 0.02), cmap="inferno", vmin=0, vmax=1, alpha=0.75)
+    axis.contour(segment.astype(float), levels=[0.5], colors="cyan", linewidths=0.6)
+    axis.set_title(name, fontsize=9)
+    return shown
+
+
+def _finish(figure, axes, path, title, shown):
+    import matplotlib.pyplot as plt
+
     for axis in axes:
         axis.set_axis_off()
-    if shown is not None:
-        figure.colorbar(shown, ax=axes[-1], fraction=0.046, label="normalised heat")
+    if shown:
+        figure.colorbar(shown[-1], ax=list(axes), fraction=0.02, label="normalised heat")
     if title:
         figure.suptitle(title)
     figure.savefig(path, dpi=110)

@@ -242,12 +242,39 @@ def import_prediction(path: Path, volume_node, class_names, colours, name: str):
         raise
 
 
+def import_metrics_table(rows: list[tuple[str, str]], heatmap_node, name: str):
+    """The explanation's metrics as a two-column table node (metric, value) placed next to
+    the heatmap under the CT, so that they are saved with the scene."""
+    scene = heatmap_node.GetScene()
+    table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    try:
+        table = table_node.GetTable()
+        for title in ("Metric", "Value"):
+            column = vtk.vtkStringArray()
+            column.SetName(title)
+            table.AddColumn(column)
+        for metric, value in rows:
+            row = table.InsertNextBlankRow()
+            table.SetValue(row, 0, vtk.vtkVariant(metric))
+            table.SetValue(row, 1, vtk.vtkVariant(value))
+        table_node.SetAttribute(OUTPUT_ATTRIBUTE, "metrics")
+        table_node.SetAttribute("SegHiResGradCAM.Heatmap", heatmap_node.GetID())
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+        parent = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(heatmap_node))
+        hierarchy.CreateItem(parent, table_node)
+        return table_node
+    except Exception:
+        remove_output(table_node)
+        raise
+
+
 def remove_output(node) -> None:
     """Removes a node this module made, with its display and storage nodes."""
     scene = node.GetScene()
-    for index in reversed(range(node.GetNumberOfDisplayNodes())):
-        scene.RemoveNode(node.GetNthDisplayNode(index))
-    if node.GetStorageNode() is not None:
+    if node.IsA("vtkMRMLDisplayableNode"):
+        for index in reversed(range(node.GetNumberOfDisplayNodes())):
+            scene.RemoveNode(node.GetNthDisplayNode(index))
+    if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is not None:
         scene.RemoveNode(node.GetStorageNode())
     scene.RemoveNode(node)
 

@@ -36,6 +36,7 @@ class ExplainJob:
     device: str = "auto"
     prediction: Path | None = None  # where to write the predicted label map, if wanted
     summary: Path | None = None  # where to write a JSON summary (method titles, T, layer, times)
+    metrics: bool = False  # also measure each map (localisation, deletion/insertion, randomisation)
     progress: object = None  # callable(fraction, message)
     cancel: object = None
 
@@ -51,11 +52,13 @@ class JobResult:
     heatmaps: dict[str, sitk.Image] = field(default_factory=dict)
     prediction: sitk.Image | None = None
     segment: sitk.Image | None = None
+    metrics: dict = field(default_factory=dict)  # method -> ExplanationMetrics
 
     def summary(self) -> dict:
         from .methods import METHODS
 
         return {
+            "metrics": {name: metrics.as_dict() for name, metrics in self.metrics.items()},
             "device": self.device,
             "layer": self.layer,
             "target_class": self.target_class,
@@ -74,8 +77,8 @@ def _report(job: ExplainJob, fraction: float, message: str) -> None:
 
 def run(job: ExplainJob) -> JobResult:
     """Runs the job; files are written only once every result exists (nothing half-done)."""
-    from .engine import explain
     from .methods import get_method
+    from .metrics import explanation_metrics
     from .model_inspection import resolve_device
     from .sliding_window import sliding_window_logits
 
@@ -96,7 +99,7 @@ def run(job: ExplainJob) -> JobResult:
     if model_input.array.shape[0] != card.in_channels:
         raise ExplainInputError(f"The model expects {card.in_channels} input channels; a CT gives 1.")
     seconds["preparation"] = time.perf_counter() - started
-    share = 1.0 / (1 + len(job.methods))
+    share = 1.0 / (1 + len(job.methods) * (2 if job.metrics else 1))
 
     def scaled(first: float, label: str):
         def report(fraction: float, message: str) -> None:
@@ -119,19 +122,35 @@ def run(job: ExplainJob) -> JobResult:
                 "explain: give a segment with --mask, or choose another class."
             )
     result = JobResult(str(device), "", class_index, card.classes[class_index], {})
-    for number, method in enumerate(job.methods, start=1):
+    part = 1
+    for method in job.methods:
         started = time.perf_counter()
-        cam = explain(network, model_input.array, class_index, mask=mask, layer=job.layer or card.default_layer,
-                      method=method, head=card.head, window=card.window, overlap=card.overlap, device=device,
-                      progress=scaled(number * share, method), cancel=job.cancel)  # fmt: skip
-        heatmap = to_original_grid(cam.normalized.astype(np.float32), model_input)
-        heatmap.SetMetaData("seghiresgradcam_method", method)
-        heatmap.SetMetaData("seghiresgradcam_target_score", f"{cam.score:.6g}")
-        heatmap.SetMetaData("seghiresgradcam_heatmap_max", f"{float(cam.heatmap.max()):.6g}")
-        result.heatmaps[method] = heatmap
+
+        def explain_with(net, progress=None, method=method):
+            return explain_on_model_grid(net, card, model_input.array, class_index, mask, method,
+                                         job.layer or card.default_layer, device, progress, job.cancel)  # fmt: skip
+
+        heatmap, cam = explain_with(network, scaled(part * share, method))
+        part += 1
+        normalized = heatmap / heatmap.max() if heatmap.max() > 0 else heatmap
+        original = to_original_grid(normalized.astype(np.float32), model_input)
+        original.SetMetaData("seghiresgradcam_method", method)
+        original.SetMetaData("seghiresgradcam_target_score", f"{cam.score:.6g}")
+        original.SetMetaData("seghiresgradcam_heatmap_max", f"{float(heatmap.max()):.6g}")
+        result.heatmaps[method] = original
         result.scores[method] = cam.score
         result.layer = cam.layer
         seconds[method] = time.perf_counter() - started
+        if job.metrics:
+            started = time.perf_counter()
+            _report(job, part * share, f"measuring {method}")
+            regions = _anatomy_regions(card, class_index, logits, model_input)
+            result.metrics[method] = explanation_metrics(
+                network, model_input.array, class_index, mask, heatmap, regions, card.head, card.window,
+                card.overlap, explain_again=lambda net, explain_with=explain_with: explain_with(net)[0],
+            )  # fmt: skip
+            part += 1
+            seconds[f"{method} metrics"] = time.perf_counter() - started
     result.prediction = labels_on_original_grid(logits.numpy(), model_input, card.head)
     result.segment = to_original_grid(mask.astype(np.uint8), model_input, labels=True)
     result.seconds = seconds
@@ -143,3 +162,57 @@ def run(job: ExplainJob) -> JobResult:
         job.summary.write_text(json.dumps(result.summary(), indent=2))
     _report(job, 1.0, "done")
     return result
+
+
+def region_of_interest(mask: np.ndarray, window, multiple: int | None = None) -> tuple[slice, ...]:
+    """A box around M for methods that explain one crop: M's bounding box with half a
+    window of context on each side, at least one window, rounded up to a multiple of the
+    window's largest power-of-two divisor (so that a U-Net's strides fit), inside the image."""
+    positions = np.argwhere(mask)
+    low, high = positions.min(0), positions.max(0) + 1
+    box = []
+    for axis, (first, last, size) in enumerate(zip(low, high, window, strict=True)):
+        divisor = multiple or min(size & -size, 32)
+        wanted = max(last - first + size // 2 * 2, size)
+        wanted = min(-(-wanted // divisor) * divisor, mask.shape[axis] // divisor * divisor or mask.shape[axis])
+        start = int(np.clip((first + last - wanted) // 2, 0, mask.shape[axis] - wanted))
+        box.append(slice(start, start + wanted))
+    return tuple(box)
+
+
+def explain_on_model_grid(network, card, array, class_index, mask, method, layer, device, progress=None, cancel=None):
+    """(heatmap on the whole model grid, CamResult): window by window where the method
+    allows, else on a crop around M (``region_of_interest``) with zeros elsewhere."""
+    from .engine import explain
+    from .methods import get_method
+
+    options = dict(layer=layer, method=method, head=card.head, device=device, progress=progress, cancel=cancel)
+    if get_method(method).windowed:
+        cam = explain(network, array, class_index, mask=mask, window=card.window, overlap=card.overlap, **options)
+        return cam.heatmap, cam
+    box = region_of_interest(mask, card.window)
+    cam = explain(network, array[(slice(None), *box)], class_index, mask=mask[box], batch_size=8, **options)
+    heatmap = np.zeros(mask.shape, dtype=np.float32)
+    heatmap[box] = cam.heatmap
+    return heatmap, cam
+
+
+def _anatomy_regions(card, class_index: int, logits, model_input) -> dict[str, np.ndarray]:
+    """Where else the heat could go, on the model grid: the network's other predicted
+    classes (or regions) and the outside of the patient's body."""
+    from .metrics import body_mask
+
+    if card.head == "softmax":
+        predicted = logits.argmax(0).numpy()
+        masks = {name: predicted == index for index, name in enumerate(card.classes) if index not in (0, class_index)}
+    else:
+        masks = {name: (logits[index] > 0).numpy() for index, name in enumerate(card.classes) if index != class_index}
+    regions = {f"in {name} (predicted)": mask for name, mask in masks.items()}
+    ct = model_input.original
+    direction = np.array(ct.GetDirection()).reshape(3, 3)
+    axial = 2 - int(np.argmax(np.abs(direction[2])))  # the array axis closest to head-feet
+    body = np.moveaxis(body_mask(np.moveaxis(sitk.GetArrayFromImage(ct), axial, 0)), 0, axial)
+    body_image = sitk.GetImageFromArray(body.astype(np.uint8))
+    body_image.CopyInformation(ct)
+    regions["outside body"] = ~mask_to_model_grid(body_image, model_input)
+    return regions

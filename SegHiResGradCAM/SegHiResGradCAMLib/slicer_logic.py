@@ -16,6 +16,7 @@ from pathlib import Path
 from . import mrml_adapter
 from .background import BackgroundRun, Status
 from .errors import ExplainInputError
+from .metric_table import metric_rows
 from .model_card import read_model_card
 
 
@@ -30,6 +31,7 @@ class ExplainSettings:
     layer: str | None = None
     device: str = "auto"
     with_prediction: bool = False  # also load the predicted segmentation
+    with_metrics: bool = False  # also measure the map and load the numbers as a table
     replace_previous: bool = False  # replace this module's earlier output of the same name
 
 
@@ -40,6 +42,7 @@ class ExplainRun:
         self.settings = settings
         self.heatmap_node = None
         self.prediction_node = None
+        self.metrics_node = None
         self._import_failure: Status | None = None
         mrml_adapter.check_volume(settings.volume_node)
         card = read_model_card(settings.model)  # refuses a missing or unreadable card before any work
@@ -67,6 +70,8 @@ class ExplainRun:
             arguments += ["--from-prediction"]
         if settings.with_prediction:
             arguments += ["--prediction", "prediction.nrrd"]
+        if settings.with_metrics:
+            arguments += ["--metrics", "metrics.json"]
         if settings.model is not None:
             arguments += ["--model", str(Path(settings.model).resolve())]
         if settings.layer:
@@ -96,24 +101,38 @@ class ExplainRun:
         return status
 
     def _import_results(self) -> None:
+        """Loads every result, or none: a failure part-way removes what was already added."""
         settings, work_dir = self.settings, self._run.work_dir
         summary = json.loads((work_dir / "summary.json").read_text())
         title = summary["methods"][settings.method]["title"]
         name = mrml_adapter.output_name(settings.volume_node, self.segment_name, title)
         scene = settings.volume_node.GetScene()
-        previous = mrml_adapter.previous_output(scene, name) if settings.replace_previous else None
-        self.heatmap_node = mrml_adapter.import_heatmap(work_dir / "heatmap.nrrd", settings.volume_node, name)
-        self.heatmap_node.SetAttribute(
-            "SegHiResGradCAM.TargetScore", str(summary["methods"][settings.method]["target_score"])
-        )
-        self.heatmap_node.SetAttribute("SegHiResGradCAM.Layer", summary["layer"])
-        if settings.with_prediction:
-            self.prediction_node = mrml_adapter.import_prediction(
-                work_dir / "prediction.nrrd", settings.volume_node, self.card.classes, self.card.colours,
-                f"{settings.volume_node.GetName()} - prediction",
-            )  # fmt: skip
-        if previous is not None:
-            mrml_adapter.remove_output(previous)
+        previous = [
+            mrml_adapter.previous_output(scene, output) for output in (name, f"{name} - metrics")
+        ] if settings.replace_previous else []  # fmt: skip
+        try:
+            self.heatmap_node = mrml_adapter.import_heatmap(work_dir / "heatmap.nrrd", settings.volume_node, name)
+            self.heatmap_node.SetAttribute(
+                "SegHiResGradCAM.TargetScore", str(summary["methods"][settings.method]["target_score"])
+            )
+            self.heatmap_node.SetAttribute("SegHiResGradCAM.Layer", summary["layer"])
+            if settings.with_metrics:
+                rows = metric_rows(json.loads((work_dir / "metrics.json").read_text()))
+                self.metrics_node = mrml_adapter.import_metrics_table(rows, self.heatmap_node, f"{name} - metrics")
+            if settings.with_prediction:
+                self.prediction_node = mrml_adapter.import_prediction(
+                    work_dir / "prediction.nrrd", settings.volume_node, self.card.classes, self.card.colours,
+                    f"{settings.volume_node.GetName()} - prediction",
+                )  # fmt: skip
+        except BaseException:
+            for node in (self.heatmap_node, self.metrics_node, self.prediction_node):
+                if node is not None:
+                    mrml_adapter.remove_output(node)
+            self.heatmap_node = self.metrics_node = self.prediction_node = None
+            raise
+        for node in previous:
+            if node is not None:
+                mrml_adapter.remove_output(node)
 
     def cancel(self) -> None:
         self._run.cancel()
