@@ -131,6 +131,20 @@ def test_a_weights_file_that_would_run_code_is_refused_without_running_it(tmp_pa
     assert not marker.exists()
 
 
+def test_a_torchscript_model_is_refused_with_how_to_export_an_eager_one(tmp_path):
+    import torch
+    from monai.networks.nets import UNet
+
+    card = json.loads(BUNDLED.read_text())
+    network = UNet(**card["kwargs"]).eval()
+    torch.jit.save(torch.jit.script(network), str(tmp_path / "compiled.pt"))
+    card["weights"] = "compiled.pt"
+    (tmp_path / "compiled.json").write_text(json.dumps(card))
+    run = seghiresgradcam("layers", "--model", tmp_path / "compiled.json")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "TorchScript" in run.stderr and "torch.save(model.state_dict()" in run.stderr
+
+
 @pytest.mark.parametrize("problem", ["missing image", "not a CT", "truncated", "damaged", "missing", "bad class"])
 def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(problem, kits_like_case, tmp_path):
     models = bad_model_files(tmp_path)

@@ -66,6 +66,9 @@ def test_the_extensions_index_entry_names_category_repository_and_pytorch():
 
 
 def test_the_engine_imports_neither_slicer_nor_qt_nor_simpleitk():
-    engine = [f"SegHiResGradCAMLib.{name}" for name in ("engine", "sliding_window", "score_cam", "fusion", "metrics")]
+    engine = [
+        f"SegHiResGradCAMLib.{name}"
+        for name in ("engine", "sliding_window", "slices", "score_cam", "fusion", "metrics")
+    ]
     assert loaded_by_importing(engine, ["slicer", "vtk", "qt", "SimpleITK"]) == []
     assert loaded_by_importing(engine, ["torch"]) == ["torch"]  # the check sees what is loaded

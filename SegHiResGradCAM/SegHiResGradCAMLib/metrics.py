@@ -147,11 +147,13 @@ def _baseline(image: torch.Tensor, baseline) -> torch.Tensor:
 
 
 def probability_target(
-    model, target_class: int, mask, head: str = "softmax", window=None, overlap: float = 0.25
+    model, target_class: int, mask, head: str = "softmax", window=None, overlap: float = 0.25, slice_by_slice=False
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """P(batch) = mean over M of the class probability, whole image or sliding windows."""
+    """P(batch) = mean over M of the class probability: whole image, sliding windows, or
+    a 2D network slice by slice over a volume (only the windows and slices that reach M run)."""
     from .engine import class_probability, run_network
     from .model_inspection import evaluation_mode
+    from .slices import slice_logits
     from .sliding_window import sliding_window_logits
 
     mask = torch.as_tensor(np.asarray(mask, dtype=bool))
@@ -160,6 +162,9 @@ def probability_target(
         return class_probability(logits, target_class, head)[:, mask].mean(1)
 
     def score(batch: torch.Tensor) -> torch.Tensor:
+        if slice_by_slice:
+            logits = [slice_logits(model, image, window, overlap, required=mask) for image in batch]
+            return probabilities(torch.stack(logits).float())
         if window is None:
             with evaluation_mode(model):
                 return probabilities(run_network(model, batch).float())
@@ -215,16 +220,18 @@ def explanation_metrics(
     fractions=DEFAULT_FRACTIONS,
     baseline="blur",
     explain_again: Callable[[torch.nn.Module], np.ndarray] | None = None,
+    slice_by_slice: bool = False,
 ) -> ExplanationMetrics:
     """All metrics of one heatmap on the network's input grid.
 
     ``image`` (C, *spatial) and ``mask``, ``heatmap`` and ``regions`` (*spatial) share the
     grid. ``window``/``overlap``: run the network as it is run for the map. With
     ``explain_again(network) -> heatmap`` (the same method, layer and target on another
-    network), the randomisation sanity check is added.
+    network), the randomisation sanity check is added. ``slice_by_slice``: a 2D network
+    on a volume (see ``slices``).
     """
     metrics = localisation(heatmap, mask, regions)
-    score = probability_target(model, target_class, mask, head, window, overlap)
+    score = probability_target(model, target_class, mask, head, window, overlap, slice_by_slice)
     metrics.deletion, metrics.insertion = faithfulness_curves(
         score, image, heatmap, fractions, baseline, batch_size=1 if window is not None else 4
     )

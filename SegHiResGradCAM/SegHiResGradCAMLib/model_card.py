@@ -44,7 +44,7 @@ class ModelCard:
     head: str  # "softmax" or "sigmoid"
     classes: tuple[str, ...]
     colours: tuple[tuple[float, float, float], ...]
-    window: tuple[int, int, int]  # sliding window in array order (z, y, x)
+    window: tuple[int, ...]  # sliding window in array order: (z, y, x), or (y, x) for a 2D network
     overlap: float
     default_layer: str | None
     extra: dict
@@ -52,6 +52,12 @@ class ModelCard:
     @property
     def in_channels(self) -> int:
         return int(self.kwargs.get("in_channels", 1))
+
+    @property
+    def spatial_dims(self) -> int:
+        """3, or 2 for a network run slice by slice along the model grid's first array axis
+        (the third axis of its orientation: axial slices for LPS or RAS)."""
+        return int(self.kwargs.get("spatial_dims", 3))
 
     def class_index(self, name_or_index) -> int:
         if isinstance(name_or_index, int) or str(name_or_index).isdigit():
@@ -102,6 +108,12 @@ def load_weights(path: Path) -> dict:
 
     if not path.is_file():
         raise ExplainInputError(f"The weights file {path} does not exist: check the path in the model card.")
+    if _is_torchscript(path):
+        raise ExplainInputError(
+            f"{path.name} is a TorchScript (compiled) model: a CAM needs hooks inside an eager network, which "
+            "compiled code does not allow. Save the eager model's weights instead, "
+            "torch.save(model.state_dict(), 'weights.pt'), and name its architecture in the model card."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
@@ -115,6 +127,16 @@ def load_weights(path: Path) -> dict:
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ExplainInputError(f"{path.name} is not a state dict of tensors: save model.state_dict() instead.")
     return state
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives hold compiled code (``code/``) and ``constants.pkl``; state dicts do not."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
 def read_model_card(path=None) -> ModelCard:
@@ -133,7 +155,7 @@ def read_model_card(path=None) -> ModelCard:
         card = json.loads(path.read_text())
         preprocessing = card["preprocessing"]
         intensity = preprocessing["intensity"]
-        return ModelCard(
+        model_card = ModelCard(
             path=path,
             name=card.get("name", path.stem),
             architecture=card["architecture"],
@@ -154,3 +176,9 @@ def read_model_card(path=None) -> ModelCard:
         raise ExplainInputError(f"The model card {path.name} is not valid JSON ({error}).") from None
     except (KeyError, TypeError, ValueError) as error:
         raise ExplainInputError(f"The model card {path.name} lacks or mistypes the entry {error}.") from None
+    if model_card.spatial_dims not in (2, 3) or len(model_card.window) != model_card.spatial_dims:
+        raise ExplainInputError(
+            f"The model card {path.name} describes a {model_card.spatial_dims}D network with a sliding window of "
+            f"{len(model_card.window)} sizes: give one size per spatial axis ((y, x) for 2D, (z, y, x) for 3D)."
+        )
+    return model_card

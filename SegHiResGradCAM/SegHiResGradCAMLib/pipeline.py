@@ -80,6 +80,7 @@ def run(job: ExplainJob) -> JobResult:
     from .methods import get_method
     from .metrics import explanation_metrics
     from .model_inspection import resolve_device
+    from .slices import slice_logits
     from .sliding_window import sliding_window_logits
 
     if len(job.methods) != len(job.heatmaps):
@@ -108,8 +109,9 @@ def run(job: ExplainJob) -> JobResult:
         return report
 
     started = time.perf_counter()
-    logits = sliding_window_logits(network, model_input.array, card.window, card.overlap, device=device,
-                                   progress=scaled(0.0, "inference"), cancel=job.cancel)  # fmt: skip
+    run_inference = slice_logits if card.spatial_dims == 2 else sliding_window_logits
+    logits = run_inference(network, model_input.array, card.window, card.overlap, device=device,
+                           progress=scaled(0.0, "inference"), cancel=job.cancel)  # fmt: skip
     seconds["inference"] = time.perf_counter() - started
     if mask_image is not None:
         mask = mask_to_model_grid(mask_image, model_input)
@@ -148,6 +150,7 @@ def run(job: ExplainJob) -> JobResult:
             result.metrics[method] = explanation_metrics(
                 network, model_input.array, class_index, mask, heatmap, regions, card.head, card.window,
                 card.overlap, explain_again=lambda net, explain_with=explain_with: explain_with(net)[0],
+                slice_by_slice=card.spatial_dims == 2,
             )  # fmt: skip
             part += 1
             seconds[f"{method} metrics"] = time.perf_counter() - started
@@ -182,11 +185,17 @@ def region_of_interest(mask: np.ndarray, window, multiple: int | None = None) ->
 
 def explain_on_model_grid(network, card, array, class_index, mask, method, layer, device, progress=None, cancel=None):
     """(heatmap on the whole model grid, CamResult): window by window where the method
-    allows, else on a crop around M (``region_of_interest``) with zeros elsewhere."""
+    allows, else on a crop around M (``region_of_interest``) with zeros elsewhere; a 2D
+    network slice by slice (whole slices for methods that cannot run window by window)."""
     from .engine import explain
     from .methods import get_method
+    from .slices import explain_slices
 
     options = dict(layer=layer, method=method, head=card.head, device=device, progress=progress, cancel=cancel)
+    if card.spatial_dims == 2:
+        window = card.window if get_method(method).windowed else None
+        cam = explain_slices(network, array, class_index, mask, window=window, overlap=card.overlap, **options)
+        return cam.heatmap, cam
     if get_method(method).windowed:
         cam = explain(network, array, class_index, mask=mask, window=card.window, overlap=card.overlap, **options)
         return cam.heatmap, cam

@@ -1,0 +1,96 @@
+"""2D networks on 3D volumes, slice by slice (as the paper's own KiTS network is run).
+
+The network sees each slice along the first array axis on its own, so the volume's
+logits are the stacked slice logits, and T = sum over M of Y_c splits exactly into the
+slices' own targets T_z (M restricted to slice z). Each slice is explained with its own
+target and the maps are stacked; slices without M contribute nothing to T and run no
+backward pass at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .engine import CamResult, explain
+from .errors import ExplainCancelled, ExplainInputError
+
+
+def _volume(volume) -> torch.Tensor:
+    tensor = volume.detach() if isinstance(volume, torch.Tensor) else torch.as_tensor(np.asarray(volume))
+    if tensor.dim() != 4:
+        raise ExplainInputError(
+            f"A 2D network is run slice by slice on a (channels, slices, rows, columns) volume; got shape "
+            f"{tuple(tensor.shape)}."
+        )
+    return tensor.float()
+
+
+def _check_cancel(cancel) -> None:
+    if cancel is not None and (cancel() if callable(cancel) else cancel.is_set()):
+        raise ExplainCancelled("Cancelled by the user; nothing was written.")
+
+
+def slice_logits(model, volume, window=None, overlap: float = 0.25, required=None, progress=None, cancel=None,
+                 **options) -> torch.Tensor:  # fmt: skip
+    """(K, slices, rows, columns) logits of a 2D network, slice by slice (sliding windows
+    within each slice when ``window`` is given, else the whole slice at once). With
+    ``required`` (a boolean volume), only the slices that hold some of it run; the others
+    stay zero. ``options``: batch_size, device, blend of ``sliding_window_logits``."""
+    from .sliding_window import sliding_window_logits
+
+    volume = _volume(volume)
+    window = tuple(window) if window is not None else tuple(volume.shape[2:])
+    chosen = [z for z in range(volume.shape[1]) if required is None or bool(np.asarray(required[z]).any())]
+    logits = None
+    for done, z in enumerate(chosen):
+        _check_cancel(cancel)
+        slice_output = sliding_window_logits(model, volume[:, z], window, overlap, **options)
+        if logits is None:
+            logits = torch.zeros((slice_output.shape[0], volume.shape[1], *slice_output.shape[1:]))
+        logits[:, z] = slice_output
+        if progress is not None:
+            progress((done + 1) / len(chosen), "inference")
+    if logits is None:
+        raise ExplainInputError("No slice to run: the required region is empty.")
+    return logits
+
+
+def explain_slices(
+    model,
+    volume,
+    target_class: int,
+    mask=None,
+    progress: Callable[[float, str], None] | None = None,
+    cancel=None,
+    **options,
+) -> CamResult:
+    """``explain`` on each slice of a (C, slices, rows, columns) volume that holds part of
+    M (every slice when ``mask`` is None), with M restricted to that slice, the maps
+    stacked along the first axis. T is the sum of the slices' targets. ``options`` are
+    those of ``explain`` (method, layer, score, head, window, ...)."""
+    volume = _volume(volume)
+    mask = None if mask is None else np.asarray(mask, dtype=bool)
+    if mask is not None and mask.shape != tuple(volume.shape[1:]):
+        raise ExplainInputError(
+            f"The mask has shape {mask.shape} but the volume is {tuple(volume.shape[1:])}: put M on the volume's grid."
+        )
+    if mask is not None and not mask.any():
+        raise ExplainInputError("The mask is empty: select a segment with at least one voxel.")
+    chosen = [z for z in range(volume.shape[1]) if mask is None or mask[z].any()]
+    raw = heatmap = None
+    score, first = 0.0, None
+    for done, z in enumerate(chosen):
+        _check_cancel(cancel)
+        result = explain(model, volume[:, z], target_class, None if mask is None else mask[z], cancel=cancel, **options)
+        if first is None:
+            first = result
+            raw = np.zeros((volume.shape[1], *result.raw.shape), dtype=np.float32)
+            heatmap = np.zeros((volume.shape[1], *result.heatmap.shape), dtype=np.float32)
+        raw[z], heatmap[z] = result.raw, result.heatmap
+        score += result.score
+        if progress is not None:
+            progress((done + 1) / len(chosen), f"slice {z}")
+    return CamResult(raw, heatmap, score, first.method, first.layer, first.target_class, first.raw_grid)
