@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 SYSTEM_PYTHON ?= python3
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench bench-methods clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: lint
 
 bench: $(INSTALLED)
 	$(PYTHON) bench/bench_engine.py
+
+bench-methods: $(INSTALLED)
+	$(PYTHON) bench/bench_methods.py --cases 20
 
 clean:
 	rm -rf $(VENV) demo_output
