@@ -31,11 +31,13 @@ from SegHiResGradCAMLib.sliding_window import sliding_window_logits
 FIRST_SEED = 300  # not a training (1000-1047, 2000-) or validation (100-109) seed
 TUMOUR, KIDNEY = 2, 1
 FRACTIONS = np.linspace(0.0, 0.05, 11)
+FIELD_OF_VIEW_MM = (400.0, 400.0, 180.0)  # (x, y, z), as the demo CTs
 
 
 def prepared_cases(card, network, count: int):
     """(seed, image crop, tumour prediction crop, kidney crop, outside-body crop, HU crop)."""
-    grid = Grid.centred((160, 160, 60), card.spacing)
+    grid = Grid.centred(tuple(round(size / step) for size, step in zip(FIELD_OF_VIEW_MM, card.spacing, strict=True)),
+                        card.spacing)  # fmt: skip
     seed = FIRST_SEED
     while count:
         case = make_case(seed, grid)
