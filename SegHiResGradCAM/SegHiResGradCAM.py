@@ -56,6 +56,7 @@ class SegHiResGradCAMParameterNode:
     modelPath: str = ""
     withPrediction: bool = False
     withMetrics: bool = False
+    trustBundle: bool = False
     replacePrevious: bool = True
 
 
@@ -94,6 +95,9 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.compareButton.connect("clicked(bool)", self.onCompare)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelChanged)
+        self.ui.trustBundleCheckBox.connect(
+            "toggled(bool)", lambda _: self.onModelChanged(self.ui.modelPathLineEdit.currentPath)
+        )
         self.ui.usePredictionCheckBox.connect("toggled(bool)", self.ui.segmentSelector.setDisabled)
         self._timer.connect("timeout()", self.onPoll)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -122,6 +126,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 "modelPath": self.ui.modelPathLineEdit,
                 "withPrediction": self.ui.withPredictionCheckBox,
                 "withMetrics": self.ui.withMetricsCheckBox,
+                "trustBundle": self.ui.trustBundleCheckBox,
                 "replacePrevious": self.ui.replaceCheckBox,
             }
         )
@@ -131,11 +136,13 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from SegHiResGradCAMLib.model_card import read_model_card
 
         model = path or None
+        trusted = self.ui.trustBundleCheckBox.checked
         try:
-            card = read_model_card(model)
+            card = read_model_card(model, trust_bundle=trusted)
             with slicer.util.WaitCursor():
                 methods = _command_json("methods")
-                layers = _command_json("layers", *(["--model", model] if model else []))
+                model_arguments = (["--model", model] if model else []) + (["--trust-bundle"] if trusted else [])
+                layers = _command_json("layers", *model_arguments)
         except Exception as error:  # a bad model file: say why, keep the UI usable
             self.ui.statusLabel.text = f"Model not usable: {error}"
             return
@@ -168,6 +175,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             device=self.ui.deviceComboBox.currentText,
             with_prediction=self.ui.withPredictionCheckBox.checked,
             with_metrics=self.ui.withMetricsCheckBox.checked,
+            trust_bundle=self.ui.trustBundleCheckBox.checked,
             replace_previous=self.ui.replaceCheckBox.checked,
         )
 

@@ -51,6 +51,7 @@ def _explain(arguments) -> int:
         prediction=Path(arguments.prediction) if arguments.prediction else None,
         summary=Path(arguments.summary) if arguments.summary else None,
         metrics=arguments.metrics is not None,
+        trust_bundle=arguments.trust_bundle,
         progress=_progress(arguments.progress),
     )
     result = run(job)
@@ -76,7 +77,7 @@ def _layers(arguments) -> int:
     from .model_card import read_model_card
     from .model_inspection import list_layers
 
-    card = read_model_card(arguments.model)
+    card = read_model_card(arguments.model, trust_bundle=arguments.trust_bundle)
     layers = list_layers(card.build_network(), (card.in_channels, *card.window))
     if arguments.json:
         print(json.dumps([{"name": layer.name, "type": layer.type, "shape": list(layer.shape),
@@ -119,18 +120,23 @@ def _methods(arguments) -> int:
     return 0
 
 
+TRUST_HELP = "the model is a MONAI bundle whose author you trust (its configuration can run arbitrary code)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seghiresgradcam", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     explain = commands.add_parser("explain", help="explain a segment of a CT and write the heatmap")
     explain.add_argument("--image", required=True, help="the CT (NIfTI, NRRD, MHA: anything SimpleITK reads)")
-    explain.add_argument("--model", help="model card JSON or model folder (default: the bundled demo model)")
+    explain.add_argument("--model", help="model card JSON, model folder or MONAI bundle folder (default: the "
+                         "bundled demo model)")  # fmt: skip
     explain.add_argument("--target-class", required=True, help="output class, by name or index")
     which = explain.add_mutually_exclusive_group(required=True)
     which.add_argument("--mask", help="label map whose nonzero voxels are the segment M (any grid)")
     which.add_argument("--from-prediction", action="store_true", help="M = the network's own prediction")
     explain.add_argument("--method", default="seg-hires-grad-cam", help="CAM method (see `methods`)")
+    explain.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
     explain.add_argument("--layer", help="target layer (see `layers`; default: the recommended one)")
     explain.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     explain.add_argument("--out", required=True, help="heatmap file, written in the CT's geometry (0..1)")
@@ -145,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     layers = commands.add_parser("layers", help="list the layers that can be explained")
     layers.add_argument("--model", help="model card JSON or model folder (default: the bundled demo model)")
+    layers.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
     layers.add_argument("--json", action="store_true", help="print JSON (for programs)")
     layers.set_defaults(run=_layers)
 

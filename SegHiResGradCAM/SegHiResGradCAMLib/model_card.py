@@ -44,10 +44,12 @@ class ModelCard:
     head: str  # "softmax" or "sigmoid"
     classes: tuple[str, ...]
     colours: tuple[tuple[float, float, float], ...]
-    window: tuple[int, ...]  # sliding window in array order: (z, y, x), or (y, x) for a 2D network
+    window: tuple[int, ...]  # sliding window in the network's array order: (z, y, x), or (y, x) in 2D
     overlap: float
     default_layer: str | None
     extra: dict
+    axis_order: str = "zyx"  # the network's array order: "zyx" (SimpleITK), "xyz" or "xy" (MONAI bundles)
+    bundle_config: dict | None = None  # a trusted MONAI bundle's configuration (see monai_bundle)
 
     @property
     def in_channels(self) -> int:
@@ -76,6 +78,10 @@ class ModelCard:
         """The eager network with its weights, in eval mode."""
         import monai.networks.nets as nets
 
+        if self.bundle_config is not None:
+            from .monai_bundle import build_bundle_network
+
+            return self._with_weights(build_bundle_network(self.bundle_config))
         if self.architecture not in ARCHITECTURES:
             raise ExplainInputError(
                 f"Model card {self.path.name} names architecture {self.architecture!r}, which is not one of the "
@@ -87,6 +93,15 @@ class ModelCard:
             raise ExplainInputError(
                 f"Model card {self.path.name}: the network arguments do not fit: {error}."
             ) from None
+        return self._with_weights(network)
+
+    def to_network_axes(self, array):
+        """A (channels, z, y, x) array in the network's own axis order; the same operation
+        maps the network's outputs back."""
+        axes = {"zyx": None, "xyz": (0, 3, 2, 1), "xy": (0, 1, 3, 2)}[self.axis_order]
+        return array if axes is None else np.ascontiguousarray(np.asarray(array).transpose(axes))
+
+    def _with_weights(self, network):
         state = load_weights(self.weights)
         try:
             network.load_state_dict(state)
@@ -139,9 +154,14 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
-def read_model_card(path=None) -> ModelCard:
-    """A model card from a JSON file or a folder holding one (default: the bundled model)."""
+def read_model_card(path=None, trust_bundle: bool = False) -> ModelCard:
+    """A model card from a JSON file or a folder holding one (default: the bundled model),
+    or from a MONAI bundle folder, which is read only with ``trust_bundle``."""
+    from .monai_bundle import is_bundle, read_bundle
+
     path = Path(path) if path is not None else BUNDLED_MODEL
+    if is_bundle(path):
+        return read_bundle(path, trust_bundle)
     if path.is_dir():
         cards = sorted(path.glob("*.json"))
         if len(cards) != 1:

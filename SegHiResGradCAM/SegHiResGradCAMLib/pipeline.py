@@ -37,6 +37,7 @@ class ExplainJob:
     prediction: Path | None = None  # where to write the predicted label map, if wanted
     summary: Path | None = None  # where to write a JSON summary (method titles, T, layer, times)
     metrics: bool = False  # also measure each map (localisation, deletion/insertion, randomisation)
+    trust_bundle: bool = False  # the model is a MONAI bundle the user trusts (its configuration can run code)
     progress: object = None  # callable(fraction, message)
     cancel: object = None
 
@@ -77,6 +78,8 @@ def _report(job: ExplainJob, fraction: float, message: str) -> None:
 
 def run(job: ExplainJob) -> JobResult:
     """Runs the job; files are written only once every result exists (nothing half-done)."""
+    import torch
+
     from .methods import get_method
     from .metrics import explanation_metrics
     from .model_inspection import resolve_device
@@ -89,7 +92,7 @@ def run(job: ExplainJob) -> JobResult:
         get_method(method)
     seconds = {}
     started = time.perf_counter()
-    card = read_model_card(job.model)
+    card = read_model_card(job.model, trust_bundle=job.trust_bundle)
     class_index = card.class_index(job.target_class)
     ct = read_volume(job.image, "CT")
     check_looks_like_ct(ct, Path(job.image).name)
@@ -110,8 +113,9 @@ def run(job: ExplainJob) -> JobResult:
 
     started = time.perf_counter()
     run_inference = slice_logits if card.spatial_dims == 2 else sliding_window_logits
-    logits = run_inference(network, model_input.array, card.window, card.overlap, device=device,
-                           progress=scaled(0.0, "inference"), cancel=job.cancel)  # fmt: skip
+    logits = run_inference(network, card.to_network_axes(model_input.array), card.window, card.overlap,
+                           device=device, progress=scaled(0.0, "inference"), cancel=job.cancel)  # fmt: skip
+    logits = torch.from_numpy(card.to_network_axes(logits.numpy()))  # (classes, z, y, x)
     seconds["inference"] = time.perf_counter() - started
     if mask_image is not None:
         mask = mask_to_model_grid(mask_image, model_input)
@@ -147,10 +151,15 @@ def run(job: ExplainJob) -> JobResult:
             started = time.perf_counter()
             _report(job, part * share, f"measuring {method}")
             regions = _anatomy_regions(card, class_index, logits, model_input)
+
+            def in_network_axes(array):
+                return card.to_network_axes(array[None])[0]
+
             result.metrics[method] = explanation_metrics(
-                network, model_input.array, class_index, mask, heatmap, regions, card.head, card.window,
-                card.overlap, explain_again=lambda net, explain_with=explain_with: explain_with(net)[0],
-                slice_by_slice=card.spatial_dims == 2,
+                network, card.to_network_axes(model_input.array), class_index, in_network_axes(mask),
+                in_network_axes(heatmap), {name: in_network_axes(region) for name, region in regions.items()},
+                card.head, card.window, card.overlap, slice_by_slice=card.spatial_dims == 2,
+                explain_again=lambda net, explain_with=explain_with: in_network_axes(explain_with(net)[0]),
             )  # fmt: skip
             part += 1
             seconds[f"{method} metrics"] = time.perf_counter() - started
@@ -186,7 +195,19 @@ def region_of_interest(mask: np.ndarray, window, multiple: int | None = None) ->
 def explain_on_model_grid(network, card, array, class_index, mask, method, layer, device, progress=None, cancel=None):
     """(heatmap on the whole model grid, CamResult): window by window where the method
     allows, else on a crop around M (``region_of_interest``) with zeros elsewhere; a 2D
-    network slice by slice (whole slices for methods that cannot run window by window)."""
+    network slice by slice (whole slices for methods that cannot run window by window).
+    ``array`` (channels, z, y, x), ``mask`` and the heatmap are in the pipeline's axis
+    order; the network gets its own (``card.axis_order``)."""
+
+    def in_network_axes(volume):
+        return card.to_network_axes(volume[None])[0]
+
+    heatmap, cam = _explain_in_network_axes(network, card, card.to_network_axes(array), class_index,
+                                            in_network_axes(mask), method, layer, device, progress, cancel)  # fmt: skip
+    return in_network_axes(heatmap), cam
+
+
+def _explain_in_network_axes(network, card, array, class_index, mask, method, layer, device, progress, cancel):
     from .engine import explain
     from .methods import get_method
     from .slices import explain_slices

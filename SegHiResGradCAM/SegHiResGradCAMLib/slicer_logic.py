@@ -32,6 +32,7 @@ class ExplainSettings:
     device: str = "auto"
     with_prediction: bool = False  # also load the predicted segmentation
     with_metrics: bool = False  # also measure the map and load the numbers as a table
+    trust_bundle: bool = False  # the user trusts the MONAI bundle given as the model (its config can run code)
     replace_previous: bool = False  # replace this module's earlier output of the same name
 
 
@@ -45,7 +46,8 @@ class ExplainRun:
         self.metrics_node = None
         self._import_failure: Status | None = None
         mrml_adapter.check_volume(settings.volume_node)
-        card = read_model_card(settings.model)  # refuses a missing or unreadable card before any work
+        # Refuses a missing or unreadable card, or an untrusted bundle, before any work.
+        card = read_model_card(settings.model, trust_bundle=settings.trust_bundle)
         self.class_index = card.class_index(settings.target_class)
         self.card = card
         work_dir = Path(tempfile.mkdtemp(prefix="SegHiResGradCAM-"))
@@ -74,6 +76,8 @@ class ExplainRun:
             arguments += ["--metrics", "metrics.json"]
         if settings.model is not None:
             arguments += ["--model", str(Path(settings.model).resolve())]
+        if settings.trust_bundle:
+            arguments += ["--trust-bundle"]
         if settings.layer:
             arguments += ["--layer", settings.layer]
         return arguments
