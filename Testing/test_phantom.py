@@ -22,6 +22,17 @@ def test_cases_are_deterministic_by_seed():
     assert not np.array_equal(first.labels, other.labels)
 
 
+def test_a_seed_is_the_same_patient_on_any_grid():
+    """The anatomy must not depend on the sampling grid: tumour volumes in mm^3 agree
+    between a coarse and a fine grid (up to partial voxels), for several seeds."""
+    fine = Grid.centred((160, 160, 60), (2.5, 2.5, 3.0))
+    for seed in (3, 11, 12):
+        coarse_case, fine_case = make_case(seed, COARSE), make_case(seed, fine)
+        assert (coarse_case.tumours, coarse_case.cysts) == (fine_case.tumours, fine_case.cysts)
+        volumes = [(case.labels == 2).sum() * np.prod(case.grid.spacing) for case in (coarse_case, fine_case)]
+        assert volumes[0] == pytest.approx(volumes[1], rel=0.15)
+
+
 def test_every_case_has_two_kidneys_and_one_to_three_tumours(cases):
     from scipy import ndimage
 

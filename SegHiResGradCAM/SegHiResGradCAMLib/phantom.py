@@ -100,7 +100,8 @@ def make_case(seed: int, grid: Grid | None = None) -> Case:
     """One synthetic case on ``grid`` (default: 512 x 512 in-plane at 0.78 mm, 3 mm slices
     covering 180 mm around the kidneys)."""
     grid = grid or Grid.centred((512, 512, 60), (0.78, 0.78, 3.0))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # the anatomy: the same patient on every grid
+    texture_rng = np.random.default_rng([seed, 1])  # textures and noise, whose draws depend on the grid
     x, y, z = grid.axes()
     shape = grid.shape[::-1]
     hu = np.full(shape, -1000.0, dtype=np.float32)
@@ -115,7 +116,7 @@ def make_case(seed: int, grid: Grid | None = None) -> Case:
     hu[body] = -100
     wall = (radius < 1 - fat_thickness / half_depth) & (radius >= 1 - (fat_thickness + 12) / half_depth)
     hu[np.broadcast_to(wall, shape)] = 52
-    fat_texture = 15 * _smooth_texture(rng, shape, sigma)
+    fat_texture = 15 * _smooth_texture(texture_rng, shape, sigma)
     hu[body] += fat_texture[body]
 
     def paint(region: np.ndarray, value: float, spread: float = 0.0) -> None:
@@ -185,7 +186,7 @@ def make_case(seed: int, grid: Grid | None = None) -> Case:
         tumour = Ellipsoid(centre, radius * rng.uniform(0.85, 1.15, 3), _rotation(rng, 30))
         region = tumour.inside(grid) & body
         if rng.random() < 0.75:  # clear-cell: heterogeneous enhancement, necrotic core
-            texture = _smooth_texture(rng, shape, [2 * s for s in sigma])
+            texture = _smooth_texture(texture_rng, shape, [2 * s for s in sigma])
             hu[region] = rng.uniform(120, 160) + 25 * texture[region]
             paint(tumour.inside(grid, rng.uniform(0.3, 0.6)) & region, rng.uniform(10, 40), 8)
         else:  # papillary: low, homogeneous enhancement
@@ -194,5 +195,5 @@ def make_case(seed: int, grid: Grid | None = None) -> Case:
 
     # Partial-volume blur and CT noise.
     hu = ndimage.gaussian_filter(hu, [0.7 / s for s in grid.spacing[::-1]])
-    hu += rng.normal(0, rng.uniform(10, 20), shape).astype(np.float32)
+    hu += texture_rng.normal(0, rng.uniform(10, 20), shape).astype(np.float32)
     return Case(hu.astype(np.float32), labels, grid, seed, tumours, cysts)
