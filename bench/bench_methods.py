@@ -83,9 +83,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "methods"))
+    parser.add_argument("--report-only", action="store_true", help="rebuild summary.md from per_case.json")
     arguments = parser.parse_args()
     out = Path(arguments.out)
     out.mkdir(parents=True, exist_ok=True)
+    if arguments.report_only:
+        report(json.loads((out / "per_case.json").read_text()), out)
+        return
     torch.manual_seed(0)
     card = read_model_card()
     network = card.build_network().eval()
@@ -105,9 +109,13 @@ def main() -> None:
                           {METHODS[method].title: heat[centre] for method, heat in maps.items()},
                           title=f"Synthetic case {seed}: tumour prediction (cyan), axial slice {centre}")  # fmt: skip
     (out / "per_case.json").write_text(json.dumps(rows, indent=1))
-    report = table(rows) + "\n" + paired(rows, "seg-hires-grad-cam", "seg-grad-cam")
-    (out / "summary.md").write_text(report)
-    print(report)
+    report(rows, out)
+
+
+def report(rows, out: Path) -> None:
+    text = table(rows) + "\n" + paired(rows, "seg-hires-grad-cam", "seg-grad-cam")
+    (out / "summary.md").write_text(text)
+    print(text)
     print(f"written to {out}/: summary.md, per_case.json, methods.png")
 
 
@@ -132,15 +140,16 @@ def paired(rows, candidate: str, baseline: str) -> str:
         "randomisation similarity in M",
         "CPU s",
     }
-    lines = [f"Paired {candidate} minus {baseline}:", "| metric | mean difference | cases where better |",
-             "|---|---|---|"]  # fmt: skip
+    lines = [f"Paired {candidate} minus {baseline} (per case):",
+             "| metric | mean difference ± sd | better / worse / tied |", "|---|---|---|"]  # fmt: skip
     for metric in rows[candidate][0]:
         if metric == "seed":
             continue
         difference = np.array([a[metric] - b[metric] for a, b in zip(rows[candidate], rows[baseline], strict=True)])
-        better = (difference < 0) if metric in better_when_lower else (difference > 0)
+        sign = -1 if metric in better_when_lower else 1
+        better, worse = int((sign * difference > 0).sum()), int((sign * difference < 0).sum())
         lines.append(f"| {metric} | {difference.mean():+.3f} ± {difference.std(ddof=1):.3f} | "
-                     f"{int(better.sum())}/{len(difference)} |")  # fmt: skip
+                     f"{better} / {worse} / {len(difference) - better - worse} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
