@@ -72,7 +72,9 @@ def bundle(tmp_path_factory):
 def ras_ct(tmp_path_factory):
     """A KiTS-like CT stored in RAS on the bundle's 3 mm grid, so that no resampling differs."""
     folder = tmp_path_factory.mktemp("ras_ct")
-    ct, labels = case_images(make_case(8, Grid.centred((80, 72, 24), (3.0, 3.0, 3.0))))
+    case = make_case(9, Grid.centred((80, 72, 24), (3.0, 3.0, 3.0)))
+    assert (case.labels == 2).sum() > 1000  # a tumour well inside the field of view
+    ct, labels = case_images(case)
     sitk.WriteImage(reorient(ct, "RAS"), str(folder / "ct.nii.gz"))
     sitk.WriteImage(reorient(sitk.Equal(labels, 2), "RAS"), str(folder / "tumour.nii.gz"))
     return folder
