@@ -63,7 +63,7 @@ def _heat_panel(axis, image, heatmap, segment, name):
     axis.imshow(image, cmap="gray")
     shown = axis.imshow(np.ma.masked_less(heatmap, 0.02), cmap="inferno", vmin=0, vmax=1, alpha=0.75)
     axis.contour(segment.astype(float), levels=[0.5], colors="cyan", linewidths=0.6)
-    axis.set_title(name, fontsize=9)
+    axis.set_title(name)
     return shown
 
 
