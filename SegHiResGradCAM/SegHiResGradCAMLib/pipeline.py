@@ -128,6 +128,7 @@ def run(job: ExplainJob) -> JobResult:
                 "explain: give a segment with --mask, or choose another class."
             )
     result = JobResult(str(device), "", class_index, card.classes[class_index], {})
+    regions = _anatomy_regions(card, class_index, logits, model_input) if job.metrics else {}
     part = 1
     for method in job.methods:
         started = time.perf_counter()
@@ -150,7 +151,6 @@ def run(job: ExplainJob) -> JobResult:
         if job.metrics:
             started = time.perf_counter()
             _report(job, part * share, f"measuring {method}")
-            regions = _anatomy_regions(card, class_index, logits, model_input)
 
             def in_network_axes(array):
                 return card.to_network_axes(array[None])[0]
