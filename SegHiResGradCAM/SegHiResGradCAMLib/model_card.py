@@ -101,6 +101,10 @@ class ModelCard:
         axes = {"zyx": None, "xyz": (0, 3, 2, 1), "xy": (0, 1, 3, 2)}[self.axis_order]
         return array if axes is None else np.ascontiguousarray(np.asarray(array).transpose(axes))
 
+    def volume_to_network_axes(self, volume):
+        """The same for a (z, y, x) array without channels (masks, heatmaps)."""
+        return self.to_network_axes(np.asarray(volume)[None])[0]
+
     def _with_weights(self, network):
         state = load_weights(self.weights)
         try:

@@ -129,6 +129,7 @@ def run(job: ExplainJob) -> JobResult:
             )
     result = JobResult(str(device), "", class_index, card.classes[class_index], {})
     regions = _anatomy_regions(card, class_index, logits, model_input) if job.metrics else {}
+    in_network_axes = card.volume_to_network_axes
     part = 1
     for method in job.methods:
         started = time.perf_counter()
@@ -151,10 +152,6 @@ def run(job: ExplainJob) -> JobResult:
         if job.metrics:
             started = time.perf_counter()
             _report(job, part * share, f"measuring {method}")
-
-            def in_network_axes(array):
-                return card.to_network_axes(array[None])[0]
-
             result.metrics[method] = explanation_metrics(
                 network, card.to_network_axes(model_input.array), class_index, in_network_axes(mask),
                 in_network_axes(heatmap), {name: in_network_axes(region) for name, region in regions.items()},
@@ -198,13 +195,10 @@ def explain_on_model_grid(network, card, array, class_index, mask, method, layer
     network slice by slice (whole slices for methods that cannot run window by window).
     ``array`` (channels, z, y, x), ``mask`` and the heatmap are in the pipeline's axis
     order; the network gets its own (``card.axis_order``)."""
-
-    def in_network_axes(volume):
-        return card.to_network_axes(volume[None])[0]
-
     heatmap, cam = _explain_in_network_axes(network, card, card.to_network_axes(array), class_index,
-                                            in_network_axes(mask), method, layer, device, progress, cancel)  # fmt: skip
-    return in_network_axes(heatmap), cam
+                                            card.volume_to_network_axes(mask), method, layer, device, progress,
+                                            cancel)  # fmt: skip
+    return card.volume_to_network_axes(heatmap), cam
 
 
 def _explain_in_network_axes(network, card, array, class_index, mask, method, layer, device, progress, cancel):

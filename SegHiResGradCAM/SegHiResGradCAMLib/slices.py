@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from .engine import CamResult, explain
-from .errors import ExplainCancelled, ExplainInputError
+from .errors import ExplainInputError
+from .sliding_window import Progress
 
 
 def _volume(volume) -> torch.Tensor:
@@ -26,11 +27,6 @@ def _volume(volume) -> torch.Tensor:
             f"{tuple(tensor.shape)}."
         )
     return tensor.float()
-
-
-def _check_cancel(cancel) -> None:
-    if cancel is not None and (cancel() if callable(cancel) else cancel.is_set()):
-        raise ExplainCancelled("Cancelled by the user; nothing was written.")
 
 
 def slice_logits(model, volume, window=None, overlap: float = 0.25, required=None, progress=None, cancel=None,
@@ -44,15 +40,15 @@ def slice_logits(model, volume, window=None, overlap: float = 0.25, required=Non
     volume = _volume(volume)
     window = tuple(window) if window is not None else tuple(volume.shape[2:])
     chosen = [z for z in range(volume.shape[1]) if required is None or bool(np.asarray(required[z]).any())]
+    tracker = Progress(len(chosen), progress, cancel)
     logits = None
-    for done, z in enumerate(chosen):
-        _check_cancel(cancel)
+    for z in chosen:
+        tracker.check_cancelled()
         slice_output = sliding_window_logits(model, volume[:, z], window, overlap, **options)
         if logits is None:
             logits = torch.zeros((slice_output.shape[0], volume.shape[1], *slice_output.shape[1:]))
         logits[:, z] = slice_output
-        if progress is not None:
-            progress((done + 1) / len(chosen), "inference")
+        tracker.step(1, "inference")
     if logits is None:
         raise ExplainInputError("No slice to run: the required region is empty.")
     return logits
@@ -80,10 +76,11 @@ def explain_slices(
     if mask is not None and not mask.any():
         raise ExplainInputError("The mask is empty: select a segment with at least one voxel.")
     chosen = [z for z in range(volume.shape[1]) if mask is None or mask[z].any()]
+    tracker = Progress(len(chosen), progress, cancel)
     raw = heatmap = None
     score, first = 0.0, None
-    for done, z in enumerate(chosen):
-        _check_cancel(cancel)
+    for z in chosen:
+        tracker.check_cancelled()
         result = explain(model, volume[:, z], target_class, None if mask is None else mask[z], cancel=cancel, **options)
         if first is None:
             first = result
@@ -91,6 +88,5 @@ def explain_slices(
             heatmap = np.zeros((volume.shape[1], *result.heatmap.shape), dtype=np.float32)
         raw[z], heatmap[z] = result.raw, result.heatmap
         score += result.score
-        if progress is not None:
-            progress((done + 1) / len(chosen), f"slice {z}")
+        tracker.step(1, f"slice {z}")
     return CamResult(raw, heatmap, score, first.method, first.layer, first.target_class, first.raw_grid)

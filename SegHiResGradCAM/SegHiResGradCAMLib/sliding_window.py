@@ -209,7 +209,7 @@ def sliding_window_logits(
         image_batch = as_image_batch(image, model, torch.device("cpu"))
         window = check_window(window, image_batch.dim() - 2)
         grid = window_grid(tuple(image_batch.shape[2:]), window, overlap)
-        starts = list(grid.starts) if required is None else _windows_reaching(grid, required)
+        starts = list(grid.starts) if required is None else _windows_reaching(grid, _padded_mask(grid, required))
         tracker = Progress(len(starts), progress, cancel)
         with evaluation_mode(model), _out_of_memory_guard(compute_device, window, batch_size):
             blended = _blend_logits(
@@ -220,19 +220,37 @@ def sliding_window_logits(
 
 
 def _padded_mask(grid: WindowGrid, mask) -> torch.Tensor:
-    padded = torch.zeros(grid.padded_shape, dtype=torch.bool)
-    padded[grid.unpadded()] = True if mask is None else torch.as_tensor(mask).bool()
-    return padded
-
-
-def _windows_reaching(grid: WindowGrid, mask) -> list[tuple[int, ...]]:
+    """M on the padded grid (everything when ``mask`` is None)."""
     if mask is not None and tuple(mask.shape) != grid.image_shape:
         raise ExplainInputError(
             f"The mask has shape {tuple(mask.shape)} but the image (and the blended output) is "
             f"{grid.image_shape}: resample the segment onto the image grid."
         )
-    padded = _padded_mask(grid, mask)
-    return [start for start in grid.starts if padded[grid.slices(start)].any()]
+    padded = torch.zeros(grid.padded_shape, dtype=torch.bool)
+    padded[grid.unpadded()] = True if mask is None else torch.as_tensor(mask).bool()
+    return padded
+
+
+def _windows_reaching(grid: WindowGrid, padded_mask: torch.Tensor) -> list[tuple[int, ...]]:
+    return [start for start in grid.starts if padded_mask[grid.slices(start)].any()]
+
+
+def layer_stride(window: tuple[int, ...], layer_window_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """How many image voxels one layer voxel spans along each axis of a window."""
+    if any(size % layer_size for size, layer_size in zip(window, layer_window_shape, strict=True)):
+        raise ExplainInputError(
+            f"The layer's grid {layer_window_shape} does not divide the window {window}: choose "
+            "a window that is a multiple of the network's total stride, or another layer."
+        )
+    return tuple(size // layer_size for size, layer_size in zip(window, layer_window_shape, strict=True))
+
+
+def average_pooled(weight: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
+    """An image-grid window of weights averaged over each layer voxel's footprint."""
+    if all(step == 1 for step in stride):
+        return weight
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[weight.dim()]
+    return pool(weight[None, None], stride)[0, 0]
 
 
 class _MapAccumulator:
@@ -241,15 +259,7 @@ class _MapAccumulator:
 
     def __init__(self, grid: WindowGrid, layer_window_shape: tuple[int, ...]):
         self.grid = grid
-        stride = []
-        for size, layer_size in zip(grid.window, layer_window_shape, strict=True):
-            if size % layer_size:
-                raise ExplainInputError(
-                    f"The layer's grid {layer_window_shape} does not divide the window {grid.window}: choose "
-                    "a window that is a multiple of the network's total stride, or another layer."
-                )
-            stride.append(size // layer_size)
-        self.stride = tuple(stride)
+        self.stride = stride = layer_stride(grid.window, layer_window_shape)
         offsets_per_axis = [
             [start[axis] for start in grid.starts] + [grid.padding[axis][0]] for axis in range(len(grid.window))
         ]
@@ -283,9 +293,8 @@ class _MapAccumulator:
         """Adds a window's map with blending weights ``weight`` (image-grid window shape)."""
         if self.count is None:
             self.count = torch.zeros_like(self.total)
-        if self.on_layer_grid and self.stride != (1,) * len(self.stride):
-            pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[weight.dim()]
-            weight = pool(weight[None, None], self.stride)[0, 0]
+        if self.on_layer_grid:
+            weight = average_pooled(weight, self.stride)
         where = self.grid.slices(start, self._grid_stride)
         self.total[where] += self._placed(window_map) * weight
         self.count[where] += weight
@@ -308,12 +317,9 @@ def _blended_activation_sums(model, module, layer_name, padded, grid, weight, co
     for starts in batches(list(grid.starts), batch_size):
         tracker.check_cancelled()
         activations = forward_activations(model, module, layer_name, _window_batch(padded, grid, starts, device))
-        stride = stride or _MapAccumulator(grid, tuple(activations.shape[2:])).stride  # checks that it divides
+        stride = stride or layer_stride(grid.window, tuple(activations.shape[2:]))
         for index, start in enumerate(starts):
-            window_share = weight / count[grid.slices(start)]
-            if any(step > 1 for step in stride):
-                pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[window_share.dim()]
-                window_share = pool(window_share[None, None], stride)[0, 0]
+            window_share = average_pooled(weight / count[grid.slices(start)], stride)
             contribution = (activations[index].float().cpu() * window_share).flatten(1).sum(1)
             sums = contribution if sums is None else sums + contribution
         tracker.step(len(starts), "activation sums")
@@ -343,11 +349,11 @@ def explain_by_windows(
 
     check_windowed(cam_method)
     grid = window_grid(tuple(image_batch.shape[2:]), window, overlap)
-    reached = _windows_reaching(grid, target_mask)
+    in_target = _padded_mask(grid, target_mask)
+    reached = _windows_reaching(grid, in_target)
     weight = importance_map(window, blend)
     count = blend_count(grid, weight)
     padded = pad_to_grid(image_batch, grid)
-    in_target = _padded_mask(grid, target_mask)
     backward_starts = reached if skip_windows else list(grid.starts)
     nonlinear_score = target.score != "logits"
     passes = int(nonlinear_score) + int(not cam_method.additive) + int(cam_method.needs_activation_sums)
