@@ -216,3 +216,32 @@ def test_running_out_of_device_memory_says_what_to_do():
     with pytest.raises(ExplainResourceError, match=r"smaller window or batch size.*device='cpu'"):
         explain(Greedy(), image, 1, layer="conv", window=(16, 16, 16), batch_size=4)
     assert explain(Greedy(), image, 1, layer="conv", window=(16, 16, 16), batch_size=1).raw.shape == (24, 24, 24)
+
+
+def test_activation_sums_over_windows_equal_those_of_monai_blended_activations():
+    """XGrad and Grad CAM++ need sum_u A_k of the activations blended like the logits: over
+    12 overlapping windows it must equal MONAI blending the layer's own output."""
+    from torch import nn
+
+    from SegHiResGradCAMLib.sliding_window import (
+        Progress,
+        _blended_activation_sums,
+        blend_count,
+        importance_map,
+        pad_to_grid,
+    )
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 2, 3, padding=1)).eval()
+    image = torch.randn(1, 1, 40, 36, 20)
+    window, overlap = (24, 16, 16), 0.25
+    grid = window_grid(image.shape[2:], window, overlap)
+    assert len(grid.starts) >= 8
+    weight = importance_map(window, "gaussian")
+    count, cpu = blend_count(grid, weight), torch.device("cpu")
+    sums = _blended_activation_sums(model, model[1], "1", pad_to_grid(image, grid), grid, weight, count, 2, cpu,
+                                    Progress(1, None, None))  # fmt: skip
+    truncated = model[:2]  # the network up to and including the layer
+    with torch.no_grad():
+        blended = sliding_window_inference(image, window, 1, truncated, overlap=overlap, mode="gaussian")[0]
+    np.testing.assert_allclose(sums.numpy(), blended.sum((1, 2, 3)).numpy(), rtol=1e-5)
