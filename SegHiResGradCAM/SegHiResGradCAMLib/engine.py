@@ -104,7 +104,7 @@ def explain(
     method: str = "seg-hires-grad-cam",
     score: str = "logits",
     head: str = "softmax",
-    window: tuple[int, ...] | None = None,
+    window=None,
     overlap: float = 0.25,
     blend: str = "gaussian",
     batch_size: int = 1,
@@ -123,7 +123,8 @@ def explain(
     network, sigmoid of the channel for ``head="sigmoid"`` region or multi-label heads).
     ``window``: run the network window by window (MONAI's sliding-window grid, ``overlap``,
     ``blend`` "gaussian" or "constant", ``batch_size`` windows at a time) and explain the
-    blended output exactly; None runs one pass over the whole image.
+    blended output exactly; a ``Tiling`` instead of sizes brings its own grid and blend
+    (nnU-Net's); None runs one pass over the whole image.
     ``device``: None follows the model; "auto" picks CUDA, then MPS, then the CPU.
     ``progress(fraction, message)`` is called as windows finish; ``cancel`` (anything with
     ``is_set()``, e.g. a threading.Event) stops the run with ExplainCancelled.
@@ -155,21 +156,20 @@ def explain(
                     )
             raw_grid = "layer"
         else:
-            from .sliding_window import check_blend, check_windowed, explain_by_windows, window_grid
+            from .sliding_window import as_tiling, check_windowed, explain_by_windows
 
             check_windowed(cam_method)
             image_batch = as_image_batch(image, model, torch.device("cpu"))
             target_mask = None if mask is None else as_mask(mask, torch.device("cpu"))
-            window = check_window(window, image_batch.dim() - 2)
-            window_grid(tuple(image_batch.shape[2:]), window, overlap)  # checks the overlap
-            check_blend(blend)
-            layer_name = layer if layer is not None else recommended_layer(model, _window_probe(image_batch, window))
-            module = find_layer(model, layer_name, _window_probe(image_batch, window))
+            tiling = as_tiling(window, overlap, blend, image_batch.dim() - 2)
+            probe = _window_probe(image_batch, tiling.window)
+            layer_name = layer if layer is not None else recommended_layer(model, probe)
+            module = find_layer(model, layer_name, probe)
             with evaluation_mode(model), autocast(compute_device, mixed_precision):
                 raw, score_value, raw_grid = explain_by_windows(
-                    model, module, layer_name, image_batch, target, target_mask, cam_method,
-                    window=window, overlap=overlap, blend=blend, batch_size=batch_size, device=compute_device,
-                    progress=progress, cancel=cancel, skip_windows=skip_windows,
+                    model, module, layer_name, image_batch, target, target_mask, cam_method, tiling=tiling,
+                    batch_size=batch_size, device=compute_device, progress=progress, cancel=cancel,
+                    skip_windows=skip_windows,
                 )  # fmt: skip
     raw = raw.float()
     heatmap = upsample_to(raw.clamp(min=0), tuple(image_batch.shape[2:]))

@@ -38,7 +38,7 @@ def slice_logits(model, volume, window=None, overlap: float = 0.25, required=Non
     from .sliding_window import sliding_window_logits
 
     volume = _volume(volume)
-    window = tuple(window) if window is not None else tuple(volume.shape[2:])
+    window = window if window is not None else tuple(volume.shape[2:])
     chosen = [z for z in range(volume.shape[1]) if required is None or bool(np.asarray(required[z]).any())]
     tracker = Progress(len(chosen), progress, cancel)
     logits = None

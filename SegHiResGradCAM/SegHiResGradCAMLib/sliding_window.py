@@ -84,6 +84,36 @@ def window_grid(image_shape, window, overlap: float) -> WindowGrid:
     return WindowGrid(tuple(image_shape), tuple(window), tuple(padding), tuple(itertools.product(*starts_per_axis)))
 
 
+@dataclass(frozen=True)
+class Tiling:
+    """How a volume is cut into windows and blended back. This one is MONAI's
+    sliding_window_inference (``window_grid``, ``importance_map``); a model format with its
+    own geometry (nnU-Net) subclasses it, and every windowed computation follows it."""
+
+    window: tuple[int, ...]
+    overlap: float = 0.25
+    blend: str = "gaussian"
+
+    def grid(self, image_shape: tuple[int, ...]) -> WindowGrid:
+        return window_grid(image_shape, self.window, self.overlap)
+
+    def weight(self) -> torch.Tensor:
+        return importance_map(self.window, self.blend)
+
+
+def as_tiling(window, overlap: float, blend: str, spatial_dims: int) -> Tiling:
+    """``window`` as given to the public functions: a Tiling, or window sizes for MONAI's."""
+    from .engine import check_window
+
+    if isinstance(window, Tiling):
+        check_window(window.window, spatial_dims)
+        return window
+    check_blend(blend)
+    tiling = Tiling(check_window(window, spatial_dims), overlap, blend)
+    tiling.grid(tiling.window)  # checks the overlap before any network runs
+    return tiling
+
+
 def check_windowed(cam_method: CamMethod) -> None:
     if not cam_method.windowed:
         raise ExplainInputError(
@@ -197,23 +227,23 @@ def sliding_window_logits(
     required=None,
 ) -> torch.Tensor:
     """Blended logits (K, *spatial) on the CPU, equal to MONAI's sliding_window_inference
-    with the same window (roi_size), overlap and blend (mode).
+    with the same window (roi_size), overlap and blend (mode); or following ``window`` when
+    it is a Tiling (overlap and blend are then its own).
 
     ``required`` (a boolean mask over the image): run only the windows that reach it; the
     logits are then exact inside ``required`` only (every window covering those voxels
     runs), which is all a target over M needs."""
-    from .engine import check_window
     from .model_inspection import as_image_batch, evaluation_mode, placed_on, resolve_device
 
     with placed_on(model, resolve_device(device)) as compute_device:
         image_batch = as_image_batch(image, model, torch.device("cpu"))
-        window = check_window(window, image_batch.dim() - 2)
-        grid = window_grid(tuple(image_batch.shape[2:]), window, overlap)
+        tiling = as_tiling(window, overlap, blend, image_batch.dim() - 2)
+        grid = tiling.grid(tuple(image_batch.shape[2:]))
         starts = list(grid.starts) if required is None else _windows_reaching(grid, _padded_mask(grid, required))
         tracker = Progress(len(starts), progress, cancel)
-        with evaluation_mode(model), _out_of_memory_guard(compute_device, window, batch_size):
+        with evaluation_mode(model), _out_of_memory_guard(compute_device, tiling.window, batch_size):
             blended = _blend_logits(
-                model, pad_to_grid(image_batch, grid), grid, importance_map(window, blend), batch_size,
+                model, pad_to_grid(image_batch, grid), grid, tiling.weight(), batch_size,
                 compute_device, tracker, "inference", starts,
             )  # fmt: skip
     return blended[(slice(None), *grid.unpadded())]
@@ -335,9 +365,7 @@ def explain_by_windows(
     target_mask: torch.Tensor | None,
     cam_method: CamMethod,
     *,
-    window: tuple[int, ...],
-    overlap: float,
-    blend: str,
+    tiling: Tiling,
     batch_size: int,
     device: torch.device,
     progress,
@@ -348,10 +376,11 @@ def explain_by_windows(
     from .engine import forward_activations, forward_backward
 
     check_windowed(cam_method)
-    grid = window_grid(tuple(image_batch.shape[2:]), window, overlap)
+    window = tiling.window
+    grid = tiling.grid(tuple(image_batch.shape[2:]))
     in_target = _padded_mask(grid, target_mask)
     reached = _windows_reaching(grid, in_target)
-    weight = importance_map(window, blend)
+    weight = tiling.weight()
     count = blend_count(grid, weight)
     padded = pad_to_grid(image_batch, grid)
     backward_starts = reached if skip_windows else list(grid.starts)
