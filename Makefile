@@ -6,10 +6,13 @@ SYSTEM_PYTHON ?= python3
 
 .PHONY: venv demo test lint bench bench-methods clean
 
-$(INSTALLED): pyproject.toml constraints.txt
+# nnU-Net (for its results folders and their tests) goes in without its declared dependencies,
+# which would replace PyTorch: see requirements-nnunet.txt.
+$(INSTALLED): pyproject.toml constraints.txt requirements-nnunet.txt
 	test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PYTHON) -m pip install --quiet -c constraints.txt -e ".[dev,nnunet]"
+	$(PYTHON) -m pip install --quiet --no-deps -c constraints.txt -r requirements-nnunet.txt
 	touch $(INSTALLED)
 
 venv: $(INSTALLED)

@@ -57,6 +57,7 @@ class SegHiResGradCAMParameterNode:
     withPrediction: bool = False
     withMetrics: bool = False
     trustBundle: bool = False
+    folds: str = ""
     replacePrevious: bool = True
 
 
@@ -98,6 +99,9 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trustBundleCheckBox.connect(
             "toggled(bool)", lambda _: self.onModelChanged(self.ui.modelPathLineEdit.currentPath)
         )
+        self.ui.foldsLineEdit.connect(
+            "editingFinished()", lambda: self.onModelChanged(self.ui.modelPathLineEdit.currentPath)
+        )
         self.ui.usePredictionCheckBox.connect("toggled(bool)", self.ui.segmentSelector.setDisabled)
         self._timer.connect("timeout()", self.onPoll)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -127,6 +131,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 "withPrediction": self.ui.withPredictionCheckBox,
                 "withMetrics": self.ui.withMetricsCheckBox,
                 "trustBundle": self.ui.trustBundleCheckBox,
+                "folds": self.ui.foldsLineEdit,
                 "replacePrevious": self.ui.replaceCheckBox,
             }
         )
@@ -137,11 +142,13 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         model = path or None
         trusted = self.ui.trustBundleCheckBox.checked
+        folds = self._folds()
         try:
-            card = read_model_card(model, trust_bundle=trusted)
+            card = read_model_card(model, trust_bundle=trusted, folds=folds)
             with slicer.util.WaitCursor():
                 methods = _command_json("methods")
                 model_arguments = (["--model", model] if model else []) + (["--trust-bundle"] if trusted else [])
+                model_arguments += ["--folds", *folds] if folds else []
                 layers = _command_json("layers", *model_arguments)
         except Exception as error:  # a bad model file: say why, keep the UI usable
             self.ui.statusLabel.text = f"Model not usable: {error}"
@@ -158,6 +165,9 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.layerComboBox.currentText = recommended
         self.ui.methodComboBox.currentText = "seg-hires-grad-cam"
         self.ui.statusLabel.text = f"Model: {card.name}"
+
+    def _folds(self):
+        return self.ui.foldsLineEdit.text.replace(",", " ").split() or None
 
     def _settings(self, method):
         from SegHiResGradCAMLib.slicer_logic import ExplainSettings
@@ -176,6 +186,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with_prediction=self.ui.withPredictionCheckBox.checked,
             with_metrics=self.ui.withMetricsCheckBox.checked,
             trust_bundle=self.ui.trustBundleCheckBox.checked,
+            folds=self._folds(),
             replace_previous=self.ui.replaceCheckBox.checked,
         )
 

@@ -13,6 +13,7 @@ MEMBERS = {
     "QCheckBox": {"checked", "connect"},
     "QPushButton": {"text", "enabled", "connect"},
     "QLabel": {"text"},
+    "QLineEdit": {"text", "connect"},
     "QProgressBar": {"value"},
     "qMRMLNodeComboBox": {"currentNode", "setMRMLScene"},
     "qMRMLSegmentSelectorWidget": {"currentNode", "currentSegmentID", "setDisabled", "setMRMLScene"},
@@ -42,5 +43,5 @@ def test_the_ui_declares_the_controls_the_module_needs():
               "usePredictionCheckBox": "QCheckBox", "targetClassComboBox": "QComboBox", "methodComboBox": "QComboBox",
               "layerComboBox": "QComboBox", "deviceComboBox": "QComboBox", "modelPathLineEdit": "ctkPathLineEdit",
               "applyButton": "QPushButton", "compareButton": "QPushButton", "progressBar": "QProgressBar",
-              "statusLabel": "QLabel"}  # fmt: skip
+              "statusLabel": "QLabel", "trustBundleCheckBox": "QCheckBox", "foldsLineEdit": "QLineEdit"}  # fmt: skip
     assert {name: widgets.get(name) for name in needed} == needed

@@ -52,6 +52,7 @@ def _explain(arguments) -> int:
         summary=Path(arguments.summary) if arguments.summary else None,
         metrics=arguments.metrics is not None,
         trust_bundle=arguments.trust_bundle,
+        folds=arguments.folds,
         progress=_progress(arguments.progress),
     )
     result = run(job)
@@ -74,11 +75,14 @@ def print_table(header: list[str], rows: list[tuple]) -> None:
 
 
 def _layers(arguments) -> int:
+    from .ensemble import ensemble_members
     from .model_card import read_model_card
     from .model_inspection import list_layers
 
-    card = read_model_card(arguments.model, trust_bundle=arguments.trust_bundle)
-    layers = list_layers(card.build_network(), (card.in_channels, *card.window))
+    card = read_model_card(arguments.model, trust_bundle=arguments.trust_bundle, folds=arguments.folds)
+    # The members of a fold ensemble share their architecture, and each is explained at the same layer.
+    network = ensemble_members(card.build_network())[0]
+    layers = list_layers(network, (card.in_channels, *card.window))
     if arguments.json:
         print(json.dumps([{"name": layer.name, "type": layer.type, "shape": list(layer.shape),
                            "recommended": layer.recommended} for layer in layers]))  # fmt: skip
@@ -121,6 +125,10 @@ def _methods(arguments) -> int:
 
 
 TRUST_HELP = "the model is a MONAI bundle whose author you trust (its configuration can run arbitrary code)"
+FOLDS_HELP = "nnU-Net results folder: the folds to ensemble, e.g. --folds 0 1 2 (default: every fold with a final "
+FOLDS_HELP += "checkpoint)"
+MODEL_HELP = ("model card JSON, model folder, MONAI bundle folder or nnU-Net results folder "
+              "(DatasetXXX_Name/<Trainer>__<Plans>__<configuration>); default: the bundled demo model")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,14 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = commands.add_parser("explain", help="explain a segment of a CT and write the heatmap")
     explain.add_argument("--image", required=True, help="the CT (NIfTI, NRRD, MHA: anything SimpleITK reads)")
-    explain.add_argument("--model", help="model card JSON, model folder or MONAI bundle folder (default: the "
-                         "bundled demo model)")  # fmt: skip
+    explain.add_argument("--model", help=MODEL_HELP)
     explain.add_argument("--target-class", required=True, help="output class, by name or index")
     which = explain.add_mutually_exclusive_group(required=True)
     which.add_argument("--mask", help="label map whose nonzero voxels are the segment M (any grid)")
     which.add_argument("--from-prediction", action="store_true", help="M = the network's own prediction")
     explain.add_argument("--method", default="seg-hires-grad-cam", help="CAM method (see `methods`)")
     explain.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
+    explain.add_argument("--folds", nargs="+", help=FOLDS_HELP)
     explain.add_argument("--layer", help="target layer (see `layers`; default: the recommended one)")
     explain.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     explain.add_argument("--out", required=True, help="heatmap file, written in the CT's geometry (0..1)")
@@ -150,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(run=_explain)
 
     layers = commands.add_parser("layers", help="list the layers that can be explained")
-    layers.add_argument("--model", help="model card JSON or model folder (default: the bundled demo model)")
+    layers.add_argument("--model", help=MODEL_HELP)
     layers.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
+    layers.add_argument("--folds", nargs="+", help=FOLDS_HELP)
     layers.add_argument("--json", action="store_true", help="print JSON (for programs)")
     layers.set_defaults(run=_layers)
 

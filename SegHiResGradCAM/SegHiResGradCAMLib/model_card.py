@@ -40,7 +40,7 @@ class ModelCard:
     weights: Path
     orientation: str  # axis codes the network's (x, y, z) index axes point to, e.g. "LPS"
     spacing: tuple[float, float, float]  # mm, in (x, y, z) index order
-    intensity: Intensity
+    intensity: Intensity | None  # None for nnU-Net, whose own preprocessor normalises
     head: str  # "softmax" or "sigmoid"
     classes: tuple[str, ...]
     colours: tuple[tuple[float, float, float], ...]
@@ -50,6 +50,27 @@ class ModelCard:
     extra: dict
     axis_order: str = "zyx"  # the network's array order: "zyx" (SimpleITK), "xyz" or "xy" (MONAI bundles)
     bundle_config: dict | None = None  # a trusted MONAI bundle's configuration (see monai_bundle)
+    nnunet: object | None = None  # an nnU-Net results folder (nnunet.NnUNetModel)
+
+    @property
+    def tiling(self):
+        """How the network runs window by window (window sizes, overlap, blend and grid)."""
+        from .sliding_window import Tiling
+
+        if self.nnunet is not None:
+            from .nnunet import NnUNetTiling
+
+            return NnUNetTiling(self.window, self.overlap)
+        return Tiling(self.window, self.overlap)
+
+    @property
+    def prediction_labels(self) -> dict[int, int]:
+        """Which class (or region) each value of the predicted label map stands for."""
+        if self.nnunet is not None:
+            return self.nnunet.prediction_labels
+        if self.head == "softmax":
+            return {index: index for index in range(1, len(self.classes))}
+        return {index + 1: index for index in range(len(self.classes))}
 
     @property
     def in_channels(self) -> int:
@@ -78,6 +99,8 @@ class ModelCard:
         """The eager network with its weights, in eval mode."""
         import monai.networks.nets as nets
 
+        if self.nnunet is not None:
+            return self.nnunet.build_network()
         if self.bundle_config is not None:
             from .monai_bundle import build_bundle_network
 
@@ -120,32 +143,44 @@ class ModelCard:
 
 def load_weights(path: Path) -> dict:
     """A state dict from an untrusted file: tensors and plain containers only."""
+    import torch
+
+    state = load_untrusted(path)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ExplainInputError(f"{path.name} is not a state dict of tensors: save model.state_dict() instead.")
+    return state
+
+
+def load_untrusted(path: Path, plain_types: tuple = ()):
+    """torch.load with weights_only=True: tensors, containers and ``plain_types`` only, so
+    that unpickling can never run code; damaged files and compiled models are refused
+    with what to do."""
     import pickle
     import zipfile
 
     import torch
 
     if not path.is_file():
-        raise ExplainInputError(f"The weights file {path} does not exist: check the path in the model card.")
+        raise ExplainInputError(f"The weights file {path} does not exist: check the model's files.")
     if _is_torchscript(path):
         raise ExplainInputError(
             f"{path.name} is a TorchScript (compiled) model: a CAM needs hooks inside an eager network, which "
             "compiled code does not allow. Save the eager model's weights instead, "
             "torch.save(model.state_dict(), 'weights.pt'), and name its architecture in the model card."
         )
+    unpickling_errors = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
+                         IndexError, KeyError, TypeError, AttributeError)  # fmt: skip
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        with torch.serialization.safe_globals(list(plain_types)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except unpickling_errors as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExplainInputError(
-            f"Cannot load weights from {path.name}: the file is damaged or is not a plain PyTorch state dict "
-            f"({first[:160]}). Only tensors are loaded, never code."
+            f"Cannot load weights from {path.name}: the file is damaged or holds more than tensors and plain "
+            f"values ({first[:160]}). Only tensors are loaded, never code."
         ) from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
-        raise ExplainInputError(f"{path.name} is not a state dict of tensors: save model.state_dict() instead.")
-    return state
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -158,14 +193,18 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
-def read_model_card(path=None, trust_bundle: bool = False) -> ModelCard:
+def read_model_card(path=None, trust_bundle: bool = False, folds=None) -> ModelCard:
     """A model card from a JSON file or a folder holding one (default: the bundled model),
-    or from a MONAI bundle folder, which is read only with ``trust_bundle``."""
+    from a MONAI bundle folder, which is read only with ``trust_bundle``, or from an nnU-Net
+    results folder (``folds``: which folds to ensemble; default all that have a checkpoint)."""
     from .monai_bundle import is_bundle, read_bundle
+    from .nnunet_folder import is_nnunet_folder, read_nnunet_folder
 
     path = Path(path) if path is not None else BUNDLED_MODEL
     if is_bundle(path):
         return read_bundle(path, trust_bundle)
+    if is_nnunet_folder(path):
+        return read_nnunet_folder(path, folds)
     if path.is_dir():
         cards = sorted(path.glob("*.json"))
         if len(cards) != 1:

@@ -212,9 +212,10 @@ def place_under(node, parent_node) -> None:
         hierarchy.CreateItem(parent, node)
 
 
-def import_prediction(path: Path, volume_node, class_names, colours, name: str):
+def import_prediction(path: Path, volume_node, segment_styles: dict, name: str):
     """The network's predicted label map as a segmentation node with named, coloured
-    segments, on the CT's geometry, placed under the CT."""
+    segments (``segment_styles``: label value -> (name, colour)), on the CT's geometry,
+    placed under the CT."""
     scene = volume_node.GetScene()
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     try:
@@ -230,10 +231,10 @@ def import_prediction(path: Path, volume_node, class_names, colours, name: str):
         segments = segmentation.GetSegmentation()
         for index in range(segments.GetNumberOfSegments()):
             segment = segments.GetNthSegment(index)
-            label = segment.GetLabelValue()
-            if 0 < label < len(class_names):
-                segment.SetName(class_names[label])
-                segment.SetColor(*colours[label])
+            if segment.GetLabelValue() in segment_styles:
+                segment_name, colour = segment_styles[segment.GetLabelValue()]
+                segment.SetName(segment_name)
+                segment.SetColor(*colour)
         segmentation.SetAttribute(OUTPUT_ATTRIBUTE, "prediction")
         place_under(segmentation, volume_node)
         return segmentation

@@ -14,13 +14,7 @@ import SimpleITK as sitk
 
 from .errors import ExplainInputError
 from .model_card import read_model_card
-from .preprocessing import (
-    check_looks_like_ct,
-    labels_on_original_grid,
-    mask_to_model_grid,
-    to_model_grid,
-    to_original_grid,
-)
+from .preprocessing import check_looks_like_ct, prepare_input
 from .volume_io import read_volume, write_volume
 
 
@@ -38,6 +32,7 @@ class ExplainJob:
     summary: Path | None = None  # where to write a JSON summary (method titles, T, layer, times)
     metrics: bool = False  # also measure each map (localisation, deletion/insertion, randomisation)
     trust_bundle: bool = False  # the model is a MONAI bundle the user trusts (its configuration can run code)
+    folds: list[str] | None = None  # nnU-Net results folder: the folds to ensemble (default: all)
     progress: object = None  # callable(fraction, message)
     cancel: object = None
 
@@ -92,14 +87,14 @@ def run(job: ExplainJob) -> JobResult:
         get_method(method)
     seconds = {}
     started = time.perf_counter()
-    card = read_model_card(job.model, trust_bundle=job.trust_bundle)
+    card = read_model_card(job.model, trust_bundle=job.trust_bundle, folds=job.folds)
     class_index = card.class_index(job.target_class)
     ct = read_volume(job.image, "CT")
     check_looks_like_ct(ct, Path(job.image).name)
     mask_image = read_volume(job.mask, "mask") if job.mask is not None else None
     network = card.build_network()
     device = resolve_device(job.device)
-    model_input = to_model_grid(ct, card)
+    model_input = prepare_input(ct, card)
     if model_input.array.shape[0] != card.in_channels:
         raise ExplainInputError(f"The model expects {card.in_channels} input channels; a CT gives 1.")
     seconds["preparation"] = time.perf_counter() - started
@@ -113,12 +108,12 @@ def run(job: ExplainJob) -> JobResult:
 
     started = time.perf_counter()
     run_inference = slice_logits if card.spatial_dims == 2 else sliding_window_logits
-    logits = run_inference(network, card.to_network_axes(model_input.array), card.window, card.overlap,
-                           device=device, progress=scaled(0.0, "inference"), cancel=job.cancel)  # fmt: skip
+    logits = run_inference(network, card.to_network_axes(model_input.array), card.tiling, device=device,
+                           progress=scaled(0.0, "inference"), cancel=job.cancel)  # fmt: skip
     logits = torch.from_numpy(card.to_network_axes(logits.numpy()))  # (classes, z, y, x)
     seconds["inference"] = time.perf_counter() - started
     if mask_image is not None:
-        mask = mask_to_model_grid(mask_image, model_input)
+        mask = model_input.mask_to_model(mask_image)
     else:
         predicted = logits.argmax(0) == class_index if card.head == "softmax" else logits[class_index] > 0
         mask = predicted.numpy()
@@ -141,7 +136,7 @@ def run(job: ExplainJob) -> JobResult:
         heatmap, cam = explain_with(network, scaled(part * share, method))
         part += 1
         normalized = heatmap / heatmap.max() if heatmap.max() > 0 else heatmap
-        original = to_original_grid(normalized.astype(np.float32), model_input)
+        original = model_input.to_original(normalized.astype(np.float32))
         original.SetMetaData("seghiresgradcam_method", method)
         original.SetMetaData("seghiresgradcam_target_score", f"{cam.score:.6g}")
         original.SetMetaData("seghiresgradcam_heatmap_max", f"{float(heatmap.max()):.6g}")
@@ -155,13 +150,13 @@ def run(job: ExplainJob) -> JobResult:
             result.metrics[method] = explanation_metrics(
                 network, card.to_network_axes(model_input.array), class_index, in_network_axes(mask),
                 in_network_axes(heatmap), {name: in_network_axes(region) for name, region in regions.items()},
-                card.head, card.window, card.overlap, slice_by_slice=card.spatial_dims == 2,
+                card.head, card.tiling, slice_by_slice=card.spatial_dims == 2,
                 explain_again=lambda net, explain_with=explain_with: in_network_axes(explain_with(net)[0]),
             )  # fmt: skip
             part += 1
             seconds[f"{method} metrics"] = time.perf_counter() - started
-    result.prediction = labels_on_original_grid(logits.numpy(), model_input, card.head)
-    result.segment = to_original_grid(mask.astype(np.uint8), model_input, labels=True)
+    result.prediction = model_input.labels_on_original(logits.numpy(), card.head)
+    result.segment = model_input.to_original(mask.astype(np.uint8), labels=True)
     result.seconds = seconds
     for method, path in zip(job.methods, job.heatmaps, strict=True):
         write_volume(result.heatmaps[method], path)
@@ -202,20 +197,30 @@ def explain_on_model_grid(network, card, array, class_index, mask, method, layer
 
 
 def _explain_in_network_axes(network, card, array, class_index, mask, method, layer, device, progress, cancel):
+    """A fold ensemble is explained member by member (see ``ensemble``)."""
     from .engine import explain
+    from .ensemble import explain_members
     from .methods import get_method
     from .slices import explain_slices
 
-    options = dict(layer=layer, method=method, head=card.head, device=device, progress=progress, cancel=cancel)
-    if card.spatial_dims == 2:
-        window = card.window if get_method(method).windowed else None
-        cam = explain_slices(network, array, class_index, mask, window=window, overlap=card.overlap, **options)
+    options = dict(layer=layer, method=method, head=card.head, device=device, cancel=cancel)
+    windowed = get_method(method).windowed
+    box = None if windowed or card.spatial_dims == 2 else region_of_interest(mask, card.window)
+
+    def explain_one(member, member_progress):
+        if card.spatial_dims == 2:
+            window = card.tiling if windowed else None
+            return explain_slices(member, array, class_index, mask, window=window, progress=member_progress,
+                                  **options)  # fmt: skip
+        if windowed:
+            return explain(member, array, class_index, mask=mask, window=card.tiling, progress=member_progress,
+                           **options)  # fmt: skip
+        return explain(member, array[(slice(None), *box)], class_index, mask=mask[box], batch_size=8,
+                       progress=member_progress, **options)  # fmt: skip
+
+    cam = explain_members(network, explain_one, progress)
+    if box is None:
         return cam.heatmap, cam
-    if get_method(method).windowed:
-        cam = explain(network, array, class_index, mask=mask, window=card.window, overlap=card.overlap, **options)
-        return cam.heatmap, cam
-    box = region_of_interest(mask, card.window)
-    cam = explain(network, array[(slice(None), *box)], class_index, mask=mask[box], batch_size=8, **options)
     heatmap = np.zeros(mask.shape, dtype=np.float32)
     heatmap[box] = cam.heatmap
     return heatmap, cam
@@ -238,5 +243,5 @@ def _anatomy_regions(card, class_index: int, logits, model_input) -> dict[str, n
     body = np.moveaxis(body_mask(np.moveaxis(sitk.GetArrayFromImage(ct), axial, 0)), 0, axial)
     body_image = sitk.GetImageFromArray(body.astype(np.uint8))
     body_image.CopyInformation(ct)
-    regions["outside body"] = ~mask_to_model_grid(body_image, model_input)
+    regions["outside body"] = ~model_input.mask_to_model(body_image)
     return regions

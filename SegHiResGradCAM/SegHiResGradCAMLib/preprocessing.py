@@ -28,6 +28,26 @@ class ModelInput:
     model_grid: sitk.Image  # geometry of the model grid (voxel values unused)
     original: sitk.Image  # the CT as given: the geometry results are returned on
 
+    # The same interface as nnunet.NnUNetInput, so the pipeline serves both.
+    def to_original(self, array: np.ndarray, labels: bool = False) -> sitk.Image:
+        return to_original_grid(array, self, labels)
+
+    def mask_to_model(self, mask: sitk.Image) -> np.ndarray:
+        return mask_to_model_grid(mask, self)
+
+    def labels_on_original(self, logits: np.ndarray, head: str) -> sitk.Image:
+        return labels_on_original_grid(logits, self, head)
+
+
+def prepare_input(ct: sitk.Image, card: ModelCard):
+    """The CT prepared for the card's network: our preprocessing (``to_model_grid``), or an
+    nnU-Net model's own."""
+    if card.nnunet is not None:
+        from .nnunet import prepare_nnunet_input
+
+        return prepare_nnunet_input(ct, card.nnunet)
+    return to_model_grid(ct, card)
+
 
 def model_grid_for(image: sitk.Image, card: ModelCard) -> sitk.Image:
     """An empty image on the model's grid covering the same field of view as ``image``."""

@@ -33,6 +33,7 @@ class ExplainSettings:
     with_prediction: bool = False  # also load the predicted segmentation
     with_metrics: bool = False  # also measure the map and load the numbers as a table
     trust_bundle: bool = False  # the user trusts the MONAI bundle given as the model (its config can run code)
+    folds: list[str] | None = None  # nnU-Net results folder: the folds to ensemble (None: all)
     replace_previous: bool = False  # replace this module's earlier output of the same name
 
 
@@ -47,7 +48,7 @@ class ExplainRun:
         self._import_failure: Status | None = None
         mrml_adapter.check_volume(settings.volume_node)
         # Refuses a missing or unreadable card, or an untrusted bundle, before any work.
-        card = read_model_card(settings.model, trust_bundle=settings.trust_bundle)
+        card = read_model_card(settings.model, trust_bundle=settings.trust_bundle, folds=settings.folds)
         self.class_index = card.class_index(settings.target_class)
         self.card = card
         work_dir = Path(tempfile.mkdtemp(prefix="SegHiResGradCAM-"))
@@ -78,6 +79,8 @@ class ExplainRun:
             arguments += ["--model", str(Path(settings.model).resolve())]
         if settings.trust_bundle:
             arguments += ["--trust-bundle"]
+        if settings.folds:
+            arguments += ["--folds", *map(str, settings.folds)]
         if settings.layer:
             arguments += ["--layer", settings.layer]
         return arguments
@@ -124,8 +127,10 @@ class ExplainRun:
                 rows = metric_rows(json.loads((work_dir / "metrics.json").read_text()))
                 self.metrics_node = mrml_adapter.import_metrics_table(rows, self.heatmap_node, f"{name} - metrics")
             if settings.with_prediction:
+                styles = {label: (self.card.classes[index], self.card.colours[index])
+                          for label, index in self.card.prediction_labels.items()}  # fmt: skip
                 self.prediction_node = mrml_adapter.import_prediction(
-                    work_dir / "prediction.nrrd", settings.volume_node, self.card.classes, self.card.colours,
+                    work_dir / "prediction.nrrd", settings.volume_node, styles,
                     f"{settings.volume_node.GetName()} - prediction",
                 )  # fmt: skip
         except BaseException:

@@ -1,0 +1,181 @@
+"""Reading an nnU-Net v2 results folder's description without torch or nnU-Net.
+
+The Slicer process needs a model's class names, window and folds, but must never import
+torch (nor nnU-Net, which imports it), so what it needs is read here from plans.json and
+dataset.json as plain JSON; ``nnunet`` builds the network and runs nnU-Net's own
+preprocessing in the worker process. A results folder is
+``DatasetXXX_Name/<Trainer>__<Plans>__<configuration>/`` with dataset.json, plans.json and
+``fold_N/checkpoint_final.pth``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ExplainInputError
+
+CHECKPOINT = "checkpoint_final.pth"
+TILE_STEP = 0.5  # nnUNetPredictor's default tile_step_size
+READERS = ("SimpleITKIO", "SimpleITKIOWithReorient")
+INSTALL_ADVICE = (
+    "nnU-Net v2 is not installed. Install it with its plain dependencies but without its own (they would "
+    "replace PyTorch): pip install '.[nnunet]' && pip install --no-deps -r requirements-nnunet.txt"
+)
+# A class (or region) colour per head, after background: kidney-like orange, tumour red, cyst blue, ...
+COLOURS = ((0.85, 0.55, 0.25), (0.85, 0.15, 0.2), (0.3, 0.6, 0.95), (0.4, 0.75, 0.35), (0.65, 0.45, 0.8))
+
+
+def is_nnunet_folder(path: Path) -> bool:
+    """A trained configuration's folder (even one that lacks a file, so that the error
+    says which), or a dataset folder holding such folders."""
+    if not path.is_dir():
+        return False
+    own_files = any((path / name).is_file() for name in ("plans.json", "dataset.json")) or any(path.glob("fold_*"))
+    return own_files or bool(_configuration_folders(path))
+
+
+def _configuration_folders(dataset_folder: Path) -> list[Path]:
+    return sorted(
+        child for child in dataset_folder.iterdir()
+        if child.is_dir() and child.name.count("__") == 2 and (child / "plans.json").is_file()
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NnUNetModel:
+    """What a model card of an nnU-Net results folder carries besides its common fields."""
+
+    folder: Path
+    plans: dict
+    dataset_json: dict
+    configuration: str
+    folds: tuple[str, ...]
+    checkpoints: tuple[Path, ...]
+
+    @property
+    def regions(self) -> list[tuple[int, ...]] | None:
+        """The foreground regions of a region-based dataset (sigmoid heads), else None;
+        as nnU-Net's LabelManager: label entries that list several values, in order."""
+        values = [value for name, value in self.dataset_json["labels"].items() if name not in ("background", "ignore")]
+        regions = [tuple(value) if isinstance(value, list | tuple) else (int(value),) for value in values]
+        return regions if any(len(region) > 1 for region in regions) else None
+
+    @property
+    def prediction_labels(self) -> dict[int, int]:
+        """Label value in nnU-Net's exported label map -> class (or region) index."""
+        if self.regions is None:
+            return {value: value for value in range(1, len(self.dataset_json["labels"]))}
+        return {int(value): index for index, value in enumerate(self.dataset_json["regions_class_order"])}
+
+    def build_network(self):
+        from .nnunet import build_network
+
+        return build_network(self)
+
+
+def read_nnunet_folder(folder: Path, folds=None):
+    """The model card of an nnU-Net results folder; ``folds`` to ensemble (default: every
+    fold with a final checkpoint)."""
+    from .model_card import ModelCard
+
+    folder = _configuration_folder(folder)
+    plans, dataset_json = (_read_json(folder / name) for name in ("plans.json", "dataset.json"))
+    checkpoints, chosen = _fold_checkpoints(folder, folds)
+    configuration_name = folder.name.split("__")[-1]
+    configuration = _configuration(plans, configuration_name, folder)
+    if configuration.get("previous_stage") is not None:
+        raise ExplainInputError(
+            f"{folder.name} is the second stage of a cascade, whose input includes the first stage's "
+            "segmentation: explain the 3d_fullres or 3d_lowres configuration instead."
+        )
+    reader = plans.get("image_reader_writer", "SimpleITKIO")
+    if reader not in READERS:
+        raise ExplainInputError(f"{folder.name} reads its images with {reader}; supported: {', '.join(READERS)}.")
+    try:
+        model = NnUNetModel(folder, plans, dataset_json, configuration_name, chosen, checkpoints)
+        names = _class_names(model)
+        patch = tuple(int(size) for size in configuration["patch_size"])
+        spacing = tuple(float(value) for value in configuration["spacing"])
+        channels = len(dataset_json["channel_names"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExplainInputError(f"{folder.name}: plans.json or dataset.json lacks or mistypes {error}.") from None
+    return ModelCard(
+        path=folder,
+        name=f"nnU-Net {plans.get('dataset_name', folder.parent.name)} {configuration_name} "
+        f"(fold{'s' if len(chosen) > 1 else ''} {', '.join(chosen)})",
+        architecture=configuration.get("architecture", {}).get("network_class_name", "").rsplit(".", 1)[-1],
+        kwargs={"spatial_dims": len(patch), "in_channels": channels},
+        weights=checkpoints[0],
+        orientation="",  # nnU-Net keeps the stored orientation and array order
+        spacing=spacing,  # nnU-Net's (z, y, x) order
+        intensity=None,  # the configuration's own normalisation
+        head="softmax" if model.regions is None else "sigmoid",
+        classes=names,
+        colours=_colours(names),
+        window=patch,
+        overlap=1 - TILE_STEP,
+        default_layer=None,
+        extra={"nnunet": {"configuration": configuration_name, "folds": list(chosen)}},
+        nnunet=model,
+    )
+
+
+def _configuration_folder(folder: Path) -> Path:
+    if not (folder / "plans.json").is_file() and _configuration_folders(folder):
+        choices = ", ".join(child.name for child in _configuration_folders(folder))
+        raise ExplainInputError(f"{folder.name} holds trained configurations: give one of them ({choices}).")
+    for name in ("plans.json", "dataset.json"):
+        if not (folder / name).is_file():
+            raise ExplainInputError(
+                f"{folder} has no {name}: give the folder of one trained configuration "
+                "(DatasetXXX_Name/<Trainer>__<Plans>__<configuration>) as nnU-Net wrote it."
+            )
+    return folder
+
+
+def _configuration(plans: dict, name: str, folder: Path) -> dict:
+    """A configuration with what it inherits (as nnU-Net's PlansManager resolves it)."""
+    configurations = plans.get("configurations", {})
+    if name not in configurations:
+        raise ExplainInputError(
+            f"{folder.name}/plans.json has no configuration {name!r} (it has {', '.join(configurations) or 'none'})."
+        )
+    configuration = dict(configurations[name])
+    parent = configuration.pop("inherits_from", None)
+    return {**_configuration(plans, parent, folder), **configuration} if parent else configuration
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ExplainInputError(f"{path} is not valid JSON ({error}).") from None
+
+
+def _fold_checkpoints(folder: Path, folds) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    available = sorted(
+        child.name.removeprefix("fold_") for child in folder.glob("fold_*") if (child / CHECKPOINT).is_file()
+    )
+    chosen = tuple(str(fold) for fold in folds) if folds else tuple(available)
+    missing = [fold for fold in chosen if fold not in available]
+    if missing or not chosen:
+        raise ExplainInputError(
+            f"{folder.name} has no {CHECKPOINT} for fold {', '.join(missing) or '(any)'}; folds that have one: "
+            f"{', '.join(available) or 'none'}."
+        )
+    return tuple(folder / f"fold_{fold}" / CHECKPOINT for fold in chosen), chosen
+
+
+def _colours(names: tuple[str, ...]) -> tuple[tuple[float, float, float], ...]:
+    return tuple((0.0, 0.0, 0.0) if name == "background" else COLOURS[i % len(COLOURS)] for i, name in enumerate(names))
+
+
+def _class_names(model: NnUNetModel) -> tuple[str, ...]:
+    """Softmax heads: the label names by value; region heads: the region names in order."""
+    labels = {name: value for name, value in model.dataset_json["labels"].items() if name != "ignore"}
+    if model.regions is None:
+        by_value = {int(value): name for name, value in labels.items()}
+        return tuple(by_value.get(value, f"label {value}") for value in range(len(labels)))
+    return tuple(name for name in labels if name != "background")

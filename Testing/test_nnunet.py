@@ -1,0 +1,294 @@
+"""nnU-Net v2 results folders: built by nnU-Net's own planner and trainer (nnunet_results.py),
+run with nnU-Net's own preprocessing, sliding-window geometry and export, and compared with
+nnUNetPredictor itself (without mirroring, which would make the explained computation
+another)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from SegHiResGradCAMLib.cli import main as cli_main
+from SegHiResGradCAMLib.engine import explain
+from SegHiResGradCAMLib.ensemble import FoldEnsemble, ensemble_members
+from SegHiResGradCAMLib.errors import ExplainInputError
+from SegHiResGradCAMLib.model_card import read_model_card
+from SegHiResGradCAMLib.phantom import Grid, make_case
+from SegHiResGradCAMLib.preprocessing import prepare_input
+from SegHiResGradCAMLib.slices import slice_logits
+from SegHiResGradCAMLib.sliding_window import blend_count, sliding_window_logits
+from SegHiResGradCAMLib.volume_io import case_images
+
+BUILDER = Path(__file__).with_name("nnunet_results.py")
+# A case larger than the 3D patch (16 x 48 x 48 after preprocessing: 12 windows), on another
+# grid than the training cases, with its own anatomy.
+CASE = (11, Grid.centred((80, 72, 24), (5.5, 6.0, 8.0)))
+# nnUNetPredictor accumulates in float16 with a float16 Gaussian: where only the far corners
+# of windows reach (Gaussian sum below this), its weights are subnormal and its blend differs;
+# everywhere else it agrees with our float32 blend to float16 rounding.
+RELIABLE_WEIGHT = 1e-3
+FLOAT16_TOLERANCE = 0.02
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("nnunet")
+    completed = subprocess.run([sys.executable, str(BUILDER), str(root)], capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return root / "results" / "Dataset901_KiTSLike"
+
+
+@pytest.fixture(scope="module")
+def fullres(results) -> Path:
+    return results / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+
+
+@pytest.fixture(scope="module")
+def case():
+    return case_images(make_case(*CASE))
+
+
+def reference_predictor(folder: Path, folds):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5, use_gaussian=True, use_mirroring=False, perform_everything_on_device=False,
+        device=torch.device("cpu"), allow_tqdm=False,
+    )  # fmt: skip
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(folds))
+    return predictor
+
+
+def nnunet_read(ct: sitk.Image):
+    """The CT as nnU-Net's SimpleITKIO reader returns it."""
+    properties = {"sitk_stuff": {"spacing": ct.GetSpacing(), "origin": ct.GetOrigin(), "direction": ct.GetDirection()},
+                  "spacing": list(ct.GetSpacing())[::-1]}  # fmt: skip
+    return sitk.GetArrayFromImage(ct).astype(np.float32)[None], properties
+
+
+def reference_logits(predictor, ct):
+    data, properties = nnunet_read(ct)
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    data, _, properties = preprocessor.run_case_npy(
+        data, None, properties, predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json
+    )
+    return data, predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).float()
+
+
+def test_region_based_card_names_the_regions_as_nnunet_does(fullres):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    card = read_model_card(fullres)
+    plans = json.loads((fullres / "plans.json").read_text())
+    dataset = json.loads((fullres / "dataset.json").read_text())
+    label_manager = PlansManager(plans).get_label_manager(dataset)
+    assert card.head == "sigmoid" and card.classes == ("kidney", "masses", "tumor")
+    assert [tuple(np.atleast_1d(r)) for r in label_manager.foreground_regions] == card.nnunet.regions
+    assert len(card.classes) == label_manager.num_segmentation_heads
+    # the exported label map writes regions_class_order[i] where region i wins
+    assert card.prediction_labels == {1: 0, 3: 1, 2: 2}
+    assert card.nnunet.folds == ("0", "1") and card.window == (16, 48, 48)
+
+
+def test_logits_and_labels_match_nnunet_predictor(fullres, case):
+    ct, _ = case
+    card = read_model_card(fullres, folds=["0"])
+    prepared = prepare_input(ct, card)
+    predictor = reference_predictor(fullres, [0])
+    their_input, their_logits = reference_logits(predictor, ct)
+    assert np.array_equal(prepared.array, their_input)  # nnU-Net's own preprocessing, bit for bit
+
+    grid = card.tiling.grid(prepared.array.shape[1:])
+    their_starts = [tuple(s.start for s in slicer[1:]) for slicer in predictor._internal_get_sliding_window_slicers(
+        prepared.array.shape[1:])]  # fmt: skip
+    assert list(grid.starts) == their_starts and len(grid.starts) > 4
+
+    network = card.build_network()
+    ours = sliding_window_logits(network, prepared.array, card.tiling)
+    reliable = blend_count(grid, card.tiling.weight()) >= RELIABLE_WEIGHT
+    assert reliable.float().mean() > 0.7
+    difference = (ours - their_logits).abs().amax(0)
+    assert difference[reliable].max() < FLOAT16_TOLERANCE, difference[reliable].max()
+    assert ours.abs().max() > 1.0  # the comparison is not of near-zero outputs
+
+    data, properties = nnunet_read(ct)
+    their_labels = predictor.predict_single_npy_array(data, properties)
+    our_labels = prepared.labels_on_original(ours.numpy(), card.head)
+    assert our_labels.GetSize() == ct.GetSize() and our_labels.GetDirection() == ct.GetDirection()
+    assert our_labels.GetOrigin() == ct.GetOrigin() and our_labels.GetSpacing() == ct.GetSpacing()
+    agreement = (sitk.GetArrayFromImage(our_labels) == their_labels).mean()
+    assert agreement > 0.995, agreement
+    assert len(np.unique(their_labels)) > 1
+
+
+def test_fold_ensemble_is_the_mean_of_the_folds(fullres, case):
+    ct, _ = case
+    card = read_model_card(fullres)
+    prepared = prepare_input(ct, card)
+    ensemble = card.build_network()
+    assert isinstance(ensemble, FoldEnsemble) and len(ensemble_members(ensemble)) == 2
+    per_fold = [sliding_window_logits(member, prepared.array, card.tiling) for member in ensemble_members(ensemble)]
+    ours = sliding_window_logits(ensemble, prepared.array, card.tiling)
+    torch.testing.assert_close(ours, (per_fold[0] + per_fold[1]) / 2, atol=1e-5, rtol=1e-5)
+    assert (per_fold[0] - per_fold[1]).abs().max() > 0.1  # the folds differ, so the mean means something
+
+    _, their_logits = reference_logits(reference_predictor(fullres, [0, 1]), ct)
+    reliable = blend_count(card.tiling.grid(prepared.array.shape[1:]), card.tiling.weight()) >= RELIABLE_WEIGHT
+    assert (ours - their_logits).abs().amax(0)[reliable].max() < FLOAT16_TOLERANCE
+
+
+def test_ensemble_explanation_is_the_mean_of_the_fold_explanations(fullres, case, tmp_path):
+    ct, labels = case
+    sitk.WriteImage(ct, str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(sitk.Equal(labels, 2), str(tmp_path / "tumour.nii.gz"))
+    card = read_model_card(fullres)
+    prepared = prepare_input(ct, card)
+    mask = prepared.mask_to_model(sitk.Equal(labels, 2))
+    ensemble = card.build_network()
+    tumour = card.class_index("tumor")
+    folds = [explain(member, prepared.array, tumour, mask=mask, head="sigmoid", window=card.tiling)
+             for member in ensemble_members(ensemble)]  # fmt: skip
+    assert not np.allclose(folds[0].raw, folds[1].raw)
+
+    out = tmp_path / "heat.nrrd"
+    summary = tmp_path / "summary.json"
+    code = cli_main(["explain", "--image", str(tmp_path / "ct.nii.gz"), "--model", str(fullres), "--target-class",
+                     "tumor", "--mask", str(tmp_path / "tumour.nii.gz"), "--out", str(out), "--summary", str(summary),
+                     "--prediction", str(tmp_path / "prediction.nrrd"), "--progress", "none"])  # fmt: skip
+    assert code == 0
+    # T of the ensemble is the mean of the folds' T (the ensemble's logits are their mean) ...
+    score = json.loads(summary.read_text())["methods"]["seg-hires-grad-cam"]["target_score"]
+    assert score == pytest.approx(np.mean([cam.score for cam in folds]), rel=1e-4)
+    blended = sliding_window_logits(ensemble, prepared.array, card.tiling)
+    assert score == pytest.approx(float(blended[tumour][torch.from_numpy(mask)].sum()), rel=1e-3)
+    # ... and its map is ReLU of the mean of the folds' signed maps, back on the CT by nnU-Net's export path
+    expected_raw = (folds[0].raw + folds[1].raw) / 2
+    from SegHiResGradCAMLib.engine import upsample_to
+
+    expected = upsample_to(torch.from_numpy(expected_raw).clamp(min=0), mask.shape).numpy()
+    expected_on_ct = sitk.GetArrayFromImage(prepared.to_original(expected / expected.max()))
+    heatmap = sitk.ReadImage(str(out))
+    assert heatmap.GetSize() == ct.GetSize() and heatmap.GetOrigin() == ct.GetOrigin()
+    assert heatmap.GetDirection() == ct.GetDirection() and heatmap.GetSpacing() == ct.GetSpacing()
+    np.testing.assert_allclose(sitk.GetArrayFromImage(heatmap), expected_on_ct, atol=1e-5)
+    assert 0.1 < sitk.GetArrayFromImage(heatmap).max() <= 1.0
+
+
+def test_2d_configuration_runs_slice_by_slice_like_nnunet(results, case):
+    ct, _ = case
+    folder = results / "nnUNetTrainer__nnUNetPlans__2d"
+    card = read_model_card(folder)
+    assert card.spatial_dims == 2
+    prepared = prepare_input(ct, card)
+    predictor = reference_predictor(folder, [0])
+    their_input, their_logits = reference_logits(predictor, ct)
+    assert np.array_equal(prepared.array, their_input)
+    ours = slice_logits(card.build_network(), prepared.array, card.tiling)
+    reliable = blend_count(card.tiling.grid(prepared.array.shape[2:]), card.tiling.weight()) >= RELIABLE_WEIGHT
+    difference = (ours - their_logits).abs().amax(0)  # (slices, rows, columns)
+    assert difference[:, reliable].max() < FLOAT16_TOLERANCE
+
+
+def test_layers_command_lists_the_nnunet_network(fullres, capsys):
+    assert cli_main(["layers", "--model", str(fullres), "--folds", "0", "--json"]) == 0
+    layers = json.loads(capsys.readouterr().out)
+    assert any(layer["recommended"] for layer in layers)
+    assert all(not layer["name"].startswith("members.") for layer in layers)
+
+
+def test_refusals_say_what_is_wrong(fullres, tmp_path):
+    with pytest.raises(ExplainInputError, match=r"fold 7.*folds that have one: 0, 1"):
+        read_model_card(fullres, folds=["7"])
+    with pytest.raises(ExplainInputError, match="holds trained configurations: give one of them"):
+        read_model_card(fullres.parent)
+    for missing in ("plans.json", "dataset.json"):
+        broken = tmp_path / missing / fullres.name
+        shutil.copytree(fullres, broken)
+        (broken / missing).unlink()
+        with pytest.raises(ExplainInputError, match=f"has no {missing}: give the folder of one trained"):
+            read_model_card(broken)
+
+
+def test_plans_cannot_name_code_to_import(fullres, tmp_path):
+    folder = tmp_path / fullres.name
+    shutil.copytree(fullres, folder)
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = "subprocess.Popen"
+    (folder / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(ExplainInputError, match="only nnU-Net's own architectures"):
+        read_model_card(folder).build_network()
+    plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = (
+        "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+    )
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["nonlin"] = "os.system"
+    (folder / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(ExplainInputError, match=r"only torch\.nn building blocks"):
+        read_model_card(folder).build_network()
+
+
+def test_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(fullres, tmp_path):
+    folder = tmp_path / fullres.name
+    shutil.copytree(fullres, folder)
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"network_weights": {}, "trainer_name": Payload()}, folder / "fold_0" / "checkpoint_final.pth")
+    with pytest.raises(ExplainInputError, match="never code"):
+        read_model_card(folder, folds=["0"]).build_network()
+    assert not marker.exists()
+    (folder / "fold_1" / "checkpoint_final.pth").write_bytes(b"truncated")
+    with pytest.raises(ExplainInputError, match="damaged"):
+        read_model_card(folder, folds=["1"]).build_network()
+
+
+def test_missing_nnunet_says_how_to_install(fullres, monkeypatch):
+    card = read_model_card(fullres)  # reading the folder needs neither nnU-Net nor torch
+    for name in [name for name in sys.modules if name.startswith("nnunetv2")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "nnunetv2", None)
+    with pytest.raises(ExplainInputError, match=r"pip install --no-deps -r requirements-nnunet.txt"):
+        card.build_network()
+
+
+def test_reading_the_folder_imports_neither_torch_nor_nnunet(fullres):
+    """The Slicer process reads class names and folds from the folder, and must never import torch."""
+    code = ("import sys; from SegHiResGradCAMLib.model_card import read_model_card; "
+            f"card = read_model_card({str(fullres)!r}); print(card.classes, card.window); "
+            "assert 'torch' not in sys.modules and 'nnunetv2' not in sys.modules, 'imported'")  # fmt: skip
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert "('kidney', 'masses', 'tumor') (16, 48, 48)" in completed.stdout
+
+
+def test_slicer_run_with_an_nnunet_folder_names_the_predicted_regions(fullres):
+    import slicer
+    from test_slicer_logic import finish, matrix_of
+
+    from mrml_scene import new_scene, phantom_volume, segment_from_labels
+    from SegHiResGradCAMLib.slicer_logic import ExplainRun, ExplainSettings
+
+    scene = new_scene()
+    volume, case = phantom_volume(scene)
+    segmentation, segment_id = segment_from_labels(scene, volume, case.labels, 2, "tumour")
+    run = ExplainRun(ExplainSettings(volume, "tumor", segmentation_node=segmentation, segment_id=segment_id,
+                                     model=fullres, folds=["0"], with_prediction=True))  # fmt: skip
+    status = finish(run)
+    assert status.state == "finished", status.message
+    assert run.heatmap_node.GetName() == "CT - tumour - Seg-HiRes-Grad CAM"
+    np.testing.assert_allclose(matrix_of(run.heatmap_node), matrix_of(volume), rtol=0, atol=1e-12)
+    assert slicer.util.arrayFromVolume(run.heatmap_node).max() > 0
+    segments = run.prediction_node.GetSegmentation()
+    named = {segments.GetNthSegment(i).GetLabelValue(): segments.GetNthSegment(i).GetName()
+             for i in range(segments.GetNumberOfSegments())}  # fmt: skip
+    # nnU-Net exports region i as label regions_class_order[i]: 1 kidney, 3 masses, 2 tumour
+    assert named and all({1: "kidney", 3: "masses", 2: "tumor"}[label] == name for label, name in named.items())
