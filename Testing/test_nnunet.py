@@ -95,6 +95,7 @@ def test_region_based_card_names_the_regions_as_nnunet_does(fullres):
     # the exported label map writes regions_class_order[i] where region i wins
     assert card.prediction_labels == {1: 0, 3: 1, 2: 2}
     assert card.nnunet.folds == ("0", "1") and card.window == (16, 48, 48)
+    assert card.spacing == (6.0, 6.0, 9.0)  # (x, y, z), as every model card (nnU-Net's own: z, y, x)
 
 
 def test_logits_and_labels_match_nnunet_predictor(fullres, case):

@@ -97,7 +97,7 @@ def read_nnunet_folder(folder: Path, folds=None):
         model = NnUNetModel(folder, plans, dataset_json, configuration_name, chosen, checkpoints)
         names = _class_names(model)
         patch = tuple(int(size) for size in configuration["patch_size"])
-        spacing = tuple(float(value) for value in configuration["spacing"])
+        spacing = _spacing_xyz(plans, configuration)
         channels = len(dataset_json["channel_names"])
     except (KeyError, TypeError, ValueError) as error:
         raise ExplainInputError(f"{folder.name}: plans.json or dataset.json lacks or mistypes {error}.") from None
@@ -109,7 +109,7 @@ def read_nnunet_folder(folder: Path, folds=None):
         kwargs={"spatial_dims": len(patch), "in_channels": channels},
         weights=checkpoints[0],
         orientation="",  # nnU-Net keeps the stored orientation and array order
-        spacing=spacing,  # nnU-Net's (z, y, x) order
+        spacing=spacing,
         intensity=None,  # the configuration's own normalisation
         head="softmax" if model.regions is None else "sigmoid",
         classes=names,
@@ -120,6 +120,18 @@ def read_nnunet_folder(folder: Path, folds=None):
         extra={"nnunet": {"configuration": configuration_name, "folds": list(chosen)}},
         nnunet=model,
     )
+
+
+def _spacing_xyz(plans: dict, configuration: dict) -> tuple[float, ...]:
+    """The configuration's target spacing in (x, y, z) order, like every model card's:
+    nnU-Net's is in its transposed array order (a 2D configuration's lacks the slice axis,
+    whose spacing it keeps; 0 stands for that)."""
+    transposed = [float(value) for value in configuration["spacing"]]
+    transposed = [0.0] * (3 - len(transposed)) + transposed
+    array_order = [0.0] * 3
+    for position, axis in enumerate(plans.get("transpose_forward", [0, 1, 2])):
+        array_order[axis] = transposed[position]
+    return tuple(reversed(array_order))
 
 
 def _configuration_folder(folder: Path) -> Path:
