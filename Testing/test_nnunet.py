@@ -221,10 +221,11 @@ def test_plans_cannot_name_code_to_import(fullres, tmp_path):
     folder = tmp_path / fullres.name
     shutil.copytree(fullres, folder)
     plans = json.loads((folder / "plans.json").read_text())
-    plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = "subprocess.Popen"
-    (folder / "plans.json").write_text(json.dumps(plans))
-    with pytest.raises(ExplainInputError, match="only nnU-Net's own architectures"):
-        read_model_card(folder).build_network()
+    for name in ("subprocess.Popen", "dynamic_network_architectures.architectures.unet.torch.load"):
+        plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = name
+        (folder / "plans.json").write_text(json.dumps(plans))
+        with pytest.raises(ExplainInputError, match="only nnU-Net's own architectures"):
+            read_model_card(folder).build_network()
     plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = (
         "dynamic_network_architectures.architectures.unet.PlainConvUNet"
     )

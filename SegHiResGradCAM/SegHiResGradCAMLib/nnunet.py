@@ -118,10 +118,11 @@ class NnUNetTiling(Tiling):
 
 
 def _check_architecture(configuration, folder: Path) -> None:
-    """The plans name classes that get_network_from_plans imports by name: allow only
-    dynamic_network_architectures networks built from torch.nn parts."""
+    """The plans name classes that get_network_from_plans imports by name (pydoc.locate):
+    allow only network classes of dynamic_network_architectures and torch.nn modules, and
+    nothing reached through a module's attributes (such as ``...unet.os.system``)."""
     name = configuration.network_arch_class_name
-    if not name.startswith("dynamic_network_architectures.architectures."):
+    if not _is_module_class(name, "dynamic_network_architectures.architectures."):
         raise ExplainInputError(
             f"{folder.name}/plans.json names the network class {name!r}; only nnU-Net's own architectures "
             "(dynamic_network_architectures.architectures.*) are loaded, so that a plans file cannot run code."
@@ -129,10 +130,21 @@ def _check_architecture(configuration, folder: Path) -> None:
     kwargs = configuration.network_arch_init_kwargs
     for key in configuration.network_arch_init_kwargs_req_import:
         value = kwargs.get(key)
-        if value is not None and not str(value).startswith("torch.nn."):
+        if value is not None and not _is_module_class(str(value), "torch.nn."):
             raise ExplainInputError(
                 f"{folder.name}/plans.json names {value!r} for {key}; only torch.nn building blocks are allowed."
             )
+
+
+def _is_module_class(dotted: str, package: str) -> bool:
+    """``dotted`` names an nn.Module class defined in ``package`` (located only after the
+    prefix check, so nothing outside the package is imported)."""
+    import pydoc
+
+    if not dotted.startswith(package):
+        return False
+    located = pydoc.locate(dotted)
+    return isinstance(located, type) and issubclass(located, nn.Module) and located.__module__.startswith(package)
 
 
 def load_checkpoint_weights(path: Path) -> dict:
