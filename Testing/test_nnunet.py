@@ -294,3 +294,33 @@ def test_slicer_run_with_an_nnunet_folder_names_the_predicted_regions(fullres):
              for i in range(segments.GetNumberOfSegments())}  # fmt: skip
     # nnU-Net exports region i as label regions_class_order[i]: 1 kidney, 3 masses, 2 tumour
     assert named and all({1: "kidney", 3: "masses", 2: "tumor"}[label] == name for label, name in named.items())
+
+
+def test_reorienting_reader_matches_nnunet_file_prediction(fullres, case, tmp_path):
+    """SimpleITKIOWithReorient reads the CT turned to RAS and writes results turned back: our
+    prediction, written in the CT's geometry, equals nnU-Net's own file-to-file prediction."""
+    ct, _ = case
+    assert sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(ct.GetDirection()) != "RAS"
+    folder = tmp_path / fullres.name
+    shutil.copytree(fullres, folder)
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["image_reader_writer"] = "SimpleITKIOWithReorient"
+    (folder / "plans.json").write_text(json.dumps(plans))
+    sitk.WriteImage(ct, str(tmp_path / "case_0000.nii.gz"))
+    predictor = reference_predictor(folder, [0])
+    (tmp_path / "nnunet").mkdir()
+    predictor.predict_from_files_sequential([[str(tmp_path / "case_0000.nii.gz")]], str(tmp_path / "nnunet"))
+    theirs = sitk.ReadImage(str(tmp_path / "nnunet" / "case.nii.gz"))
+
+    card = read_model_card(folder, folds=["0"])
+    prepared = prepare_input(ct, card)
+    ours = prepared.labels_on_original(sliding_window_logits(card.build_network(), prepared.array, card.tiling).numpy(),
+                                       card.head)  # fmt: skip
+    for image in (ours, theirs):
+        assert image.GetSize() == ct.GetSize() and image.GetOrigin() == pytest.approx(ct.GetOrigin())
+        assert image.GetDirection() == pytest.approx(ct.GetDirection())
+    agreement = (sitk.GetArrayFromImage(ours) == sitk.GetArrayFromImage(theirs)).mean()
+    assert agreement > 0.995, agreement
+    # the reader really turned the array: the preprocessed input differs from the stored order's
+    stored_order = prepare_input(ct, read_model_card(fullres, folds=["0"])).array
+    assert stored_order.shape != prepared.array.shape or not np.array_equal(stored_order, prepared.array)

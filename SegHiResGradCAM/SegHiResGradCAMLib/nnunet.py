@@ -170,18 +170,11 @@ class NnUNetInput:
     properties: dict  # nnU-Net's: spacing, crop box, shapes before and after cropping
     model: NnUNetModel
 
-    @property
-    def _reorient(self) -> bool:
-        return self.model.plans.get("image_reader_writer") == "SimpleITKIOWithReorient"
-
-    def _as_read(self, image: sitk.Image) -> sitk.Image:
-        """The image as nnU-Net's reader sees it (reoriented to RAS by the reorienting reader)."""
-        return sitk.DICOMOrient(image, "RAS") if self._reorient else image
-
     def _to_stored(self, array: np.ndarray) -> sitk.Image:
+        """An array in the reader's order as an image with the CT's own geometry."""
         image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-        image.CopyInformation(self._as_read(self.original))
-        if self._reorient:
+        image.CopyInformation(_as_read(self.original, self.model))
+        if _reorients(self.model):
             orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(self.original.GetDirection())
             image = sitk.DICOMOrient(image, orientation)
         return image
@@ -216,7 +209,7 @@ class NnUNetInput:
 
         plans_manager, configuration = managers(self.model)
         binary = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkFloat32)
-        on_ct = sitk.Resample(binary, self._as_read(self.original), sitk.Transform(), sitk.sitkLinear, 0.0)
+        on_ct = sitk.Resample(binary, _as_read(self.original, self.model), sitk.Transform(), sitk.sitkLinear, 0.0)
         array = (sitk.GetArrayFromImage(on_ct) >= 0.5).astype(np.int8).transpose(plans_manager.transpose_forward)
         cropped = array[bounding_box_to_slice(self.properties["bbox_used_for_cropping"])]
         current, original = self._spacings()
@@ -245,8 +238,7 @@ class NnUNetInput:
 def prepare_nnunet_input(ct: sitk.Image, model: NnUNetModel) -> NnUNetInput:
     """nnU-Net's reader and the configuration's preprocessor on a CT."""
     plans_manager, configuration = managers(model)
-    holder = NnUNetInput(np.zeros(0, dtype=np.float32), ct, {}, model)
-    read = holder._as_read(ct)
+    read = _as_read(ct, model)
     data = sitk.GetArrayFromImage(read).astype(np.float32)[None]
     properties = {
         "sitk_stuff": {"spacing": read.GetSpacing(), "origin": read.GetOrigin(), "direction": read.GetDirection()},
@@ -257,6 +249,13 @@ def prepare_nnunet_input(ct: sitk.Image, model: NnUNetModel) -> NnUNetInput:
         data, _, properties = preprocessor.run_case_npy(
             data, None, properties, plans_manager, configuration, model.dataset_json
         )
-    holder.array = np.ascontiguousarray(data, dtype=np.float32)
-    holder.properties = properties
-    return holder
+    return NnUNetInput(np.ascontiguousarray(data, dtype=np.float32), ct, properties, model)
+
+
+def _reorients(model: NnUNetModel) -> bool:
+    return model.plans.get("image_reader_writer") == "SimpleITKIOWithReorient"
+
+
+def _as_read(image: sitk.Image, model: NnUNetModel) -> sitk.Image:
+    """The image as nnU-Net's reader sees it (reoriented to RAS by the reorienting reader)."""
+    return sitk.DICOMOrient(image, "RAS") if _reorients(model) else image
