@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SegHiResGradCAM"))
@@ -89,7 +91,9 @@ def main(root: Path) -> None:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     dataset_json = json.loads((root / "raw" / DATASET / "dataset.json").read_text())
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the same weights on every run (augmentation draws from numpy and random)
+    np.random.seed(0)
+    random.seed(0)
     for configuration, fold in TRAINED:
         plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
         plans["continue_training"] = False

@@ -123,7 +123,7 @@ def run(job: ExplainJob) -> JobResult:
                 "explain: give a segment with --mask, or choose another class."
             )
     result = JobResult(str(device), "", class_index, card.classes[class_index], {})
-    regions = _anatomy_regions(card, class_index, logits, model_input) if job.metrics else {}
+    regions = anatomy_regions(card, class_index, logits, model_input, mask) if job.metrics else {}
     in_network_axes = card.volume_to_network_axes
     part = 1
     for method in job.methods:
@@ -226,17 +226,20 @@ def _explain_in_network_axes(network, card, array, class_index, mask, method, la
     return heatmap, cam
 
 
-def _anatomy_regions(card, class_index: int, logits, model_input) -> dict[str, np.ndarray]:
+def anatomy_regions(card, class_index: int, logits, model_input, target_mask) -> dict[str, np.ndarray]:
     """Where else the heat could go, on the model grid: the network's other predicted
-    classes (or regions) and the outside of the patient's body."""
+    classes and the outside of the patient's body. Sigmoid regions are nested (KiTS23:
+    kidney + masses contains masses contains tumour), so each region counts only outside
+    M; otherwise a region holding M would also be credited with the heat inside M."""
     from .metrics import body_mask
 
     if card.head == "softmax":
         predicted = logits.argmax(0).numpy()
-        masks = {name: predicted == index for index, name in enumerate(card.classes) if index not in (0, class_index)}
+        regions = {f"in {name} (predicted)": predicted == index for index, name in enumerate(card.classes)
+                   if index not in (0, class_index)}  # fmt: skip
     else:
-        masks = {name: (logits[index] > 0).numpy() for index, name in enumerate(card.classes) if index != class_index}
-    regions = {f"in {name} (predicted)": mask for name, mask in masks.items()}
+        regions = {f"in {name} (predicted) outside M": (logits[index] > 0).numpy() & ~target_mask
+                   for index, name in enumerate(card.classes) if index != class_index}  # fmt: skip
     ct = model_input.original
     direction = np.array(ct.GetDirection()).reshape(3, 3)
     axial = 2 - int(np.argmax(np.abs(direction[2])))  # the array axis closest to head-feet
