@@ -202,7 +202,7 @@ def test_2d_configuration_runs_slice_by_slice_like_nnunet(results, case):
 
 
 def test_layers_command_lists_the_nnunet_network(fullres, capsys):
-    assert cli_main(["layers", "--model", str(fullres), "--folds", "0", "--json"]) == 0
+    assert cli_main(["layers", "--model", str(fullres), "--json"]) == 0  # both folds: an ensemble
     layers = json.loads(capsys.readouterr().out)
     assert any(layer["recommended"] for layer in layers)
     assert all(not layer["name"].startswith("members.") for layer in layers)

@@ -66,10 +66,10 @@ class ModelCard:
     @property
     def prediction_labels(self) -> dict[int, int]:
         """Which class (or region) each value of the predicted label map stands for."""
-        if self.nnunet is not None:
-            return self.nnunet.prediction_labels
         if self.head == "softmax":
             return {index: index for index in range(1, len(self.classes))}
+        if self.nnunet is not None:
+            return self.nnunet.region_labels
         return {index + 1: index for index in range(len(self.classes))}
 
     @property
@@ -139,6 +139,14 @@ class ModelCard:
                 f"{self.path.name} ({first}): check the architecture arguments in the card."
             ) from None
         return network.eval()
+
+
+def read_json(path: Path) -> dict:
+    """A model format's JSON file, with a clear error when it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ExplainInputError(f"{path} is not valid JSON ({error}).") from None
 
 
 def load_weights(path: Path) -> dict:
@@ -214,8 +222,8 @@ def read_model_card(path=None, trust_bundle: bool = False, folds=None) -> ModelC
         path = cards[0]
     if not path.is_file():
         raise ExplainInputError(f"The model card {path} does not exist: give a model card JSON or a model folder.")
+    card = read_json(path)
     try:
-        card = json.loads(path.read_text())
         preprocessing = card["preprocessing"]
         intensity = preprocessing["intensity"]
         model_card = ModelCard(
@@ -235,8 +243,6 @@ def read_model_card(path=None, trust_bundle: bool = False, folds=None) -> ModelC
             default_layer=card.get("default_layer"),
             extra={key: value for key, value in card.items() if key in ("training", "validation")},
         )
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ExplainInputError(f"The model card {path.name} is not valid JSON ({error}).") from None
     except (KeyError, TypeError, ValueError) as error:
         raise ExplainInputError(f"The model card {path.name} lacks or mistypes the entry {error}.") from None
     if model_card.spatial_dims not in (2, 3) or len(model_card.window) != model_card.spatial_dims:

@@ -38,7 +38,7 @@ def is_bundle(path: Path) -> bool:
 
 
 def read_bundle(folder: Path, trusted: bool):
-    from .model_card import Intensity, ModelCard
+    from .model_card import Intensity, ModelCard, read_json
 
     if not trusted:
         raise ExplainInputError(f"{folder.name} is a MONAI bundle. {TRUST_ADVICE}")
@@ -47,10 +47,7 @@ def read_bundle(folder: Path, trusted: bool):
         raise ExplainInputError(
             f"{folder.name} has only a YAML configuration; convert configs/inference.yaml to JSON (same content)."
         )
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ExplainInputError(f"{config_path} is not valid JSON ({error}).") from None
+    config = read_json(config_path)
     if not isinstance(config.get("network_def"), dict):
         raise ExplainInputError(f"{config_path} has no network_def: the bundle does not say which network it runs.")
     transforms = _transforms(config.get("preprocessing"))

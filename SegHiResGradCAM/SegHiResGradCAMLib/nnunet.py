@@ -30,6 +30,7 @@ nnU-Net is an optional extra: see ``INSTALL_ADVICE``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import itertools
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from torch import nn
 from .ensemble import FoldEnsemble
 from .errors import ExplainInputError
 from .nnunet_folder import INSTALL_ADVICE, TILE_STEP, NnUNetModel
-from .sliding_window import Tiling, WindowGrid
+from .sliding_window import Tiling, WindowGrid, symmetric_padding
 
 
 def managers(model: NnUNetModel):
@@ -100,12 +101,10 @@ class NnUNetTiling(Tiling):
     def grid(self, image_shape: tuple[int, ...]) -> WindowGrid:
         from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 
-        missing = [max(size - length, 0) for length, size in zip(image_shape, self.window, strict=True)]
-        padding = tuple((amount // 2, amount - amount // 2) for amount in missing)
-        padded = tuple(length + amount for length, amount in zip(image_shape, missing, strict=True))
-        steps = compute_steps_for_sliding_window(padded, self.window, self.step)
+        padded = WindowGrid(tuple(image_shape), tuple(self.window), symmetric_padding(image_shape, self.window), ())
+        steps = compute_steps_for_sliding_window(padded.padded_shape, self.window, self.step)
         starts = tuple(tuple(int(s) for s in start) for start in itertools.product(*steps))
-        return WindowGrid(tuple(image_shape), tuple(self.window), padding, starts)
+        return dataclasses.replace(padded, starts=starts)
 
     def weight(self) -> torch.Tensor:
         """nnUNetPredictor's Gaussian is computed in float16 (its default), which flushes the
@@ -169,6 +168,8 @@ class NnUNetInput:
     original: sitk.Image  # the CT as given
     properties: dict  # nnU-Net's: spacing, crop box, shapes before and after cropping
     model: NnUNetModel
+    plans_manager: object  # nnU-Net's PlansManager and ConfigurationManager of the model
+    configuration: object
 
     def _to_stored(self, array: np.ndarray) -> sitk.Image:
         """An array in the reader's order as an image with the CT's own geometry."""
@@ -180,12 +181,12 @@ class NnUNetInput:
         return image
 
     def _spacings(self):
-        plans_manager, configuration = managers(self.model)
-        original = [self.properties["spacing"][axis] for axis in plans_manager.transpose_forward]
+        """(preprocessed, original) spacing in the transposed order, as nnU-Net's export path
+        computes them (a 2D configuration keeps the slice axis' own spacing)."""
+        original = [self.properties["spacing"][axis] for axis in self.plans_manager.transpose_forward]
         shape = self.properties["shape_after_cropping_and_before_resampling"]
-        current = list(configuration.spacing) if len(configuration.spacing) == len(shape) else [
-            original[0], *configuration.spacing]  # fmt: skip
-        return current, original
+        target = list(self.configuration.spacing)
+        return (target if len(target) == len(shape) else [original[0], *target]), original
 
     def to_original(self, array: np.ndarray, labels: bool = False) -> sitk.Image:
         """A map on the preprocessed grid, back on the CT's grid by nnU-Net's export path:
@@ -193,27 +194,27 @@ class NnUNetInput:
         outside the crop), inverse transposition."""
         from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
 
-        plans_manager, configuration = managers(self.model)
         current, original = self._spacings()
+        configuration = self.configuration
         resample = configuration.resampling_fn_seg if labels else configuration.resampling_fn_probabilities
         shape = self.properties["shape_after_cropping_and_before_resampling"]
         resampled = np.asarray(resample(np.asarray(array, dtype=np.float32)[None], shape, current, original))[0]
         full = np.zeros(self.properties["shape_before_cropping"], dtype=np.uint8 if labels else np.float32)
         full = insert_crop_into_image(full, resampled.astype(full.dtype), self.properties["bbox_used_for_cropping"])
-        return self._to_stored(full.transpose(plans_manager.transpose_backward))
+        return self._to_stored(full.transpose(self.plans_manager.transpose_backward))
 
     def mask_to_model(self, mask: sitk.Image) -> np.ndarray:
         """A segment on any grid, on the preprocessed grid: resampled onto the CT (at least
         half inside), then transposed, cropped and resampled as nnU-Net does segmentations."""
         from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 
-        plans_manager, configuration = managers(self.model)
         binary = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkFloat32)
         on_ct = sitk.Resample(binary, _as_read(self.original, self.model), sitk.Transform(), sitk.sitkLinear, 0.0)
-        array = (sitk.GetArrayFromImage(on_ct) >= 0.5).astype(np.int8).transpose(plans_manager.transpose_forward)
+        array = (sitk.GetArrayFromImage(on_ct) >= 0.5).astype(np.int8).transpose(self.plans_manager.transpose_forward)
         cropped = array[bounding_box_to_slice(self.properties["bbox_used_for_cropping"])]
         current, original = self._spacings()
-        inside = np.asarray(configuration.resampling_fn_seg(cropped[None], self.array.shape[1:], original, current))[0]
+        resample = self.configuration.resampling_fn_seg
+        inside = np.asarray(resample(cropped[None], self.array.shape[1:], original, current))[0]
         inside = inside > 0.5
         if not inside.any():
             raise ExplainInputError(
@@ -226,10 +227,9 @@ class NnUNetInput:
         """The label map exactly as nnU-Net exports it (region-based: regions_class_order)."""
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
-        plans_manager, configuration = managers(self.model)
-        label_manager = plans_manager.get_label_manager(self.model.dataset_json)
+        label_manager = self.plans_manager.get_label_manager(self.model.dataset_json)
         segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
-            torch.as_tensor(logits), plans_manager, configuration, label_manager, dict(self.properties),
+            torch.as_tensor(logits), self.plans_manager, self.configuration, label_manager, dict(self.properties),
             num_threads_torch=torch.get_num_threads(),
         )  # fmt: skip
         return self._to_stored(np.asarray(segmentation).astype(np.uint8))
@@ -249,7 +249,8 @@ def prepare_nnunet_input(ct: sitk.Image, model: NnUNetModel) -> NnUNetInput:
         data, _, properties = preprocessor.run_case_npy(
             data, None, properties, plans_manager, configuration, model.dataset_json
         )
-    return NnUNetInput(np.ascontiguousarray(data, dtype=np.float32), ct, properties, model)
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    return NnUNetInput(data, ct, properties, model, plans_manager, configuration)
 
 
 def _reorients(model: NnUNetModel) -> bool:

@@ -10,7 +10,6 @@ preprocessing in the worker process. A results folder is
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,10 +62,9 @@ class NnUNetModel:
         return regions if any(len(region) > 1 for region in regions) else None
 
     @property
-    def prediction_labels(self) -> dict[int, int]:
-        """Label value in nnU-Net's exported label map -> class (or region) index."""
-        if self.regions is None:
-            return {value: value for value in range(1, len(self.dataset_json["labels"]))}
+    def region_labels(self) -> dict[int, int]:
+        """Label value in nnU-Net's exported label map -> region index: region i is written
+        as regions_class_order[i]."""
         return {int(value): index for index, value in enumerate(self.dataset_json["regions_class_order"])}
 
     def build_network(self):
@@ -78,10 +76,10 @@ class NnUNetModel:
 def read_nnunet_folder(folder: Path, folds=None):
     """The model card of an nnU-Net results folder; ``folds`` to ensemble (default: every
     fold with a final checkpoint)."""
-    from .model_card import ModelCard
+    from .model_card import ModelCard, read_json
 
     folder = _configuration_folder(folder)
-    plans, dataset_json = (_read_json(folder / name) for name in ("plans.json", "dataset.json"))
+    plans, dataset_json = (read_json(folder / name) for name in ("plans.json", "dataset.json"))
     checkpoints, chosen = _fold_checkpoints(folder, folds)
     configuration_name = folder.name.split("__")[-1]
     configuration = _configuration(plans, configuration_name, folder)
@@ -135,8 +133,9 @@ def _spacing_xyz(plans: dict, configuration: dict) -> tuple[float, ...]:
 
 
 def _configuration_folder(folder: Path) -> Path:
-    if not (folder / "plans.json").is_file() and _configuration_folders(folder):
-        choices = ", ".join(child.name for child in _configuration_folders(folder))
+    trained = _configuration_folders(folder)
+    if not (folder / "plans.json").is_file() and trained:
+        choices = ", ".join(child.name for child in trained)
         raise ExplainInputError(f"{folder.name} holds trained configurations: give one of them ({choices}).")
     for name in ("plans.json", "dataset.json"):
         if not (folder / name).is_file():
@@ -157,13 +156,6 @@ def _configuration(plans: dict, name: str, folder: Path) -> dict:
     configuration = dict(configurations[name])
     parent = configuration.pop("inherits_from", None)
     return {**_configuration(plans, parent, folder), **configuration} if parent else configuration
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ExplainInputError(f"{path} is not valid JSON ({error}).") from None
 
 
 def _fold_checkpoints(folder: Path, folds) -> tuple[tuple[Path, ...], tuple[str, ...]]:

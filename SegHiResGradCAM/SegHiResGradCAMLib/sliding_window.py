@@ -67,21 +67,26 @@ class WindowGrid:
         )
 
 
+def symmetric_padding(image_shape, window) -> tuple[tuple[int, int], ...]:
+    """(before, after) per axis that makes an image at least one window large, the odd voxel
+    after: the rule of both MONAI's sliding_window_inference and nnU-Net's pad_nd_image."""
+    missing = [max(length - size, 0) for size, length in zip(image_shape, window, strict=True)]
+    return tuple((amount // 2, amount - amount // 2) for amount in missing)
+
+
 def window_grid(image_shape, window, overlap: float) -> WindowGrid:
     """MONAI's grid: images smaller than the window are padded symmetrically; windows step
     by int(window x (1 - overlap)), and the last one is moved back to end at the border."""
     if not 0 <= overlap < 1:
         raise ExplainInputError(f"Overlap {overlap} is out of range: choose a fraction in [0, 1), e.g. 0.25 or 0.5.")
-    padding = []
+    padding = symmetric_padding(image_shape, window)
     starts_per_axis = []
-    for size, length in zip(image_shape, window, strict=True):
-        missing = max(length - size, 0)
-        padding.append((missing // 2, missing - missing // 2))
-        size += missing
+    for size, length, (before, after) in zip(image_shape, window, padding, strict=True):
+        size += before + after
         interval = length if length == size else max(int(length * (1 - overlap)), 1)
         count = next(i for i in range(math.ceil(size / interval)) if i * interval + length >= size) + 1
         starts_per_axis.append([min(i * interval, size - length) for i in range(count)])
-    return WindowGrid(tuple(image_shape), tuple(window), tuple(padding), tuple(itertools.product(*starts_per_axis)))
+    return WindowGrid(tuple(image_shape), tuple(window), padding, tuple(itertools.product(*starts_per_axis)))
 
 
 @dataclass(frozen=True)
