@@ -43,6 +43,18 @@ class SegHiResGradCAM(ScriptedLoadableModule):
         self.parent.acknowledgementText = (
             "Seg-HiRes-Grad CAM builds on HiResCAM (Draelos and Carin) and Seg-Grad CAM (Vinogradova et al.)."
         )
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Offers the synthetic KiTS-like case in the Sample Data module. The files ship with the
+    extension, so Sample Data copies them (file:// URIs) instead of downloading, and checks
+    their SHA256 as for any sample."""
+    import SampleData
+
+    from SegHiResGradCAMLib.sample_data import sample_data_source
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(**sample_data_source())
 
 
 @parameterNodeWrapper
@@ -277,34 +289,32 @@ class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
 
 
 class SegHiResGradCAMTest(ScriptedLoadableModuleTest):
-    """Runs the whole flow on a synthetic KiTS-like CT inside Slicer."""
+    """Runs the whole flow inside Slicer on the sample case, loaded through Sample Data."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_explain_predicted_tumour()
+        self.test_explain_the_sample_tumour()
 
-    def test_explain_predicted_tumour(self):
+    def test_explain_the_sample_tumour(self):
         import time
 
-        import numpy as np
+        import SampleData
 
-        from SegHiResGradCAMLib.phantom import Grid, make_case
+        from SegHiResGradCAMLib.sample_data import read_sample_case
         from SegHiResGradCAMLib.slicer_logic import ExplainSettings
 
-        self.delayDisplay("Making a synthetic KiTS-like CT")
-        case = make_case(7, Grid.centred((160, 160, 60), (2.5, 2.5, 3.0)))
-        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "KiTS-like CT")
-        slicer.util.updateVolumeFromArray(volume, np.round(case.hu).astype(np.int16))
-        matrix = np.eye(4)
-        matrix[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ np.diag(case.grid.spacing)
-        matrix[:3, 3] = np.diag([-1.0, -1.0, 1.0]) @ np.array(case.grid.origin)
-        volume.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(matrix))
-        volume.CreateDefaultDisplayNodes()
-        self.delayDisplay("Explaining the predicted tumour in the background")
-        run = SegHiResGradCAMLogic().start(ExplainSettings(volume, "tumour", with_prediction=True))
+        self.delayDisplay("Loading the KiTS-like sample through Sample Data")
+        registerSampleData()
+        volume, segmentation = SampleData.downloadSamples(read_sample_case().name)
+        tumour = segmentation.GetSegmentation().GetSegmentIdBySegmentName("tumour")
+        self.assertTrue(tumour, "the sample's segmentation has no tumour segment")
+        self.delayDisplay("Explaining the ground-truth tumour in the background")
+        settings = ExplainSettings(volume, "tumour", segmentation_node=segmentation, segment_id=tumour,
+                                   with_prediction=True)  # fmt: skip
+        run = SegHiResGradCAMLogic().start(settings)
         deadline = time.time() + 600
         while (status := run.poll()).state == "running" and time.time() < deadline:
             slicer.app.processEvents()
@@ -318,4 +328,7 @@ class SegHiResGradCAMTest(ScriptedLoadableModuleTest):
         for row in range(4):
             for column in range(4):
                 self.assertAlmostEqual(expected.GetElement(row, column), found.GetElement(row, column))
+        heat_array = slicer.util.arrayFromVolume(heat)
+        inside = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, tumour, volume) > 0
+        self.assertGreater(heat_array[inside].sum() / heat_array.sum(), 0.5, "most heat should lie in the tumour")
         self.delayDisplay("Test passed")

@@ -5,6 +5,7 @@ import slicer
 import vtk
 
 from SegHiResGradCAMLib.phantom import Grid, make_case
+from SegHiResGradCAMLib.sample_data import SAMPLE_FOLDER, read_sample_case
 
 
 def new_scene():
@@ -103,3 +104,19 @@ def segment_from_labels(scene, volume, labels: np.ndarray, value: int, name: str
     segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
     segmentation.GetSegmentation().GetSegment(segment_id).SetName(name)
     return segmentation, segment_id
+
+
+def load_sample(scene):
+    """The sample as Sample Data loads it: the CT as a volume, the truth as a segmentation."""
+    case = read_sample_case()
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", case.name)
+    volume_reader = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    volume_reader.SetFileName(str(SAMPLE_FOLDER / case.ct_file))
+    if not volume_reader.ReadData(volume):
+        raise RuntimeError(f"cannot read {case.ct_file}")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", case.segmentation_name)
+    segmentation_reader = slicer.vtkMRMLSegmentationStorageNode()
+    segmentation_reader.SetFileName(str(SAMPLE_FOLDER / case.segmentation_file))
+    if not segmentation_reader.ReadData(segmentation):
+        raise RuntimeError(f"cannot read {case.segmentation_file}")
+    return volume, segmentation

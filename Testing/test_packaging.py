@@ -20,6 +20,33 @@ def test_every_core_file_is_packaged_by_the_module_cmake_file():
     assert listed == present
 
 
+def test_every_resource_file_is_packaged_by_the_module_cmake_file():
+    cmake = (MODULE / "CMakeLists.txt").read_text()
+    start = cmake.index("set(MODULE_PYTHON_RESOURCES")
+    block = cmake[start : cmake.index(")", start)]
+    lines = [line.strip() for line in block.splitlines()[1:]]
+    listed = {line.replace("${MODULE_NAME}", "SegHiResGradCAM") for line in lines if line}
+    present = {path.relative_to(MODULE).as_posix() for path in (MODULE / "Resources").rglob("*") if path.is_file()}
+    assert listed == present
+
+
+def test_the_module_self_test_is_registered_under_testing_python():
+    cmake = (MODULE / "Testing" / "Python" / "CMakeLists.txt").read_text()
+    scripts = re.findall(r"slicer_add_python_unittest\(SCRIPT (\S+)\)", cmake)
+    assert scripts, "no self-test registered"
+    for script in scripts:
+        path = Path(script.replace("${CMAKE_CURRENT_SOURCE_DIR}", str(MODULE / "Testing" / "Python"))
+                    .replace("${MODULE_NAME}", "SegHiResGradCAM")).resolve()  # fmt: skip
+        # Slicer's runUnitTest imports the script by name and runs its test case classes.
+        classes = {node.name: node for node in ast.parse(path.read_text()).body if isinstance(node, ast.ClassDef)}
+        assert any(
+            base.id == "ScriptedLoadableModuleTest" for node in classes.values() for base in node.bases
+            if isinstance(base, ast.Name)
+        )  # fmt: skip
+    assert "add_subdirectory(Testing)" in (MODULE / "CMakeLists.txt").read_text()
+    assert "add_subdirectory(Python)" in (MODULE / "Testing" / "CMakeLists.txt").read_text()
+
+
 def test_the_slicer_module_file_imports_nothing_heavy_at_start_up():
     tree = ast.parse((MODULE / "SegHiResGradCAM.py").read_text())
     top_level = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]

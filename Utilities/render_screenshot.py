@@ -1,6 +1,7 @@
-"""Renders Resources/Screenshot.png headless: the synthetic KiTS-like sample case in a real
-MRML scene (slicer-core), explained by the module's logic in a background process, shown
-as Slicer's Red slice view blends it (CT, heatmap foreground, predicted tumour outline).
+"""Renders Resources/Screenshot.png headless: the KiTS-like sample case that the module offers
+in Sample Data, loaded into a real MRML scene (slicer-core), its predicted tumour explained
+by the module's logic in a background process, shown as Slicer's Red slice view blends it
+(CT, heatmap foreground).
 
     .venv/bin/python Utilities/render_screenshot.py
 """
@@ -11,27 +12,33 @@ from pathlib import Path
 
 import numpy as np
 import slicer
+import vtk
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "Testing"))
 
-from mrml_scene import new_scene, phantom_volume, render_red_slice  # noqa: E402
+from mrml_scene import load_sample, new_scene, render_red_slice, show_as_ct  # noqa: E402
+from SegHiResGradCAMLib.phantom import Grid, make_case  # noqa: E402
+from SegHiResGradCAMLib.sample_data import read_sample_case  # noqa: E402
 from SegHiResGradCAMLib.slicer_logic import ExplainRun, ExplainSettings  # noqa: E402
 
 
 def main() -> None:
     scene = new_scene()
-    volume, case = phantom_volume(scene, name="KiTS-like CT", seed=7, shape=(512, 512, 60), spacing=(0.78, 0.78, 3.0))
+    volume, _ = load_sample(scene)
+    show_as_ct(volume)
+    sample = read_sample_case()
+    case = make_case(sample.seed, Grid.centred(sample.shape, sample.spacing))
     run = ExplainRun(ExplainSettings(volume, "tumour", with_prediction=True))
     while (status := run.poll()).state == "running":
         time.sleep(0.5)
     if status.state != "finished":
         raise SystemExit(status.message)
     tumour = np.argwhere(case.labels == 2)[:, ::-1].mean(axis=0)
-    matrix = slicer.util.arrayFromVTKMatrix(
-        volume.GetIJKToRASMatrix(vtk_matrix := __import__("vtk").vtkMatrix4x4()) or vtk_matrix
-    )
+    vtk_matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(vtk_matrix)
+    matrix = slicer.util.arrayFromVTKMatrix(vtk_matrix)
     centre = (matrix @ np.append(tumour, 1))[:3]
     pixels = render_red_slice(scene, volume, run.heatmap_node, None, centre, size=(512, 512))
     path = ROOT / "Resources" / "Screenshot.png"

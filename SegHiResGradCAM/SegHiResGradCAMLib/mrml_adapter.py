@@ -212,10 +212,10 @@ def place_under(node, parent_node) -> None:
         hierarchy.CreateItem(parent, node)
 
 
-def import_prediction(path: Path, volume_node, segment_styles: dict, name: str):
-    """The network's predicted label map as a segmentation node with named, coloured
-    segments (``segment_styles``: label value -> (name, colour)), on the CT's geometry,
-    placed under the CT."""
+def segmentation_from_labelmap_file(path: Path, volume_node, segment_styles: dict, name: str):
+    """A segmentation node made from a label map file, one segment per label value, named
+    and coloured by ``segment_styles`` (label value -> (name, colour)), on the CT's geometry.
+    Nothing is left in the scene if the file cannot be read."""
     scene = volume_node.GetScene()
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     try:
@@ -225,9 +225,9 @@ def import_prediction(path: Path, volume_node, segment_styles: dict, name: str):
             storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
             storage.SetFileName(str(path))
             if not storage.ReadData(labelmap):
-                raise ExplainInputError(f"Could not read the prediction {path}.")
+                raise ExplainInputError(f"Could not read the label map {path}.")
             if not slicer.vtkSlicerSegmentationsModuleLogic().ImportLabelmapToSegmentationNode(labelmap, segmentation):
-                raise ExplainInputError("Could not turn the prediction into segments.")
+                raise ExplainInputError(f"Could not turn the label map {path} into segments.")
         segments = segmentation.GetSegmentation()
         for index in range(segments.GetNumberOfSegments()):
             segment = segments.GetNthSegment(index)
@@ -235,12 +235,20 @@ def import_prediction(path: Path, volume_node, segment_styles: dict, name: str):
                 segment_name, colour = segment_styles[segment.GetLabelValue()]
                 segment.SetName(segment_name)
                 segment.SetColor(*colour)
-        segmentation.SetAttribute(OUTPUT_ATTRIBUTE, "prediction")
-        place_under(segmentation, volume_node)
         return segmentation
     except Exception:
         remove_output(segmentation)
         raise
+
+
+def import_prediction(path: Path, volume_node, segment_styles: dict, name: str):
+    """The network's predicted label map as a segmentation node with named, coloured
+    segments (``segment_styles``: label value -> (name, colour)), on the CT's geometry,
+    placed under the CT."""
+    segmentation = segmentation_from_labelmap_file(path, volume_node, segment_styles, name)
+    segmentation.SetAttribute(OUTPUT_ATTRIBUTE, "prediction")
+    place_under(segmentation, volume_node)
+    return segmentation
 
 
 def import_metrics_table(rows: list[tuple[str, str]], heatmap_node, name: str):
