@@ -38,11 +38,9 @@ def test_the_module_self_test_is_registered_under_testing_python():
         path = Path(script.replace("${CMAKE_CURRENT_SOURCE_DIR}", str(MODULE / "Testing" / "Python"))
                     .replace("${MODULE_NAME}", "SegHiResGradCAM")).resolve()  # fmt: skip
         # Slicer's runUnitTest imports the script by name and runs its test case classes.
-        classes = {node.name: node for node in ast.parse(path.read_text()).body if isinstance(node, ast.ClassDef)}
-        assert any(
-            base.id == "ScriptedLoadableModuleTest" for node in classes.values() for base in node.bases
-            if isinstance(base, ast.Name)
-        )  # fmt: skip
+        classes = [node for node in ast.parse(path.read_text()).body if isinstance(node, ast.ClassDef)]
+        bases = {base.id for node in classes for base in node.bases if isinstance(base, ast.Name)}
+        assert "ScriptedLoadableModuleTest" in bases
     assert "add_subdirectory(Testing)" in (MODULE / "CMakeLists.txt").read_text()
     assert "add_subdirectory(Python)" in (MODULE / "Testing" / "CMakeLists.txt").read_text()
 
