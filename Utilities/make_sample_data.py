@@ -33,16 +33,19 @@ SPACING = (1.6, 1.6, 3.0)  # mm
 THUMBNAIL_SIZE = 160  # pixels
 
 
-def write_segmentation(ct_path: Path, labels_path: Path, path: Path, name: str) -> None:
+def write_segmentation(ct_path: Path, labels_path: Path, path: Path) -> None:
+    """The label map as a .seg.nrrd on the CT's geometry (node names come from Sample Data)."""
     scene = slicer.vtkMRMLScene()
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", NAME)
     reader = slicer.vtkMRMLVolumeArchetypeStorageNode()
     reader.SetFileName(str(ct_path))
     if not reader.ReadData(volume):
         raise SystemExit(f"cannot read {ct_path}")
+    # Segment IDs are random by default; a seeded sequence keeps the file, and so its SHA256, reproducible.
+    slicer.vtkSegmentation.GetSegmentIDRandomSequenceInstance().SetSeed(SEED)
     colours = read_model_card(None).colours  # the bundled model's class colours
     styles = {value: (LABELS[value], tuple(colours[value])) for value in LABELS if value}
-    segmentation = segmentation_from_labelmap_file(labels_path, volume, styles, name)
+    segmentation = segmentation_from_labelmap_file(labels_path, volume, styles, "ground truth")
     writer = slicer.vtkMRMLSegmentationStorageNode()
     writer.SetFileName(str(path))
     writer.SetUseCompression(True)
@@ -72,10 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         labels_path = Path(folder) / "labels.nrrd"
         write_volume(labels, labels_path)
-        write_segmentation(
-            SAMPLE_FOLDER / files["ct_file"], labels_path, SAMPLE_FOLDER / files["segmentation_file"],
-            f"{NAME} ground truth",
-        )  # fmt: skip
+        write_segmentation(SAMPLE_FOLDER / files["ct_file"], labels_path, SAMPLE_FOLDER / files["segmentation_file"])
     write_thumbnail(case, SAMPLE_FOLDER / files["thumbnail_file"])
     manifest = {
         "name": NAME,
