@@ -95,3 +95,20 @@ def test_the_module_explains_the_sample_s_ground_truth_tumour():
     labels = make_case(sample.seed, Grid.centred(sample.shape, sample.spacing)).labels
     near_tumour = ndimage.binary_dilation(labels == 2, iterations=2)
     assert heat[near_tumour].sum() > 0.8 * heat.sum()
+
+
+def test_the_segmentation_file_is_reproducible_byte_for_byte(tmp_path, monkeypatch):
+    """MRML draws random segment IDs; the maker seeds them, or the SHA256 would change on every run."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "Utilities"))
+    from make_sample_data import write_segmentation
+
+    case = read_sample_case()
+    labels = sitk.GetImageFromArray(make_case(case.seed, Grid.centred(case.shape, case.spacing)).labels)
+    ct = sitk.ReadImage(str(SAMPLE_FOLDER / case.ct_file))
+    labels.CopyInformation(ct)
+    sitk.WriteImage(labels, str(tmp_path / "labels.nrrd"))
+    checksums = set()
+    for attempt in range(2):
+        write_segmentation(SAMPLE_FOLDER / case.ct_file, tmp_path / "labels.nrrd", tmp_path / f"{attempt}.seg.nrrd")
+        checksums.add(file_checksum(tmp_path / f"{attempt}.seg.nrrd"))
+    assert len(checksums) == 1
