@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from SegHiResGradCAMLib.model_card import read_model_card
 from SegHiResGradCAMLib.mrml_adapter import segmentation_from_labelmap_file
-from SegHiResGradCAMLib.phantom import LABELS, Grid, make_case
+from SegHiResGradCAMLib.phantom import Grid, make_case
 from SegHiResGradCAMLib.sample_data import MANIFEST, SAMPLE_FOLDER, file_checksum
 from SegHiResGradCAMLib.volume_io import case_images, write_volume
 
@@ -43,9 +43,9 @@ def write_segmentation(ct_path: Path, labels_path: Path, path: Path) -> None:
         raise SystemExit(f"cannot read {ct_path}")
     # Segment IDs are random by default; a seeded sequence keeps the file, and so its SHA256, reproducible.
     slicer.vtkSegmentation.GetSegmentIDRandomSequenceInstance().SetSeed(SEED)
-    colours = read_model_card(None).colours  # the bundled model's class colours
-    styles = {value: (LABELS[value], tuple(colours[value])) for value in LABELS if value}
-    segmentation = segmentation_from_labelmap_file(labels_path, volume, styles, "ground truth")
+    # The phantom's label values are the bundled model's classes: named and coloured as its prediction.
+    segmentation = segmentation_from_labelmap_file(labels_path, volume, read_model_card(None).segment_styles,
+                                                   "ground truth")  # fmt: skip
     writer = slicer.vtkMRMLSegmentationStorageNode()
     writer.SetFileName(str(path))
     writer.SetUseCompression(True)

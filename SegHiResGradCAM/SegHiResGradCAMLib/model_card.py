@@ -73,6 +73,11 @@ class ModelCard:
         return {index + 1: index for index in range(len(self.classes))}
 
     @property
+    def segment_styles(self) -> dict[int, tuple[str, tuple[float, float, float]]]:
+        """Label value of the predicted label map -> (segment name, colour)."""
+        return {label: (self.classes[index], self.colours[index]) for label, index in self.prediction_labels.items()}
+
+    @property
     def in_channels(self) -> int:
         return int(self.kwargs.get("in_channels", 1))
 

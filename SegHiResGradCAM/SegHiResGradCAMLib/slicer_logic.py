@@ -127,10 +127,8 @@ class ExplainRun:
                 rows = metric_rows(json.loads((work_dir / "metrics.json").read_text()))
                 self.metrics_node = mrml_adapter.import_metrics_table(rows, self.heatmap_node, f"{name} - metrics")
             if settings.with_prediction:
-                styles = {label: (self.card.classes[index], self.card.colours[index])
-                          for label, index in self.card.prediction_labels.items()}  # fmt: skip
                 self.prediction_node = mrml_adapter.import_prediction(
-                    work_dir / "prediction.nrrd", settings.volume_node, styles,
+                    work_dir / "prediction.nrrd", settings.volume_node, self.card.segment_styles,
                     f"{settings.volume_node.GetName()} - prediction",
                 )  # fmt: skip
         except BaseException:
