@@ -99,6 +99,14 @@ def test_region_based_card_names_the_regions_as_nnunet_does(fullres):
     assert card.spacing == (6.0, 6.0, 9.0)  # (x, y, z), as every model card (nnU-Net's own: z, y, x)
 
 
+def test_class_colours_start_after_the_background_for_labels_and_regions():
+    from SegHiResGradCAMLib.nnunet_folder import COLOURS, _colours
+
+    labels = _colours(("background", "kidney", "tumor", "cyst"))
+    regions = _colours(("kidney", "masses", "tumor"))
+    assert labels[0] == (0.0, 0.0, 0.0) and labels[1:] == COLOURS[:3] and regions == COLOURS[:3]
+
+
 def test_logits_and_labels_match_nnunet_predictor(fullres, case):
     ct, _ = case
     card = read_model_card(fullres, folds=["0"])

@@ -173,7 +173,10 @@ def _fold_checkpoints(folder: Path, folds) -> tuple[tuple[Path, ...], tuple[str,
 
 
 def _colours(names: tuple[str, ...]) -> tuple[tuple[float, float, float], ...]:
-    return tuple((0.0, 0.0, 0.0) if name == "background" else COLOURS[i % len(COLOURS)] for i, name in enumerate(names))
+    """Black for the background, then COLOURS in order over the foreground classes only, so
+    that a softmax head's first class gets the same colour as a region head's first region."""
+    foreground = iter(COLOURS * (len(names) // len(COLOURS) + 1))
+    return tuple((0.0, 0.0, 0.0) if name == "background" else next(foreground) for name in names)
 
 
 def _class_names(model: NnUNetModel) -> tuple[str, ...]:
