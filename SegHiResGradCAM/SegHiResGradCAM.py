@@ -2,7 +2,7 @@
 
 Slicer loads this file at start-up, so nothing heavy is imported here: torch and MONAI
 are only ever imported by the background process that runs the command-line pipeline.
-The widget only wires the UI to SegHiResGradCAMLib.slicer_logic, which is Qt-free.
+The widget only wires the UI to SegHiResGradCAMLib.mrml.slicer_logic, which is Qt-free.
 """
 
 import json
@@ -52,7 +52,7 @@ def registerSampleData():
     their SHA256 as for any sample."""
     import SampleData
 
-    from SegHiResGradCAMLib.sample_data import sample_data_source
+    from SegHiResGradCAMLib.mrml.sample_data import sample_data_source
 
     SampleData.SampleDataLogic.registerCustomSampleDataSource(**sample_data_source())
 
@@ -150,7 +150,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onModelChanged(self, path):
         """Fills classes, methods and layers for the chosen (or bundled) model."""
-        from SegHiResGradCAMLib.model_card import read_model_card
+        from SegHiResGradCAMLib.models.formats import read_model_card
 
         model = path or None
         trusted = self.ui.trustBundleCheckBox.checked
@@ -182,7 +182,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return self.ui.foldsLineEdit.text.replace(",", " ").split() or None
 
     def _settings(self, method):
-        from SegHiResGradCAMLib.slicer_logic import ExplainSettings
+        from SegHiResGradCAMLib.mrml.slicer_logic import ExplainSettings
 
         use_prediction = self.ui.usePredictionCheckBox.checked
         model = self.ui.modelPathLineEdit.currentPath or None
@@ -263,13 +263,13 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
-    """Thin: the work is in SegHiResGradCAMLib.slicer_logic (Qt-free, tested with slicer-core)."""
+    """Thin: the work is in SegHiResGradCAMLib.mrml.slicer_logic (Qt-free, tested with slicer-core)."""
 
     def getParameterNode(self):
         return ScriptedLoadableModuleLogic.getParameterNode(self)
 
     def start(self, settings):
-        from SegHiResGradCAMLib.slicer_logic import ExplainRun
+        from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun
 
         python = str(Path(slicer.app.applicationDirPath()) / "PythonSlicer")
         return ExplainRun(settings, python=python)
@@ -303,8 +303,8 @@ class SegHiResGradCAMTest(ScriptedLoadableModuleTest):
 
         import SampleData
 
-        from SegHiResGradCAMLib.sample_data import read_sample_case
-        from SegHiResGradCAMLib.slicer_logic import ExplainSettings
+        from SegHiResGradCAMLib.mrml.sample_data import read_sample_case
+        from SegHiResGradCAMLib.mrml.slicer_logic import ExplainSettings
 
         self.delayDisplay("Loading the KiTS-like sample through Sample Data")
         registerSampleData()

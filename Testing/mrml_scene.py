@@ -4,8 +4,8 @@ import numpy as np
 import slicer
 import vtk
 
-from SegHiResGradCAMLib.phantom import Grid, make_case
-from SegHiResGradCAMLib.sample_data import SAMPLE_FOLDER, read_sample_case
+from SegHiResGradCAMLib.demo.phantom import Grid, make_case
+from SegHiResGradCAMLib.mrml.sample_data import SAMPLE_FOLDER, read_sample_case
 
 
 def new_scene():

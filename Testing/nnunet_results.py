@@ -40,8 +40,7 @@ TRAINED = (("3d_fullres", 0), ("3d_fullres", 1), ("2d", 0))
 
 
 def write_raw_dataset(raw: Path) -> None:
-    from SegHiResGradCAMLib.phantom import Grid, make_case
-    from SegHiResGradCAMLib.volume_io import case_images
+    from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 
     folder = raw / DATASET
     for sub in ("imagesTr", "labelsTr"):

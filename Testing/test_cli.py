@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SegHiResGradCAMLib.phantom import Grid, make_case
-from SegHiResGradCAMLib.volume_io import case_images, reorient
+from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
+from SegHiResGradCAMLib.volumes.volume_io import reorient
 
 COMMAND = shutil.which("seghiresgradcam") or str(Path(__file__).resolve().parents[1] / ".venv/bin/seghiresgradcam")
 BUNDLED = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "Resources" / "Models" / "kits_demo_unet.json"

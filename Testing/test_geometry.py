@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SegHiResGradCAMLib.model_card import read_model_card
-from SegHiResGradCAMLib.phantom import Grid, make_case
+from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
+from SegHiResGradCAMLib.models.formats import read_model_card
 from SegHiResGradCAMLib.pipeline import ExplainJob, run
-from SegHiResGradCAMLib.preprocessing import to_model_grid, to_original_grid
-from SegHiResGradCAMLib.volume_io import case_images, orientation_code, reorient, rotated
+from SegHiResGradCAMLib.volumes.preparation import to_model_grid, to_original_grid
+from SegHiResGradCAMLib.volumes.volume_io import orientation_code, reorient, rotated
 
 
 @pytest.fixture(scope="module")

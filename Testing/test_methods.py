@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import plain_autograd_layer
 from SegHiResGradCAMLib import METHODS, ExplainInputError, explain
-from SegHiResGradCAMLib.methods import xgrad_weights
+from SegHiResGradCAMLib.cam.methods import xgrad_weights
 
 
 def independent_map(method, activation, gradient):

@@ -8,8 +8,8 @@ from monai.networks.nets import BasicUNet
 from torch import nn
 
 from SegHiResGradCAMLib import ExplainInputError, explain, explain_layers, explanation_metrics
-from SegHiResGradCAMLib.metric_table import metric_rows
-from SegHiResGradCAMLib.metrics import (
+from SegHiResGradCAMLib.cam.metric_table import metric_rows
+from SegHiResGradCAMLib.cam.metrics import (
     body_mask,
     faithfulness_curves,
     localisation,

@@ -14,11 +14,11 @@ from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import UNet
 from monai.transforms import ScaleIntensityRange
 
+from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 from SegHiResGradCAMLib.errors import ExplainInputError
-from SegHiResGradCAMLib.model_card import read_model_card
-from SegHiResGradCAMLib.phantom import Grid, make_case
+from SegHiResGradCAMLib.models.formats import read_model_card
 from SegHiResGradCAMLib.pipeline import ExplainJob, run
-from SegHiResGradCAMLib.volume_io import case_images, reorient
+from SegHiResGradCAMLib.volumes.volume_io import reorient
 
 NETWORK = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [8, 16, 32], "strides": [2, 2],
            "num_res_units": 1}  # fmt: skip
@@ -137,7 +137,7 @@ def test_our_run_of_a_trusted_bundle_matches_its_own_inferer(bundle, ras_ct, tmp
 
 def test_slicer_refuses_an_untrusted_bundle_before_creating_anything(bundle):
     from mrml_scene import new_scene, phantom_volume
-    from SegHiResGradCAMLib.slicer_logic import ExplainRun, ExplainSettings
+    from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun, ExplainSettings
 
     folder, marker = bundle
     marker.unlink(missing_ok=True)

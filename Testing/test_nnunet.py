@@ -15,17 +15,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from SegHiResGradCAMLib.cam.engine import explain, upsample_to
+from SegHiResGradCAMLib.cam.slices import slice_logits
+from SegHiResGradCAMLib.cam.sliding_window import blend_count, sliding_window_logits
 from SegHiResGradCAMLib.cli import main as cli_main
-from SegHiResGradCAMLib.engine import explain, upsample_to
-from SegHiResGradCAMLib.ensemble import FoldEnsemble, ensemble_members
+from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 from SegHiResGradCAMLib.errors import ExplainInputError
-from SegHiResGradCAMLib.model_card import read_model_card
-from SegHiResGradCAMLib.phantom import Grid, make_case
+from SegHiResGradCAMLib.models.ensemble import FoldEnsemble, ensemble_members
+from SegHiResGradCAMLib.models.formats import read_model_card
 from SegHiResGradCAMLib.pipeline import anatomy_regions, explain_on_model_grid
-from SegHiResGradCAMLib.preprocessing import prepare_input
-from SegHiResGradCAMLib.slices import slice_logits
-from SegHiResGradCAMLib.sliding_window import blend_count, sliding_window_logits
-from SegHiResGradCAMLib.volume_io import case_images
 
 BUILDER = Path(__file__).with_name("nnunet_results.py")
 # A case larger than the 3D patch (16 x 48 x 48 after preprocessing: 12 windows), on another
@@ -100,7 +98,7 @@ def test_region_based_card_names_the_regions_as_nnunet_does(fullres):
 
 
 def test_class_colours_start_after_the_background_for_labels_and_regions():
-    from SegHiResGradCAMLib.nnunet_folder import COLOURS, _colours
+    from SegHiResGradCAMLib.models.nnunet_folder import COLOURS, _colours
 
     labels = _colours(("background", "kidney", "tumor", "cyst"))
     regions = _colours(("kidney", "masses", "tumor"))
@@ -110,7 +108,7 @@ def test_class_colours_start_after_the_background_for_labels_and_regions():
 def test_logits_and_labels_match_nnunet_predictor(fullres, case):
     ct, _ = case
     card = read_model_card(fullres, folds=["0"])
-    prepared = prepare_input(ct, card)
+    prepared = card.prepare_input(ct)
     predictor = reference_predictor(fullres, [0])
     their_input, their_logits = reference_logits(predictor, ct)
     assert np.array_equal(prepared.array, their_input)  # nnU-Net's own preprocessing, bit for bit
@@ -140,7 +138,7 @@ def test_logits_and_labels_match_nnunet_predictor(fullres, case):
 def test_fold_ensemble_is_the_mean_of_the_folds(fullres, case):
     ct, _ = case
     card = read_model_card(fullres)
-    prepared = prepare_input(ct, card)
+    prepared = card.prepare_input(ct)
     ensemble = card.build_network()
     assert isinstance(ensemble, FoldEnsemble) and len(ensemble_members(ensemble)) == 2
     per_fold = [sliding_window_logits(member, prepared.array, card.tiling) for member in ensemble_members(ensemble)]
@@ -158,7 +156,7 @@ def test_ensemble_explanation_is_the_mean_of_the_fold_explanations(fullres, case
     sitk.WriteImage(ct, str(tmp_path / "ct.nii.gz"))
     sitk.WriteImage(sitk.Equal(labels, 2), str(tmp_path / "tumour.nii.gz"))
     card = read_model_card(fullres)
-    prepared = prepare_input(ct, card)
+    prepared = card.prepare_input(ct)
     mask = prepared.mask_to_model(sitk.Equal(labels, 2))
     ensemble = card.build_network()
     tumour = card.class_index("tumor")
@@ -199,7 +197,7 @@ def test_2d_configuration_runs_slice_by_slice_like_nnunet(results, case):
     folder = results / "nnUNetTrainer__nnUNetPlans__2d"
     card = read_model_card(folder)
     assert card.spatial_dims == 2
-    prepared = prepare_input(ct, card)
+    prepared = card.prepare_input(ct)
     predictor = reference_predictor(folder, [0])
     their_input, their_logits = reference_logits(predictor, ct)
     assert np.array_equal(prepared.array, their_input)
@@ -276,7 +274,7 @@ def test_missing_nnunet_says_how_to_install(fullres, monkeypatch):
 
 def test_reading_the_folder_imports_neither_torch_nor_nnunet(fullres):
     """The Slicer process reads class names and folds from the folder, and must never import torch."""
-    code = ("import sys; from SegHiResGradCAMLib.model_card import read_model_card; "
+    code = ("import sys; from SegHiResGradCAMLib.models.formats import read_model_card; "
             f"card = read_model_card({str(fullres)!r}); print(card.classes, card.window); "
             "assert 'torch' not in sys.modules and 'nnunetv2' not in sys.modules, 'imported'")  # fmt: skip
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -289,7 +287,7 @@ def test_slicer_run_with_an_nnunet_folder_names_the_predicted_regions(fullres):
     from test_slicer_logic import finish, matrix_of
 
     from mrml_scene import new_scene, phantom_volume, segment_from_labels
-    from SegHiResGradCAMLib.slicer_logic import ExplainRun, ExplainSettings
+    from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun, ExplainSettings
 
     scene = new_scene()
     volume, case = phantom_volume(scene)
@@ -325,7 +323,7 @@ def test_reorienting_reader_matches_nnunet_file_prediction(fullres, case, tmp_pa
     theirs = sitk.ReadImage(str(tmp_path / "nnunet" / "case.nii.gz"))
 
     card = read_model_card(folder, folds=["0"])
-    prepared = prepare_input(ct, card)
+    prepared = card.prepare_input(ct)
     ours = prepared.labels_on_original(sliding_window_logits(card.build_network(), prepared.array, card.tiling).numpy(),
                                        card.head)  # fmt: skip
     for image in (ours, theirs):
@@ -334,7 +332,7 @@ def test_reorienting_reader_matches_nnunet_file_prediction(fullres, case, tmp_pa
     agreement = (sitk.GetArrayFromImage(ours) == sitk.GetArrayFromImage(theirs)).mean()
     assert agreement > 0.995, agreement
     # the reader really turned the array: the preprocessed input differs from the stored order's
-    stored_order = prepare_input(ct, read_model_card(fullres, folds=["0"])).array
+    stored_order = read_model_card(fullres, folds=["0"]).prepare_input(ct).array
     assert stored_order.shape != prepared.array.shape or not np.array_equal(stored_order, prepared.array)
 
 
@@ -343,7 +341,7 @@ def test_metrics_count_nested_regions_only_outside_the_segment(fullres, case):
     M must not be credited again to the regions that contain M."""
     ct, labels = case
     card = read_model_card(fullres, folds=["0"])
-    prepared = prepare_input(ct, card)
+    prepared = card.prepare_input(ct)
     mask = prepared.mask_to_model(sitk.Equal(labels, 2))
     # region logits as the network would give them for a correct, nested prediction
     kidney_and_masses = prepared.mask_to_model(sitk.NotEqual(labels, 0))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SegHiResGradCAMLib.phantom import Grid, make_case
-from SegHiResGradCAMLib.volume_io import case_images, orientation_code, reorient
+from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
+from SegHiResGradCAMLib.volumes.volume_io import orientation_code, reorient
 
 COARSE = Grid.centred((128, 128, 48), (3.2, 3.2, 3.75))
 

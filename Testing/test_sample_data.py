@@ -14,10 +14,10 @@ import vtk
 from scipy import ndimage
 
 from mrml_scene import load_sample, new_scene
-from SegHiResGradCAMLib import mrml_adapter
-from SegHiResGradCAMLib.phantom import LABELS, Grid, make_case
-from SegHiResGradCAMLib.sample_data import SAMPLE_FOLDER, file_checksum, read_sample_case, sample_data_source
-from SegHiResGradCAMLib.slicer_logic import ExplainRun, ExplainSettings
+from SegHiResGradCAMLib.demo.phantom import LABELS, Grid, make_case
+from SegHiResGradCAMLib.mrml import mrml_adapter
+from SegHiResGradCAMLib.mrml.sample_data import SAMPLE_FOLDER, file_checksum, read_sample_case, sample_data_source
+from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun, ExplainSettings
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 

@@ -13,9 +13,9 @@ from PIL import Image
 from scipy import ndimage
 
 from mrml_scene import new_scene, phantom_volume, render_red_slice, segment_from_labels
-from SegHiResGradCAMLib import mrml_adapter
 from SegHiResGradCAMLib.errors import ExplainInputError
-from SegHiResGradCAMLib.slicer_logic import ExplainRun, ExplainSettings
+from SegHiResGradCAMLib.mrml import mrml_adapter
+from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun, ExplainSettings
 
 _C, _S = np.cos(np.deg2rad(20)), np.sin(np.deg2rad(20))
 OBLIQUE = np.array([[0.0, -1.0, 0.0], [-_C, 0.0, _S], [_S, 0.0, _C]])  # rotated by 20 degrees, permuted, left-handed

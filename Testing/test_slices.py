@@ -12,9 +12,9 @@ from monai.networks.nets import UNet
 
 from conftest import bias_free_cnn
 from SegHiResGradCAMLib import explain
-from SegHiResGradCAMLib.phantom import Grid, make_case
-from SegHiResGradCAMLib.slices import explain_slices, slice_logits
-from SegHiResGradCAMLib.volume_io import case_images, reorient
+from SegHiResGradCAMLib.cam.slices import explain_slices, slice_logits
+from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
+from SegHiResGradCAMLib.volumes.volume_io import reorient
 
 
 def counting_forward_calls(model):

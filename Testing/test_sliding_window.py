@@ -17,8 +17,8 @@ from SegHiResGradCAMLib import (
     explain,
     sliding_window_logits,
 )
-from SegHiResGradCAMLib.methods import METHODS as REGISTERED
-from SegHiResGradCAMLib.sliding_window import window_grid
+from SegHiResGradCAMLib.cam.methods import METHODS as REGISTERED
+from SegHiResGradCAMLib.cam.sliding_window import window_grid
 
 METHODS = [name for name, method in REGISTERED.items() if method.windowed]
 
@@ -223,7 +223,7 @@ def test_activation_sums_over_windows_equal_those_of_monai_blended_activations()
     12 overlapping windows it must equal MONAI blending the layer's own output."""
     from torch import nn
 
-    from SegHiResGradCAMLib.sliding_window import (
+    from SegHiResGradCAMLib.cam.sliding_window import (
         Progress,
         _blended_activation_sums,
         blend_count,

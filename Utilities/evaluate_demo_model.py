@@ -20,11 +20,10 @@ import numpy as np
 import SimpleITK as sitk
 from train_demo_model import NAME, OUTPUT, VALIDATION_SEEDS, dice, load_cases, validate
 
-from SegHiResGradCAMLib.model_card import read_model_card
-from SegHiResGradCAMLib.phantom import make_case
-from SegHiResGradCAMLib.preprocessing import labels_on_original_grid, to_model_grid
-from SegHiResGradCAMLib.sliding_window import sliding_window_logits
-from SegHiResGradCAMLib.volume_io import case_images
+from SegHiResGradCAMLib.cam.sliding_window import sliding_window_logits
+from SegHiResGradCAMLib.demo.phantom import case_images, make_case
+from SegHiResGradCAMLib.models.formats import read_model_card
+from SegHiResGradCAMLib.volumes.preparation import labels_on_original_grid, to_model_grid
 
 
 def ct_grid_dice(card, network, seeds) -> dict:

@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from SegHiResGradCAMLib.phantom import Grid, make_case
+from SegHiResGradCAMLib.demo.phantom import Grid, make_case
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,11 +20,11 @@ import slicer
 from PIL import Image
 from scipy import ndimage
 
-from SegHiResGradCAMLib.model_card import read_model_card
-from SegHiResGradCAMLib.mrml_adapter import segmentation_from_labelmap_file
-from SegHiResGradCAMLib.phantom import Grid, make_case
-from SegHiResGradCAMLib.sample_data import MANIFEST, SAMPLE_FOLDER, file_checksum
-from SegHiResGradCAMLib.volume_io import case_images, write_volume
+from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
+from SegHiResGradCAMLib.models.formats import read_model_card
+from SegHiResGradCAMLib.mrml.mrml_adapter import segmentation_from_labelmap_file
+from SegHiResGradCAMLib.mrml.sample_data import MANIFEST, SAMPLE_FOLDER, file_checksum
+from SegHiResGradCAMLib.volumes.volume_io import write_volume
 
 NAME = "KiTSLikeCT"
 SEED = 7  # the demo's case

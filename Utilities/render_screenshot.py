@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "Testing"))
 
 from mrml_scene import load_sample, new_scene, render_red_slice, show_as_ct  # noqa: E402
-from SegHiResGradCAMLib.phantom import Grid, make_case  # noqa: E402
-from SegHiResGradCAMLib.sample_data import read_sample_case  # noqa: E402
-from SegHiResGradCAMLib.slicer_logic import ExplainRun, ExplainSettings  # noqa: E402
+from SegHiResGradCAMLib.demo.phantom import Grid, make_case  # noqa: E402
+from SegHiResGradCAMLib.mrml.sample_data import read_sample_case  # noqa: E402
+from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun, ExplainSettings  # noqa: E402
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 from scipy import ndimage
 
-from SegHiResGradCAMLib.model_card import Intensity
-from SegHiResGradCAMLib.phantom import LABELS, Grid, make_case
-from SegHiResGradCAMLib.sliding_window import sliding_window_logits
+from SegHiResGradCAMLib.cam.sliding_window import sliding_window_logits
+from SegHiResGradCAMLib.demo.phantom import LABELS, Grid, make_case
+from SegHiResGradCAMLib.models.card import Intensity
 
 OUTPUT = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "Resources" / "Models"
 NAME = "kits_demo_unet"

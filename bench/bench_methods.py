@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from SegHiResGradCAMLib import METHODS, explain
-from SegHiResGradCAMLib.figures import method_panels
-from SegHiResGradCAMLib.metrics import body_mask, explanation_metrics
-from SegHiResGradCAMLib.model_card import read_model_card
-from SegHiResGradCAMLib.phantom import Grid, make_case
+from SegHiResGradCAMLib.cam.metrics import body_mask, explanation_metrics
+from SegHiResGradCAMLib.cam.sliding_window import sliding_window_logits
+from SegHiResGradCAMLib.demo.figures import method_panels
+from SegHiResGradCAMLib.demo.phantom import Grid, make_case
+from SegHiResGradCAMLib.models.formats import read_model_card
 from SegHiResGradCAMLib.pipeline import region_of_interest
-from SegHiResGradCAMLib.sliding_window import sliding_window_logits
 
 FIRST_SEED = 300  # not a training (1000-1047, 2000-) or validation (100-109) seed
 TUMOUR, KIDNEY = 2, 1

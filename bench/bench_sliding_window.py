@@ -83,7 +83,7 @@ def main() -> None:
         memory_probe(*arguments.memory_probe)
         return
 
-    from SegHiResGradCAMLib.sliding_window import window_grid
+    from SegHiResGradCAMLib.cam.sliding_window import window_grid
 
     threads = torch.get_num_threads()
     print(f"MONAI UNet 3D {CHANNELS}, windows {WINDOW}, overlap {OVERLAP}, gaussian, CPU, {threads} threads")

@@ -5,20 +5,20 @@ The names below are imported lazily so that the Slicer-side modules of this pack
 """
 
 _LAZY_EXPORTS = {
-    "explain": ".engine",
-    "CamResult": ".engine",
-    "list_layers": ".model_inspection",
-    "LayerInfo": ".model_inspection",
-    "METHODS": ".methods",
-    "CamMethod": ".methods",
-    "register_method": ".methods",
+    "explain": ".cam.engine",
+    "CamResult": ".cam.engine",
+    "list_layers": ".cam.model_inspection",
+    "LayerInfo": ".cam.model_inspection",
+    "METHODS": ".cam.methods",
+    "CamMethod": ".cam.methods",
+    "register_method": ".cam.methods",
     "ExplainInputError": ".errors",
     "ExplainCancelled": ".errors",
     "ExplainResourceError": ".errors",
-    "sliding_window_logits": ".sliding_window",
-    "explain_layers": ".fusion",
-    "explanation_metrics": ".metrics",
-    "ExplanationMetrics": ".metrics",
+    "sliding_window_logits": ".cam.sliding_window",
+    "explain_layers": ".cam.fusion",
+    "explanation_metrics": ".cam.metrics",
+    "ExplanationMetrics": ".cam.metrics",
 }
 
 __all__ = sorted(_LAZY_EXPORTS)

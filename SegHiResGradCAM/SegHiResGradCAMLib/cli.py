@@ -75,9 +75,9 @@ def print_table(header: list[str], rows: list[tuple]) -> None:
 
 
 def _layers(arguments) -> int:
-    from .ensemble import ensemble_members
-    from .model_card import read_model_card
-    from .model_inspection import list_layers
+    from .cam.model_inspection import list_layers
+    from .models.ensemble import ensemble_members
+    from .models.formats import read_model_card
 
     card = read_model_card(arguments.model, trust_bundle=arguments.trust_bundle, folds=arguments.folds)
     # The members of a fold ensemble share their architecture, and each is explained at the same layer.
@@ -94,7 +94,7 @@ def _layers(arguments) -> int:
 
 
 def _demo(arguments) -> int:
-    from .demo import run_demo
+    from .demo.run_demo import run_demo
 
     summary = run_demo(Path(arguments.out), seed=arguments.seed, device=arguments.device,
                        progress=_progress(arguments.progress))  # fmt: skip
@@ -113,7 +113,7 @@ def _demo(arguments) -> int:
 
 
 def _methods(arguments) -> int:
-    from .methods import METHODS
+    from .cam.methods import METHODS
 
     if arguments.json:
         print(json.dumps([{"name": method.name, "title": method.title, "cost": method.cost,

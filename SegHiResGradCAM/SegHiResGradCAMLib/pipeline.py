@@ -13,9 +13,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import ExplainInputError
-from .model_card import read_model_card
-from .preprocessing import check_looks_like_ct, prepare_input
-from .volume_io import read_volume, write_volume
+from .models.formats import read_model_card
+from .volumes.preparation import check_looks_like_ct
+from .volumes.volume_io import read_volume, write_volume
 
 
 @dataclass
@@ -51,7 +51,7 @@ class JobResult:
     metrics: dict = field(default_factory=dict)  # method -> ExplanationMetrics
 
     def summary(self) -> dict:
-        from .methods import METHODS
+        from .cam.methods import METHODS
 
         return {
             "metrics": {name: metrics.as_dict() for name, metrics in self.metrics.items()},
@@ -75,11 +75,11 @@ def run(job: ExplainJob) -> JobResult:
     """Runs the job; files are written only once every result exists (nothing half-done)."""
     import torch
 
-    from .methods import get_method
-    from .metrics import explanation_metrics
-    from .model_inspection import resolve_device
-    from .slices import slice_logits
-    from .sliding_window import sliding_window_logits
+    from .cam.methods import get_method
+    from .cam.metrics import explanation_metrics
+    from .cam.model_inspection import resolve_device
+    from .cam.slices import slice_logits
+    from .cam.sliding_window import sliding_window_logits
 
     if len(job.methods) != len(job.heatmaps):
         raise ExplainInputError("Give one output file per method.")
@@ -94,7 +94,7 @@ def run(job: ExplainJob) -> JobResult:
     mask_image = read_volume(job.mask, "mask") if job.mask is not None else None
     network = card.build_network()
     device = resolve_device(job.device)
-    model_input = prepare_input(ct, card)
+    model_input = card.prepare_input(ct)
     if model_input.array.shape[0] != card.in_channels:
         raise ExplainInputError(f"The model expects {card.in_channels} input channels; a CT gives 1.")
     seconds["preparation"] = time.perf_counter() - started
@@ -198,10 +198,10 @@ def explain_on_model_grid(network, card, array, class_index, mask, method, layer
 
 def _explain_in_network_axes(network, card, array, class_index, mask, method, layer, device, progress, cancel):
     """A fold ensemble is explained member by member (see ``ensemble``)."""
-    from .engine import explain
-    from .ensemble import explain_members
-    from .methods import get_method
-    from .slices import explain_slices
+    from .cam.engine import explain
+    from .cam.methods import get_method
+    from .cam.slices import explain_slices
+    from .models.ensemble import explain_members
 
     options = dict(layer=layer, method=method, head=card.head, device=device, cancel=cancel)
     windowed = get_method(method).windowed
@@ -231,7 +231,7 @@ def anatomy_regions(card, class_index: int, logits, model_input, target_mask) ->
     classes and the outside of the patient's body. Sigmoid regions are nested (KiTS23:
     kidney + masses contains masses contains tumour), so each region counts only outside
     M; otherwise a region holding M would also be credited with the heat inside M."""
-    from .metrics import body_mask
+    from .cam.metrics import body_mask
 
     if card.head == "softmax":
         predicted = logits.argmax(0).numpy()

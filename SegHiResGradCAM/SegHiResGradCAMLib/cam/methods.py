@@ -22,6 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ExplainInputError
+from .score_cam import score_cam_map
+
 RawMapFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # (activations, gradients, channel sums of the activations or None) -> per-channel statistics
 StatisticsFunction = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -240,12 +243,6 @@ def eigen_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tenso
     return first_component_projection(activations)
 
 
-def _score_cam(*arguments):
-    from .score_cam import score_cam_map
-
-    return score_cam_map(*arguments)
-
-
 _add(
     CamMethod(
         "seg-score-cam",
@@ -253,15 +250,13 @@ _add(
         None,
         False,
         "Wang, Wang, Du, Yang, Zhang, Ding, Mardziel, Hu: Score-CAM, CVPR Workshops 2020 (transferred to segmentation)",
-        network_map=_score_cam,
+        network_map=score_cam_map,
         cost="gradient-free: 2 forward passes + 1 per channel (batch_size channels at a time); window=None",
     )
 )
 
 
 def get_method(name: str) -> CamMethod:
-    from .errors import ExplainInputError
-
     try:
         return METHODS[name]
     except KeyError:

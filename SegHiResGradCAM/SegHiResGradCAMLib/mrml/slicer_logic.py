@@ -13,11 +13,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cam.metric_table import metric_rows
+from ..errors import ExplainInputError
+from ..models.formats import read_model_card
 from . import mrml_adapter
 from .background import BackgroundRun, Status
-from .errors import ExplainInputError
-from .metric_table import metric_rows
-from .model_card import read_model_card
 
 
 @dataclass

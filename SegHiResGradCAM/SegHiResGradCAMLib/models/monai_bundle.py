@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ExplainInputError
+from ..errors import ExplainInputError
+from .card import Intensity, ModelCard, read_json
 
 TRUST_ADVICE = (
     "A MONAI bundle's configuration can run arbitrary Python code, so it is loaded only when you trust its "
@@ -37,9 +39,17 @@ def is_bundle(path: Path) -> bool:
     return path.is_dir() and any((path / "configs" / name).is_file() for name in ("inference.json", "inference.yaml"))
 
 
-def read_bundle(folder: Path, trusted: bool):
-    from .model_card import Intensity, ModelCard, read_json
+@dataclass(frozen=True, kw_only=True)
+class BundleCard(ModelCard):
+    """A trusted bundle's card: its network is the configuration's ``network_def``."""
 
+    bundle_config: dict
+
+    def build_network(self):
+        return self._with_weights(build_bundle_network(self.bundle_config))
+
+
+def read_bundle(folder: Path, trusted: bool) -> BundleCard:
     if not trusted:
         raise ExplainInputError(f"{folder.name} is a MONAI bundle. {TRUST_ADVICE}")
     config_path = folder / "configs" / "inference.json"
@@ -65,7 +75,7 @@ def read_bundle(folder: Path, trusted: bool):
     window = [int(size) for size in inferer["roi_size"]]
     classes = _classes(folder, int(network.get("out_channels", 0)))
     activation = _find(_transforms(config.get("postprocessing")), "Activationsd") or {}
-    return ModelCard(
+    return BundleCard(
         path=config_path,
         name=_metadata(folder).get("name", folder.name),
         architecture=str(network.get("_target_", "")),
@@ -73,7 +83,7 @@ def read_bundle(folder: Path, trusted: bool):
         weights=(folder / "models" / "model.pt").resolve(),
         orientation=str(orientation),
         spacing=tuple(float(value) for value in spacing),
-        intensity=_intensity(Intensity, scaling),
+        intensity=_intensity(scaling),
         head="sigmoid" if activation.get("sigmoid") else "softmax",
         classes=classes,
         colours=tuple((0.5, 0.5, 0.5) for _ in classes),
@@ -121,14 +131,14 @@ def _argument(transforms, name: str, argument: str, config_path: Path):
     return value
 
 
-def _intensity(intensity_class, scaling: dict):
+def _intensity(scaling: dict) -> Intensity:
     """ScaleIntensityRanged maps [a_min, a_max] linearly to [b_min, b_max] (clipped when
     clip is true): the same as clipping, then (HU - centre) / scale."""
     a_min, a_max = float(scaling["a_min"]), float(scaling["a_max"])
     b_min, b_max = float(scaling.get("b_min", 0.0)), float(scaling.get("b_max", 1.0))
     scale = (a_max - a_min) / (b_max - b_min)
     low, high = (a_min, a_max) if scaling.get("clip", False) else (-math.inf, math.inf)
-    return intensity_class(low=low, high=high, centre=a_min - b_min * scale, scale=scale)
+    return Intensity(low=low, high=high, centre=a_min - b_min * scale, scale=scale)
 
 
 def _metadata(folder: Path) -> dict:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .engine import LayerCapture, Target, class_probability, run_network, upsample_to
-from .errors import ExplainInputError
+from ..errors import ExplainInputError
+from .passes import LayerCapture, Target, class_probability, run_network, upsample_to
 
 
 def score_cam_map(model, module, layer_name, image_batch, target: Target, mask, batch_size: int = 1, channels=None):

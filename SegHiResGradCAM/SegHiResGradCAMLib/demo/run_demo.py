@@ -11,17 +11,16 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .metrics import body_mask, mass_share
-from .pipeline import ExplainJob, run
-from .volume_io import case_images, reorient, write_volume
+from ..cam.metrics import body_mask, mass_share
+from ..pipeline import ExplainJob, run
+from ..volumes.volume_io import reorient, write_volume
+from .phantom import case_images, make_case
 
 DEMO_METHODS = ("seg-grad-cam", "seg-hires-grad-cam")
 
 
 def sample_case(folder: Path, seed: int, say=print) -> tuple[Path, Path]:
     """The KiTS-like sample CT and its ground truth (NIfTI, IPL), made once and reused."""
-    from .phantom import make_case
-
     ct_path, truth_path = folder / f"case_{seed:05d}_ct.nii.gz", folder / f"case_{seed:05d}_ground_truth.nii.gz"
     if ct_path.is_file() and truth_path.is_file():
         say(f"Reusing the sample case in {folder}/")
@@ -42,8 +41,8 @@ def heat_shares(heat: np.ndarray, truth: np.ndarray, body: np.ndarray) -> dict[s
 
 
 def run_demo(out: Path, seed: int = 7, device: str = "auto", progress=None, say=print) -> dict:
+    from ..cam.methods import METHODS
     from .figures import paper_figure
-    from .methods import METHODS
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
 LABELS = {0: "background", 1: "kidney", 2: "tumour", 3: "cyst"}
@@ -197,3 +198,14 @@ def make_case(seed: int, grid: Grid | None = None) -> Case:
     hu = ndimage.gaussian_filter(hu, [0.7 / s for s in grid.spacing[::-1]])
     hu += texture_rng.normal(0, rng.uniform(10, 20), shape).astype(np.float32)
     return Case(hu.astype(np.float32), labels, grid, seed, tumours, cysts)
+
+
+def case_images(case: Case) -> tuple[sitk.Image, sitk.Image]:
+    """The phantom's CT (int16 HU) and label map as LPS-oriented images."""
+    images = []
+    for array in (np.round(case.hu).astype(np.int16), case.labels.astype(np.uint8)):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(case.grid.spacing)
+        image.SetOrigin(case.grid.origin)
+        images.append(image)
+    return images[0], images[1]

@@ -14,9 +14,9 @@ import numpy as np
 import slicer
 import vtk
 
-from .errors import ExplainInputError
+from ..errors import ExplainInputError
 
-RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
+RESOURCES = Path(__file__).resolve().parents[2] / "Resources"
 HEAT_COLOUR_TABLE = RESOURCES / "ColorTables" / "SegHiResGradCAMHeat.txt"
 HEAT_COLOUR_NODE_NAME = "SegHiResGradCAM heat"
 OUTPUT_ATTRIBUTE = "SegHiResGradCAM.Output"

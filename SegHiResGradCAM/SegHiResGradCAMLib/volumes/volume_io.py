@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import ExplainInputError
-from .phantom import Case
+from ..errors import ExplainInputError
 
 _LETTERS = {(0, 1): "L", (0, -1): "R", (1, 1): "P", (1, -1): "A", (2, 1): "S", (2, -1): "I"}
 _AXIS_OF = {letter: axis for (axis, _), letter in _LETTERS.items()}
@@ -70,17 +69,6 @@ def reorient(image: sitk.Image, code: str) -> sitk.Image:
     current = orientation_code(permuted)
     flips = [_SIGN_OF[have] != _SIGN_OF[wanted] for have, wanted in zip(current, code, strict=True)]
     return sitk.Flip(permuted, flips) if any(flips) else permuted
-
-
-def case_images(case: Case) -> tuple[sitk.Image, sitk.Image]:
-    """The phantom's CT (int16 HU) and label map as LPS-oriented images."""
-    images = []
-    for array in (np.round(case.hu).astype(np.int16), case.labels.astype(np.uint8)):
-        image = sitk.GetImageFromArray(array)
-        image.SetSpacing(case.grid.spacing)
-        image.SetOrigin(case.grid.origin)
-        images.append(image)
-    return images[0], images[1]
 
 
 def rotated(image: sitk.Image, degrees: tuple[float, float, float], labels: bool = False) -> sitk.Image:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ExplainInputError
 from .engine import CamResult, explain
-from .errors import ExplainInputError
 
 FUSION_RULES = ("mean", "max")
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..cam.passes import upsample_to
+
 
 class FoldEnsemble(nn.Module):
     """The mean of the members' logits."""
@@ -36,8 +38,6 @@ def ensemble_members(network: nn.Module) -> list[nn.Module]:
 def explain_members(network: nn.Module, explain_one, progress=None):
     """``explain_one(member, progress)`` -> CamResult for each member, combined as the
     ensemble's explanation (see the module's docstring); progress runs once from 0 to 1."""
-    from .engine import upsample_to
-
     members = ensemble_members(network)
     if len(members) == 1:
         return explain_one(members[0], progress)

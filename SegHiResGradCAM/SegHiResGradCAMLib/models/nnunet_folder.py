@@ -1,4 +1,4 @@
-"""Reading an nnU-Net v2 results folder's description without torch or nnU-Net.
+"""Reading an nnU-Net v2 results folder as a model card, without torch or nnU-Net.
 
 The Slicer process needs a model's class names, window and folds, but must never import
 torch (nor nnU-Net, which imports it), so what it needs is read here from plans.json and
@@ -13,15 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ExplainInputError
+from ..errors import ExplainInputError
+from .card import ModelCard, read_json
+from .nnunet_plans import CHECKPOINT, TILE_STEP, NnUNetModel
 
-CHECKPOINT = "checkpoint_final.pth"
-TILE_STEP = 0.5  # nnUNetPredictor's default tile_step_size
 READERS = ("SimpleITKIO", "SimpleITKIOWithReorient")
-INSTALL_ADVICE = (
-    "nnU-Net v2 is not installed. Install it with its plain dependencies but without its own (they would "
-    "replace PyTorch): pip install '.[nnunet]' && pip install --no-deps -r requirements-nnunet.txt"
-)
 # A class (or region) colour per head, after background: kidney-like orange, tumour red, cyst blue, ...
 COLOURS = ((0.85, 0.55, 0.25), (0.85, 0.15, 0.2), (0.3, 0.6, 0.95), (0.4, 0.75, 0.35), (0.65, 0.45, 0.8))
 
@@ -42,42 +38,37 @@ def _configuration_folders(dataset_folder: Path) -> list[Path]:
     )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class NnUNetModel:
-    """What a model card of an nnU-Net results folder carries besides its common fields."""
+@dataclass(frozen=True, kw_only=True)
+class NnUNetCard(ModelCard):
+    """An nnU-Net results folder's card: nnU-Net builds the network, prepares the CT and
+    tiles it (``nnunet``, imported only when the computation runs)."""
 
-    folder: Path
-    plans: dict
-    dataset_json: dict
-    configuration: str
-    folds: tuple[str, ...]
-    checkpoints: tuple[Path, ...]
-
-    @property
-    def regions(self) -> list[tuple[int, ...]] | None:
-        """The foreground regions of a region-based dataset (sigmoid heads), else None;
-        as nnU-Net's LabelManager: label entries that list several values, in order."""
-        values = [value for name, value in self.dataset_json["labels"].items() if name not in ("background", "ignore")]
-        regions = [tuple(value) if isinstance(value, list | tuple) else (int(value),) for value in values]
-        return regions if any(len(region) > 1 for region in regions) else None
-
-    @property
-    def region_labels(self) -> dict[int, int]:
-        """Label value in nnU-Net's exported label map -> region index: region i is written
-        as regions_class_order[i]."""
-        return {int(value): index for index, value in enumerate(self.dataset_json["regions_class_order"])}
+    nnunet: NnUNetModel
 
     def build_network(self):
         from .nnunet import build_network
 
-        return build_network(self)
+        return build_network(self.nnunet)
+
+    @property
+    def tiling(self):
+        from .nnunet import NnUNetTiling
+
+        return NnUNetTiling(self.window, self.overlap)
+
+    @property
+    def prediction_labels(self) -> dict[int, int]:
+        return super().prediction_labels if self.head == "softmax" else self.nnunet.region_labels
+
+    def prepare_input(self, ct):
+        from .nnunet import prepare_nnunet_input
+
+        return prepare_nnunet_input(ct, self.nnunet)
 
 
 def read_nnunet_folder(folder: Path, folds=None):
     """The model card of an nnU-Net results folder; ``folds`` to ensemble (default: every
     fold with a final checkpoint)."""
-    from .model_card import ModelCard, read_json
-
     folder = _configuration_folder(folder)
     plans, dataset_json = (read_json(folder / name) for name in ("plans.json", "dataset.json"))
     checkpoints, chosen = _fold_checkpoints(folder, folds)
@@ -99,7 +90,7 @@ def read_nnunet_folder(folder: Path, folds=None):
         channels = len(dataset_json["channel_names"])
     except (KeyError, TypeError, ValueError) as error:
         raise ExplainInputError(f"{folder.name}: plans.json or dataset.json lacks or mistypes {error}.") from None
-    return ModelCard(
+    return NnUNetCard(
         path=folder,
         name=f"nnU-Net {plans.get('dataset_name', folder.parent.name)} {configuration_name} "
         f"(fold{'s' if len(chosen) > 1 else ''} {', '.join(chosen)})",

@@ -25,8 +25,12 @@ import numpy as np
 import torch
 from scipy import ndimage, stats
 
-from .errors import ExplainInputError
+from ..errors import ExplainInputError
 from .metric_table import metric_rows
+from .model_inspection import evaluation_mode
+from .passes import class_probability, run_network
+from .slices import slice_logits
+from .sliding_window import sliding_window_logits
 
 # Fractions of the image's voxels removed or inserted: 0 to 5 % in steps of 0.5 %. A
 # kidney tumour fills well under 5 % of an abdominal CT, so the curves resolve where the
@@ -151,10 +155,6 @@ def probability_target(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """P(batch) = mean over M of the class probability: whole image, sliding windows, or
     a 2D network slice by slice over a volume (only the windows and slices that reach M run)."""
-    from .engine import class_probability, run_network
-    from .model_inspection import evaluation_mode
-    from .slices import slice_logits
-    from .sliding_window import sliding_window_logits
 
     mask = torch.as_tensor(np.asarray(mask, dtype=bool))
 

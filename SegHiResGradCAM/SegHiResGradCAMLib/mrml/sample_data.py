@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-SAMPLE_FOLDER = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
+SAMPLE_FOLDER = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
 MANIFEST = "KiTSLikeCT.json"
 CATEGORY = "Seg-HiRes-Grad CAM"
 

@@ -32,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ExplainCancelled, ExplainInputError, ExplainResourceError
+from ..errors import ExplainCancelled, ExplainInputError, ExplainResourceError
 from .methods import CamMethod
+from .model_inspection import as_image_batch, evaluation_mode, placed_on, resolve_device
+from .passes import check_window, forward_activations, forward_backward, run_network
 
 BLENDS = ("gaussian", "constant")
 GAUSSIAN_SIGMA_SCALE = 0.125  # MONAI's default: sigma = 0.125 x window size
@@ -108,8 +110,6 @@ class Tiling:
 
 def as_tiling(window, overlap: float, blend: str, spatial_dims: int) -> Tiling:
     """``window`` as given to the public functions: a Tiling, or window sizes for MONAI's."""
-    from .engine import check_window
-
     if isinstance(window, Tiling):
         check_window(window.window, spatial_dims)
         return window
@@ -204,8 +204,6 @@ def _out_of_memory_guard(device: torch.device, window: tuple[int, ...], batch_si
 def _blend_logits(
     model, padded, grid, weight, batch_size, device, tracker, message, chosen_starts=None
 ) -> torch.Tensor:
-    from .engine import run_network
-
     blended = None
     for starts in batches(list(grid.starts if chosen_starts is None else chosen_starts), batch_size):
         tracker.check_cancelled()
@@ -238,8 +236,6 @@ def sliding_window_logits(
     ``required`` (a boolean mask over the image): run only the windows that reach it; the
     logits are then exact inside ``required`` only (every window covering those voxels
     runs), which is all a target over M needs."""
-    from .model_inspection import as_image_batch, evaluation_mode, placed_on, resolve_device
-
     with placed_on(model, resolve_device(device)) as compute_device:
         image_batch = as_image_batch(image, model, torch.device("cpu"))
         tiling = as_tiling(window, overlap, blend, image_batch.dim() - 2)
@@ -346,8 +342,6 @@ class _MapAccumulator:
 def _blended_activation_sums(model, module, layer_name, padded, grid, weight, count, batch_size, device, tracker):
     """sum_u A_k(u) of the activations blended like the logits: each window's activation
     weighted by its share g_w / N of the blend (averaged over each layer voxel's footprint)."""
-    from .engine import forward_activations
-
     sums, stride = None, None
     for starts in batches(list(grid.starts), batch_size):
         tracker.check_cancelled()
@@ -378,8 +372,6 @@ def explain_by_windows(
     skip_windows: bool,
 ):
     """The exact attribution of the blended T; returns (raw map, T, grid name)."""
-    from .engine import forward_activations, forward_backward
-
     check_windowed(cam_method)
     window = tiling.window
     grid = tiling.grid(tuple(image_batch.shape[2:]))

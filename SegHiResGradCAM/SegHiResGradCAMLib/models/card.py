@@ -1,7 +1,8 @@
-"""Model cards: a JSON file that says how to build a network, load its weights and prepare
-a CT for it. Weights are untrusted input and load with ``weights_only=True``; the network
-class must be one of an allow-list of MONAI architectures, so a card never names code to
-run.
+"""The model card type: how to build a network, load its weights and prepare a CT for it,
+whatever format the model came in (``card_json``, ``monai_bundle``, ``nnunet_folder``; a
+format with its own computation subclasses ModelCard). Weights are untrusted input and
+load with ``weights_only=True``; the network class of a plain card must be one of an
+allow-list of MONAI architectures, so a card never names code to run.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ExplainInputError
+from ..errors import ExplainInputError
 
-BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "kits_demo_unet.json"
 ARCHITECTURES = ("UNet", "BasicUNet", "AttentionUnet", "SegResNet", "DynUNet")
 
 
@@ -49,18 +49,12 @@ class ModelCard:
     default_layer: str | None
     extra: dict
     axis_order: str = "zyx"  # the network's array order: "zyx" (SimpleITK), "xyz" or "xy" (MONAI bundles)
-    bundle_config: dict | None = None  # a trusted MONAI bundle's configuration (see monai_bundle)
-    nnunet: object | None = None  # an nnU-Net results folder (nnunet.NnUNetModel)
 
     @property
     def tiling(self):
         """How the network runs window by window (window sizes, overlap, blend and grid)."""
-        from .sliding_window import Tiling
+        from ..cam.sliding_window import Tiling
 
-        if self.nnunet is not None:
-            from .nnunet import NnUNetTiling
-
-            return NnUNetTiling(self.window, self.overlap)
         return Tiling(self.window, self.overlap)
 
     @property
@@ -68,8 +62,6 @@ class ModelCard:
         """Which class (or region) each value of the predicted label map stands for."""
         if self.head == "softmax":
             return {index: index for index in range(1, len(self.classes))}
-        if self.nnunet is not None:
-            return self.nnunet.region_labels
         return {index + 1: index for index in range(len(self.classes))}
 
     @property
@@ -104,12 +96,6 @@ class ModelCard:
         """The eager network with its weights, in eval mode."""
         import monai.networks.nets as nets
 
-        if self.nnunet is not None:
-            return self.nnunet.build_network()
-        if self.bundle_config is not None:
-            from .monai_bundle import build_bundle_network
-
-            return self._with_weights(build_bundle_network(self.bundle_config))
         if self.architecture not in ARCHITECTURES:
             raise ExplainInputError(
                 f"Model card {self.path.name} names architecture {self.architecture!r}, which is not one of the "
@@ -122,6 +108,13 @@ class ModelCard:
                 f"Model card {self.path.name}: the network arguments do not fit: {error}."
             ) from None
         return self._with_weights(network)
+
+    def prepare_input(self, ct):
+        """The CT (a SimpleITK image) on the network's grid, with the way back to the CT's grid:
+        reoriented, resampled and normalised as the card says (``volumes.preparation``)."""
+        from ..volumes.preparation import to_model_grid
+
+        return to_model_grid(ct, self)
 
     def to_network_axes(self, array):
         """A (channels, z, y, x) array in the network's own axis order; the same operation
@@ -204,55 +197,3 @@ def _is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
-
-
-def read_model_card(path=None, trust_bundle: bool = False, folds=None) -> ModelCard:
-    """A model card from a JSON file or a folder holding one (default: the bundled model),
-    from a MONAI bundle folder, which is read only with ``trust_bundle``, or from an nnU-Net
-    results folder (``folds``: which folds to ensemble; default all that have a checkpoint)."""
-    from .monai_bundle import is_bundle, read_bundle
-    from .nnunet_folder import is_nnunet_folder, read_nnunet_folder
-
-    path = Path(path) if path is not None else BUNDLED_MODEL
-    if is_bundle(path):
-        return read_bundle(path, trust_bundle)
-    if is_nnunet_folder(path):
-        return read_nnunet_folder(path, folds)
-    if path.is_dir():
-        cards = sorted(path.glob("*.json"))
-        if len(cards) != 1:
-            raise ExplainInputError(
-                f"The model folder {path} must hold exactly one model card (.json); it holds {len(cards)}."
-            )
-        path = cards[0]
-    if not path.is_file():
-        raise ExplainInputError(f"The model card {path} does not exist: give a model card JSON or a model folder.")
-    card = read_json(path)
-    try:
-        preprocessing = card["preprocessing"]
-        intensity = preprocessing["intensity"]
-        model_card = ModelCard(
-            path=path,
-            name=card.get("name", path.stem),
-            architecture=card["architecture"],
-            kwargs=dict(card["kwargs"]),
-            weights=(path.parent / card["weights"]).resolve(),
-            orientation=preprocessing["orientation"],
-            spacing=tuple(float(v) for v in preprocessing["spacing"]),
-            intensity=Intensity(*(float(intensity[key]) for key in ("low", "high", "centre", "scale"))),
-            head=card.get("head", "softmax"),
-            classes=tuple(card["classes"]),
-            colours=tuple(tuple(c) for c in card.get("colours", [[0.5, 0.5, 0.5]] * len(card["classes"]))),
-            window=tuple(int(v) for v in card["sliding_window"]["size"]),
-            overlap=float(card["sliding_window"].get("overlap", 0.25)),
-            default_layer=card.get("default_layer"),
-            extra={key: value for key, value in card.items() if key in ("training", "validation")},
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise ExplainInputError(f"The model card {path.name} lacks or mistypes the entry {error}.") from None
-    if model_card.spatial_dims not in (2, 3) or len(model_card.window) != model_card.spatial_dims:
-        raise ExplainInputError(
-            f"The model card {path.name} describes a {model_card.spatial_dims}D network with a sliding window of "
-            f"{len(model_card.window)} sizes: give one size per spatial axis ((y, x) for 2D, (z, y, x) for 3D)."
-        )
-    return model_card

@@ -35,7 +35,7 @@ class BackgroundRun:
         self._status = Status("running", 0.0, "starting")
         command = [python or sys.executable, "-m", "SegHiResGradCAMLib.cli", *arguments, "--progress", "json"]
         # The child finds this package where this process found it (Slicer's module folder).
-        package_parent = str(Path(__file__).resolve().parents[1])
+        package_parent = str(Path(__file__).resolve().parents[2])
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, environment.get("PYTHONPATH")]))
         self._process = subprocess.Popen(

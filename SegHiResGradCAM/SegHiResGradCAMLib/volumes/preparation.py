@@ -5,7 +5,8 @@ Forward: reorient (exact axis permutation and flips) to the model's orientation,
 intensities. Backward: resample any map on the model grid onto the CT's own grid (same
 size, spacing, origin and direction), linearly for heatmaps and logits. Both directions
 go through physical space, so oblique, flipped and permuted storage all give the same
-anatomy.
+anatomy. ``card`` is anything with ``orientation``, ``spacing`` (x, y, z) and ``intensity``
+(a ``models`` card, which calls ``to_model_grid`` from its ``prepare_input``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import ExplainInputError
-from .model_card import ModelCard
+from ..errors import ExplainInputError
 from .volume_io import reorient
 
 AIR_HU = -1000.0
@@ -28,7 +28,7 @@ class ModelInput:
     model_grid: sitk.Image  # geometry of the model grid (voxel values unused)
     original: sitk.Image  # the CT as given: the geometry results are returned on
 
-    # The same interface as nnunet.NnUNetInput, so the pipeline serves both.
+    # The same interface as models.nnunet.NnUNetInput, so the pipeline serves both.
     def to_original(self, array: np.ndarray, labels: bool = False) -> sitk.Image:
         return to_original_grid(array, self, labels)
 
@@ -39,17 +39,7 @@ class ModelInput:
         return labels_on_original_grid(logits, self, head)
 
 
-def prepare_input(ct: sitk.Image, card: ModelCard):
-    """The CT prepared for the card's network: our preprocessing (``to_model_grid``), or an
-    nnU-Net model's own."""
-    if card.nnunet is not None:
-        from .nnunet import prepare_nnunet_input
-
-        return prepare_nnunet_input(ct, card.nnunet)
-    return to_model_grid(ct, card)
-
-
-def model_grid_for(image: sitk.Image, card: ModelCard) -> sitk.Image:
+def model_grid_for(image: sitk.Image, card) -> sitk.Image:
     """An empty image on the model's grid covering the same field of view as ``image``."""
     reoriented = reorient(image, card.orientation)
     direction = np.array(reoriented.GetDirection()).reshape(3, 3)
@@ -74,7 +64,7 @@ def check_looks_like_ct(image: sitk.Image, name: str) -> None:
         )
 
 
-def to_model_grid(ct: sitk.Image, card: ModelCard) -> ModelInput:
+def to_model_grid(ct: sitk.Image, card) -> ModelInput:
     grid = model_grid_for(ct, card)
     resampled = sitk.Resample(ct, grid, sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
     array = card.intensity.apply(sitk.GetArrayFromImage(resampled))

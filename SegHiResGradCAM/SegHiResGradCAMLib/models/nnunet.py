@@ -41,10 +41,11 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
+from ..cam.sliding_window import Tiling, WindowGrid, symmetric_padding
+from ..errors import ExplainInputError
+from .card import load_untrusted
 from .ensemble import FoldEnsemble
-from .errors import ExplainInputError
-from .nnunet_folder import INSTALL_ADVICE, TILE_STEP, NnUNetModel
-from .sliding_window import Tiling, WindowGrid, symmetric_padding
+from .nnunet_plans import INSTALL_ADVICE, TILE_STEP, NnUNetModel
 
 
 def managers(model: NnUNetModel):
@@ -149,8 +150,6 @@ def _is_module_class(dotted: str, package: str) -> bool:
 def load_checkpoint_weights(path: Path) -> dict:
     """``network_weights`` of an nnU-Net checkpoint, loaded with weights_only=True; besides
     tensors and containers only numpy scalars (nnU-Net's training log) may be unpickled."""
-    from .model_card import load_untrusted
-
     numpy_scalars = (np.dtype, np.dtypes.Float32DType, np.dtypes.Float64DType, np.dtypes.Int64DType,
                      np._core.multiarray.scalar)  # fmt: skip
     checkpoint = load_untrusted(path, numpy_scalars)

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..errors import ExplainInputError
 from .engine import CamResult, explain
-from .errors import ExplainInputError
-from .sliding_window import Progress
+from .sliding_window import Progress, sliding_window_logits
 
 
 def _volume(volume) -> torch.Tensor:
@@ -35,8 +35,6 @@ def slice_logits(model, volume, window=None, overlap: float = 0.25, required=Non
     within each slice when ``window`` is given, else the whole slice at once). With
     ``required`` (a boolean volume), only the slices that hold some of it run; the others
     stay zero. ``options``: batch_size, device, blend of ``sliding_window_logits``."""
-    from .sliding_window import sliding_window_logits
-
     volume = _volume(volume)
     window = window if window is not None else tuple(volume.shape[2:])
     chosen = [z for z in range(volume.shape[1]) if required is None or bool(np.asarray(required[z]).any())]

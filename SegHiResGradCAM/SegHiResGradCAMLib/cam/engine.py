@@ -1,0 +1,169 @@
+"""The public ``explain()``: checks its arguments, places the model, chooses the layer and
+runs the registered method on the whole image or window by window (``sliding_window``).
+The passes themselves (capture, forward, backward to the layer) are in ``passes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ExplainInputError
+from .methods import get_method
+from .model_inspection import (
+    as_image_batch,
+    evaluation_mode,
+    find_layer,
+    placed_on,
+    recommended_layer,
+    resolve_device,
+)
+from .passes import Target, as_mask, autocast, forward_backward, upsample_to
+from .sliding_window import as_tiling, check_windowed, explain_by_windows
+
+SCORES = ("logits", "probability")
+HEADS = ("softmax", "sigmoid")
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """A class activation map for one target.
+
+    ``raw`` is the signed map on the target layer's grid (for sliding windows whose offsets
+    do not align with the layer's stride: on the image grid, see ``raw_grid``);
+    ``heatmap`` is ReLU(raw) interpolated (bilinear / trilinear, align_corners=False) onto
+    the image grid, not normalised; ``score`` is the target score T.
+    """
+
+    raw: np.ndarray
+    heatmap: np.ndarray
+    score: float
+    method: str
+    layer: str
+    target_class: int
+    raw_grid: str = "layer"
+
+    @property
+    def normalized(self) -> np.ndarray:
+        peak = float(self.heatmap.max(initial=0.0))
+        return self.heatmap / peak if peak > 0 else np.zeros_like(self.heatmap)
+
+
+def explain(
+    model: nn.Module,
+    image,
+    target_class: int,
+    mask=None,
+    layer: str | None = None,
+    method: str = "seg-hires-grad-cam",
+    score: str = "logits",
+    head: str = "softmax",
+    window=None,
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    batch_size: int = 1,
+    device=None,
+    mixed_precision: bool = False,
+    progress: Callable[[float, str], None] | None = None,
+    cancel=None,
+    skip_windows: bool = True,
+    score_cam_channels: int | None = None,
+) -> CamResult:
+    """Explain T = sum over ``mask`` of the class-``target_class`` score at ``layer``.
+
+    ``image``: (C, *spatial) or (1, C, *spatial), 2D or 3D, array or tensor.
+    ``mask``: boolean array over the output's spatial shape; None means the whole image.
+    ``score``: "logits" or "probability" (softmax over classes for a ``head="softmax"``
+    network, sigmoid of the channel for ``head="sigmoid"`` region or multi-label heads).
+    ``window``: run the network window by window (MONAI's sliding-window grid, ``overlap``,
+    ``blend`` "gaussian" or "constant", ``batch_size`` windows at a time) and explain the
+    blended output exactly; a ``Tiling`` instead of sizes brings its own grid and blend
+    (nnU-Net's); None runs one pass over the whole image.
+    ``device``: None follows the model; "auto" picks CUDA, then MPS, then the CPU.
+    ``progress(fraction, message)`` is called as windows finish; ``cancel`` (anything with
+    ``is_set()``, e.g. a threading.Event) stops the run with ExplainCancelled.
+    ``score_cam_channels``: Seg-Score CAM only, explain just this many channels (those with
+    the largest activation over M) to save forward passes; ``batch_size`` masked inputs
+    run at a time.
+    The model is evaluated in eval mode and left exactly as it was.
+    """
+    cam_method = get_method(method)
+    _check_choice("score", score, SCORES)
+    _check_choice("head", head, HEADS)
+    target = Target(int(target_class), score, head)
+    chosen_device = resolve_device(device)
+    with placed_on(model, chosen_device) as compute_device:
+        if window is None:
+            image_batch = as_image_batch(image, model, compute_device)
+            target_mask = None if mask is None else as_mask(mask, compute_device)
+            layer_name = layer if layer is not None else recommended_layer(model, image_batch)
+            module = find_layer(model, layer_name, image_batch)
+            with evaluation_mode(model), autocast(compute_device, mixed_precision):
+                if cam_method.network_map is not None:
+                    _check_mask_shape(target_mask, tuple(image_batch.shape[2:]))
+                    raw, score_value = cam_method.network_map(
+                        model, module, layer_name, image_batch, target, target_mask, batch_size, score_cam_channels
+                    )
+                else:
+                    raw, score_value = _explain_whole_image(
+                        model, module, layer_name, image_batch, target, target_mask, cam_method
+                    )
+            raw_grid = "layer"
+        else:
+            check_windowed(cam_method)
+            image_batch = as_image_batch(image, model, torch.device("cpu"))
+            target_mask = None if mask is None else as_mask(mask, torch.device("cpu"))
+            tiling = as_tiling(window, overlap, blend, image_batch.dim() - 2)
+            probe = _window_probe(image_batch, tiling.window)
+            layer_name = layer if layer is not None else recommended_layer(model, probe)
+            module = find_layer(model, layer_name, probe)
+            with evaluation_mode(model), autocast(compute_device, mixed_precision):
+                raw, score_value, raw_grid = explain_by_windows(
+                    model, module, layer_name, image_batch, target, target_mask, cam_method, tiling=tiling,
+                    batch_size=batch_size, device=compute_device, progress=progress, cancel=cancel,
+                    skip_windows=skip_windows,
+                )  # fmt: skip
+    raw = raw.float()
+    heatmap = upsample_to(raw.clamp(min=0), tuple(image_batch.shape[2:]))
+    if progress is not None and window is None:
+        progress(1.0, "done")
+    return CamResult(
+        raw=raw.cpu().numpy(),
+        heatmap=heatmap.cpu().numpy(),
+        score=float(score_value),
+        method=method,
+        layer=layer_name,
+        target_class=target.target_class,
+        raw_grid=raw_grid,
+    )
+
+
+def _explain_whole_image(model, module, layer_name, image_batch, target, target_mask, cam_method):
+    def upstream(logits):
+        _check_mask_shape(target_mask, tuple(logits.shape[2:]))
+        return target.value_and_gradient(logits, target_mask)
+
+    activations, gradients, score_value = forward_backward(model, module, layer_name, image_batch, upstream)
+    return cam_method.raw_map(activations[0].float(), gradients[0].float()), score_value
+
+
+def _check_mask_shape(target_mask, output_shape: tuple[int, ...]) -> None:
+    if target_mask is not None and tuple(target_mask.shape) != output_shape:
+        raise ExplainInputError(
+            f"The mask has shape {tuple(target_mask.shape)} but the network's output grid is "
+            f"{output_shape}: resample the segment onto the image the network sees."
+        )
+
+
+def _window_probe(image_batch: torch.Tensor, window: tuple[int, ...]) -> torch.Tensor:
+    """A zero tensor shaped like one window, for choosing and checking the layer."""
+    return image_batch.new_zeros((1, image_batch.shape[1], *window))
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ExplainInputError(f"Unknown {what} {value!r}: choose one of {', '.join(choices)}.")
