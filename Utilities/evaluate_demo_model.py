@@ -18,7 +18,7 @@ import json
 
 import numpy as np
 import SimpleITK as sitk
-from train_demo_model import NAME, OUTPUT, VALIDATION_SEEDS, dice, load_cases, validate
+from demo_model_recipe import NAME, OUTPUT, VALIDATION_SEEDS, dice, load_cases, validate
 
 from SegHiResGradCAMLib.cam.sliding_window import sliding_window_logits
 from SegHiResGradCAMLib.demo.phantom import case_images, make_case
