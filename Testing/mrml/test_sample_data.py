@@ -99,7 +99,7 @@ def test_the_module_explains_the_sample_s_ground_truth_tumour():
 
 def test_the_segmentation_file_is_reproducible_byte_for_byte(tmp_path, monkeypatch):
     """MRML draws random segment IDs; the maker seeds them, or the SHA256 would change on every run."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "Utilities"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "Utilities"))
     from make_sample_data import write_segmentation
 
     case = read_sample_case()

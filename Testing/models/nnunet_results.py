@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SegHiResGradCAM"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "SegHiResGradCAM"))
 
 DATASET_ID = 901
 DATASET = "Dataset901_KiTSLike"
