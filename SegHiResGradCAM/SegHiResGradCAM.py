@@ -1,19 +1,19 @@
 """3D Slicer module: explain a segmentation network's segment with a CAM heatmap.
 
 Slicer loads this file at start-up, so nothing heavy is imported here: torch and MONAI
-are only ever imported by the background process that runs the command-line pipeline.
-The widget only wires the UI to SegHiResGradCAMLib.mrml.slicer_logic, which is Qt-free.
+are only ever imported by the background processes that run the command-line pipeline.
+The widget only wires the UI to SegHiResGradCAMLib.mrml (Qt-free, tested with
+slicer-core); it follows Slicer's scripted module template (TemplateKey.py).
 """
 
-import json
-import subprocess
-import sys
+import logging
 from pathlib import Path
+from typing import Annotated
 
 import qt
 import slicer
 import vtk
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -23,7 +23,15 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 DEVICES = ("auto", "cuda", "cpu")
+BUNDLED, MODEL_CARD, MONAI_BUNDLE, NNUNET_FOLDER = MODEL_KINDS = (
+    "bundled KiTS-like demo model",
+    "model card (JSON file)",
+    "MONAI bundle (folder)",
+    "nnU-Net results (folder)",
+)
+DEFAULT_METHOD = "seg-hires-grad-cam"
 POLL_MILLISECONDS = 200
+DOCUMENTATION = "https://github.com/SegHiResGradCAM/SlicerSegHiResGradCAM#readme"
 
 
 class SegHiResGradCAM(ScriptedLoadableModule):
@@ -32,13 +40,14 @@ class SegHiResGradCAM(ScriptedLoadableModule):
         self.parent.title = "Seg-HiRes-Grad CAM"
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
-        self.parent.contributors = ["SegHiResGradCAM contributors"]
+        self.parent.contributors = ["SegHiResGradCAM developers (SegHiResGradCAM project)"]
         self.parent.helpText = (
             "Explains what a segmentation network looked at when it segmented a chosen segment: "
             "computes a class activation map with Seg-HiRes-Grad CAM (Rheude, Wirtz, Wesarg, Kuijper: "
             "Leveraging CAM Algorithms for Explaining Medical Semantic Segmentation) or Seg-Grad CAM "
             "(Vinogradova, Dibrov, Myers, AAAI 2020) and overlays it on the CT in the CT's geometry. "
-            "The network runs in a separate process (GPU when available), so Slicer stays responsive."
+            "The network runs in a separate process (GPU when available), so Slicer stays responsive. "
+            f'See the <a href="{DOCUMENTATION}">documentation</a>.'
         )
         self.parent.acknowledgementText = (
             "Seg-HiRes-Grad CAM builds on HiResCAM (Draelos and Carin) and Seg-Grad CAM (Vinogradova et al.)."
@@ -59,29 +68,25 @@ def registerSampleData():
 
 @parameterNodeWrapper
 class SegHiResGradCAMParameterNode:
+    """What the user chose. Widgets with a SlicerParameterName in the .ui are bound by
+    connectGui; the model's path, class, method and layer are kept here by hand, since their
+    combo boxes are refilled for each model and an empty path must stay empty."""
+
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     usePrediction: bool = True
-    targetClass: str = "tumour"
-    method: str = "seg-hires-grad-cam"
-    layer: str = ""
-    device: str = "auto"
+    modelKind: Annotated[str, Choice(MODEL_KINDS)] = BUNDLED
     modelPath: str = ""
-    withPrediction: bool = False
-    withMetrics: bool = False
     trustBundle: bool = False
     folds: str = ""
+    targetClass: str = "tumour"
+    method: str = DEFAULT_METHOD
+    layer: str = ""
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    withPrediction: bool = False
+    withMetrics: bool = False
+    signedMap: bool = False
+    showIn3D: bool = False
     replacePrevious: bool = True
-
-
-def _command_json(*arguments):
-    """JSON printed by the command line, run in a separate process (torch stays out of Slicer)."""
-    python = slicer.app.applicationDirPath() + "/PythonSlicer" if hasattr(slicer, "app") else sys.executable
-    package_parent = str(Path(__file__).resolve().parent)
-    code = f"import sys; sys.path.insert(0, {package_parent!r}); from SegHiResGradCAMLib.cli import main; main()"
-    output = subprocess.run([python, "-c", code, *arguments, "--json"], capture_output=True, text=True, timeout=300)
-    if output.returncode != 0:
-        raise RuntimeError(output.stderr.strip().splitlines()[-1] if output.stderr.strip() else "failed")
-    return json.loads(output.stdout)
 
 
 class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -90,189 +95,358 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._inspector = None
         self._runs = []  # runs still to start (Compare queues two)
         self._run = None
+        self._loggedLines = 0
         self._finished = []
-        self._timer = qt.QTimer()
-        self._timer.setInterval(POLL_MILLISECONDS)
+        self._runTimer = qt.QTimer()
+        self._runTimer.setInterval(POLL_MILLISECONDS)
+        self._inspectionTimer = qt.QTimer()
+        self._inspectionTimer.setInterval(POLL_MILLISECONDS)
 
     def setup(self):
+        """Builds the UI; runs no process and imports nothing heavy (a test checks it)."""
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SegHiResGradCAM.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SegHiResGradCAMLogic()
-        for device in DEVICES:
-            self.ui.deviceComboBox.addItem(device)
+        from SegHiResGradCAMLib.mrml.slicer_logic import ModelInspector
+
+        self._inspector = ModelInspector()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.compareButton.connect("clicked(bool)", self.onCompare)
-        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelChanged)
-        self.ui.trustBundleCheckBox.connect(
-            "toggled(bool)", lambda _: self.onModelChanged(self.ui.modelPathLineEdit.currentPath)
-        )
-        self.ui.foldsLineEdit.connect(
-            "editingFinished()", lambda: self.onModelChanged(self.ui.modelPathLineEdit.currentPath)
-        )
-        self.ui.usePredictionCheckBox.connect("toggled(bool)", self.ui.segmentSelector.setDisabled)
-        self._timer.connect("timeout()", self.onPoll)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        # Binding the parameter node fills the bound widgets; their model signals are connected
+        # afterwards, so that opening the module inspects no model (enter() does, in the background).
         self.initializeParameterNode()
-        self.onModelChanged(self.ui.modelPathLineEdit.currentPath)
+        self._showModelControls()
+        self.ui.modelKindComboBox.connect("currentIndexChanged(int)", lambda _: self.onModelChanged())
+        self.ui.modelFileLineEdit.connect("currentPathChanged(QString)", lambda _: self.onModelChanged())
+        self.ui.modelFolderLineEdit.connect("currentPathChanged(QString)", lambda _: self.onModelChanged())
+        self.ui.trustBundleCheckBox.connect("toggled(bool)", lambda _: self.onModelChanged())
+        self.ui.foldsLineEdit.connect("editingFinished()", self.onModelChanged)
+        self.ui.usePredictionCheckBox.connect("toggled(bool)", self.ui.segmentSelector.setDisabled)
+        for combo, parameter in ((self.ui.targetClassComboBox, "targetClass"), (self.ui.methodComboBox, "method"),
+                                 (self.ui.layerComboBox, "layer")):  # fmt: skip
+            combo.connect("currentIndexChanged(int)", lambda _, c=combo, p=parameter: self._rememberChoice(c, p))
+        self._runTimer.connect("timeout()", self.onRunPoll)
+        self._inspectionTimer.connect("timeout()", self.onInspectionPoll)
 
     def cleanup(self):
         self.cancelRuns()
+        if self._inspector is not None:
+            self._inspector.cancel()
+        self._inspectionTimer.stop()
         self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+        self.onModelChanged()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event):
         self.cancelRuns()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
 
     def initializeParameterNode(self):
-        self._parameterNode = SegHiResGradCAMParameterNode(self.logic.getParameterNode())
+        self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-        self._parameterNode.connectGui(
-            {
-                "inputVolume": self.ui.inputVolumeSelector,
-                "usePrediction": self.ui.usePredictionCheckBox,
-                "targetClass": self.ui.targetClassComboBox,
-                "method": self.ui.methodComboBox,
-                "layer": self.ui.layerComboBox,
-                "device": self.ui.deviceComboBox,
-                "modelPath": self.ui.modelPathLineEdit,
-                "withPrediction": self.ui.withPredictionCheckBox,
-                "withMetrics": self.ui.withMetricsCheckBox,
-                "trustBundle": self.ui.trustBundleCheckBox,
-                "folds": self.ui.foldsLineEdit,
-                "replacePrevious": self.ui.replaceCheckBox,
-            }
-        )
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
 
-    def onModelChanged(self, path):
-        """Fills classes, methods and layers for the chosen (or bundled) model."""
-        from SegHiResGradCAMLib.models.formats import read_model_card
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # The .ui gives each bound widget a "SlicerParameterName" property.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._restoreModelPath()
+            self._checkCanApply()
 
-        model = path or None
-        trusted = self.ui.trustBundleCheckBox.checked
-        folds = self._folds()
-        try:
-            card = read_model_card(model, trust_bundle=trusted, folds=folds)
-            with slicer.util.WaitCursor():
-                methods = _command_json("methods")
-                model_arguments = (["--model", model] if model else []) + (["--trust-bundle"] if trusted else [])
-                model_arguments += ["--folds", *folds] if folds else []
-                layers = _command_json("layers", *model_arguments)
-        except Exception as error:  # a bad model file: say why, keep the UI usable
-            self.ui.statusLabel.text = f"Model not usable: {error}"
-            return
-        for combo, entries in (
-            (self.ui.targetClassComboBox, card.classes[1:] if card.head == "softmax" else card.classes),
-            (self.ui.methodComboBox, [method["name"] for method in methods]),
-            (self.ui.layerComboBox, [layer["name"] for layer in layers]),
-        ):
-            combo.clear()
-            for entry in entries:
-                combo.addItem(entry)
-        recommended = next((layer["name"] for layer in layers if layer["recommended"]), "")
-        self.ui.layerComboBox.currentText = recommended
-        self.ui.methodComboBox.currentText = "seg-hires-grad-cam"
-        self.ui.statusLabel.text = f"Model: {card.name}"
+    def _checkCanApply(self, caller=None, event=None):
+        ready = bool(self._parameterNode and self._parameterNode.inputVolume)
+        idle = self._run is None
+        self.ui.applyButton.enabled = ready or not idle  # while running, Apply is Cancel
+        self.ui.compareButton.enabled = ready and idle
+        self.ui.applyButton.toolTip = "Compute the heatmap in the background" if ready else "Select the input CT"
+
+    # Model choice ------------------------------------------------------------------------
+
+    def _restoreModelPath(self):
+        kind, path = self._parameterNode.modelKind, self._parameterNode.modelPath
+        if kind == MODEL_CARD:
+            self.ui.modelFileLineEdit.currentPath = path
+        elif kind in (MONAI_BUNDLE, NNUNET_FOLDER):
+            self.ui.modelFolderLineEdit.currentPath = path
+
+    def _showModelControls(self):
+        kind = self.ui.modelKindComboBox.currentText
+        folder = kind in (MONAI_BUNDLE, NNUNET_FOLDER)
+        shown = {self.ui.modelFileLabel: kind == MODEL_CARD, self.ui.modelFileLineEdit: kind == MODEL_CARD,
+                 self.ui.modelFolderLabel: folder, self.ui.modelFolderLineEdit: folder,
+                 self.ui.trustBundleCheckBox: kind == MONAI_BUNDLE, self.ui.foldsLabel: kind == NNUNET_FOLDER,
+                 self.ui.foldsLineEdit: kind == NNUNET_FOLDER}  # fmt: skip
+        for widget, visible in shown.items():
+            widget.visible = visible
+
+    def _modelPath(self):
+        """The chosen model's path; None for the bundled model."""
+        from SegHiResGradCAMLib.errors import ExplainInputError
+
+        kind = self.ui.modelKindComboBox.currentText
+        if kind == BUNDLED:
+            return None
+        editor = self.ui.modelFileLineEdit if kind == MODEL_CARD else self.ui.modelFolderLineEdit
+        path = editor.currentPath.strip()
+        if not path:
+            what = "model card file" if kind == MODEL_CARD else "model folder"
+            raise ExplainInputError(f"Choose the {what}, or choose the bundled demo model.")
+        return Path(path)
 
     def _folds(self):
+        if self.ui.modelKindComboBox.currentText != NNUNET_FOLDER:
+            return None
         return self.ui.foldsLineEdit.text.replace(",", " ").split() or None
+
+    def _trusted(self):
+        return self.ui.modelKindComboBox.currentText == MONAI_BUNDLE and self.ui.trustBundleCheckBox.checked
+
+    def onModelChanged(self):
+        """Fills the classes from the model card at once (no torch needed), then the methods
+        and layers from a background inspection (cached per model file version)."""
+        from SegHiResGradCAMLib.models.formats import read_model_card
+
+        self._showModelControls()
+        self._inspectionTimer.stop()
+        self._inspector.cancel()
+        try:
+            model = self._modelPath()
+            card = read_model_card(model, trust_bundle=self._trusted(), folds=self._folds())
+        except Exception as error:  # a bad or unfinished choice: say why, keep the UI usable
+            self.ui.modelStatusLabel.text = f"Model not usable: {error}"
+            return
+        if self._parameterNode:
+            self._parameterNode.modelPath = "" if model is None else str(model)
+        self._fill(self.ui.targetClassComboBox, [(name, name) for name in card.target_classes], "targetClass")
+        description = self._inspector.request(model, self._trusted(), self._folds())
+        if description is not None:
+            self._applyDescription(description)
+            return
+        self._fill(self.ui.methodComboBox, [(self._remembered("method", DEFAULT_METHOD),) * 2], "method")
+        self._fill(self.ui.layerComboBox, [("recommended layer", "")], "layer")
+        self.ui.modelStatusLabel.text = f"{card.name}: reading its layers and methods in the background ..."
+        self._inspectionTimer.start()
+
+    def onInspectionPoll(self):
+        try:
+            description = self._inspector.poll()
+        except RuntimeError as error:
+            self._inspectionTimer.stop()
+            self.ui.modelStatusLabel.text = f"Model not usable: {error}"
+            return
+        if description is not None:
+            self._inspectionTimer.stop()
+            self._applyDescription(description)
+
+    def _applyDescription(self, description):
+        self._fill(self.ui.methodComboBox, [(m["title"], m["name"]) for m in description["methods"]], "method",
+                   default=DEFAULT_METHOD)  # fmt: skip
+        layers = [(f"{layer['name']} (recommended)" if layer["recommended"] else layer["name"], layer["name"])
+                  for layer in description["layers"]]  # fmt: skip
+        recommended = next((layer["name"] for layer in description["layers"] if layer["recommended"]), "")
+        self._fill(self.ui.layerComboBox, layers, "layer", default=recommended)
+        self.ui.modelStatusLabel.text = f"Model: {description['name']} ({len(description['layers'])} layers)"
+
+    def _remembered(self, parameter, default=""):
+        return getattr(self._parameterNode, parameter) if self._parameterNode else default
+
+    def _fill(self, combo, entries, parameter, default=""):
+        """Refills a combo box with (label, value) entries and selects the remembered value."""
+        wanted = self._remembered(parameter) or default
+        values = [value for _, value in entries]
+        combo.blockSignals(True)
+        combo.clear()
+        for label, value in entries:
+            combo.addItem(label, value)
+        chosen = wanted if wanted in values else default
+        combo.currentIndex = values.index(chosen) if chosen in values else 0
+        combo.blockSignals(False)
+        self._rememberChoice(combo, parameter)
+
+    def _rememberChoice(self, combo, parameter):
+        if self._parameterNode and combo.currentIndex >= 0:
+            setattr(self._parameterNode, parameter, combo.itemData(combo.currentIndex) or "")
+
+    # Runs ----------------------------------------------------------------------------------
 
     def _settings(self, method):
         from SegHiResGradCAMLib.mrml.slicer_logic import ExplainSettings
 
         use_prediction = self.ui.usePredictionCheckBox.checked
-        model = self.ui.modelPathLineEdit.currentPath or None
+        layer_index = self.ui.layerComboBox.currentIndex
         return ExplainSettings(
             volume_node=self.ui.inputVolumeSelector.currentNode(),
             target_class=self.ui.targetClassComboBox.currentText,
             method=method,
             segmentation_node=None if use_prediction else self.ui.segmentSelector.currentNode(),
             segment_id=None if use_prediction else self.ui.segmentSelector.currentSegmentID(),
-            model=Path(model) if model else None,
-            layer=self.ui.layerComboBox.currentText or None,
+            model=self._modelPath(),
+            layer=(self.ui.layerComboBox.itemData(layer_index) if layer_index >= 0 else "") or None,
             device=self.ui.deviceComboBox.currentText,
             with_prediction=self.ui.withPredictionCheckBox.checked,
             with_metrics=self.ui.withMetricsCheckBox.checked,
-            trust_bundle=self.ui.trustBundleCheckBox.checked,
+            trust_bundle=self._trusted(),
             folds=self._folds(),
             replace_previous=self.ui.replaceCheckBox.checked,
+            signed=self.ui.signedCheckBox.checked,
+            volume_rendering_logic=slicer.modules.volumerendering.logic() if self.ui.show3DCheckBox.checked else None,
         )
+
+    def _currentMethod(self):
+        index = self.ui.methodComboBox.currentIndex
+        return (self.ui.methodComboBox.itemData(index) if index >= 0 else "") or DEFAULT_METHOD
 
     def onApply(self):
         if self._run is not None:
             self.cancelRuns()
             return
-        self.startRuns([self._settings(self.ui.methodComboBox.currentText)])
+        self._startRunsFor([self._currentMethod()])
 
     def onCompare(self):
         if self._run is None:
-            self.startRuns([self._settings("seg-grad-cam"), self._settings("seg-hires-grad-cam")])
+            self._startRunsFor(["seg-grad-cam", DEFAULT_METHOD])
 
-    def startRuns(self, settings_list):
-        self._runs, self._finished = list(settings_list), []
-        self._startNext()
+    def _startRunsFor(self, methods):
+        """Checks the inputs, installs missing packages after asking (first use), starts the
+        runs; any error reaches the user, and the UI stays idle."""
+        with slicer.util.tryWithErrorDisplay("Could not start the explanation."):
+            settings_list = [self._settings(method) for method in methods]
+            if not self.logic.ensureDependencies(settings_list[0].model):
+                self.ui.statusLabel.text = "Not started: the Python packages it needs were not installed."
+                return
+            self._runs, self._finished = settings_list, []
+            self._startNext()
 
     def _startNext(self):
-        from SegHiResGradCAMLib.errors import ExplainInputError
-
         settings = self._runs.pop(0)
+        self.ui.logTextEdit.clear()
+        self._loggedLines = 0
         try:
             self._run = self.logic.start(settings)
-        except ExplainInputError as error:
+        except Exception:
             self._run, self._runs = None, []
-            slicer.util.errorDisplay(str(error))
-            return
+            self._showIdle()
+            raise
         self.ui.applyButton.text = "Cancel"
-        self.ui.compareButton.enabled = False
-        self._timer.start()
+        self._checkCanApply()
+        self._runTimer.start()
 
-    def onPoll(self):
-        status = self._run.poll()
+    def onRunPoll(self):
+        """Progress, log and, at the end, the results; an error here stops the polling and
+        is shown once, so a run that cannot continue never repeats its error."""
+        try:
+            status = self._run.poll()
+            self._appendLog(self._run.log)
+        except Exception as error:
+            logging.exception("Seg-HiRes-Grad CAM: the run failed")
+            self.cancelRuns(f"Failed: {error}")
+            slicer.util.errorDisplay(f"Explanation failed: {error}")
+            return
         self.ui.progressBar.value = int(100 * status.fraction)
         self.ui.statusLabel.text = status.message
         if status.state == "running":
             return
-        self._timer.stop()
+        self._runTimer.stop()
         run, self._run = self._run, None
-        self.ui.applyButton.text = "Apply"
-        self.ui.compareButton.enabled = True
+        self._showIdle()
         if status.state == "failed":
             self._runs = []
-            slicer.util.errorDisplay(f"Explanation failed: {status.message}")
+            self.ui.logCollapsibleButton.collapsed = False
+            slicer.util.errorDisplay(f"Explanation failed: {status.message}", detailedText="\n".join(run.log))
             return
         if status.state == "finished":
             self._finished.append(run.heatmap_node)
             if self._runs:
-                self._startNext()
+                with slicer.util.tryWithErrorDisplay("Could not start the next explanation."):
+                    self._startNext()
             elif len(self._finished) == 2:
                 self.logic.showSideBySide(run.settings.volume_node, *self._finished)
 
-    def cancelRuns(self):
-        self._timer.stop()
+    def _appendLog(self, lines):
+        for line in lines[self._loggedLines :]:
+            self.ui.logTextEdit.appendPlainText(line)
+        self._loggedLines = len(lines)
+
+    def _showIdle(self):
+        self.ui.applyButton.text = "Apply"
+        self._checkCanApply()
+
+    def cancelRuns(self, message="Cancelled."):
+        """Kills the running computation's whole process tree, then removes its files."""
+        self._runTimer.stop()
         self._runs = []
         if self._run is not None:
-            self._run.cancel()
-            self._run = None
-        self.ui.applyButton.text = "Apply"
-        self.ui.compareButton.enabled = True
-        self.ui.statusLabel.text = "Cancelled."
+            run, self._run = self._run, None
+            run.cancel()
+            self.ui.statusLabel.text = message
+        self._showIdle()
 
 
 class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
-    """Thin: the work is in SegHiResGradCAMLib.mrml.slicer_logic (Qt-free, tested with slicer-core)."""
+    """Thin: the work is in SegHiResGradCAMLib.mrml (Qt-free, tested with slicer-core)."""
 
     def getParameterNode(self):
-        return ScriptedLoadableModuleLogic.getParameterNode(self)
+        return SegHiResGradCAMParameterNode(super().getParameterNode())
 
     def start(self, settings):
         from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun
 
-        python = str(Path(slicer.app.applicationDirPath()) / "PythonSlicer")
-        return ExplainRun(settings, python=python)
+        return ExplainRun(settings)  # the child runs in PythonSlicer (found on the PATH)
+
+    def ensureDependencies(self, model=None):
+        """Installs what the background computation needs and is missing, after one
+        confirmation; False when the user declines (nothing is installed then)."""
+        from SegHiResGradCAMLib.models.nnunet_folder import is_nnunet_folder
+        from SegHiResGradCAMLib.mrml import dependencies
+
+        plan = dependencies.plan_installs(nnunet=model is not None and is_nnunet_folder(Path(model)))
+        return dependencies.install(
+            plan,
+            confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "Seg-HiRes-Grad CAM: Python packages"),
+            install_torch=self._installTorch,
+            pip_install=slicer.util.pip_install,
+        )
+
+    @staticmethod
+    def _installTorch(version_requirement):
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            raise RuntimeError(
+                "Seg-HiRes-Grad CAM needs the PyTorch extension to install PyTorch: install 'PyTorch' from the "
+                "Extensions Manager, restart Slicer, and try again."
+            ) from None
+        return PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                             torchVersionRequirement=version_requirement)  # fmt: skip
 
     def showSideBySide(self, volume_node, left_heatmap, right_heatmap):
         """Red view: the first heatmap, Yellow view: the second, both axial over the CT."""
@@ -289,7 +463,12 @@ class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
 
 
 class SegHiResGradCAMTest(ScriptedLoadableModuleTest):
-    """Runs the whole flow inside Slicer on the sample case, loaded through Sample Data."""
+    """The whole flow inside Slicer on the sample case, loaded through Sample Data.
+
+    Slicer's build machines have neither PyTorch nor MONAI (as for TotalSegmentator and
+    MONAIAuto3DSeg, installing them there is not wanted): with the application in testing
+    mode and packages missing, the explanation is skipped with a message. "Reload and Test"
+    in an installed Slicer offers to install them and runs everything."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -303,6 +482,7 @@ class SegHiResGradCAMTest(ScriptedLoadableModuleTest):
 
         import SampleData
 
+        from SegHiResGradCAMLib.mrml import dependencies
         from SegHiResGradCAMLib.mrml.sample_data import read_sample_case
         from SegHiResGradCAMLib.mrml.slicer_logic import ExplainSettings
 
@@ -311,10 +491,16 @@ class SegHiResGradCAMTest(ScriptedLoadableModuleTest):
         volume, segmentation = SampleData.downloadSamples(read_sample_case().name)
         tumour = segmentation.GetSegmentation().GetSegmentIdBySegmentName("tumour")
         self.assertTrue(tumour, "the sample's segmentation has no tumour segment")
+        logic = SegHiResGradCAMLogic()
+        if dependencies.plan_installs() and slicer.app.testingEnabled():
+            logging.warning("SegHiResGradCAM self-test: PyTorch or MONAI is not installed, explanation skipped.")
+            self.delayDisplay("Explanation skipped: PyTorch or MONAI is not installed")
+            return
+        self.assertTrue(logic.ensureDependencies(), "the required Python packages were not installed")
         self.delayDisplay("Explaining the ground-truth tumour in the background")
         settings = ExplainSettings(volume, "tumour", segmentation_node=segmentation, segment_id=tumour,
                                    with_prediction=True)  # fmt: skip
-        run = SegHiResGradCAMLogic().start(settings)
+        run = logic.start(settings)
         deadline = time.time() + 600
         while (status := run.poll()).state == "running" and time.time() < deadline:
             slicer.app.processEvents()

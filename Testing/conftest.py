@@ -1,4 +1,8 @@
-"""Shared builders of small real networks for the test suite."""
+"""Shared builders of small real networks for the test suite, and an import probe."""
+
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -75,3 +79,10 @@ def plain_autograd_layer(model, image, target_class, mask, layer, score="logits"
     activation = captured["A"]
     (gradient,) = torch.autograd.grad(target, activation)
     return activation[0].detach(), gradient[0], target.item()
+
+
+def loaded_by_importing(modules: list[str], watched: list[str]) -> list[str]:
+    """Which of ``watched`` a fresh interpreter has loaded after importing ``modules``."""
+    code = f"import sys, {', '.join(modules)}; print(sorted(m for m in {watched!r} if m in sys.modules))"
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(output.replace("'", '"'))

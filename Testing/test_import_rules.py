@@ -7,12 +7,11 @@ fresh interpreter has loaded.
 """
 
 import ast
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import loaded_by_importing
 
 PACKAGE = "SegHiResGradCAMLib"
 LIBRARY = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / PACKAGE
@@ -138,13 +137,6 @@ def test_the_checks_see_a_wrong_way_import_and_a_loop():
     graph = library_graph()
     graph[f"{PACKAGE}.cam.passes"] = graph[f"{PACKAGE}.cam.passes"] | {f"{PACKAGE}.cam.engine"}
     assert any({f"{PACKAGE}.cam.engine", f"{PACKAGE}.cam.passes"} <= set(loop) for loop in import_loops(graph))
-
-
-def loaded_by_importing(modules: list[str], watched: list[str]) -> list[str]:
-    """Which of ``watched`` a fresh interpreter has loaded after importing ``modules``."""
-    code = f"import sys, {', '.join(modules)}; print(sorted(m for m in {watched!r} if m in sys.modules))"
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return json.loads(output.replace("'", '"'))
 
 
 def room_modules(room: str) -> list[str]:

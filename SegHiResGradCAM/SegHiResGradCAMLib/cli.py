@@ -53,6 +53,7 @@ def _explain(arguments) -> int:
         metrics=arguments.metrics is not None,
         trust_bundle=arguments.trust_bundle,
         folds=arguments.folds,
+        signed=[Path(arguments.signed)] if arguments.signed else None,
         progress=_progress(arguments.progress),
     )
     result = run(job)
@@ -74,7 +75,7 @@ def print_table(header: list[str], rows: list[tuple]) -> None:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def _layers(arguments) -> int:
+def _card_and_layers(arguments):
     from .cam.model_inspection import list_layers
     from .models.ensemble import ensemble_members
     from .models.formats import read_model_card
@@ -82,10 +83,25 @@ def _layers(arguments) -> int:
     card = read_model_card(arguments.model, trust_bundle=arguments.trust_bundle, folds=arguments.folds)
     # The members of a fold ensemble share their architecture, and each is explained at the same layer.
     network = ensemble_members(card.build_network())[0]
-    layers = list_layers(network, (card.in_channels, *card.window))
+    return card, list_layers(network, (card.in_channels, *card.window))
+
+
+def _layer_rows(layers) -> list[dict]:
+    return [{"name": layer.name, "type": layer.type, "shape": list(layer.shape), "recommended": layer.recommended}
+            for layer in layers]  # fmt: skip
+
+
+def _method_rows() -> list[dict]:
+    from .cam.methods import METHODS
+
+    return [{"name": method.name, "title": method.title, "cost": method.cost, "sliding_windows": method.windowed}
+            for method in METHODS.values()]  # fmt: skip
+
+
+def _layers(arguments) -> int:
+    _, layers = _card_and_layers(arguments)
     if arguments.json:
-        print(json.dumps([{"name": layer.name, "type": layer.type, "shape": list(layer.shape),
-                           "recommended": layer.recommended} for layer in layers]))  # fmt: skip
+        print(json.dumps(_layer_rows(layers)))
         return 0
     for layer in layers:
         marker = "  (recommended)" if layer.recommended else ""
@@ -112,12 +128,22 @@ def _demo(arguments) -> int:
     return 0
 
 
+def _inspect(arguments) -> int:
+    """Everything a front end shows about a model, from one process: the classes a user can
+    explain, the methods and the layers (building the network needs torch)."""
+    card, layers = _card_and_layers(arguments)
+    description = {"name": card.name, "head": card.head, "classes": list(card.classes),
+                   "target_classes": list(card.target_classes),
+                   "methods": _method_rows(), "layers": _layer_rows(layers)}  # fmt: skip
+    print(json.dumps(description))
+    return 0
+
+
 def _methods(arguments) -> int:
     from .cam.methods import METHODS
 
     if arguments.json:
-        print(json.dumps([{"name": method.name, "title": method.title, "cost": method.cost,
-                            "sliding_windows": method.windowed} for method in METHODS.values()]))  # fmt: skip
+        print(json.dumps(_method_rows()))
         return 0
     for method in METHODS.values():
         print(f"{method.name:20s} {method.title}  ({method.reference})\n{'':20s} cost: {method.cost}")
@@ -149,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     explain.add_argument("--out", required=True, help="heatmap file, written in the CT's geometry (0..1)")
     explain.add_argument("--prediction", help="also write the predicted label map here")
+    explain.add_argument("--signed", metavar="FILE",
+                         help="also write the signed map S here (positive and negative evidence, not normalised; "
+                         "values per model-grid voxel, so that on the model's grid they sum to T)")  # fmt: skip
     explain.add_argument("--summary", help="also write a JSON summary (T, layer, method title, times) here")
     explain.add_argument("--metrics", nargs="?", const="", metavar="JSON",
                          help="also measure the map (heat inside M, in other predicted classes and outside the "
@@ -163,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--folds", nargs="+", help=FOLDS_HELP)
     layers.add_argument("--json", action="store_true", help="print JSON (for programs)")
     layers.set_defaults(run=_layers)
+
+    inspect = commands.add_parser("inspect", help="print a model's classes, methods and layers as JSON")
+    inspect.add_argument("--model", help=MODEL_HELP)
+    inspect.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
+    inspect.add_argument("--folds", nargs="+", help=FOLDS_HELP)
+    inspect.set_defaults(run=_inspect)
 
     demo = commands.add_parser("demo", help="explain the bundled model's tumour segmentation of a sample case")
     demo.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")

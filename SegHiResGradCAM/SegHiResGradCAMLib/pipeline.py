@@ -33,6 +33,7 @@ class ExplainJob:
     metrics: bool = False  # also measure each map (localisation, deletion/insertion, randomisation)
     trust_bundle: bool = False  # the model is a MONAI bundle the user trusts (its configuration can run code)
     folds: list[str] | None = None  # nnU-Net results folder: the folds to ensemble (default: all)
+    signed: list[Path] | None = None  # also write each method's signed map S here (see signed_on_model_grid)
     progress: object = None  # callable(fraction, message)
     cancel: object = None
 
@@ -46,6 +47,7 @@ class JobResult:
     scores: dict[str, float]
     seconds: dict[str, float] = field(default_factory=dict)
     heatmaps: dict[str, sitk.Image] = field(default_factory=dict)
+    signed: dict[str, sitk.Image] = field(default_factory=dict)  # method -> signed map, when asked for
     prediction: sitk.Image | None = None
     segment: sitk.Image | None = None
     metrics: dict = field(default_factory=dict)  # method -> ExplanationMetrics
@@ -81,7 +83,7 @@ def run(job: ExplainJob) -> JobResult:
     from .cam.slices import slice_logits
     from .cam.sliding_window import sliding_window_logits
 
-    if len(job.methods) != len(job.heatmaps):
+    if len(job.methods) != len(job.heatmaps) or (job.signed is not None and len(job.signed) != len(job.methods)):
         raise ExplainInputError("Give one output file per method.")
     for method in job.methods:
         get_method(method)
@@ -141,6 +143,8 @@ def run(job: ExplainJob) -> JobResult:
         original.SetMetaData("seghiresgradcam_target_score", f"{cam.score:.6g}")
         original.SetMetaData("seghiresgradcam_heatmap_max", f"{float(heatmap.max()):.6g}")
         result.heatmaps[method] = original
+        if job.signed is not None:
+            result.signed[method] = _signed_image(model_input, signed_on_model_grid(card, cam, mask), method, cam.score)
         result.scores[method] = cam.score
         result.layer = cam.layer
         seconds[method] = time.perf_counter() - started
@@ -160,12 +164,24 @@ def run(job: ExplainJob) -> JobResult:
     result.seconds = seconds
     for method, path in zip(job.methods, job.heatmaps, strict=True):
         write_volume(result.heatmaps[method], path)
+    for method, path in zip(job.methods, job.signed, strict=True) if job.signed is not None else ():
+        write_volume(result.signed[method], path)
     if job.prediction is not None:
         write_volume(result.prediction, job.prediction)
     if job.summary is not None:
         job.summary.write_text(json.dumps(result.summary(), indent=2))
     _report(job, 1.0, "done")
     return result
+
+
+def _signed_image(model_input, signed: np.ndarray, method: str, score: float) -> sitk.Image:
+    """The signed map on the CT's grid, not normalised: its values are S per model-grid voxel,
+    so on a CT stored on the model's own grid the file sums to T."""
+    image = model_input.to_original(signed.astype(np.float32))
+    image.SetMetaData("seghiresgradcam_method", method)
+    image.SetMetaData("seghiresgradcam_map", "signed")
+    image.SetMetaData("seghiresgradcam_target_score", f"{score:.9g}")
+    return image
 
 
 def region_of_interest(mask: np.ndarray, window, multiple: int | None = None) -> tuple[slice, ...]:
@@ -205,7 +221,7 @@ def _explain_in_network_axes(network, card, array, class_index, mask, method, la
 
     options = dict(layer=layer, method=method, head=card.head, device=device, cancel=cancel)
     windowed = get_method(method).windowed
-    box = None if windowed or card.spatial_dims == 2 else region_of_interest(mask, card.window)
+    box = _crop_box(card, method, mask)
 
     def explain_one(member, member_progress):
         if card.spatial_dims == 2:
@@ -219,11 +235,40 @@ def _explain_in_network_axes(network, card, array, class_index, mask, method, la
                        progress=member_progress, **options)  # fmt: skip
 
     cam = explain_members(network, explain_one, progress)
+    return _placed_in(cam.heatmap, box, mask.shape), cam
+
+
+def _crop_box(card, method: str, mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The crop that a method which cannot run window by window explains (3D networks), or None."""
+    from .cam.methods import get_method
+
+    if get_method(method).windowed or card.spatial_dims == 2:
+        return None
+    return region_of_interest(mask, card.window)
+
+
+def _placed_in(crop_map: np.ndarray, box, shape) -> np.ndarray:
     if box is None:
-        return cam.heatmap, cam
-    heatmap = np.zeros(mask.shape, dtype=np.float32)
-    heatmap[box] = cam.heatmap
-    return heatmap, cam
+        return crop_map
+    whole = np.zeros(shape, dtype=np.float32)
+    whole[box] = crop_map
+    return whole
+
+
+def signed_on_model_grid(card, cam, mask: np.ndarray) -> np.ndarray:
+    """The signed raw map S on the whole model grid (the pipeline's axis order), its sum kept:
+    each layer voxel spread evenly over the model voxels it covers (``cam.passes.spread_to``),
+    zero outside the crop of a method that explains one. For Seg-HiRes-Grad CAM of a
+    bias-free network it sums to T; positive and negative evidence keep their signs."""
+    import torch
+
+    from .cam.passes import spread_to
+
+    network_mask = card.volume_to_network_axes(mask)
+    box = _crop_box(card, cam.method, network_mask)
+    shape = network_mask.shape if box is None else network_mask[box].shape
+    spread = spread_to(torch.from_numpy(np.asarray(cam.raw)), shape).numpy()
+    return card.volume_to_network_axes(_placed_in(spread, box, network_mask.shape))
 
 
 def anatomy_regions(card, class_index: int, logits, model_input, target_mask) -> dict[str, np.ndarray]:

@@ -122,6 +122,17 @@ def upsample_to(layer_map: torch.Tensor, spatial_shape: tuple[int, ...]) -> torc
     return resized[0, 0]
 
 
+def spread_to(layer_map: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Tensor:
+    """A signed map on a finer grid with its sum kept: each layer voxel's value spread evenly
+    over the image voxels it covers (nearest neighbour, divided by their number), so that a
+    Seg-HiRes-Grad CAM map still sums to T. Exact where the grids' sizes have integer ratios
+    (a network's strides); otherwise the nearest-neighbour map is scaled to the same sum."""
+    if tuple(layer_map.shape) == tuple(spatial_shape):
+        return layer_map.float()
+    spread = F.interpolate(layer_map[None, None].float(), size=tuple(spatial_shape), mode="nearest")[0, 0]
+    return spread * (layer_map.numel() / spread.numel())
+
+
 class LayerCapture:
     """Forward hook that records the layer's output; with ``track_gradient`` it makes that
     output the root of the autograd graph for the rest of the forward pass."""

@@ -65,6 +65,12 @@ class ModelCard:
         return {index + 1: index for index in range(len(self.classes))}
 
     @property
+    def target_classes(self) -> tuple[str, ...]:
+        """The classes a user can explain: every region of a sigmoid head, every class but
+        the background of a softmax head."""
+        return self.classes if self.head == "sigmoid" else self.classes[1:]
+
+    @property
     def segment_styles(self) -> dict[int, tuple[str, tuple[float, float, float]]]:
         """Label value of the predicted label map -> (segment name, colour)."""
         return {label: (self.classes[index], self.colours[index]) for label, index in self.prediction_labels.items()}

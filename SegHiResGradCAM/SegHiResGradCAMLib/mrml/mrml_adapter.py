@@ -19,6 +19,9 @@ from ..errors import ExplainInputError
 RESOURCES = Path(__file__).resolve().parents[2] / "Resources"
 HEAT_COLOUR_TABLE = RESOURCES / "ColorTables" / "SegHiResGradCAMHeat.txt"
 HEAT_COLOUR_NODE_NAME = "SegHiResGradCAM heat"
+SIGNED_COLOUR_NODE_NAME = "SegHiResGradCAM signed"
+SIGNED_COLOURS = 255  # odd, so that one entry, the middle one, is exactly white: S = 0
+HEAT_VOLUME_OPACITY = 0.6  # 3D view: opacity of the hottest voxels; heat below HEAT_THRESHOLD is invisible
 OUTPUT_ATTRIBUTE = "SegHiResGradCAM.Output"
 HEAT_OPACITY = 0.5
 HEAT_THRESHOLD = 0.05  # heat below this is transparent
@@ -116,23 +119,57 @@ def heat_colour_node(scene):
     return node
 
 
+def diverging_colour_node(scene):
+    """Blue (negative) - white (0) - red (positive), added to the scene once; with a window
+    centred on 0 (``show_signed_map``) white marks S = 0."""
+    existing = scene.GetFirstNodeByName(SIGNED_COLOUR_NODE_NAME)
+    if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
+        return existing
+    node = slicer.vtkMRMLColorTableNode()
+    node.SetName(SIGNED_COLOUR_NODE_NAME)
+    node.SetTypeToUser()
+    node.SetNumberOfColors(SIGNED_COLOURS)
+    middle = (SIGNED_COLOURS - 1) // 2
+    for index in range(SIGNED_COLOURS):
+        towards = abs(index - middle) / middle  # 0 at the middle, 1 at both ends
+        if index < middle:
+            colour = (1 - towards * 0.85, 1 - towards * 0.6, 1.0)
+        else:
+            colour = (1.0, 1 - towards * 0.85, 1 - towards * 0.85)
+        node.SetColor(index, f"{(index - middle) / middle:+.3f}", *colour, 1.0)
+    node.GetLookupTable().SetTableRange(0, SIGNED_COLOURS - 1)
+    node.SetAttribute("Category", "SegHiResGradCAM")
+    scene.AddNode(node)
+    return node
+
+
 def import_heatmap(path: Path, volume_node, name: str):
     """Reads a heatmap written in the CT's geometry into a new scalar volume node with
     exactly the CT's IJK-to-RAS, displayed as a heat overlay and placed under the CT."""
+    return _import_map(path, volume_node, name, "heatmap", show_heatmap)
+
+
+def import_signed_map(path: Path, volume_node, name: str):
+    """The signed map S (positive and negative evidence) like a heatmap, shown with the
+    diverging colour table centred on 0."""
+    return _import_map(path, volume_node, name, "signed map", show_signed_map)
+
+
+def _import_map(path: Path, volume_node, name: str, kind: str, show) -> object:
     scene = volume_node.GetScene()
-    heat = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     try:
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
         storage.SetFileName(str(path))
-        if not storage.ReadData(heat):
-            raise ExplainInputError(f"Could not read the heatmap {path}.")
-        _put_on_volume_grid(heat, volume_node)
-        heat.SetAttribute(OUTPUT_ATTRIBUTE, "heatmap")
-        show_heatmap(heat, volume_node)
-        place_under(heat, volume_node)
-        return heat
+        if not storage.ReadData(node):
+            raise ExplainInputError(f"Could not read the {kind} {path}.")
+        _put_on_volume_grid(node, volume_node)
+        node.SetAttribute(OUTPUT_ATTRIBUTE, kind)
+        show(node, volume_node)
+        place_under(node, volume_node)
+        return node
     except Exception:
-        remove_output(heat)
+        remove_output(node)
         raise
 
 
@@ -194,9 +231,55 @@ def show_heatmap(heat, volume_node) -> None:
     display.SetLowerThreshold(HEAT_THRESHOLD)
     display.SetUpperThreshold(1.0)
     display.ApplyThresholdOn()
+    _show_as_foreground(scene, heat, volume_node)
+
+
+def show_signed_map(signed, volume_node) -> None:
+    """Diverging colours with the window centred on 0 and symmetric (as wide as the largest
+    |S|), so that equal evidence for and against looks equally strong; foreground over the CT."""
+    scene = signed.GetScene()
+    signed.CreateDefaultDisplayNodes()
+    display = signed.GetDisplayNode()
+    display.SetAndObserveColorNodeID(diverging_colour_node(scene).GetID())
+    values = slicer.util.arrayFromVolume(signed)
+    largest = float(np.abs(values).max()) if values.size else 0.0
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(2 * largest if largest > 0 else 1.0, 0.0)
+    display.ApplyThresholdOff()
+    _show_as_foreground(scene, signed, volume_node)
+
+
+def show_in_3d(heat, volume_rendering_logic, segmentation_node=None) -> object:
+    """Volume rendering of the heatmap in the 3D view: the heat colours, heat below
+    HEAT_THRESHOLD transparent, the hottest voxels at HEAT_VOLUME_OPACITY; and the
+    segmentation's surfaces next to it. ``volume_rendering_logic``: Slicer's
+    (``slicer.modules.volumerendering.logic()``). Returns the rendering display node."""
+    display = volume_rendering_logic.CreateDefaultVolumeRenderingNodes(heat)
+    properties = display.GetVolumePropertyNode().GetVolumeProperty()
+    colours = heat.GetDisplayNode().GetColorNode().GetLookupTable()
+    transfer = properties.GetRGBTransferFunction()
+    transfer.RemoveAllPoints()
+    count = colours.GetNumberOfTableValues()
+    for index in range(count):
+        red, green, blue, _ = colours.GetTableValue(index)
+        transfer.AddRGBPoint(index / (count - 1), red, green, blue)
+    opacity = properties.GetScalarOpacity()
+    opacity.RemoveAllPoints()
+    opacity.AddPoint(0.0, 0.0)
+    opacity.AddPoint(HEAT_THRESHOLD, 0.0)
+    opacity.AddPoint(1.0, HEAT_VOLUME_OPACITY)
+    display.SetVisibility(True)
+    if segmentation_node is not None:
+        segmentation_node.CreateClosedSurfaceRepresentation()
+        segmentation_node.CreateDefaultDisplayNodes()
+        segmentation_node.GetDisplayNode().SetVisibility3D(True)
+    return display
+
+
+def _show_as_foreground(scene, node, volume_node) -> None:
     for composite in _nodes(scene, "vtkMRMLSliceCompositeNode"):
         composite.SetBackgroundVolumeID(volume_node.GetID())
-        composite.SetForegroundVolumeID(heat.GetID())
+        composite.SetForegroundVolumeID(node.GetID())
         composite.SetForegroundOpacity(HEAT_OPACITY)
 
 
@@ -282,7 +365,13 @@ def remove_output(node) -> None:
     scene = node.GetScene()
     if node.IsA("vtkMRMLDisplayableNode"):
         for index in reversed(range(node.GetNumberOfDisplayNodes())):
-            scene.RemoveNode(node.GetNthDisplayNode(index))
+            display = node.GetNthDisplayNode(index)
+            if display.IsA("vtkMRMLVolumeRenderingDisplayNode"):
+                # Volume rendering brings a property node (and a region node) of its own.
+                for helper in (display.GetVolumePropertyNode(), display.GetROINode()):
+                    if helper is not None:
+                        scene.RemoveNode(helper)
+            scene.RemoveNode(display)
     if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is not None:
         scene.RemoveNode(node.GetStorageNode())
     scene.RemoveNode(node)

@@ -17,7 +17,7 @@ from ..cam.metric_table import metric_rows
 from ..errors import ExplainInputError
 from ..models.formats import read_model_card
 from . import mrml_adapter
-from .background import BackgroundRun, Status
+from .background import BackgroundQuery, BackgroundRun, Status
 
 
 @dataclass
@@ -35,6 +35,8 @@ class ExplainSettings:
     trust_bundle: bool = False  # the user trusts the MONAI bundle given as the model (its config can run code)
     folds: list[str] | None = None  # nnU-Net results folder: the folds to ensemble (None: all)
     replace_previous: bool = False  # replace this module's earlier output of the same name
+    signed: bool = False  # also load the signed map S (diverging colours centred on 0)
+    volume_rendering_logic: object = None  # show the heatmap in 3D with this (Slicer's volume rendering logic)
 
 
 class ExplainRun:
@@ -43,6 +45,7 @@ class ExplainRun:
     def __init__(self, settings: ExplainSettings, python: str | None = None):
         self.settings = settings
         self.heatmap_node = None
+        self.signed_node = None
         self.prediction_node = None
         self.metrics_node = None
         self._import_failure: Status | None = None
@@ -75,12 +78,9 @@ class ExplainRun:
             arguments += ["--prediction", "prediction.nrrd"]
         if settings.with_metrics:
             arguments += ["--metrics", "metrics.json"]
-        if settings.model is not None:
-            arguments += ["--model", str(Path(settings.model).resolve())]
-        if settings.trust_bundle:
-            arguments += ["--trust-bundle"]
-        if settings.folds:
-            arguments += ["--folds", *map(str, settings.folds)]
+        if settings.signed:
+            arguments += ["--signed", "signed.nrrd"]
+        arguments += model_arguments(settings.model, settings.trust_bundle, settings.folds)
         if settings.layer:
             arguments += ["--layer", settings.layer]
         return arguments
@@ -91,6 +91,11 @@ class ExplainRun:
         if settings.segmentation_node is None:
             return f"{self.card.classes[self.class_index]} (prediction)"
         return settings.segmentation_node.GetSegmentation().GetSegment(settings.segment_id).GetName()
+
+    @property
+    def log(self) -> list[str]:
+        """The background process's progress messages and error output, in order."""
+        return self._run.log
 
     def poll(self) -> Status:
         if self._import_failure is not None:
@@ -114,9 +119,10 @@ class ExplainRun:
         title = summary["methods"][settings.method]["title"]
         name = mrml_adapter.output_name(settings.volume_node, self.segment_name, title)
         scene = settings.volume_node.GetScene()
-        previous = [
-            mrml_adapter.previous_output(scene, output) for output in (name, f"{name} - metrics")
-        ] if settings.replace_previous else []  # fmt: skip
+        outputs = (name, f"{name} - metrics", f"{name} - signed")
+        previous = []
+        if settings.replace_previous:
+            previous = [mrml_adapter.previous_output(scene, output) for output in outputs]
         try:
             self.heatmap_node = mrml_adapter.import_heatmap(work_dir / "heatmap.nrrd", settings.volume_node, name)
             self.heatmap_node.SetAttribute(
@@ -131,11 +137,17 @@ class ExplainRun:
                     work_dir / "prediction.nrrd", settings.volume_node, self.card.segment_styles,
                     f"{settings.volume_node.GetName()} - prediction",
                 )  # fmt: skip
+            if settings.signed:
+                self.signed_node = mrml_adapter.import_signed_map(work_dir / "signed.nrrd", settings.volume_node,
+                                                                  f"{name} - signed")  # fmt: skip
+            if settings.volume_rendering_logic is not None:
+                mrml_adapter.show_in_3d(self.heatmap_node, settings.volume_rendering_logic,
+                                        settings.segmentation_node or self.prediction_node)  # fmt: skip
         except BaseException:
-            for node in (self.heatmap_node, self.metrics_node, self.prediction_node):
+            for node in (self.heatmap_node, self.metrics_node, self.prediction_node, self.signed_node):
                 if node is not None:
                     mrml_adapter.remove_output(node)
-            self.heatmap_node = self.metrics_node = self.prediction_node = None
+            self.heatmap_node = self.metrics_node = self.prediction_node = self.signed_node = None
             raise
         for node in previous:
             if node is not None:
@@ -147,3 +159,80 @@ class ExplainRun:
     def wait(self, timeout: float | None = None) -> Status:
         self._run.wait(timeout)
         return self.poll()
+
+
+def model_arguments(model: Path | None, trust_bundle: bool, folds: list[str] | None) -> list[str]:
+    """The command line's model options for these settings."""
+    arguments = ["--model", str(Path(model).resolve())] if model is not None else []
+    arguments += ["--trust-bundle"] if trust_bundle else []
+    return arguments + (["--folds", *map(str, folds)] if folds else [])
+
+
+def model_version(model: Path | None) -> tuple:
+    """What changes when a model's files change: each file's path, size and modification
+    time (a folder's files two levels down: configs, folds, weights)."""
+    if model is None:
+        return ("bundled",)
+    path = Path(model).resolve()
+    files = [path] if path.is_file() else sorted(p for p in path.glob("*") if p.is_file())
+    if path.is_dir():
+        files += sorted(p for p in path.glob("*/*") if p.is_file())
+    return tuple((str(file), file.stat().st_size, file.stat().st_mtime_ns) for file in files[:500])
+
+
+class ModelInspector:
+    """Describes a model (its classes, methods and layers: ``seghiresgradcam inspect``) in a
+    background process, because building a network needs torch, which never enters the
+    Slicer process. Descriptions are kept per model version, so a model is inspected once
+    until its files change."""
+
+    def __init__(self, python: str | None = None):
+        self._python = python
+        self._cache: dict[tuple, dict] = {}
+        self._pending: tuple | None = None  # (key, query, work folder)
+
+    def request(self, model: Path | None, trust_bundle: bool = False, folds: list[str] | None = None) -> dict | None:
+        """The description if known; else starts the inspection (replacing one under way)
+        and returns None: ``poll()`` until it is there."""
+        key = (model_version(model), trust_bundle, tuple(folds or ()))
+        if key in self._cache:
+            return self._cache[key]
+        self.cancel()
+        work_dir = Path(tempfile.mkdtemp(prefix="SegHiResGradCAM-inspect-"))
+        try:
+            query = BackgroundQuery(["inspect", *model_arguments(model, trust_bundle, folds)], work_dir, self._python)
+        except BaseException:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
+        self._pending = (key, query, work_dir)
+        return None
+
+    @property
+    def busy(self) -> bool:
+        return self._pending is not None
+
+    def poll(self) -> dict | None:
+        """The description once the inspection has finished, else None; raises RuntimeError
+        with the command's own message when the model cannot be used."""
+        if self._pending is None:
+            return None
+        key, query, work_dir = self._pending
+        try:
+            description = query.poll()
+        except RuntimeError:
+            self._pending = None
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
+        if description is None:
+            return None
+        self._pending = None
+        shutil.rmtree(work_dir, ignore_errors=True)
+        self._cache[key] = description
+        return description
+
+    def cancel(self) -> None:
+        if self._pending is not None:
+            _, query, work_dir = self._pending
+            self._pending = None
+            query.cancel()
+            shutil.rmtree(work_dir, ignore_errors=True)

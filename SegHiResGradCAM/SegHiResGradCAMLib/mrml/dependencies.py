@@ -1,0 +1,154 @@
+"""Which Python packages the background computation needs in Slicer's Python, which are
+missing or too old, and in which order and with which arguments they are installed.
+
+Qt-free and import-free: versions are read from the installed packages' metadata
+(``importlib.metadata``), so checking never imports torch into the Slicer process. The
+widget asks the user once (``describe``) and then runs the plan (``install``) with
+Slicer's installers: PyTorch through the PyTorch extension (``PyTorchUtils``, which picks
+the CUDA build for the machine's driver), everything else with ``slicer.util.pip_install``.
+nnU-Net and its own packages go in without their declared dependencies, which would
+replace PyTorch (see requirements-nnunet.txt; a test keeps the two lists equal).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+TORCH = "torch"
+
+
+@dataclass(frozen=True)
+class Requirement:
+    distribution: str  # the name pip installs
+    module: str  # the name Python imports
+    minimum: str | None = None  # lowest version known to work
+
+    @property
+    def specifier(self) -> str:
+        return f"{self.distribution}>={self.minimum}" if self.minimum else self.distribution
+
+
+# What the explanation pipeline imports (pyproject.toml's dependencies, minus matplotlib,
+# which only the demo's figures use).
+CORE = (
+    Requirement(TORCH, "torch", "2.3"),
+    Requirement("numpy", "numpy", "1.24"),
+    Requirement("monai", "monai", "1.3"),
+    Requirement("SimpleITK", "SimpleITK", "2.3"),
+    Requirement("scipy", "scipy", "1.10"),
+)
+# nnU-Net results folders only: nnU-Net's plain dependencies (the `nnunet` extra) ...
+NNUNET_PLAIN = tuple(
+    Requirement(name, module)
+    for name, module in (
+        ("threadpoolctl", "threadpoolctl"), ("blosc2", "blosc2"), ("scikit-image", "skimage"),
+        ("scikit-learn", "sklearn"), ("pandas", "pandas"), ("nibabel", "nibabel"), ("einops", "einops"),
+        ("tqdm", "tqdm"), ("seaborn", "seaborn"), ("connected-components-3d", "cc3d"),
+    )
+)  # fmt: skip
+# ... and nnU-Net's own packages, pinned to the tested versions, installed with --no-deps.
+NNUNET_NO_DEPS = (
+    ("nnunetv2", "nnunetv2", "2.8.1"),
+    ("dynamic-network-architectures", "dynamic_network_architectures", "0.4.4"),
+    ("batchgenerators", "batchgenerators", "0.25.5"),
+    ("batchgeneratorsv2", "batchgeneratorsv2", "0.3.6"),
+    ("acvl-utils", "acvl_utils", "0.2.6"),
+)
+UNKNOWN_VERSION = "installed"  # importable, but without package metadata (built into Slicer)
+
+
+@dataclass(frozen=True)
+class InstallStep:
+    installer: str  # "pytorch" (the PyTorch extension's installTorch) or "pip" (slicer.util.pip_install)
+    arguments: tuple[str, ...]  # pip's arguments, or torch's version requirement for installTorch
+    reasons: tuple[str, ...]  # what is missing or too old, for the dialog
+
+
+def installed_version(requirement: Requirement) -> str | None:
+    """The installed version, UNKNOWN_VERSION for a module that is importable but has no
+    metadata, or None when missing; nothing is imported."""
+    try:
+        return importlib.metadata.version(requirement.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return UNKNOWN_VERSION if importlib.util.find_spec(requirement.module) is not None else None
+
+
+def release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version string: '2.13.0+cpu' -> (2, 13, 0), '1.6rc1' -> (1, 6)."""
+    match = re.match(r"\s*v?(\d+(?:\.\d+)*)", version)
+    return tuple(int(part) for part in match.group(1).split(".")) if match else ()
+
+
+def problem(requirement: Requirement, version: str | None) -> str | None:
+    """Why the requirement is not met, or None when it is."""
+    if version is None:
+        return f"{requirement.distribution} is not installed"
+    if version == UNKNOWN_VERSION or requirement.minimum is None:
+        return None
+    if release(version) < release(requirement.minimum):
+        return f"{requirement.distribution} {version} is older than {requirement.minimum}"
+    return None
+
+
+def plan_installs(
+    versions: Callable[[Requirement], str | None] = installed_version, nnunet: bool = False
+) -> list[InstallStep]:
+    """What to install, in order: PyTorch first (the other packages' installers must find it
+    and not bring their own), then the plain packages in one pip call, then nnU-Net's own
+    packages without their dependencies. Empty when everything is there."""
+    plan = []
+    torch, *plain = CORE
+    torch_problem = problem(torch, versions(torch))
+    if torch_problem:
+        plan.append(InstallStep("pytorch", (f">={torch.minimum}",), (torch_problem,)))
+    wanted = [*plain, *(NNUNET_PLAIN if nnunet else ())]
+    problems = [(requirement, problem(requirement, versions(requirement))) for requirement in wanted]
+    missing = [(requirement, reason) for requirement, reason in problems if reason]
+    if missing:
+        plan.append(InstallStep("pip", tuple(r.specifier for r, _ in missing), tuple(reason for _, reason in missing)))
+    if nnunet:
+        pinned = [(Requirement(name, module, version), version) for name, module, version in NNUNET_NO_DEPS]
+        outdated = [(requirement, pin) for requirement, pin in pinned if versions(requirement) != pin]
+        if outdated:
+            reasons = tuple(problem(requirement, versions(requirement))
+                            or f"{requirement.distribution} {versions(requirement)} is not the tested {pin}"
+                            for requirement, pin in outdated)  # fmt: skip
+            arguments = ("--no-deps", *(f"{requirement.distribution}=={pin}" for requirement, pin in outdated))
+            plan.append(InstallStep("pip", arguments, reasons))
+    return plan
+
+
+def describe(plan: list[InstallStep]) -> str:
+    """The confirmation dialog's text: what is missing and exactly what will be installed."""
+    lines = ["Seg-HiRes-Grad CAM runs the network with Python packages that are not installed yet:", ""]
+    lines += [f"  - {reason}" for step in plan for reason in step.reasons]
+    lines += ["", "These will be installed (this can take several minutes and needs the internet):", ""]
+    for step in plan:
+        if step.installer == "pytorch":
+            lines.append(f"  - PyTorch {step.arguments[0]}, by the PyTorch extension (it chooses the GPU build)")
+        else:
+            lines.append(f"  - pip install {' '.join(step.arguments)}")
+    lines += ["", "Install now? If you cancel, nothing is changed."]
+    return "\n".join(lines)
+
+
+def install(plan: list[InstallStep], confirm: Callable[[str], bool], install_torch: Callable[[str], object],
+            pip_install: Callable[[list[str]], object]) -> bool:  # fmt: skip
+    """Asks once, then runs the plan in order; False (and nothing installed) when declined.
+    ``install_torch(version_requirement)`` returns a falsy value when PyTorch was not
+    installed, which stops the plan with an error."""
+    if not plan:
+        return True
+    if not confirm(describe(plan)):
+        return False
+    for step in plan:
+        if step.installer == "pytorch":
+            if not install_torch(step.arguments[0]):
+                raise RuntimeError("PyTorch was not installed; install it with the PyTorch Utils module, then retry.")
+        else:
+            pip_install(list(step.arguments))
+    return True

@@ -1,0 +1,131 @@
+"""The background process as Slicer runs it: PythonSlicer is CTK's AppLauncher, which runs
+the real interpreter as its own child. Cancel must end both, then remove the work folder;
+a failing child's exit code and last error line must reach the status."""
+
+import os
+import stat
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from mrml_scene import new_scene, phantom_volume
+from SegHiResGradCAMLib.mrml.background import BackgroundRun, python_executable
+from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun, ExplainSettings, ModelInspector
+
+LAUNCHER = """#!{python}
+# Like CTK's AppLauncher (PythonSlicer): run the real interpreter as a child, wait, and
+# return its exit code; the child's PID goes to the file that the test names.
+import os, subprocess, sys
+child = subprocess.Popen([{python!r}, *sys.argv[1:]])
+with open(os.environ["LAUNCHER_CHILD_PID_FILE"], "w") as file:
+    file.write(str(child.pid))
+sys.exit(child.wait())
+"""
+
+
+@pytest.fixture
+def launcher(tmp_path, monkeypatch):
+    """An executable launcher script and the file where it writes its child's PID."""
+    script = tmp_path / "PythonSlicer"
+    script.write_text(LAUNCHER.format(python=sys.executable))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv("LAUNCHER_CHILD_PID_FILE", str(pid_file))
+    return script, pid_file
+
+
+def alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie (a zombie holds no memory or GPU)."""
+    status = Path(f"/proc/{pid}/status")
+    if status.is_file():
+        try:
+            return "\nState:\tZ" not in status.read_text() and "\nState:\tX" not in status.read_text()
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_for(condition, timeout=120.0):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the launcher script needs a POSIX shebang")
+def test_cancel_ends_the_launcher_and_its_interpreter_then_removes_the_work_folder(launcher):
+    script, pid_file = launcher
+    scene = new_scene()
+    volume, _ = phantom_volume(scene)
+    run = ExplainRun(ExplainSettings(volume, "kidney", with_metrics=True), python=str(script))
+    work_dir = run._run.work_dir
+    wait_for(pid_file.exists)
+    child = int(pid_file.read_text())
+    # Cancel while the interpreter computes (it has reported progress past the import of torch).
+    wait_for(lambda: run.poll().fraction > 0 or run.poll().state != "running")
+    assert run.poll().state == "running" and alive(run._run.pid) and alive(child)
+    run.cancel()
+    assert run.poll().state == "cancelled"
+    assert not alive(run._run.pid), "the launcher survived Cancel"
+    assert not alive(child), "the real interpreter survived Cancel (only the launcher was killed)"
+    assert not work_dir.exists()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the launcher script needs a POSIX shebang")
+def test_a_failing_child_reports_its_exit_code_and_last_error_line_through_the_launcher(launcher, tmp_path):
+    script, _ = launcher
+    work_dir = Path(tempfile.mkdtemp(prefix="SegHiResGradCAM-"))
+    run = BackgroundRun(["explain", "--image", "missing.nrrd", "--target-class", "tumour", "--from-prediction",
+                         "--out", "heat.nrrd"], work_dir, python=str(script))  # fmt: skip
+    run.wait(120)
+    status = run.poll()
+    assert status.state == "failed"
+    assert status.message.startswith("The CT file missing.nrrd does not exist")
+    assert "exit code 2" in run.log and any("does not exist" in line for line in run.log)
+    run.remove_files()
+
+
+def test_without_slicer_the_children_run_in_this_interpreter():
+    assert python_executable() == sys.executable  # no PythonSlicer on this PATH
+
+
+def test_model_inspection_runs_once_per_model_version(tmp_path):
+    """Methods and layers come from a background process; the same model file is not
+    inspected again until it changes."""
+    bundled = Path(__file__).resolve().parents[2] / "SegHiResGradCAM" / "Resources" / "Models"
+    card = tmp_path / "card.json"
+    card.write_text((bundled / "kits_demo_unet.json").read_text())
+    (tmp_path / "kits_demo_unet.pt").write_bytes((bundled / "kits_demo_unet.pt").read_bytes())
+    inspector = ModelInspector()
+    assert inspector.request(card) is None and inspector.busy
+    wait_for(lambda: inspector.poll() is not None or not inspector.busy)
+    description = inspector.request(card)  # cached now
+    assert description is not None and not inspector.busy
+    assert description["target_classes"] == ["kidney", "tumour", "cyst"]
+    assert "seg-hires-grad-cam" in {method["name"] for method in description["methods"]}
+    assert sum(layer["recommended"] for layer in description["layers"]) == 1
+    card.write_text(card.read_text().replace("KiTS-like demo 3D U-Net", "renamed"))
+    os.utime(card, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert inspector.request(card) is None  # changed file: inspected again
+    wait_for(lambda: inspector.poll() is not None or not inspector.busy)
+    assert inspector.request(card)["name"] == "renamed"
+
+
+def test_a_model_that_cannot_be_inspected_says_why(tmp_path):
+    card = tmp_path / "card.json"
+    card.write_text('{"architecture": "UNet", "kwargs": {"spatial_dims": 3}, "weights": "none.pt", '
+                    '"preprocessing": {"orientation": "LPS", "spacing": [2, 2, 3], "intensity": {"low": -250, '
+                    '"high": 350, "centre": 50, "scale": 150}}, "classes": ["background", "kidney"], '
+                    '"sliding_window": {"size": [32, 32, 32]}}')  # fmt: skip
+    inspector = ModelInspector()
+    assert inspector.request(card) is None
+    with pytest.raises(RuntimeError, match=r"network arguments do not fit|does not exist"):
+        wait_for(lambda: inspector.poll() is not None)
+    assert not inspector.busy
