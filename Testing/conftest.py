@@ -86,3 +86,23 @@ def loaded_by_importing(modules: list[str], watched: list[str]) -> list[str]:
     code = f"import sys, {', '.join(modules)}; print(sorted(m for m in {watched!r} if m in sys.modules))"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return json.loads(output.replace("'", '"'))
+
+
+def bias_free_model_card(folder, spacing, window=(16, 32, 32), seed=0):
+    """A model card of a MONAI UNet with ReLUs and neither biases nor normalisation, random
+    weights: T is positively homogeneous in the activations of ``model.1`` (every path from
+    input to output passes through it), so its Seg-HiRes-Grad CAM map sums to T."""
+    from monai.networks.nets import UNet
+
+    kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8], "strides": [2],
+              "num_res_units": 0, "act": "RELU", "norm": None, "bias": False}  # fmt: skip
+    torch.manual_seed(seed)
+    torch.save(UNet(**kwargs).state_dict(), folder / "bias_free.pt")
+    card = {"name": "bias-free UNet", "architecture": "UNet", "kwargs": kwargs, "weights": "bias_free.pt",
+            "preprocessing": {"orientation": "LPS", "spacing": list(spacing),
+                              "intensity": {"low": -250, "high": 350, "centre": 50, "scale": 150}},
+            "classes": ["background", "kidney", "tumour"], "sliding_window": {"size": list(window), "overlap": 0.25},
+            "default_layer": "model.1"}  # fmt: skip
+    path = folder / "bias_free.json"
+    path.write_text(json.dumps(card))
+    return path

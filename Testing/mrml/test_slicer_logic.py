@@ -12,6 +12,7 @@ import vtk
 from PIL import Image
 from scipy import ndimage
 
+from conftest import bias_free_model_card
 from mrml_scene import new_scene, phantom_volume, render_red_slice, segment_from_labels
 from SegHiResGradCAMLib.errors import ExplainInputError
 from SegHiResGradCAMLib.mrml import mrml_adapter
@@ -202,4 +203,65 @@ def test_bad_input_is_refused_before_anything_runs_and_creates_no_node(case):
     with pytest.raises(ExplainInputError, match=message):
         ExplainRun(settings)
     assert node_ids(scene) == nodes
+    assert not leftover_work_dirs()
+
+
+def test_signed_map_sums_to_t_and_is_shown_diverging_around_zero_and_heat_is_rendered_in_3d(tmp_path):
+    """A bias-free network on a CT stored on the model's grid: the loaded signed map sums to
+    T; its colours are blue-white-red with white at S = 0; Show in 3D volume-renders the heat
+    (low heat transparent) next to the segment's surface, and a replaced result takes its
+    rendering nodes with it."""
+    scene = new_scene()
+    spacing = (6.0, 6.0, 6.0)
+    volume, case = phantom_volume(scene, seed=3, shape=(40, 48, 20), spacing=spacing)
+    segmentation, segment_id = segment_from_labels(scene, volume, (case.labels > 0).astype(np.uint8), 1, "kidney")
+    rendering = slicer.vtkSlicerVolumeRenderingLogic()
+    rendering.SetMRMLScene(scene)
+    settings = ExplainSettings(volume, "kidney", segmentation_node=segmentation, segment_id=segment_id,
+                               model=bias_free_model_card(tmp_path, spacing), signed=True,
+                               volume_rendering_logic=rendering, replace_previous=True)  # fmt: skip
+    run = ExplainRun(settings)
+    assert finish(run).state == "finished"
+    signed = run.signed_node
+    assert signed.GetName() == "CT - kidney - Seg-HiRes-Grad CAM - signed"
+    np.testing.assert_allclose(matrix_of(signed), matrix_of(volume), rtol=0, atol=1e-12)
+    values = slicer.util.arrayFromVolume(signed).astype(np.float64)
+    score = float(run.heatmap_node.GetAttribute("SegHiResGradCAM.TargetScore"))
+    assert (values < 0).any() and (values > 0).any()
+    assert values.sum() == pytest.approx(score, rel=1e-4, abs=1e-5 * np.abs(values).sum())
+
+    display = signed.GetDisplayNode()
+    assert display.GetColorNode().GetName() == mrml_adapter.SIGNED_COLOUR_NODE_NAME
+    assert display.GetLevel() == 0.0 and display.GetWindow() == pytest.approx(2 * np.abs(values).max(), rel=1e-6)
+    assert not display.GetApplyThreshold()
+    table = display.GetColorNode()
+    colours = np.array([table.GetLookupTable().GetTableValue(index)[:3] for index in range(table.GetNumberOfColors())])
+    middle = (len(colours) - 1) // 2
+    assert len(colours) % 2 == 1 and np.allclose(colours[middle], 1.0)  # white at S = 0
+    assert colours[0][2] > colours[0][0] and colours[-1][0] > colours[-1][2]  # blue below, red above
+    assert np.allclose(colours[::-1][:, ::-1], colours)  # symmetric: red mirrors blue
+    alpha = [table.GetLookupTable().GetTableValue(index)[3] for index in (0, middle, len(colours) - 1)]
+    assert alpha == [1.0, 0.0, 1.0]  # S near 0 lets the CT show through
+    lookup_range = display.GetWindowLevelMin(), display.GetWindowLevelMax()
+    assert lookup_range[0] == pytest.approx(-lookup_range[1])
+
+    heat = run.heatmap_node
+    rendered = [heat.GetNthDisplayNode(i) for i in range(heat.GetNumberOfDisplayNodes())
+                if heat.GetNthDisplayNode(i).IsA("vtkMRMLVolumeRenderingDisplayNode")]  # fmt: skip
+    assert len(rendered) == 1 and rendered[0].GetVisibility()
+    properties = rendered[0].GetVolumePropertyNode().GetVolumeProperty()
+    opacity = properties.GetScalarOpacity()
+    assert opacity.GetValue(0.0) == 0.0 and opacity.GetValue(mrml_adapter.HEAT_THRESHOLD) == 0.0
+    assert opacity.GetValue(1.0) == pytest.approx(mrml_adapter.HEAT_VOLUME_OPACITY)
+    hottest = heat.GetDisplayNode().GetColorNode().GetLookupTable()
+    hottest = hottest.GetTableValue(hottest.GetNumberOfTableValues() - 1)[:3]
+    assert np.allclose(properties.GetRGBTransferFunction().GetColor(1.0), hottest)
+    assert segmentation.GetSegmentation().ContainsRepresentation("Closed surface")
+    assert segmentation.GetDisplayNode().GetVisibility3D()
+
+    nodes = node_ids(scene)
+    again = ExplainRun(settings)
+    assert finish(again).state == "finished"
+    assert len(node_ids(scene)) == len(nodes)  # the first result's map, signed map and rendering nodes are gone
+    assert scene.GetNodeByID(heat.GetID()) is None and scene.GetNodeByID(signed.GetID()) is None
     assert not leftover_work_dirs()

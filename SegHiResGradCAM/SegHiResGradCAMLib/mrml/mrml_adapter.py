@@ -21,6 +21,7 @@ HEAT_COLOUR_TABLE = RESOURCES / "ColorTables" / "SegHiResGradCAMHeat.txt"
 HEAT_COLOUR_NODE_NAME = "SegHiResGradCAM heat"
 SIGNED_COLOUR_NODE_NAME = "SegHiResGradCAM signed"
 SIGNED_COLOURS = 255  # odd, so that one entry, the middle one, is exactly white: S = 0
+SIGNED_FADE = 0.1  # |S| below this share of the largest |S| is (partly) transparent
 HEAT_VOLUME_OPACITY = 0.6  # 3D view: opacity of the hottest voxels; heat below HEAT_THRESHOLD is invisible
 OUTPUT_ATTRIBUTE = "SegHiResGradCAM.Output"
 HEAT_OPACITY = 0.5
@@ -131,12 +132,11 @@ def diverging_colour_node(scene):
     node.SetNumberOfColors(SIGNED_COLOURS)
     middle = (SIGNED_COLOURS - 1) // 2
     for index in range(SIGNED_COLOURS):
-        towards = abs(index - middle) / middle  # 0 at the middle, 1 at both ends
-        if index < middle:
-            colour = (1 - towards * 0.85, 1 - towards * 0.6, 1.0)
-        else:
-            colour = (1.0, 1 - towards * 0.85, 1 - towards * 0.85)
-        node.SetColor(index, f"{(index - middle) / middle:+.3f}", *colour, 1.0)
+        strength = abs(index - middle) / middle  # 0 at the middle (S = 0), 1 at both ends
+        fade = 1 - 0.85 * strength
+        colour = (fade, fade, 1.0) if index < middle else (1.0, fade, fade)  # red mirrors blue
+        # Weak evidence fades out, so the CT shows through where S is near 0.
+        node.SetColor(index, f"{(index - middle) / middle:+.3f}", *colour, min(1.0, strength / SIGNED_FADE))
     node.GetLookupTable().SetTableRange(0, SIGNED_COLOURS - 1)
     node.SetAttribute("Category", "SegHiResGradCAM")
     scene.AddNode(node)
