@@ -1,5 +1,7 @@
 """A real MRML scene from slicer-core, set up as the Slicer application sets it up."""
 
+import time
+
 import numpy as np
 import slicer
 import vtk
@@ -120,3 +122,17 @@ def load_sample(scene):
     if not segmentation_reader.ReadData(segmentation):
         raise RuntimeError(f"cannot read {case.segmentation_file}")
     return volume, segmentation
+
+
+def matrix_of(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def finish(run, timeout: float = 300):
+    deadline = time.time() + timeout
+    while (status := run.poll()).state == "running":
+        assert time.time() < deadline, "the background run did not finish"
+        time.sleep(0.2)
+    return status

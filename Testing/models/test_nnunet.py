@@ -284,9 +284,8 @@ def test_reading_the_folder_imports_neither_torch_nor_nnunet(fullres):
 
 def test_slicer_run_with_an_nnunet_folder_names_the_predicted_regions(fullres):
     import slicer
-    from test_slicer_logic import finish, matrix_of
 
-    from mrml_scene import new_scene, phantom_volume, segment_from_labels
+    from mrml_scene import finish, matrix_of, new_scene, phantom_volume, segment_from_labels
     from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun, ExplainSettings
 
     scene = new_scene()

@@ -8,12 +8,11 @@ import time
 import numpy as np
 import pytest
 import slicer
-import vtk
 from PIL import Image
 from scipy import ndimage
 
 from conftest import bias_free_model_card
-from mrml_scene import new_scene, phantom_volume, render_red_slice, segment_from_labels
+from mrml_scene import finish, matrix_of, new_scene, phantom_volume, render_red_slice, segment_from_labels
 from SegHiResGradCAMLib.errors import ExplainInputError
 from SegHiResGradCAMLib.mrml import mrml_adapter
 from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun, ExplainSettings
@@ -23,26 +22,12 @@ OBLIQUE = np.array([[0.0, -1.0, 0.0], [-_C, 0.0, _S], [_S, 0.0, _C]])  # rotated
 LEFT_HANDED = np.diag([-1.0, -1.0, -1.0])  # LPS axes with the slice axis flipped
 
 
-def matrix_of(node) -> np.ndarray:
-    matrix = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(matrix)
-    return slicer.util.arrayFromVTKMatrix(matrix)
-
-
 def node_ids(scene) -> set:
     return {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
 
 
 def leftover_work_dirs() -> list:
     return glob.glob(f"{tempfile.gettempdir()}/SegHiResGradCAM-*")
-
-
-def finish(run: ExplainRun, timeout: float = 300):
-    deadline = time.time() + timeout
-    while (status := run.poll()).state == "running":
-        assert time.time() < deadline, "the background run did not finish"
-        time.sleep(0.2)
-    return status
 
 
 @pytest.mark.parametrize("direction", [None, OBLIQUE, LEFT_HANDED], ids=["axial", "oblique", "left-handed"])
