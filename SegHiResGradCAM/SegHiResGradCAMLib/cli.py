@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,8 +15,9 @@ from .errors import ExplainCancelled, ExplainInputError, ExplainResourceError
 class TerminalProgress:
     """A one-line progress bar on stderr."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream, self.width, self.last = stream, width, ""
+    def __init__(self, stream=None, width: int = 30):
+        self.stream = stream or sys.stderr  # the stream of the moment (tests replace sys.stderr)
+        self.width, self.last, self.open = width, "", False
 
     def __call__(self, fraction: float, message: str) -> None:
         filled = round(fraction * self.width)
@@ -22,17 +25,28 @@ class TerminalProgress:
         if line != self.last:
             self.stream.write(line)
             self.stream.flush()
-            self.last = line
+            self.last, self.open = line, True
         if fraction >= 1.0:
+            self.end_line()
+
+    def end_line(self) -> None:
+        """Ends the bar's line, so that what is printed next (an error) starts on its own."""
+        if self.open:
             self.stream.write("\n")
+            self.stream.flush()
+            self.open = False
 
 
 def json_progress(fraction: float, message: str) -> None:
     print(json.dumps({"fraction": round(fraction, 4), "message": message}), flush=True)
 
 
-def _progress(kind: str):
-    return {"bar": TerminalProgress(), "json": json_progress, "none": None}[kind]
+def _progress(arguments):
+    """The run's progress reporter, kept on ``arguments`` so that errors can end its line."""
+    arguments.reporter = {"bar": TerminalProgress, "json": lambda: json_progress, "none": lambda: None}[
+        arguments.progress
+    ]()
+    return arguments.reporter
 
 
 def _explain(arguments) -> int:
@@ -51,19 +65,23 @@ def _explain(arguments) -> int:
         prediction=Path(arguments.prediction) if arguments.prediction else None,
         summary=Path(arguments.summary) if arguments.summary else None,
         metrics=arguments.metrics is not None,
+        metrics_file=Path(arguments.metrics) if arguments.metrics else None,
+        mask_threshold=arguments.mask_threshold,
+        mask_label=arguments.mask_label,
         trust_bundle=arguments.trust_bundle,
         folds=arguments.folds,
         signed=[Path(arguments.signed)] if arguments.signed else None,
-        progress=_progress(arguments.progress),
+        progress=_progress(arguments),
     )
     result = run(job)
-    if arguments.metrics:
-        Path(arguments.metrics).write_text(json.dumps(result.metrics[arguments.method].as_dict(), indent=2) + "\n")
     if arguments.progress != "json":
+        replaced = "".join(f"; replaced {path}" for path in result.replaced)
         print(
             f"{arguments.method} of class {result.class_name} at layer {result.layer} on {result.device}: "
-            f"T = {result.scores[arguments.method]:.4g}; heatmap written to {out}"
+            f"T = {result.scores[arguments.method]:.4g}; heatmap written to {out}{replaced}"
         )
+        for note in result.notes:
+            print(note)
         if arguments.metrics is not None:
             print_table(["metric", "value"], result.metrics[arguments.method].rows())
     return 0
@@ -113,7 +131,7 @@ def _demo(arguments) -> int:
     from .demo.run_demo import run_demo
 
     summary = run_demo(Path(arguments.out), seed=arguments.seed, device=arguments.device,
-                       progress=_progress(arguments.progress))  # fmt: skip
+                       progress=_progress(arguments))  # fmt: skip
     seconds = summary["seconds"]
     print(f"\nWritten to {arguments.out}/: the CT and ground truth (NIfTI), prediction.nrrd, one heatmap NRRD per "
           "method, figure.png")  # fmt: skip
@@ -168,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     which = explain.add_mutually_exclusive_group(required=True)
     which.add_argument("--mask", help="label map whose nonzero voxels are the segment M (any grid)")
     which.add_argument("--from-prediction", action="store_true", help="M = the network's own prediction")
+    reading = explain.add_mutually_exclusive_group()
+    reading.add_argument("--mask-threshold", type=float, metavar="T",
+                         help="M = the mask's voxels at or above T (for a probability map)")  # fmt: skip
+    reading.add_argument("--mask-label", type=int, metavar="N",
+                         help="M = the mask's voxels of label N (default: every nonzero voxel)")  # fmt: skip
     explain.add_argument("--method", default="seg-hires-grad-cam", help="CAM method (see `methods`)")
     explain.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
     explain.add_argument("--folds", nargs="+", help=FOLDS_HELP)
@@ -214,20 +237,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     arguments = build_parser().parse_args(argv)
+    arguments.reporter = None
     try:
         return arguments.run(arguments)
-    except ExplainInputError as error:
-        print(f"seghiresgradcam: error: {error}", file=sys.stderr)
-        return 2
-    except ExplainResourceError as error:
-        print(f"seghiresgradcam: error: {error}", file=sys.stderr)
-        return 3
-    except (ExplainCancelled, KeyboardInterrupt):
-        print("seghiresgradcam: cancelled; no output was written.", file=sys.stderr)
-        return 130
-    except OSError as error:
-        print(f"seghiresgradcam: error: {error.strerror or error} ({error.filename or ''})", file=sys.stderr)
+    except BrokenPipeError:
+        # The reader of our output went away (``layers --json | head``): stop quietly.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except ExplainInputError as error:
+        return _fail(arguments, str(error), 2)
+    except ExplainResourceError as error:
+        return _fail(arguments, str(error), 3)
+    except (ExplainCancelled, KeyboardInterrupt):
+        return _fail(arguments, "cancelled; no output was written.", 130, prefix="seghiresgradcam: ")
+    except MemoryError:
+        return _fail(arguments, "out of memory: crop or downsample the CT, or use a machine with more memory.", 3)
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename else ""
+        return _fail(arguments, f"{error.strerror or error}{where}", 1)
+
+
+def _fail(arguments, message: str, code: int, prefix: str = "seghiresgradcam: error: ") -> int:
+    """One line on stderr, on a line of its own even when a progress bar was drawn."""
+    if isinstance(arguments.reporter, TerminalProgress):
+        arguments.reporter.end_line()
+    print(f"{prefix}{' '.join(message.split())}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ import SimpleITK as sitk
 
 from .errors import ExplainInputError
 from .models.formats import read_model_card
+from .volumes.label_maps import segment_voxels
+from .volumes.outputs import OutputFiles
 from .volumes.preparation import check_looks_like_ct
-from .volumes.volume_io import read_volume, write_volume
+from .volumes.volume_io import check_memory, read_volume
 
 
 @dataclass
@@ -31,6 +33,9 @@ class ExplainJob:
     prediction: Path | None = None  # where to write the predicted label map, if wanted
     summary: Path | None = None  # where to write a JSON summary (method titles, T, layer, times)
     metrics: bool = False  # also measure each map (localisation, deletion/insertion, randomisation)
+    metrics_file: Path | None = None  # where to write the first method's metrics as JSON, if wanted
+    mask_threshold: float | None = None  # M = mask voxels at or above this (for probability maps)
+    mask_label: int | None = None  # M = mask voxels of this label (default: every nonzero voxel)
     trust_bundle: bool = False  # the model is a MONAI bundle the user trusts (its configuration can run code)
     folds: list[str] | None = None  # nnU-Net results folder: the folds to ensemble (default: all)
     signed: list[Path] | None = None  # also write each method's signed map S here (see signed_on_model_grid)
@@ -51,6 +56,8 @@ class JobResult:
     prediction: sitk.Image | None = None
     segment: sitk.Image | None = None
     metrics: dict = field(default_factory=dict)  # method -> ExplanationMetrics
+    notes: list[str] = field(default_factory=list)  # what the user should know about how the run read its input
+    replaced: list[Path] = field(default_factory=list)  # existing files the outputs replaced
 
     def summary(self) -> dict:
         from .cam.methods import METHODS
@@ -73,29 +80,85 @@ def _report(job: ExplainJob, fraction: float, message: str) -> None:
         job.progress(fraction, message)
 
 
+def output_files(job: ExplainJob, card) -> OutputFiles:
+    """The job's outputs, and the files it reads, which no output may overwrite."""
+    outputs = {f"{method} heatmap": path for method, path in zip(job.methods, job.heatmaps, strict=True)}
+    outputs |= {f"{method} signed map": path for method, path in zip(job.methods, job.signed or [], strict=False)}
+    volumes = set(outputs) | {"prediction"}
+    outputs |= {"prediction": job.prediction, "summary": job.summary, "metrics": job.metrics_file}
+    return OutputFiles(outputs, volumes, [job.image, job.mask, *card.input_files])
+
+
 def run(job: ExplainJob) -> JobResult:
-    """Runs the job; files are written only once every result exists (nothing half-done)."""
-    import torch
-
-    from .cam.methods import get_method
-    from .cam.metrics import explanation_metrics
-    from .cam.model_inspection import resolve_device
-    from .cam.slices import slice_logits
-    from .cam.sliding_window import sliding_window_logits
-
+    """Runs the job. Every output is checked before the computation and written only once
+    every result exists, under temporary names renamed into place at the end (nothing
+    half-done, no input overwritten)."""
     if len(job.methods) != len(job.heatmaps) or (job.signed is not None and len(job.signed) != len(job.methods)):
         raise ExplainInputError("Give one output file per method.")
-    for method in job.methods:
-        get_method(method)
-    seconds = {}
     started = time.perf_counter()
     card = read_model_card(job.model, trust_bundle=job.trust_bundle, folds=job.folds)
     class_index = card.class_index(job.target_class)
+    outputs = output_files(job, card)
+    outputs.check()
     ct = read_volume(job.image, "CT")
     check_looks_like_ct(ct, Path(job.image).name)
-    mask_image = read_volume(job.mask, "mask") if job.mask is not None else None
-    network = card.build_network()
+    check_model_grid_memory(ct, card, Path(job.image).name)
+    notes = []
+    mask_image = None
+    if job.mask is not None:
+        mask_image, note = segment_voxels(read_volume(job.mask, "mask"), Path(job.mask).name, job.mask_threshold,
+                                          job.mask_label)  # fmt: skip
+        notes += [note] if note else []
+    from .cam.methods import get_method  # the first imports of torch: after the cheap checks
+    from .cam.model_inspection import resolve_device
+
+    for method in job.methods:
+        get_method(method)
     device = resolve_device(job.device)
+    try:
+        result = _compute(job, card, class_index, ct, mask_image, device, started)
+        result.notes = notes
+        _stage(outputs, job, result)
+        result.replaced = outputs.commit()
+    finally:
+        outputs.discard()
+    _report(job, 1.0, "done")
+    return result
+
+
+def check_model_grid_memory(ct: sitk.Image, card, name: str) -> None:
+    """Refuses a CT whose field of view on the model's grid would not fit in memory (say, a
+    header with a 3000 mm spacing), before anything is resampled."""
+    extent = np.prod(np.array(ct.GetSize(), dtype=float) * np.array(ct.GetSpacing()))
+    spacing = [value if value > 0 else min(ct.GetSpacing()) for value in card.spacing]  # 0: the slice axis kept
+    voxels = extent / np.prod(spacing)
+    arrays = card.in_channels + len(card.classes) + 3  # input, logits, mask, heatmap, its copy back
+    check_memory(f"{name} on the model's grid ({voxels:.3g} voxels at {' x '.join(f'{v:g}' for v in spacing)} mm)",
+                 voxels * 4 * arrays, "check the CT's spacing in its header, or crop the CT.")  # fmt: skip
+
+
+def _stage(outputs: OutputFiles, job: ExplainJob, result: JobResult) -> None:
+    for method in job.methods:
+        outputs.stage_volume(f"{method} heatmap", result.heatmaps[method])
+    for method in job.methods if job.signed is not None else ():
+        outputs.stage_volume(f"{method} signed map", result.signed[method])
+    if job.prediction is not None:
+        outputs.stage_volume("prediction", result.prediction)
+    if job.summary is not None:
+        outputs.stage_text("summary", json.dumps(result.summary(), indent=2))
+    if job.metrics_file is not None:
+        outputs.stage_text("metrics", json.dumps(result.metrics[job.methods[0]].as_dict(), indent=2) + "\n")
+
+
+def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, started: float) -> JobResult:
+    import torch
+
+    from .cam.metrics import explanation_metrics
+    from .cam.slices import slice_logits
+    from .cam.sliding_window import sliding_window_logits
+
+    seconds = {}
+    network = card.build_network()
     model_input = card.prepare_input(ct)
     if model_input.array.shape[0] != card.in_channels:
         raise ExplainInputError(f"The model expects {card.in_channels} input channels; a CT gives 1.")
@@ -162,15 +225,6 @@ def run(job: ExplainJob) -> JobResult:
     result.prediction = model_input.labels_on_original(logits.numpy(), card.head)
     result.segment = model_input.to_original(mask.astype(np.uint8), labels=True)
     result.seconds = seconds
-    for method, path in zip(job.methods, job.heatmaps, strict=True):
-        write_volume(result.heatmaps[method], path)
-    for method, path in zip(job.methods, job.signed, strict=True) if job.signed is not None else ():
-        write_volume(result.signed[method], path)
-    if job.prediction is not None:
-        write_volume(result.prediction, job.prediction)
-    if job.summary is not None:
-        job.summary.write_text(json.dumps(result.summary(), indent=2))
-    _report(job, 1.0, "done")
     return result
 
 

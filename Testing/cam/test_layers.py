@@ -66,3 +66,19 @@ def test_a_registered_method_is_usable_without_touching_the_engine():
 def test_registering_a_name_twice_is_refused():
     with pytest.raises(ValueError, match="already registered"):
         register_method("seg-grad-cam", "again", additive=False, reference="")(lambda a, g: a)
+
+
+def test_only_layers_that_feed_the_output_are_listed_and_each_can_be_explained():
+    """DynUNet's deep-supervision heads run in eval mode but do not feed the output: explain()
+    refuses them, so list_layers must not offer them."""
+    from monai.networks.nets import DynUNet
+
+    model = DynUNet(3, 1, 3, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2],
+                    deep_supervision=True, deep_supr_num=1)  # fmt: skip
+    heads = [name for name, _ in model.named_modules() if name.startswith("deep_supervision_heads")]
+    assert heads  # the heads exist and run ...
+    layers = list_layers(model, (1, 16, 16, 16))
+    assert not {layer.name for layer in layers} & set(heads)  # ... but are not offered
+    image = torch.randn(1, 16, 16, 16)
+    for layer in layers:
+        assert explain(model, image, 1, layer=layer.name).raw.size > 0

@@ -4,6 +4,7 @@ command line in a background process."""
 import glob
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,7 +151,20 @@ def test_a_failing_run_reports_the_process_s_own_message_and_creates_nothing(tmp
     assert node_ids(scene) == nodes and not leftover_work_dirs()
 
 
-def bad_settings(scene):
+def hostile_model(folder, **changes):
+    """The bundled model card with entries changed, next to a copy of its weights."""
+    import json
+    import shutil
+
+    bundled = Path(mrml_adapter.RESOURCES) / "Models"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(bundled / "kits_demo_unet.pt", folder / "kits_demo_unet.pt")
+    card = json.loads((bundled / "kits_demo_unet.json").read_text()) | changes
+    (folder / "card.json").write_text(json.dumps(card))
+    return folder / "card.json"
+
+
+def bad_settings(scene, folder):
     volume, _ = phantom_volume(scene)
     empty_segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
     empty_id = empty_segmentation.GetSegmentation().AddEmptySegment("nothing")
@@ -176,14 +190,30 @@ def bad_settings(scene):
         ),
         "missing model": (ExplainSettings(volume, "tumour", model="/nowhere/model.json"), "does not exist"),
         "unknown class": (ExplainSettings(volume, "liver"), "no class 'liver'"),
+        "weights outside the model folder": (
+            ExplainSettings(volume, "tumour", model=hostile_model(folder / "a", weights="../../../etc/passwd")),
+            "outside the model's folder",
+        ),
+        "a card whose preprocessing is text": (
+            ExplainSettings(volume, "tumour", model=hostile_model(folder / "b", preprocessing="2mm")),
+            "preprocessing.orientation must be",
+        ),
+        "an untrusted bundle": (ExplainSettings(volume, "tumour", model=untrusted_bundle(folder)), "arbitrary Python"),
     }
 
 
+def untrusted_bundle(folder):
+    (folder / "bundle" / "configs").mkdir(parents=True)
+    (folder / "bundle" / "configs" / "inference.json").write_text('{"network_def": {"_target_": "UNet"}}')
+    return folder / "bundle"
+
+
 @pytest.mark.parametrize("case", ["no volume", "vector volume", "empty segment", "segment outside the CT",
-                                  "missing model", "unknown class"])  # fmt: skip
-def test_bad_input_is_refused_before_anything_runs_and_creates_no_node(case):
+                                  "missing model", "unknown class", "weights outside the model folder",
+                                  "a card whose preprocessing is text", "an untrusted bundle"])  # fmt: skip
+def test_bad_input_is_refused_before_anything_runs_and_creates_no_node(case, tmp_path):
     scene = new_scene()
-    settings, message = bad_settings(scene)[case]
+    settings, message = bad_settings(scene, tmp_path)[case]
     nodes = node_ids(scene)
     with pytest.raises(ExplainInputError, match=message):
         ExplainRun(settings)

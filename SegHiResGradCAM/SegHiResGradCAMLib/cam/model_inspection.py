@@ -67,6 +67,8 @@ def resolve_device(device) -> torch.device | None:
         raise ExplainInputError(f"Unknown device {device!r}: use 'auto', 'cpu' or 'cuda'.") from error
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ExplainInputError("CUDA was requested but no CUDA GPU is available: use device='cpu' or 'auto'.")
+    if chosen.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ExplainInputError("MPS (Apple GPU) was requested but this PyTorch has none: use device='cpu' or 'auto'.")
     return chosen
 
 
@@ -175,9 +177,13 @@ def _trace_layers(model: nn.Module, probe: torch.Tensor) -> list[LayerInfo]:
         return hook
 
     handles = [module.register_forward_hook(recorder(name)) for name, module in model.named_modules() if name]
+    # The graph tells which layers the output depends on (a deep-supervision head runs but
+    # does not feed the output); its saved tensors are dropped at once, since no backward
+    # pass follows, so this costs no more memory than a plain forward pass.
+    drop_saved = torch.autograd.graph.saved_tensors_hooks(lambda tensor: None, lambda nothing: nothing)
     try:
-        with evaluation_mode(model), torch.no_grad():
-            network_output = model(probe)
+        with evaluation_mode(model), torch.enable_grad(), drop_saved:
+            network_output = model(probe.clone().requires_grad_(True))
     finally:
         for handle in handles:
             handle.remove()
@@ -187,6 +193,8 @@ def _trace_layers(model: nn.Module, probe: torch.Tensor) -> list[LayerInfo]:
             "that forward() returns the (1, classes, *spatial) logits."
         )
 
+    feeding = _graph_nodes(network_output)
+
     def explainable(outputs: list) -> bool:
         output = outputs[0]
         return (
@@ -195,6 +203,7 @@ def _trace_layers(model: nn.Module, probe: torch.Tensor) -> list[LayerInfo]:
             and output.dim() == probe.dim()
             and output.shape[0] == 1
             and output.data_ptr() != network_output.data_ptr()
+            and (feeding is None or output.grad_fn in feeding)
         )
 
     layers = [(name, module, calls[name][0]) for name, module in order if explainable(calls[name])]
@@ -207,3 +216,18 @@ def _trace_layers(model: nn.Module, probe: torch.Tensor) -> list[LayerInfo]:
         LayerInfo(name, type(module).__name__, tuple(output.shape[1:]), index == chosen)
         for index, (name, module, output) in enumerate(layers)
     ]
+
+
+def _graph_nodes(output: torch.Tensor) -> set | None:
+    """Every autograd node the output was computed through (None when the network computes
+    without a graph, so that nothing can be told)."""
+    if output.grad_fn is None:
+        return None
+    seen, todo = set(), [output.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return seen

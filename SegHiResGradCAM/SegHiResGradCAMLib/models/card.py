@@ -65,6 +65,11 @@ class ModelCard:
         return {index + 1: index for index in range(len(self.classes))}
 
     @property
+    def input_files(self) -> tuple[Path, ...]:
+        """Every file the model is read from; no output may overwrite one."""
+        return (self.path, self.weights)
+
+    @property
     def target_classes(self) -> tuple[str, ...]:
         """The classes a user can explain: every region of a sigmoid head, every class but
         the background of a softmax head."""
@@ -107,13 +112,17 @@ class ModelCard:
                 f"Model card {self.path.name} names architecture {self.architecture!r}, which is not one of the "
                 f"supported MONAI networks ({', '.join(ARCHITECTURES)})."
             )
+        import torch
+
+        architecture = getattr(nets, self.architecture)
         try:
-            network = getattr(nets, self.architecture)(**self.kwargs)
-        except TypeError as error:
-            raise ExplainInputError(
-                f"Model card {self.path.name}: the network arguments do not fit: {error}."
-            ) from None
-        return self._with_weights(network)
+            with torch.device("meta"):  # no memory: count the parameters before building for real
+                probe = architecture(**self.kwargs)
+        except (TypeError, ValueError, AssertionError) as error:
+            message = f"Model card {self.path.name}: the network arguments do not fit: {error}."
+            raise ExplainInputError(message) from None
+        check_network_memory(probe, self.path.name)
+        return self._with_weights(architecture(**self.kwargs))
 
     def prepare_input(self, ct):
         """The CT (a SimpleITK image) on the network's grid, with the way back to the CT's grid:
@@ -143,6 +152,30 @@ class ModelCard:
                 f"{self.path.name} ({first}): check the architecture arguments in the card."
             ) from None
         return network.eval()
+
+
+def check_network_memory(network, name: str) -> None:
+    """Refuses a network whose weights alone (twice: built, then loaded) would not fit."""
+    from ..volumes.volume_io import check_memory
+
+    parameters = sum(tensor.numel() * tensor.element_size() for tensor in network.state_dict().values())
+    check_memory(f"The network of {name} ({parameters / 2**20:.0f} MB of weights)", 2 * parameters,
+                 "check its channel numbers; this machine cannot hold it.")  # fmt: skip
+
+
+def file_inside(folder: Path, name, what: str) -> Path:
+    """``folder / name`` with links resolved, refused unless it lies inside ``folder``: a
+    model's files never send the program anywhere else on the disk."""
+    if not isinstance(name, str) or not name:
+        raise ExplainInputError(f"{what}: expected a file name, got {name!r}.")
+    root = folder.resolve()
+    resolved = (folder / name).resolve()
+    if not resolved.is_relative_to(root):
+        raise ExplainInputError(
+            f"{what} ({name}) lie outside the model's folder {folder}: a model's files must stay in its folder "
+            "(links included). Copy them next to it."
+        )
+    return resolved
 
 
 def read_json(path: Path) -> dict:

@@ -1,12 +1,72 @@
 """Model card JSON files (a card next to its weights): the format of the bundled demo model
-and of any MONAI network described by architecture name and arguments."""
+and of any MONAI network described by architecture name and arguments.
+
+Each entry is checked on its own, so that a mistyped card names the entry, what it holds
+and what it should hold; the weights must lie inside the card's folder.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..errors import ExplainInputError
-from .card import Intensity, ModelCard, read_json
+from .card import Intensity, ModelCard, file_inside, read_json
+
+ORIENTATION_LETTERS = ({"L", "R"}, {"P", "A"}, {"S", "I"})
+HEADS = ("softmax", "sigmoid")
+
+
+class _Entries:
+    """Reads a card's entries by dotted key, each with a clear error."""
+
+    def __init__(self, card: dict, name: str):
+        self.card, self.name = card, name
+
+    def fail(self, key: str, expected: str, value=None) -> ExplainInputError:
+        got = "it is missing" if value is None else f"got {value!r}"
+        return ExplainInputError(f"The model card {self.name}: {key} must be {expected}; {got}.")
+
+    def get(self, key: str, expected: str, default=None, required: bool = True):
+        value = self.card
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                if not required:
+                    return default
+                raise self.fail(key, expected)
+            value = value[part]
+        return value
+
+    def numbers(self, key: str, count: int | tuple[int, ...], expected: str, positive: bool = True) -> tuple:
+        value = self.get(key, expected)
+        counts = (count,) if isinstance(count, int) else count
+        if not isinstance(value, list) or len(value) not in counts or not all(_is_number(v) for v in value):
+            raise self.fail(key, expected, value)
+        if positive and min(value) <= 0:
+            raise self.fail(key, expected, value)
+        return tuple(value)
+
+    def number(self, key: str, expected: str, default=None, required: bool = True) -> float:
+        value = self.get(key, expected, default, required)
+        if not _is_number(value):
+            raise self.fail(key, expected, value)
+        return float(value)
+
+    def text(self, key: str, expected: str, default=None, choices=None) -> str:
+        value = self.get(key, expected, default, required=default is None)
+        if not isinstance(value, str) or not value or (choices is not None and value not in choices):
+            raise self.fail(key, expected, value)
+        return value
+
+    def names(self, key: str, expected: str) -> tuple[str, ...]:
+        value = self.get(key, expected)
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(key, expected, value)
+        return tuple(value)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_card_json(path: Path) -> ModelCard:
@@ -21,28 +81,58 @@ def read_card_json(path: Path) -> ModelCard:
     if not path.is_file():
         raise ExplainInputError(f"The model card {path} does not exist: give a model card JSON or a model folder.")
     card = read_json(path)
-    try:
-        preprocessing = card["preprocessing"]
-        intensity = preprocessing["intensity"]
-        model_card = ModelCard(
-            path=path,
-            name=card.get("name", path.stem),
-            architecture=card["architecture"],
-            kwargs=dict(card["kwargs"]),
-            weights=(path.parent / card["weights"]).resolve(),
-            orientation=preprocessing["orientation"],
-            spacing=tuple(float(v) for v in preprocessing["spacing"]),
-            intensity=Intensity(*(float(intensity[key]) for key in ("low", "high", "centre", "scale"))),
-            head=card.get("head", "softmax"),
-            classes=tuple(card["classes"]),
-            colours=tuple(tuple(c) for c in card.get("colours", [[0.5, 0.5, 0.5]] * len(card["classes"]))),
-            window=tuple(int(v) for v in card["sliding_window"]["size"]),
-            overlap=float(card["sliding_window"].get("overlap", 0.25)),
-            default_layer=card.get("default_layer"),
-            extra={key: value for key, value in card.items() if key in ("training", "validation")},
+    if not isinstance(card, dict):
+        raise ExplainInputError(f"The model card {path.name} must be a JSON object (name, architecture, kwargs, ...).")
+    entries = _Entries(card, path.name)
+    kwargs = entries.get("kwargs", 'an object of the network\'s arguments, e.g. {"spatial_dims": 3, ...}')
+    if not isinstance(kwargs, dict):
+        raise entries.fail("kwargs", "an object of the network's arguments", kwargs)
+    classes = entries.names("classes", 'a list of class names, e.g. ["background", "kidney", "tumour"]')
+    orientation = entries.text("preprocessing.orientation", 'three axis letters such as "LPS" or "RAS"')
+    if len(orientation) != 3 or any(sum(c in letters for c in orientation) != 1 for letters in ORIENTATION_LETTERS):
+        raise entries.fail("preprocessing.orientation", 'three axis letters such as "LPS" or "RAS"', orientation)
+    intensity = Intensity(*(entries.number(f"preprocessing.intensity.{key}", "a number (HU)")
+                            for key in ("low", "high", "centre", "scale")))  # fmt: skip
+    if intensity.scale <= 0 or intensity.low >= intensity.high:
+        raise entries.fail("preprocessing.intensity", "low < high and a positive scale", intensity)
+    colours = entries.get("colours", "a list of [red, green, blue] in 0..1, one per class", required=False)
+    if colours is None:
+        colours = [[0.5, 0.5, 0.5]] * len(classes)
+    if (
+        not isinstance(colours, list)
+        or len(colours) != len(classes)
+        or not all(
+            isinstance(c, list) and len(c) == 3 and all(_is_number(v) and 0 <= v <= 1 for v in c) for c in colours
         )
-    except (KeyError, TypeError, ValueError) as error:
-        raise ExplainInputError(f"The model card {path.name} lacks or mistypes the entry {error}.") from None
+    ):
+        raise entries.fail("colours", f"{len(classes)} colours [red, green, blue] in 0..1, one per class", colours)
+    overlap = entries.number("sliding_window.overlap", "a fraction in [0, 1)", default=0.25, required=False)
+    if not 0 <= overlap < 1:
+        raise entries.fail("sliding_window.overlap", "a fraction in [0, 1)", overlap)
+    default_layer = entries.get("default_layer", "a layer name", required=False)
+    if default_layer is not None and not isinstance(default_layer, str):
+        raise entries.fail("default_layer", "a layer name (see `seghiresgradcam layers`)", default_layer)
+    window = entries.numbers("sliding_window.size", (2, 3), "whole window sizes: (z, y, x) or (y, x)")
+    if not all(float(size).is_integer() for size in window):
+        raise entries.fail("sliding_window.size", "whole window sizes: (z, y, x) or (y, x)", list(window))
+    weights_name = entries.text("weights", 'the weights file next to the card, e.g. "net.pt"')
+    model_card = ModelCard(
+        path=path,
+        name=str(entries.get("name", "a name", default=path.stem, required=False)),
+        architecture=entries.text("architecture", 'a MONAI network name such as "UNet"'),
+        kwargs=dict(kwargs),
+        weights=file_inside(path.parent, weights_name, f"The model card {path.name}'s weights"),
+        orientation=orientation,
+        spacing=entries.numbers("preprocessing.spacing", 3, "three positive numbers in mm (x, y, z), e.g. [2, 2, 3]"),
+        intensity=intensity,
+        head=entries.text("head", f"one of {', '.join(HEADS)}", default="softmax", choices=HEADS),
+        classes=classes,
+        colours=tuple(tuple(float(v) for v in colour) for colour in colours),
+        window=tuple(int(size) for size in window),
+        overlap=overlap,
+        default_layer=default_layer,
+        extra={key: value for key, value in card.items() if key in ("training", "validation")},
+    )
     if model_card.spatial_dims not in (2, 3) or len(model_card.window) != model_card.spatial_dims:
         raise ExplainInputError(
             f"The model card {path.name} describes a {model_card.spatial_dims}D network with a sliding window of "

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ExplainInputError
-from .card import Intensity, ModelCard, read_json
+from .card import Intensity, ModelCard, file_inside, read_json
 
 TRUST_ADVICE = (
     "A MONAI bundle's configuration can run arbitrary Python code, so it is loaded only when you trust its "
@@ -45,6 +45,11 @@ class BundleCard(ModelCard):
 
     bundle_config: dict
 
+    @property
+    def input_files(self) -> tuple[Path, ...]:
+        metadata = self.path.parent / "metadata.json"
+        return (self.path, self.weights, *([metadata] if metadata.is_file() else []))
+
     def build_network(self):
         return self._with_weights(build_bundle_network(self.bundle_config))
 
@@ -52,7 +57,7 @@ class BundleCard(ModelCard):
 def read_bundle(folder: Path, trusted: bool) -> BundleCard:
     if not trusted:
         raise ExplainInputError(f"{folder.name} is a MONAI bundle. {TRUST_ADVICE}")
-    config_path = folder / "configs" / "inference.json"
+    config_path = file_inside(folder, "configs/inference.json", f"The bundle {folder.name}'s configuration")
     if not config_path.is_file():
         raise ExplainInputError(
             f"{folder.name} has only a YAML configuration; convert configs/inference.yaml to JSON (same content)."
@@ -80,7 +85,7 @@ def read_bundle(folder: Path, trusted: bool) -> BundleCard:
         name=_metadata(folder).get("name", folder.name),
         architecture=str(network.get("_target_", "")),
         kwargs={key: value for key, value in network.items() if not key.startswith("_")},
-        weights=(folder / "models" / "model.pt").resolve(),
+        weights=file_inside(folder, "models/model.pt", f"The bundle {folder.name}'s weights"),
         orientation=str(orientation),
         spacing=tuple(float(value) for value in spacing),
         intensity=_intensity(scaling),
@@ -142,7 +147,7 @@ def _intensity(scaling: dict) -> Intensity:
 
 
 def _metadata(folder: Path) -> dict:
-    path = folder / "configs" / "metadata.json"
+    path = file_inside(folder, "configs/metadata.json", f"The bundle {folder.name}'s metadata")
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ExplainInputError
-from .card import ModelCard, read_json
+from .card import ModelCard, file_inside, read_json
 from .nnunet_plans import CHECKPOINT, TILE_STEP, NnUNetModel
 
 READERS = ("SimpleITKIO", "SimpleITKIOWithReorient")
@@ -45,6 +45,10 @@ class NnUNetCard(ModelCard):
 
     nnunet: NnUNetModel
 
+    @property
+    def input_files(self) -> tuple[Path, ...]:
+        return (self.path / "plans.json", self.path / "dataset.json", *self.nnunet.checkpoints)
+
     def build_network(self):
         from .nnunet import build_network
 
@@ -70,7 +74,8 @@ def read_nnunet_folder(folder: Path, folds=None):
     """The model card of an nnU-Net results folder; ``folds`` to ensemble (default: every
     fold with a final checkpoint)."""
     folder = _configuration_folder(folder)
-    plans, dataset_json = (read_json(folder / name) for name in ("plans.json", "dataset.json"))
+    plans, dataset_json = (read_json(file_inside(folder, name, f"{folder.name}'s {name}"))
+                           for name in ("plans.json", "dataset.json"))  # fmt: skip
     checkpoints, chosen = _fold_checkpoints(folder, folds)
     configuration_name = folder.name.split("__")[-1]
     configuration = _configuration(plans, configuration_name, folder)
@@ -160,7 +165,9 @@ def _fold_checkpoints(folder: Path, folds) -> tuple[tuple[Path, ...], tuple[str,
             f"{folder.name} has no {CHECKPOINT} for fold {', '.join(missing) or '(any)'}; folds that have one: "
             f"{', '.join(available) or 'none'}."
         )
-    return tuple(folder / f"fold_{fold}" / CHECKPOINT for fold in chosen), chosen
+    checkpoints = tuple(file_inside(folder, f"fold_{fold}/{CHECKPOINT}", f"{folder.name}'s fold {fold} checkpoint")
+                        for fold in chosen)  # fmt: skip
+    return checkpoints, chosen
 
 
 def _colours(names: tuple[str, ...]) -> tuple[tuple[float, float, float], ...]:

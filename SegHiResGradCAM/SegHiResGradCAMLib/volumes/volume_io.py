@@ -6,7 +6,11 @@ L/R (+x/-x in LPS), P/A (+y/-y), S/I (+z/-z); KiTS NIfTI cases are "IPL".
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import os
+import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +23,121 @@ _AXIS_OF = {letter: axis for (axis, _), letter in _LETTERS.items()}
 _SIGN_OF = {letter: sign for (_, sign), letter in _LETTERS.items()}
 
 
+READABLE = "a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file"
+WRITABLE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+MEMORY_LIMIT_VARIABLE = "SEGHIRESGRADCAM_MEMORY_LIMIT_GB"
+WORKING_BYTES_PER_VOXEL = 12  # the stored voxel, a float32 working copy, a float32 map back on the CT grid
+ORTHOGONAL_TOLERANCE = 1e-4
+
+
+def memory_limit_bytes() -> int:
+    """How much memory one computation may plan to use: half the machine's physical memory,
+    or SEGHIRESGRADCAM_MEMORY_LIMIT_GB when set."""
+    if os.environ.get(MEMORY_LIMIT_VARIABLE):
+        return int(float(os.environ[MEMORY_LIMIT_VARIABLE]) * 2**30)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows)
+        return 8 * 2**30
+
+
+def check_memory(what: str, needed_bytes: float, advice: str) -> None:
+    limit = memory_limit_bytes()
+    if needed_bytes > limit:
+        raise ExplainInputError(
+            f"{what} would need about {needed_bytes / 2**30:.1f} GB of memory, more than the {limit / 2**30:.1f} GB "
+            f"this computation may use (half of this machine's memory; {MEMORY_LIMIT_VARIABLE} sets it): {advice}"
+        )
+
+
 def read_volume(path, what: str = "image") -> sitk.Image:
-    """A 3D scalar volume from any file SimpleITK reads (NIfTI, NRRD, MHA, ...)."""
+    """A 3D scalar volume from any file SimpleITK reads (NIfTI, NRRD, MHA, ...). The header
+    is read first: an image too large for memory, with a sheared grid, or whose compressed
+    or raw data is truncated or corrupt is refused before its voxels are read."""
     path = Path(path)
     if not path.is_file():
         raise ExplainInputError(f"The {what} file {path} does not exist.")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        with _native_messages_kept():
+            reader.ReadImageInformation()
     except RuntimeError:
+        _check_complete(path, 0)  # a damaged compressed file says so
+        raise ExplainInputError(f"Cannot read {path.name} as a volume: give {READABLE}.") from None
+    size, components = reader.GetSize(), reader.GetNumberOfComponents()
+    if reader.GetDimension() != 3 or components != 1:
         raise ExplainInputError(
-            f"Cannot read {path.name} as a volume: give a NIfTI (.nii, .nii.gz), NRRD or MHA file."
-        ) from None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ExplainInputError(
-            f"{path.name} is a {image.GetDimension()}D image with {image.GetNumberOfComponentsPerPixel()} "
-            f"component(s) per voxel: a 3D scalar volume (one CT series) is needed."
+            f"{path.name} is a {reader.GetDimension()}D image with {components} component(s) per voxel: a 3D "
+            "scalar volume (one CT series) is needed."
         )
-    return image
+    voxels = float(np.prod(size, dtype=np.float64))
+    stored_bytes = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
+    needed = voxels * (stored_bytes + WORKING_BYTES_PER_VOXEL)
+    check_memory(f"{path.name} ({' x '.join(map(str, size))} voxels)", needed, "crop or downsample the image first.")
+    _check_orthogonal(reader.GetDirection(), path.name)
+    _check_complete(path, voxels * stored_bytes)
+    try:
+        with _native_messages_kept():
+            return reader.Execute()
+    except RuntimeError as error:
+        detail = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise ExplainInputError(
+            f"{path.name} is damaged: its voxel data cannot be read ({detail[:160]}). Export it again."
+        ) from None
+
+
+@contextlib.contextmanager
+def _native_messages_kept():
+    """ITK's readers print some complaints straight to the process's stderr (file descriptor
+    2), beside the exception that carries them; they are kept out of the user's terminal,
+    where the one-line error says what happened."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to redirect
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def _check_orthogonal(direction, name: str) -> None:
+    matrix = np.array(direction, dtype=float).reshape(3, 3)
+    if not np.allclose(matrix.T @ matrix, np.eye(3), atol=ORTHOGONAL_TOLERANCE):
+        raise ExplainInputError(
+            f"{name} has a sheared (non-orthogonal) voxel grid, as from a gantry-tilted scan; the heatmap could not "
+            "be put back on it exactly. Resample it onto an orthogonal grid first (e.g. Slicer's Resample Scalar "
+            "Volume, or the scanner's reformatted series)."
+        )
+
+
+def _check_complete(path: Path, voxel_bytes: float) -> None:
+    """Readers fill a truncated gzip (.nii.gz) or raw NIfTI with zeros without a word, and
+    read only as far as they need, so a damaged end goes unnoticed: the gzip stream is
+    read to its end (its length and CRC checked), and a raw NIfTI must hold every voxel."""
+    name = path.name.lower()
+    damaged = None
+    if name.endswith(".gz"):
+        try:
+            length = 0
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 22):
+                    length += len(chunk)
+            if length < voxel_bytes:
+                damaged = f"it holds {length} bytes of voxel data where {int(voxel_bytes)} are needed"
+        except (EOFError, OSError, zlib.error) as error:
+            damaged = str(error) or type(error).__name__
+    elif name.endswith(".nii") and path.stat().st_size < voxel_bytes:
+        damaged = f"the file has {path.stat().st_size} bytes where the voxels alone need {int(voxel_bytes)}"
+    if damaged:
+        raise ExplainInputError(f"{path.name} is damaged: {damaged}. Export or copy it again.")
 
 
 def write_volume(image: sitk.Image, path) -> None:

@@ -1,0 +1,142 @@
+"""A run's output files, all or none: checked before any computation, written under
+temporary names next to their targets, and renamed into place only when every one exists.
+
+Temporary files are named ``.seghiresgradcam-partial-<pid>-<name>``, so that one left by a
+killed run is recognisably ours; the next run writing into that folder removes those whose
+process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from ..errors import ExplainInputError
+
+PARTIAL_PREFIX = ".seghiresgradcam-partial-"
+# Single-file formats only: a header with a separate data file (.nhdr, .mhd) names its data
+# file, which a rename of the header would not carry along.
+VOLUME_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")
+
+
+def _suffix_supported(path: Path) -> bool:
+    return path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    if first.resolve() == second.resolve():
+        return True
+    try:
+        return first.exists() and second.exists() and os.path.samefile(first, second)
+    except OSError:
+        return False
+
+
+def _nearest_existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or no way to tell: keep its file
+    return True
+
+
+class OutputFiles:
+    """``outputs``: what each output is (for messages) -> path; ``volumes``: which of them
+    are volume files; ``inputs``: files the run reads, which no output may be."""
+
+    def __init__(self, outputs: dict[str, Path], volumes: set[str], inputs: list[Path]):
+        self.outputs = {label: Path(path) for label, path in outputs.items() if path is not None}
+        self.volumes = volumes
+        self.inputs = [Path(path) for path in inputs if path is not None]
+        self._staged: dict[str, Path] = {}
+        self._created_folders: list[Path] = []
+
+    def check(self) -> None:
+        """Refuses, before anything runs, outputs that would overwrite an input or each other,
+        or that cannot be written: a folder, an unsupported format, an unwritable folder."""
+        seen: dict[Path, str] = {}
+        for label, path in self.outputs.items():
+            for source in self.inputs:
+                if _same_file(path, source):
+                    raise ExplainInputError(
+                        f"The {label} file {path} is an input of this run ({source.name}): writing it would destroy "
+                        "the input. Choose another output name."
+                    )
+            if path.resolve() in seen:
+                raise ExplainInputError(f"The {label} and the {seen[path.resolve()]} would both be written to {path}.")
+            seen[path.resolve()] = label
+            if path.is_dir():
+                raise ExplainInputError(f"The {label} path {path} is a folder: give a file name, e.g. {path / 'x'}.")
+            if label in self.volumes and not _suffix_supported(path):
+                raise ExplainInputError(
+                    f"The {label} file {path.name} has a format that cannot be written: end its name with "
+                    f"{', '.join(VOLUME_SUFFIXES)}."
+                )
+            existing = _nearest_existing(path.parent)
+            if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+                raise ExplainInputError(
+                    f"The {label} cannot be written to {path.parent}: {existing} is not a writable folder."
+                )
+        for folder in {path.parent for path in self.outputs.values()}:
+            self._remove_stale_partials(folder)
+
+    @staticmethod
+    def _remove_stale_partials(folder: Path) -> None:
+        if not folder.is_dir():
+            return
+        for partial in folder.glob(f"{PARTIAL_PREFIX}*"):
+            pid = partial.name[len(PARTIAL_PREFIX) :].split("-", 1)[0]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                partial.unlink(missing_ok=True)
+
+    def _partial(self, label: str) -> Path:
+        target = self.outputs[label]
+        missing = []
+        folder = target.parent
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for created in reversed(missing):
+            created.mkdir()
+            self._created_folders.append(created)
+        partial = target.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{target.name}")
+        self._staged[label] = partial
+        return partial
+
+    def stage_volume(self, label: str, image: sitk.Image) -> None:
+        sitk.WriteImage(image, str(self._partial(label)), useCompression=True)
+
+    def stage_text(self, label: str, text: str) -> None:
+        self._partial(label).write_text(text)
+
+    def commit(self) -> list[Path]:
+        """Renames every staged file into place; returns the files that were replaced."""
+        missing = set(self.outputs) - set(self._staged)
+        if missing:
+            raise RuntimeError(f"outputs not written: {sorted(missing)}")
+        replaced = [self.outputs[label] for label in self._staged if self.outputs[label].exists()]
+        for label, partial in self._staged.items():
+            os.replace(partial, self.outputs[label])
+        self._staged.clear()
+        return replaced
+
+    def discard(self) -> None:
+        """Removes what was staged, and the folders made for it: nothing is left behind."""
+        for partial in self._staged.values():
+            partial.unlink(missing_ok=True)
+        self._staged.clear()
+        for folder in reversed(self._created_folders):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+        self._created_folders.clear()

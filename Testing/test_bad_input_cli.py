@@ -1,0 +1,540 @@
+"""Bad input to the command line, table-driven: each case must end with its exit code and
+one line on stderr (no traceback), write no output file, and leave every input file
+byte-identical. Inputs are real files: a synthetic CT, label maps, the bundled model's card
+and weights copied into a model folder, and damaged or hostile variants of them."""
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from SegHiResGradCAMLib.cli import main as cli_main
+from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
+from SegHiResGradCAMLib.volumes import outputs as outputs_module
+from SegHiResGradCAMLib.volumes.outputs import PARTIAL_PREFIX
+
+BUNDLED = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "Resources" / "Models"
+OUTPUT_OPTIONS = ("--out", "--prediction", "--summary", "--metrics", "--signed")
+
+
+@pytest.fixture(scope="module")
+def originals(tmp_path_factory):
+    """The good inputs, made once: each case copies them into its own folder."""
+    folder = tmp_path_factory.mktemp("originals")
+    ct, labels = case_images(make_case(5, Grid.centred((64, 64, 20), (5.0, 5.0, 6.0))))
+    sitk.WriteImage(ct, str(folder / "ct.nii.gz"))
+    sitk.WriteImage(ct, str(folder / "ct.nrrd"), useCompression=True)
+    sitk.WriteImage(ct, str(folder / "ct.nii"))
+    sitk.WriteImage(sitk.Cast(labels == 1, sitk.sitkUInt8), str(folder / "kidney.nrrd"))
+    sitk.WriteImage(labels, str(folder / "labels.nrrd"))
+    model = folder / "model"
+    model.mkdir()
+    shutil.copy(BUNDLED / "kits_demo_unet.json", model / "card.json")
+    shutil.copy(BUNDLED / "kits_demo_unet.pt", model / "kits_demo_unet.pt")
+    return folder
+
+
+def card(folder: Path, **changes) -> Path:
+    """The model folder's card with entries changed (None removes one)."""
+    path = folder / "model" / "card.json"
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        target, *rest = key.split("__")
+        holder = data
+        for part in [target, *rest][:-1]:
+            holder = holder[part]
+        if value is None:
+            holder.pop([target, *rest][-1])
+        else:
+            holder[[target, *rest][-1]] = value
+    path.write_text(json.dumps(data))
+    return path
+
+
+def image(folder: Path, name: str, array: np.ndarray, spacing=(5.0, 5.0, 6.0)) -> Path:
+    """A file on the case CT's grid (the given spacing, its origin), holding ``array``."""
+    picture = sitk.GetImageFromArray(array)
+    if picture.GetDimension() == 3:
+        picture.SetSpacing(spacing)
+        picture.SetOrigin(sitk.ReadImage(str(folder / "kidney.nrrd")).GetOrigin())
+    sitk.WriteImage(picture, str(folder / name))
+    return folder / name
+
+
+def truncated(folder: Path, name: str, source: str, keep: float = 0.6) -> Path:
+    data = (folder / source).read_bytes()
+    (folder / name).write_bytes(data[: int(len(data) * keep)])
+    return folder / name
+
+
+def corrupted_middle(folder: Path, name: str, source: str) -> Path:
+    data = bytearray((folder / source).read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(255 - b for b in data[middle : middle + 64])
+    (folder / name).write_bytes(bytes(data))
+    return folder / name
+
+
+def nrrd_header(folder: Path, name: str, sizes: str, directions: str = "(5,0,0) (0,5,0) (0,0,6)") -> Path:
+    header = (
+        f"NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: {sizes}\n"
+        f"space directions: {directions}\nendian: little\nencoding: gzip\nspace origin: (0,0,0)\n\n"
+    )
+    (folder / name).write_bytes(header.encode() + gzip.compress(b"\0" * 4096))
+    return folder / name
+
+
+def big_network_card(folder: Path) -> Path:
+    return card(
+        folder,
+        kwargs={
+            "spatial_dims": 3,
+            "in_channels": 1,
+            "out_channels": 4,
+            "num_res_units": 0,
+            "channels": [4096, 8192, 16384, 32768],
+            "strides": [2, 2, 2],
+        },
+    )
+
+
+def outside_weights(folder: Path) -> Path:
+    outside = folder / "outside"
+    outside.mkdir()
+    shutil.copy(folder / "model" / "kits_demo_unet.pt", outside / "secret_weights.pt")
+    return card(folder, weights="../outside/secret_weights.pt")
+
+
+def linked_weights(folder: Path) -> Path:
+    (folder / "elsewhere.pt").write_bytes((folder / "model" / "kits_demo_unet.pt").read_bytes())
+    (folder / "model" / "link.pt").symlink_to(folder / "elsewhere.pt")
+    return card(folder, weights="link.pt")
+
+
+def pickled_code(folder: Path) -> Path:
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch should-not-exist",))
+
+    torch.save({"weights": Payload()}, folder / "model" / "kits_demo_unet.pt")
+    return card(folder)
+
+
+def second_card(folder: Path) -> Path:
+    shutil.copy(folder / "model" / "card.json", folder / "model" / "other.json")
+    return folder / "model"
+
+
+def bundle(folder: Path) -> Path:
+    (folder / "bundle" / "configs").mkdir(parents=True)
+    (folder / "bundle" / "configs" / "inference.json").write_text('{"network_def": {"_target_": "UNet"}}')
+    return folder / "bundle"
+
+
+def nnunet_without_dataset(folder: Path) -> Path:
+    model = folder / "Dataset001_X" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    model.mkdir(parents=True)
+    (model / "plans.json").write_text("{}")
+    return model
+
+
+def symlinked_ct(folder: Path) -> Path:
+    (folder / "ct-link.nii.gz").symlink_to(folder / "ct.nii.gz")
+    return folder / "ct-link.nii.gz"
+
+
+def in_a_file(folder: Path) -> Path:
+    (folder / "notes.txt").write_text("not a folder")
+    return folder / "notes.txt" / "heat.nrrd"
+
+
+def good(folder: Path, **replace) -> list:
+    """The arguments of a good run, with some replaced (a value of None drops the option)."""
+    options = {
+        "--image": folder / "ct.nii.gz",
+        "--target-class": "kidney",
+        "--mask": folder / "kidney.nrrd",
+        "--out": folder / "out" / "heat.nrrd",
+    }
+    options.update({f"--{key.replace('_', '-')}": value for key, value in replace.items()})
+    arguments = ["explain"]
+    for option, value in options.items():
+        if value is None:
+            continue
+        arguments += [option] if value is True else [option, value]
+    return [*arguments, "--progress", "none"]
+
+
+# name -> (arguments for the case folder, exit code, what the message must say)
+CASES = {
+    # Outputs that would destroy an input, or cannot be written.
+    "out is the CT": (lambda f: good(f, out=f / "ct.nii.gz"), 2, "is an input of this run"),
+    "out is the mask": (lambda f: good(f, out=f / "kidney.nrrd"), 2, "is an input of this run"),
+    "prediction is the CT": (lambda f: good(f, prediction=f / "ct.nii.gz"), 2, "is an input of this run"),
+    "signed map is the CT": (lambda f: good(f, signed=f / "ct.nii.gz"), 2, "is an input of this run"),
+    "summary is the model card": (
+        lambda f: good(f, model=card(f), summary=f / "model" / "card.json"),
+        2,
+        "is an input of this run",
+    ),
+    "out is the weights": (
+        lambda f: good(f, model=card(f), out=f / "model" / "kits_demo_unet.pt"),
+        2,
+        "is an input of this run|cannot be written",
+    ),
+    "metrics is the bundled weights": (
+        lambda f: good(f, metrics=BUNDLED / "kits_demo_unet.pt"),
+        2,
+        "is an input of this run",
+    ),
+    "out is a link to the CT": (lambda f: good(f, out=symlinked_ct(f)), 2, "is an input of this run"),
+    "out and prediction the same": (lambda f: good(f, prediction=f / "out" / "heat.nrrd"), 2, "would both be written"),
+    "out is a folder": (lambda f: good(f, out=f), 2, "is a folder"),
+    "out has an unknown extension": (lambda f: good(f, out=f / "heat.xyz"), 2, "cannot be written"),
+    "out is a header with a data file": (lambda f: good(f, out=f / "heat.nhdr"), 2, "cannot be written"),
+    "prediction as PNG": (lambda f: good(f, prediction=f / "labels.png"), 2, "cannot be written"),
+    "out inside a file": (lambda f: good(f, out=in_a_file(f)), 2, "not a writable folder"),
+    "summary is a folder": (lambda f: good(f, summary=f), 2, "is a folder"),
+    "metrics is a folder": (lambda f: good(f, metrics=f), 2, "is a folder"),
+    # What a model card may reach, and how its errors read.
+    "weights climb out of the folder": (
+        lambda f: good(f, model=card(f, weights="../../../../etc/passwd")),
+        2,
+        "outside the model's folder",
+    ),
+    "weights at an absolute path": (
+        lambda f: good(f, model=card(f, weights="/etc/shadow")),
+        2,
+        "outside the model's folder",
+    ),
+    "weights next to the folder": (lambda f: good(f, model=outside_weights(f)), 2, "outside the model's folder"),
+    "weights linked from outside": (lambda f: good(f, model=linked_weights(f)), 2, "outside the model's folder"),
+    "spacing with units": (
+        lambda f: good(f, model=card(f, preprocessing__spacing="2mm")),
+        2,
+        r"preprocessing.spacing must be three positive numbers.*'2mm'",
+    ),
+    "spacing of two numbers": (
+        lambda f: good(f, model=card(f, preprocessing__spacing=[2, 2])),
+        2,
+        "preprocessing.spacing must be",
+    ),
+    "negative spacing": (
+        lambda f: good(f, model=card(f, preprocessing__spacing=[2, -2, 3])),
+        2,
+        "preprocessing.spacing must be",
+    ),
+    "classes is a number": (lambda f: good(f, model=card(f, classes=4)), 2, "classes must be a list of class names"),
+    "orientation letters": (
+        lambda f: good(f, model=card(f, preprocessing__orientation="XYZ")),
+        2,
+        "preprocessing.orientation must be",
+    ),
+    "intensity scale zero": (
+        lambda f: good(f, model=card(f, preprocessing__intensity__scale=0)),
+        2,
+        "preprocessing.intensity must be",
+    ),
+    "intensity as text": (
+        lambda f: good(f, model=card(f, preprocessing__intensity__low="low")),
+        2,
+        "preprocessing.intensity.low must be a number",
+    ),
+    "no architecture": (lambda f: good(f, model=card(f, architecture=None)), 2, "architecture must be"),
+    "architecture names code": (
+        lambda f: good(f, model=card(f, architecture="os.system")),
+        2,
+        "not one of the supported MONAI networks",
+    ),
+    "kwargs not an object": (lambda f: good(f, model=card(f, kwargs=[1, 2])), 2, "kwargs must be"),
+    "kwargs that do not fit": (
+        lambda f: good(f, model=card(f, kwargs={"spatial_dims": 3, "wings": 2})),
+        2,
+        "network arguments do not fit",
+    ),
+    "window as text": (
+        lambda f: good(f, model=card(f, sliding_window__size=["32", "96", "96"])),
+        2,
+        "sliding_window.size must be",
+    ),
+    "overlap above one": (
+        lambda f: good(f, model=card(f, sliding_window__overlap=1.5)),
+        2,
+        "sliding_window.overlap must be",
+    ),
+    "unknown head": (lambda f: good(f, model=card(f, head="tanh")), 2, "head must be one of softmax, sigmoid"),
+    "colours of the wrong length": (lambda f: good(f, model=card(f, colours=[[1, 0, 0]])), 2, "colours must be"),
+    "card that is not JSON": (
+        lambda f: (f / "model" / "card.json").write_text("{not json") and good(f, model=f / "model" / "card.json"),
+        2,
+        "is not valid JSON",
+    ),
+    "card that is a list": (
+        lambda f: (f / "model" / "card.json").write_text("[1, 2]") and good(f, model=f / "model" / "card.json"),
+        2,
+        "must be a JSON object",
+    ),
+    "missing weights": (
+        lambda f: (f / "model" / "kits_demo_unet.pt").unlink() or good(f, model=card(f)),
+        2,
+        "does not exist",
+    ),
+    "damaged weights": (
+        lambda f: truncated(f / "model", "kits_demo_unet.pt", "kits_demo_unet.pt", 0.5) and good(f, model=card(f)),
+        2,
+        "Cannot load weights",
+    ),
+    "weights that would run code": (lambda f: good(f, model=pickled_code(f)), 2, "never code"),
+    "a network too large for memory": (lambda f: good(f, model=big_network_card(f)), 2, "GB of memory"),
+    "a folder with two cards": (lambda f: good(f, model=second_card(f)), 2, "exactly one model card"),
+    "an untrusted bundle": (lambda f: good(f, model=bundle(f)), 2, "can run arbitrary Python"),
+    "an nnU-Net folder without dataset.json": (
+        lambda f: good(f, model=nnunet_without_dataset(f)),
+        2,
+        "has no dataset.json",
+    ),
+    "a model that does not exist": (lambda f: good(f, model=f / "nothing.json"), 2, "does not exist"),
+    # Images.
+    "missing CT": (lambda f: good(f, image=f / "none.nii.gz"), 2, "does not exist"),
+    "CT that is text": (
+        lambda f: (f / "ct.txt").write_text("hello") and good(f, image=f / "ct.txt"),
+        2,
+        "Cannot read ct.txt as a volume",
+    ),
+    "truncated nii.gz": (lambda f: good(f, image=truncated(f, "cut.nii.gz", "ct.nii.gz")), 2, "cut.nii.gz is damaged"),
+    "corrupt nii.gz": (
+        lambda f: good(f, image=corrupted_middle(f, "bad.nii.gz", "ct.nii.gz")),
+        2,
+        "bad.nii.gz is damaged",
+    ),
+    "truncated raw nii": (lambda f: good(f, image=truncated(f, "cut.nii", "ct.nii")), 2, "cut.nii is damaged"),
+    "truncated nrrd": (lambda f: good(f, image=truncated(f, "cut.nrrd", "ct.nrrd")), 2, "cut.nrrd is damaged"),
+    "2D image": (lambda f: good(f, image=image(f, "flat.nrrd", np.zeros((20, 20), np.int16))), 2, "2D image"),
+    "colour image": (lambda f: good(f, image=image(f, "rgb.nrrd", np.zeros((4, 20, 20, 3), np.uint8))), 2, "component"),
+    "label map as the CT": (lambda f: good(f, image=f / "labels.nrrd"), 2, "does not look like a CT"),
+    "a header claiming 2000 cubed voxels": (
+        lambda f: good(f, image=nrrd_header(f, "huge.nrrd", "2000 2000 2000")),
+        2,
+        "GB of memory",
+    ),
+    "a 3000 mm spacing": (
+        lambda f: good(
+            f,
+            image=image(
+                f,
+                "wide.nrrd",
+                np.full((20, 64, 64), -1000, np.int16) + (np.arange(64) * 20).astype(np.int16),
+                spacing=(3000.0, 3000.0, 3000.0),
+            ),
+        ),
+        2,
+        "on the model's grid.*GB of memory",
+    ),
+    "a sheared grid": (
+        lambda f: good(f, image=nrrd_header(f, "tilted.nrrd", "8 8 8", "(5,0,0) (2,5,0) (0,0,6)")),
+        2,
+        "sheared",
+    ),
+    # Masks.
+    "a probability map as mask": (
+        lambda f: good(
+            f,
+            mask=image(
+                f,
+                "p.nrrd",
+                np.where(sitk.GetArrayFromImage(sitk.ReadImage(str(f / "kidney.nrrd"))) > 0, 0.91, 0.01).astype(
+                    np.float32
+                ),
+            ),
+        ),
+        2,
+        "fractional values.*--mask-threshold",
+    ),
+    "the CT as mask": (lambda f: good(f, mask=f / "ct.nii.gz"), 2, "does not look like a label map"),
+    "a mask with negative labels": (
+        lambda f: good(f, mask=image(f, "neg.nrrd", np.full((20, 64, 64), -1, np.int16))),
+        2,
+        "does not look like a label map",
+    ),
+    "a mask label that is not there": (
+        lambda f: good(f, mask=f / "labels.nrrd", mask_label=7),
+        2,
+        "no voxel of label 7.*1, 2",
+    ),
+    "an empty mask": (
+        lambda f: good(f, mask=image(f, "empty.nrrd", np.zeros((20, 64, 64), np.uint8))),
+        2,
+        "selects no voxel",
+    ),
+    "a threshold above every value": (lambda f: good(f, mask_threshold=5.0), 2, "selects no voxel"),
+    "a mask outside the CT": (lambda f: good(f, mask=far_mask(f)), 2, "no voxel inside the CT"),
+    "a missing mask": (lambda f: good(f, mask=f / "none.nrrd"), 2, "does not exist"),
+    "a damaged mask": (lambda f: good(f, mask=truncated(f, "cut-mask.nrrd", "kidney.nrrd", 0.3)), 2, "damaged"),
+    # Other arguments.
+    "unknown class": (lambda f: good(f, target_class="spleen"), 2, "no class 'spleen'"),
+    "unknown method": (lambda f: good(f, method="grad-cam-deluxe"), 2, "Unknown CAM method"),
+    "CUDA on a machine without": (lambda f: good(f, device="cuda"), 2, "no CUDA GPU"),
+    "MPS on a build without": (lambda f: good(f, device="mps"), 2, "MPS"),
+    "layers of a card with bad spacing": (
+        lambda f: ["layers", "--model", card(f, preprocessing__spacing="2mm")],
+        2,
+        "preprocessing.spacing must be",
+    ),
+    "layers of a missing model": (lambda f: ["layers", "--model", f / "none"], 2, "does not exist"),
+}
+
+
+def far_mask(folder: Path) -> Path:
+    picture = sitk.GetImageFromArray(np.ones((4, 4, 4), np.uint8))
+    picture.SetOrigin((5000.0, 5000.0, 5000.0))
+    sitk.WriteImage(picture, str(folder / "far.nrrd"))
+    return folder / "far.nrrd"
+
+
+def fingerprints(folder: Path) -> dict:
+    """Every file under the case folder (inputs and all) with its content's hash."""
+    return {
+        path: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in folder.rglob("*")
+        if path.is_file() and not path.is_symlink()
+    }
+
+
+def prepare(originals: Path, folder: Path):
+    shutil.copytree(originals, folder, dirs_exist_ok=True)
+
+
+def output_paths(arguments: list) -> list[Path]:
+    return [Path(arguments[i + 1]) for i, value in enumerate(arguments) if value in OUTPUT_OPTIONS]
+
+
+def test_there_are_at_least_sixty_kinds_of_bad_input():
+    assert len(CASES) >= 60
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_one_line_exit_code_no_output_inputs_unchanged(case, originals, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a file that a payload might create would land here
+    folder = tmp_path / "case"
+    prepare(originals, folder)
+    make_arguments, code, message = CASES[case]
+    arguments = [str(value) for value in make_arguments(folder)]
+    outputs = [path for path in output_paths(arguments) if not path.exists()]
+    before = fingerprints(folder)
+    bundled_before = fingerprints(BUNDLED)
+    capsys.readouterr()
+    assert cli_main(arguments) == code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("seghiresgradcam: error: ") and "Traceback" not in captured.err
+    assert re.search(message, lines[0]), lines[0]
+    assert [path for path in outputs if path.exists()] == []
+    assert not list(folder.rglob(f"{PARTIAL_PREFIX}*"))
+    assert fingerprints(folder) == before and fingerprints(BUNDLED) == bundled_before
+    assert not (tmp_path / "should-not-exist").exists()
+
+
+def test_a_failure_while_writing_leaves_no_output(originals, tmp_path, capsys, monkeypatch):
+    """The summary cannot be written (say, the disk is full) after the heatmap and the
+    prediction have been: neither is left on disk."""
+    folder = tmp_path / "case"
+    prepare(originals, folder)
+    real_stage_text = outputs_module.OutputFiles.stage_text
+
+    def disk_full(self, label, text):
+        real_stage_text(self, label, text)
+        raise OSError(28, "No space left on device", str(self.outputs[label]))
+
+    monkeypatch.setattr(outputs_module.OutputFiles, "stage_text", disk_full)
+    arguments = good(folder, prediction=folder / "out" / "labels.nrrd", summary=folder / "out" / "summary.json")
+    assert cli_main([str(value) for value in arguments]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (folder / "out").exists(), "the folder made for the outputs is removed too"
+
+
+def test_a_run_replaces_an_output_and_says_so_and_clears_a_killed_run_s_leftovers(originals, tmp_path, capsys):
+    folder = tmp_path / "case"
+    prepare(originals, folder)
+    (folder / "out").mkdir()
+    (folder / "out" / "heat.nrrd").write_text("an earlier result")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that is gone
+    leftover = folder / "out" / f"{PARTIAL_PREFIX}{dead.pid}-heat.nrrd"
+    leftover.write_text("half a file from a killed run")
+    mine = folder / "out" / f"{PARTIAL_PREFIX}{os.getpid()}-other.nrrd"
+    mine.write_text("a live run's file")
+    assert cli_main([str(value) for value in good(folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"replaced {folder / 'out' / 'heat.nrrd'}" in out
+    assert sitk.ReadImage(str(folder / "out" / "heat.nrrd")).GetSize() == (64, 64, 20)
+    assert not leftover.exists() and mine.exists()
+
+
+def test_a_label_map_with_several_labels_is_explained_as_its_nonzero_voxels_and_says_so(originals, tmp_path, capsys):
+    folder = tmp_path / "case"
+    prepare(originals, folder)
+    assert cli_main([str(value) for value in good(folder, mask=folder / "labels.nrrd")]) == 0
+    out = capsys.readouterr().out
+    assert "all nonzero voxels of labels.nrrd, which holds labels 1, 2" in out and "--mask-label" in out
+    assert cli_main([str(value) for value in good(folder, mask=folder / "labels.nrrd", mask_label=1)]) == 0
+    assert "the voxels of label 1 in labels.nrrd" in capsys.readouterr().out
+
+
+def test_a_probability_map_is_explained_with_a_threshold(originals, tmp_path, capsys):
+    folder = tmp_path / "case"
+    prepare(originals, folder)
+    kidney = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "kidney.nrrd"))) > 0
+    probability = image(folder, "p.nrrd", np.where(kidney, 0.91, 0.01).astype(np.float32))
+    assert cli_main([str(value) for value in good(folder, mask=probability, mask_threshold=0.5)]) == 0
+    assert "at or above 0.5" in capsys.readouterr().out
+
+
+def test_a_huge_header_is_refused_quickly_and_in_little_memory(tmp_path):
+    """A 4 KB gzip NRRD whose header claims 2000 x 2000 x 2000 voxels: refused from the
+    header, before any voxel or the network is touched (the process does not even load torch)."""
+    header = nrrd_header(tmp_path, "huge.nrrd", "2000 2000 2000")
+    code = (
+        "import resource, sys, time; from SegHiResGradCAMLib.cli import main; start = time.time(); "
+        f"status = main(['explain', '--image', {str(header)!r}, '--target-class', 'tumour', '--from-prediction', "
+        f"'--out', {str(tmp_path / 'heat.nrrd')!r}, '--progress', 'none']); "
+        "print(status, time.time() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+        "'torch' in sys.modules)"
+    )
+    started = time.time()
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    status, seconds, peak_kb, torch_loaded = completed.stdout.split()
+    assert status == "2" and "GB of memory" in completed.stderr
+    assert float(seconds) < 5 and time.time() - started < 20
+    assert int(peak_kb) < 1024 * 1024  # ru_maxrss is in KB on Linux
+    assert torch_loaded == "False"
+
+
+def test_listing_layers_into_a_closed_pipe_ends_quietly():
+    """``seghiresgradcam layers --json | head -c 10``: no broken-pipe traceback."""
+    command = f"{sys.executable} -m SegHiResGradCAMLib.cli methods | head -c 10"
+    completed = subprocess.run(["bash", "-c", command + "; exit ${PIPESTATUS[0]}"], capture_output=True, text=True)
+    assert "Traceback" not in completed.stderr and "Broken pipe" not in completed.stderr
+    assert completed.returncode in (0, 1, -signal.SIGPIPE)
+
+
+def test_an_error_after_the_progress_bar_starts_on_a_line_of_its_own(originals, tmp_path, capsys):
+    folder = tmp_path / "case"
+    prepare(originals, folder)
+    arguments = [*[str(value) for value in good(folder, layer="no.such.layer")][:-2], "--progress", "bar"]
+    assert cli_main(arguments) == 2
+    err = capsys.readouterr().err
+    assert "\nseghiresgradcam: error: " in err and "no layer named 'no.such.layer'" in err
+    assert err.rstrip("\n").splitlines()[-1].startswith("seghiresgradcam: error: ")
