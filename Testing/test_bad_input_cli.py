@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -502,32 +501,44 @@ def test_a_probability_map_is_explained_with_a_threshold(originals, tmp_path, ca
     assert "at or above 0.5" in capsys.readouterr().out
 
 
+PEAK_MEMORY = """
+def peak_kb():
+    # VmHWM belongs to the exec'd interpreter's own address space; ru_maxrss would carry the
+    # forking test runner's peak across exec on Linux.
+    try:
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    except OSError:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+"""
+
+
 def test_a_huge_header_is_refused_quickly_and_in_little_memory(tmp_path):
     """A 4 KB gzip NRRD whose header claims 2000 x 2000 x 2000 voxels: refused from the
     header, before any voxel or the network is touched (the process does not even load torch)."""
     header = nrrd_header(tmp_path, "huge.nrrd", "2000 2000 2000")
-    code = (
-        "import resource, sys, time; from SegHiResGradCAMLib.cli import main; start = time.time(); "
-        f"status = main(['explain', '--image', {str(header)!r}, '--target-class', 'tumour', '--from-prediction', "
-        f"'--out', {str(tmp_path / 'heat.nrrd')!r}, '--progress', 'none']); "
-        "print(status, time.time() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-        "'torch' in sys.modules)"
+    arguments = ["explain", "--image", str(header), "--target-class", "tumour", "--from-prediction", "--out",
+                 str(tmp_path / "heat.nrrd"), "--progress", "none"]  # fmt: skip
+    code = PEAK_MEMORY + (
+        "import sys, time\nfrom SegHiResGradCAMLib.cli import main\nstart = time.time()\n"
+        f"status = main({arguments!r})\nprint(status, time.time() - start, peak_kb(), 'torch' in sys.modules)\n"
     )
     started = time.time()
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     status, seconds, peak_kb, torch_loaded = completed.stdout.split()
     assert status == "2" and "GB of memory" in completed.stderr
     assert float(seconds) < 5 and time.time() - started < 20
-    assert int(peak_kb) < 1024 * 1024  # ru_maxrss is in KB on Linux
+    assert int(peak_kb) < 1024 * 1024  # KB
     assert torch_loaded == "False"
 
 
 def test_listing_layers_into_a_closed_pipe_ends_quietly():
-    """``seghiresgradcam layers --json | head -c 10``: no broken-pipe traceback."""
-    command = f"{sys.executable} -m SegHiResGradCAMLib.cli methods | head -c 10"
-    completed = subprocess.run(["bash", "-c", command + "; exit ${PIPESTATUS[0]}"], capture_output=True, text=True)
-    assert "Traceback" not in completed.stderr and "Broken pipe" not in completed.stderr
-    assert completed.returncode in (0, 1, -signal.SIGPIPE)
+    """``seghiresgradcam layers --json | true``: the reader is gone before anything is
+    written, so every write fails; no traceback, no 'Exception ignored' at exit."""
+    command = f"{sys.executable} -m SegHiResGradCAMLib.cli layers --json | true; exit ${{PIPESTATUS[0]}}"
+    completed = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert completed.stderr.strip() == ""
+    assert completed.returncode == 1
 
 
 def test_an_error_after_the_progress_bar_starts_on_a_line_of_its_own(originals, tmp_path, capsys):
