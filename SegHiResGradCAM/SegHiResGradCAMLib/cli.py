@@ -98,7 +98,7 @@ def _card_and_layers(arguments):
     from .models.ensemble import ensemble_members
     from .models.formats import read_model_card
 
-    card = read_model_card(arguments.model, trust_bundle=arguments.trust_bundle, folds=arguments.folds)
+    card = read_model_card(arguments.model, trust_bundle=arguments.trust_bundle, folds=arguments.folds).resolved()
     # The members of a fold ensemble share their architecture, and each is explained at the same layer.
     network = ensemble_members(card.build_network())[0]
     return card, list_layers(network, (card.in_channels, *card.window))

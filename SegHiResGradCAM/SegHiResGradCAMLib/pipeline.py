@@ -102,6 +102,7 @@ def run(job: ExplainJob) -> JobResult:
     outputs.check()
     ct = read_volume(job.image, "CT")
     check_looks_like_ct(ct, Path(job.image).name)
+    card = card.resolved()  # a bundle's evaluated configuration (its window, spacing)
     check_model_grid_memory(ct, card, Path(job.image).name)
     notes = []
     mask_image = None
@@ -159,7 +160,7 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
 
     seconds = {}
     network = card.build_network()
-    model_input = card.prepare_input(ct)
+    model_input = card.prepare_input(ct, job.image)
     if model_input.array.shape[0] != card.in_channels:
         raise ExplainInputError(f"The model expects {card.in_channels} input channels; a CT gives 1.")
     seconds["preparation"] = time.perf_counter() - started

@@ -100,12 +100,18 @@ class Tiling:
     window: tuple[int, ...]
     overlap: float = 0.25
     blend: str = "gaussian"
+    sigma_scale: float | tuple[float, ...] = GAUSSIAN_SIGMA_SCALE  # MONAI's sigma_scale (Gaussian blend)
+    padding_mode: str = "constant"  # how images smaller than a window are padded (MONAI's padding_mode)
+    padding_value: float = 0.0  # the constant for "constant" padding (MONAI's cval)
 
     def grid(self, image_shape: tuple[int, ...]) -> WindowGrid:
         return window_grid(image_shape, self.window, self.overlap)
 
     def weight(self) -> torch.Tensor:
-        return importance_map(self.window, self.blend)
+        return importance_map(self.window, self.blend, self.sigma_scale)
+
+    def pad(self, image_batch: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
+        return pad_to_grid(image_batch, grid, self.padding_mode, self.padding_value)
 
 
 def as_tiling(window, overlap: float, blend: str, spatial_dims: int) -> Tiling:
@@ -132,15 +138,17 @@ def check_blend(blend: str) -> None:
         raise ExplainInputError(f"Unknown blend {blend!r}: choose one of {', '.join(BLENDS)}.")
 
 
-def importance_map(window: tuple[int, ...], blend: str) -> torch.Tensor:
-    """The per-window blending weight g (MONAI's compute_importance_map)."""
+def importance_map(window: tuple[int, ...], blend: str, sigma_scale=GAUSSIAN_SIGMA_SCALE) -> torch.Tensor:
+    """The per-window blending weight g (MONAI's compute_importance_map; ``sigma_scale`` one
+    number or one per axis)."""
     check_blend(blend)
     if blend == "constant":
         return torch.ones(window)
+    scales = tuple(sigma_scale) if isinstance(sigma_scale, list | tuple) else (sigma_scale,) * len(window)
     weight = torch.ones(())
-    for size in window:
+    for size, scale in zip(window, scales, strict=True):
         offsets = torch.arange(-(size - 1) / 2.0, (size - 1) / 2.0 + 1)
-        profile = torch.exp(offsets**2 / (-2 * (size * GAUSSIAN_SIGMA_SCALE) ** 2))
+        profile = torch.exp(offsets**2 / (-2 * (size * scale) ** 2))
         weight = weight.unsqueeze(-1) * profile
     return weight.clamp(min=max(weight.min().item(), 1e-3))
 
@@ -153,11 +161,13 @@ def blend_count(grid: WindowGrid, weight: torch.Tensor) -> torch.Tensor:
     return count
 
 
-def pad_to_grid(image_batch: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
+def pad_to_grid(image_batch: torch.Tensor, grid: WindowGrid, mode: str = "constant", value: float = 0.0):
     if not any(before or after for before, after in grid.padding):
         return image_batch
     flat = [amount for pair in reversed(grid.padding) for amount in pair]
-    return F.pad(image_batch, flat, mode="constant", value=0.0)
+    if mode == "constant":
+        return F.pad(image_batch, flat, mode="constant", value=value)
+    return F.pad(image_batch, flat, mode=mode)
 
 
 class Progress:
@@ -244,7 +254,7 @@ def sliding_window_logits(
         tracker = Progress(len(starts), progress, cancel)
         with evaluation_mode(model), _out_of_memory_guard(compute_device, tiling.window, batch_size):
             blended = _blend_logits(
-                model, pad_to_grid(image_batch, grid), grid, tiling.weight(), batch_size,
+                model, tiling.pad(image_batch, grid), grid, tiling.weight(), batch_size,
                 compute_device, tracker, "inference", starts,
             )  # fmt: skip
     return blended[(slice(None), *grid.unpadded())]
@@ -331,12 +341,34 @@ class _MapAccumulator:
         self.count[where] += weight
 
     def result(self) -> torch.Tensor:
-        total = self.total if self.count is None else self.total / self.count
-        return total[self.grid.unpadded(self._grid_stride)]
+        """The map on the image's own (unpadded) grid. A summed map keeps its total: what the
+        windows attributed to the padding of an image smaller than a window (the padded
+        voxels feed T too) is added to the border voxels it was padded from, so the map of
+        an additive method still sums to T; a blended map is cropped."""
+        region = self.grid.unpadded(self._grid_stride)
+        if self.count is not None:
+            return (self.total / self.count)[region]
+        return _fold_margins(self.total, region)
 
     @property
     def grid_name(self) -> str:
         return "layer" if self.on_layer_grid else "image"
+
+
+def _fold_margins(total: torch.Tensor, region: tuple[slice, ...]) -> torch.Tensor:
+    """``total[region]`` with everything outside the region added to its nearest border slices."""
+    for axis, kept in enumerate(region):
+        size = total.shape[axis]
+        if kept.start > 0 or kept.stop < size:
+            inside = total.narrow(axis, kept.start, kept.stop - kept.start).clone()
+            if kept.start > 0:
+                inside.narrow(axis, 0, 1).add_(total.narrow(axis, 0, kept.start).sum(axis, keepdim=True))
+            if kept.stop < size:
+                inside.narrow(axis, inside.shape[axis] - 1, 1).add_(
+                    total.narrow(axis, kept.stop, size - kept.stop).sum(axis, keepdim=True)
+                )
+            total = inside
+    return total
 
 
 def _blended_activation_sums(model, module, layer_name, padded, grid, weight, count, batch_size, device, tracker):
@@ -379,7 +411,7 @@ def explain_by_windows(
     reached = _windows_reaching(grid, in_target)
     weight = tiling.weight()
     count = blend_count(grid, weight)
-    padded = pad_to_grid(image_batch, grid)
+    padded = tiling.pad(image_batch, grid)
     backward_starts = reached if skip_windows else list(grid.starts)
     nonlinear_score = target.score != "logits"
     passes = int(nonlinear_score) + int(not cam_method.additive) + int(cam_method.needs_activation_sums)

@@ -124,9 +124,15 @@ class ModelCard:
         check_network_memory(probe, self.path.name)
         return self._with_weights(architecture(**self.kwargs))
 
-    def prepare_input(self, ct):
-        """The CT (a SimpleITK image) on the network's grid, with the way back to the CT's grid:
-        reoriented, resampled and normalised as the card says (``volumes.preparation``)."""
+    def resolved(self) -> ModelCard:
+        """The card with what only the computation can know filled in (a MONAI bundle's
+        evaluated configuration); a plain card knows everything already."""
+        return self
+
+    def prepare_input(self, ct, path=None):
+        """The CT (a SimpleITK image; ``path``, its file, for formats that read it themselves)
+        on the network's grid, with the way back to the CT's grid: reoriented, resampled and
+        normalised as the card says (``volumes.preparation``)."""
         from ..volumes.preparation import to_model_grid
 
         return to_model_grid(ct, self)

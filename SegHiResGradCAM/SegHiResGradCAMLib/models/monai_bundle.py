@@ -1,149 +1,248 @@
-"""MONAI bundles (a local folder with configs/inference.json and models/model.pt) as model
-cards.
+"""MONAI bundles (a local folder with configs/inference.json or .yaml and models/model.pt),
+explained in the bundle's own computation.
 
 A bundle's configuration can execute arbitrary Python (``$`` expressions, any
 ``_target_``), so a bundle is read only when the user says they trust it; otherwise it is
-refused before anything in it is evaluated. What is taken from it:
+refused before anything in it is evaluated. Reading the card (class names, head, window
+for display) reads the files as plain JSON or YAML, so the Slicer process imports neither
+MONAI nor torch. The computation (``resolved()`` and the methods below, in the worker)
+parses the configuration with MONAI's ConfigParser, with ``bundle_root`` set to the folder
+and the bundle's own imports, whatever references and expressions it uses:
 
-- the network: ``network_def``, built by MONAI's own ConfigParser (trusted bundles only);
-- the weights: ``models/model.pt``, loaded with ``weights_only=True`` like any weights;
-- the preprocessing: ``Orientationd`` (axcodes), ``Spacingd`` (pixdim) and
-  ``ScaleIntensityRanged`` from the ``preprocessing`` transforms;
-- the sliding window: ``inferer`` (roi_size, overlap, mode);
-- the head: ``Activationsd`` in ``postprocessing`` (sigmoid=True means region heads);
-- class names: ``configs/metadata.json`` network_data_format outputs channel_def.
+- the network: ``network_def``; the weights: ``models/model.pt`` (``weights_only=True``);
+- the input: the bundle's ``preprocessing``, run by MONAI on the CT file (a NIfTI as it
+  is, any other format through a temporary NIfTI of the validated image); the network's
+  input is exactly the tensor it produces, with its metadata and applied operations;
+- the sliding window: the parsed ``inferer`` (roi_size, overlap, mode, sigma_scale,
+  padding_mode, cval), so that T is the blended output's T under the bundle's blending;
+- the head: ``Activationsd`` in ``postprocessing`` (sigmoid: region heads);
+- the way back: maps through MONAI's ``Invertd`` of the preprocessing (linear), the label
+  map through the bundle's own postprocessing (without its saving transforms; nearest
+  ``Invertd`` when the postprocessing does not invert);
+- refused: several input images, a spatial transform MONAI cannot invert (named), an
+  inferer other than a sliding window.
 
-MONAI arrays are (channels, x, y, z) (2D: (channels, x, y)): the card says so
-(``axis_order`` "xyz" or "xy"), and the pipeline transposes to and from its own (z, y, x)
-arrays.
+MONAI arrays are (channels, x, y, z): the card says so (``axis_order`` "xyz"), and the
+pipeline transposes to and from its own (z, y, x) arrays.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ExplainInputError
-from .card import Intensity, ModelCard, file_inside, read_json
+from .card import ModelCard, file_inside, read_json
 
 TRUST_ADVICE = (
     "A MONAI bundle's configuration can run arbitrary Python code, so it is loaded only when you trust its "
     "author: pass --trust-bundle (in Slicer, tick 'Trust this MONAI bundle'), or describe the network in a "
     "model card instead."
 )
+CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+# Transforms that never change an image's geometry, so that inverting them is not needed.
+GEOMETRY_FREE_MODULES = ("monai.transforms.intensity", "monai.transforms.io")
+GEOMETRY_FREE = {"EnsureChannelFirstd", "EnsureTyped", "ToTensord", "CastToTyped", "Identityd", "CopyItemsd",
+                 "DeleteItemsd", "SelectItemsd", "ToDeviced", "ToNumpyd", "EnsureChannelFirst", "EnsureType",
+                 "ToTensor", "CastToType", "Identity"}  # fmt: skip
 
 
 def is_bundle(path: Path) -> bool:
-    return path.is_dir() and any((path / "configs" / name).is_file() for name in ("inference.json", "inference.yaml"))
+    return path.is_dir() and any((path / "configs" / name).is_file() for name in CONFIG_NAMES)
+
+
+def read_config_file(path: Path) -> dict:
+    """A bundle configuration as MONAI reads it: JSON, or YAML (.yaml, .yml)."""
+    if path.suffix == ".json":
+        return read_json(path)
+    try:
+        import yaml
+    except ImportError:
+        raise ExplainInputError(f"{path.name} is YAML: install PyYAML (pip install pyyaml) to read it.") from None
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ExplainInputError(f"{path} is not valid YAML ({error}).") from None
+    if not isinstance(content, dict):
+        raise ExplainInputError(f"{path} must hold a mapping of configuration entries.")
+    return content
 
 
 @dataclass(frozen=True, kw_only=True)
 class BundleCard(ModelCard):
-    """A trusted bundle's card: its network is the configuration's ``network_def``."""
+    """A trusted bundle's card; what needs MONAI is evaluated in the worker only."""
 
     bundle_config: dict
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent.parent
 
     @property
     def input_files(self) -> tuple[Path, ...]:
         metadata = self.path.parent / "metadata.json"
         return (self.path, self.weights, *([metadata] if metadata.is_file() else []))
 
+    def parsed(self, item: str):
+        """A configuration entry evaluated by MONAI (the bundle was trusted to get here)."""
+        return _evaluate(str(self.path), self.path.stat().st_mtime_ns, item)
+
+    def resolved(self) -> BundleCard:
+        """The card with the window, overlap and model spacing the configuration computes."""
+        inferer = self.parsed("inferer")
+        if type(inferer).__name__ != "SlidingWindowInferer":
+            raise ExplainInputError(
+                f"The bundle {self.folder.name} runs its network with {type(inferer).__name__}; only "
+                "SlidingWindowInferer is supported, whose windows the explanation follows."
+            )
+        window = tuple(int(size) for size in inferer.roi_size)
+        spacings = [tuple(float(v) for v in np.atleast_1d(transform.spacing_transform.pixdim))
+                    for transform in _transforms_of(self.parsed("preprocessing"))
+                    if type(transform).__name__ == "Spacingd"]  # fmt: skip
+        spacing = spacings[0] if spacings and len(spacings[0]) == 3 else (0.0, 0.0, 0.0)  # 0: unknown, the CT's
+        return dataclasses.replace(self, window=window, overlap=float(inferer.overlap), spacing=spacing,
+                                   axis_order="xyz" if len(window) == 3 else "xy")  # fmt: skip
+
+    @property
+    def tiling(self):
+        from ..cam.sliding_window import Tiling
+
+        inferer = self.parsed("inferer")
+        sigma = inferer.sigma_scale
+        return Tiling(
+            self.window,
+            float(inferer.overlap),
+            blend=str(getattr(inferer.mode, "value", inferer.mode)),
+            sigma_scale=tuple(sigma) if isinstance(sigma, list | tuple) else float(sigma),
+            padding_mode=str(getattr(inferer.padding_mode, "value", inferer.padding_mode)),
+            padding_value=float(inferer.cval),
+        )
+
     def build_network(self):
-        return self._with_weights(build_bundle_network(self.bundle_config))
+        network = self.parsed("network_def")
+        return self._with_weights(network)
+
+    def prepare_input(self, ct, path=None):
+        from .bundle_input import prepare_bundle_input
+
+        return prepare_bundle_input(self, ct, path)
+
+
+@functools.lru_cache(maxsize=4)
+def _parser(config_path: str, modified: int):
+    """MONAI's parser of the configuration, with bundle_root the bundle's folder (``modified``
+    keys the cache to the file's version)."""
+    from monai.bundle import ConfigParser
+
+    path = Path(config_path)
+    parser = ConfigParser()
+    parser.read_config(config_path)
+    metadata = path.parent / "metadata.json"
+    if metadata.is_file():
+        parser.read_meta(str(metadata))
+    parser["bundle_root"] = str(path.parent.parent)
+    parser.parse(reset=True)
+    return parser
+
+
+def _evaluate(config_path: str, modified: int, item: str):
+    parser = _parser(config_path, modified)
+    if item not in parser:
+        raise ExplainInputError(f"The bundle's configuration {Path(config_path).name} has no {item}.")
+    try:
+        return parser.get_parsed_content(item)
+    except Exception as error:  # a bundle can fail in any way its code allows
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExplainInputError(f"The bundle's {item} could not be evaluated: {first[:300]}") from None
+
+
+def _transforms_of(compose) -> list:
+    """The transforms of a (nested) Compose, in order."""
+    found = []
+    for transform in getattr(compose, "transforms", [compose]):
+        found += _transforms_of(transform) if hasattr(transform, "transforms") else [transform]
+    return found
+
+
+def check_invertible(preprocessing) -> None:
+    """Refuses preprocessing with a spatial transform MONAI cannot invert: the map could not
+    be put back on the CT."""
+    from monai.transforms import InvertibleTransform
+
+    for transform in _transforms_of(preprocessing):
+        name = type(transform).__name__
+        geometry_free = name in GEOMETRY_FREE or type(transform).__module__.startswith(GEOMETRY_FREE_MODULES)
+        if not geometry_free and not isinstance(transform, InvertibleTransform):
+            raise ExplainInputError(
+                f"The bundle's preprocessing uses {name}, which MONAI cannot invert, so the explanation could not be "
+                "returned to the CT's grid. Remove it from the preprocessing or use an invertible transform."
+            )
 
 
 def read_bundle(folder: Path, trusted: bool) -> BundleCard:
+    """The card of a bundle folder, from its files read as plain data (nothing evaluated)."""
     if not trusted:
         raise ExplainInputError(f"{folder.name} is a MONAI bundle. {TRUST_ADVICE}")
-    config_path = file_inside(folder, "configs/inference.json", f"The bundle {folder.name}'s configuration")
-    if not config_path.is_file():
-        raise ExplainInputError(
-            f"{folder.name} has only a YAML configuration; convert configs/inference.yaml to JSON (same content)."
-        )
-    config = read_json(config_path)
-    if not isinstance(config.get("network_def"), dict):
+    name = next(name for name in CONFIG_NAMES if (folder / "configs" / name).is_file())
+    config_path = file_inside(folder, f"configs/{name}", f"The bundle {folder.name}'s configuration")
+    config = read_config_file(config_path)
+    network = config.get("network_def")
+    if not isinstance(network, dict):
         raise ExplainInputError(f"{config_path} has no network_def: the bundle does not say which network it runs.")
-    transforms = _transforms(config.get("preprocessing"))
-    orientation = _argument(transforms, "Orientationd", "axcodes", config_path)
-    spacing = _argument(transforms, "Spacingd", "pixdim", config_path)
-    scaling = _find(transforms, "ScaleIntensityRanged")
-    if scaling is None:
-        raise ExplainInputError(f"{config_path}: no ScaleIntensityRanged in the preprocessing, so the CT's intensity "
-                                "scaling is unknown; describe the network in a model card instead.")  # fmt: skip
-    inferer = config.get("inferer", {})
-    if "roi_size" not in inferer:
-        raise ExplainInputError(f"{config_path}: the inferer has no roi_size (sliding window); add it.")
-    network = config["network_def"]
-    spatial_dims = int(network.get("spatial_dims", len(inferer["roi_size"])))
-    window = [int(size) for size in inferer["roi_size"]]
-    classes = _classes(folder, int(network.get("out_channels", 0)))
-    activation = _find(_transforms(config.get("postprocessing")), "Activationsd") or {}
+    for section in ("preprocessing", "inferer"):
+        if section not in config:
+            raise ExplainInputError(f"{config_path} has no {section}: the bundle does not say how it runs its network.")
+    loaded = [key for transform in _transforms(config.get("preprocessing")) if _name(transform) == "LoadImaged"
+              for key in np.atleast_1d(transform.get("keys", []))]  # fmt: skip
+    if len(loaded) > 1 or _literal(network.get("in_channels"), 1) not in (1, None):
+        raise ExplainInputError(
+            f"The bundle {folder.name} takes several input images ({', '.join(map(str, loaded)) or 'channels'}): "
+            "only bundles of one CT are supported for now."
+        )
+    inferer = config.get("inferer") if isinstance(config.get("inferer"), dict) else {}
+    roi = _literal(inferer.get("roi_size"), None)
+    window = tuple(int(size) for size in roi) if isinstance(roi, list) else ()
+    classes = _classes(folder, _literal(network.get("out_channels"), 0) or 0)
+    activation = next((t for t in _transforms(config.get("postprocessing")) if _name(t) == "Activationsd"), {})
     return BundleCard(
         path=config_path,
         name=_metadata(folder).get("name", folder.name),
         architecture=str(network.get("_target_", "")),
         kwargs={key: value for key, value in network.items() if not key.startswith("_")},
         weights=file_inside(folder, "models/model.pt", f"The bundle {folder.name}'s weights"),
-        orientation=str(orientation),
-        spacing=tuple(float(value) for value in spacing),
-        intensity=_intensity(scaling),
-        head="sigmoid" if activation.get("sigmoid") else "softmax",
+        orientation="",  # the bundle's own preprocessing decides
+        spacing=(0.0, 0.0, 0.0),  # known once the configuration is evaluated (resolved())
+        intensity=None,
+        head="sigmoid" if activation.get("sigmoid") is True else "softmax",
         classes=classes,
         colours=tuple((0.5, 0.5, 0.5) for _ in classes),
-        window=tuple(window),  # in the network's own array order, like the arrays it is given
-        overlap=float(inferer.get("overlap", 0.25)),
+        window=window,  # in the network's own array order, like the arrays it is given
+        overlap=float(_literal(inferer.get("overlap"), 0.25)),
         default_layer=None,
         extra={"bundle": str(folder)},
-        axis_order="xyz" if spatial_dims == 3 else "xy",
+        axis_order="xyz" if len(window) != 2 else "xy",
         bundle_config=config,
     )
 
 
-def build_bundle_network(config: dict):
-    """The bundle's network_def, evaluated by MONAI (the bundle was trusted to get here)."""
-    from monai.bundle import ConfigParser
+def _literal(value, default):
+    """A plain value, or ``default`` for a reference or expression ("@...", "$...", "%...")."""
+    return default if isinstance(value, str) and value[:1] in "$@%" else value
 
-    parser = ConfigParser(config)
-    try:
-        return parser.get_parsed_content("network_def")
-    except Exception as error:  # a bundle can fail in any way its code allows
-        raise ExplainInputError(f"The bundle's network_def could not be built: {error}") from None
+
+def _name(transform: dict) -> str:
+    return str(transform.get("_target_", "")).split(".")[-1]
 
 
 def _transforms(section) -> list[dict]:
     if isinstance(section, dict):
         section = section.get("transforms", [])
-    return [item for item in section or [] if isinstance(item, dict)]
-
-
-def _find(transforms: list[dict], name: str) -> dict | None:
-    for transform in transforms:
-        if str(transform.get("_target_", "")).split(".")[-1] == name:
-            return transform
-    return None
-
-
-def _argument(transforms, name: str, argument: str, config_path: Path):
-    transform = _find(transforms, name)
-    if transform is None or argument not in transform:
-        raise ExplainInputError(f"{config_path}: no {name} with {argument} in the preprocessing, so the model's "
-                                "grid is unknown; describe the network in a model card instead.")  # fmt: skip
-    value = transform[argument]
-    if isinstance(value, str) and value.startswith(("$", "@", "%")):
-        raise ExplainInputError(f"{config_path}: {name}.{argument} is an expression ({value}); write its value.")
-    return value
-
-
-def _intensity(scaling: dict) -> Intensity:
-    """ScaleIntensityRanged maps [a_min, a_max] linearly to [b_min, b_max] (clipped when
-    clip is true): the same as clipping, then (HU - centre) / scale."""
-    a_min, a_max = float(scaling["a_min"]), float(scaling["a_max"])
-    b_min, b_max = float(scaling.get("b_min", 0.0)), float(scaling.get("b_max", 1.0))
-    scale = (a_max - a_min) / (b_max - b_min)
-    low, high = (a_min, a_max) if scaling.get("clip", False) else (-math.inf, math.inf)
-    return Intensity(low=low, high=high, centre=a_min - b_min * scale, scale=scale)
+    return [item for item in section or [] if isinstance(item, dict)] if isinstance(section, list) else []
 
 
 def _metadata(folder: Path) -> dict:
@@ -159,4 +258,4 @@ def _classes(folder: Path, out_channels: int) -> tuple[str, ...]:
     channel_def = next((output.get("channel_def") for output in outputs.values() if "channel_def" in output), None)
     if channel_def:
         return tuple(str(channel_def[key]) for key in sorted(channel_def, key=int))
-    return tuple(f"class {index}" for index in range(max(out_channels, 1)))
+    return tuple(f"class {index}" for index in range(max(int(out_channels), 1)))

@@ -64,7 +64,7 @@ class NnUNetCard(ModelCard):
     def prediction_labels(self) -> dict[int, int]:
         return super().prediction_labels if self.head == "softmax" else self.nnunet.region_labels
 
-    def prepare_input(self, ct):
+    def prepare_input(self, ct, path=None):
         from .nnunet import prepare_nnunet_input
 
         return prepare_nnunet_input(ct, self.nnunet)
