@@ -15,9 +15,9 @@ from conftest import loaded_by_importing
 
 PACKAGE = "SegHiResGradCAMLib"
 LIBRARY = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / PACKAGE
-ROOMS = ("cam", "models", "volumes", "mrml", "demo")
+ROOMS = ("cam", "models", "volumes", "mrml", "demo", "cohort")
 # Which rooms (sub-packages, or top-level modules) a room's files may import; the
-# direction is one way: cli -> demo -> pipeline -> models -> volumes, cam -> errors.
+# direction is one way: cli -> cohort -> demo -> pipeline -> models -> volumes, cam -> errors.
 ALLOWED = {
     "cam": {"errors"},
     "volumes": {"errors"},
@@ -25,7 +25,8 @@ ALLOWED = {
     "mrml": {"errors", "models", "cam"},  # torch-free parts only: see the run-time test below
     "pipeline": {"errors", "cam", "models", "volumes"},
     "demo": {"errors", "cam", "models", "volumes", "pipeline"},
-    "cli": {"errors", "cam", "models", "volumes", "pipeline", "demo"},
+    "cohort": {"errors", "cam", "models", "volumes", "pipeline", "demo"},
+    "cli": {"errors", "cam", "models", "volumes", "pipeline", "demo", "cohort"},
     "errors": set(),
     "__init__": {"errors", "cam"},  # the public API, loaded lazily
 }

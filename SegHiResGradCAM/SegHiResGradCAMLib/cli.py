@@ -157,6 +157,31 @@ def _inspect(arguments) -> int:
     return 0
 
 
+def _cohort(arguments) -> int:
+    from .cohort.case import CohortSettings
+    from .cohort.run import run_cohort
+
+    settings = CohortSettings(model=arguments.model, target_class=arguments.target_class,
+                              methods=tuple(arguments.methods), explain=arguments.explain, metrics=arguments.metrics,
+                              device=arguments.device, trust_bundle=arguments.trust_bundle,
+                              folds=tuple(arguments.folds) if arguments.folds else None)  # fmt: skip
+    address = None if arguments.ray is None else (arguments.ray or "local")
+    summary = run_cohort(Path(arguments.cases), Path(arguments.out), settings, ray_address=address,
+                         workers=arguments.workers, gpus_per_case=arguments.gpus_per_case,
+                         retry_failed=arguments.retry_failed, progress=_progress(arguments))  # fmt: skip
+    line = (f"{summary.done} of {summary.cases} cases explained ({summary.computed} computed now, "
+            f"{summary.failed} failed) in {summary.seconds:.0f} s; results in {arguments.out}/results.csv, "
+            f"report.html")  # fmt: skip
+    if arguments.progress != "json":
+        print(line)
+    if summary.failed:
+        failed = [row["case"] for row in summary.rows if row.get("status") == "failed"]
+        print(f"seghiresgradcam: {summary.failed} case(s) failed: {', '.join(failed[:10])} (see results.csv; "
+              "--retry-failed runs them again)", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
 def _methods(arguments) -> int:
     from .cam.methods import METHODS
 
@@ -228,6 +253,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     demo.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
     demo.set_defaults(run=_demo)
+
+    cohort = commands.add_parser("cohort", help="explain every case of a test set and write a table and a report")
+    cohort.add_argument("--cases", required=True, help="a KiTS-layout or nnU-Net-raw folder, or a CSV file "
+                        "(case,image[,truth][,mask])")  # fmt: skip
+    cohort.add_argument("--out", required=True, help="results folder (cases/, results.csv, .parquet, report.html)")
+    cohort.add_argument("--model", help=MODEL_HELP)
+    cohort.add_argument("--target-class", default="tumour", help="output class, by name or index")
+    cohort.add_argument("--methods", nargs="+", default=["seg-hires-grad-cam", "seg-grad-cam"])
+    cohort.add_argument("--explain", choices=["prediction", "truth"], default="prediction",
+                        help="M: the network's prediction (default) or the ground truth of the class")  # fmt: skip
+    cohort.add_argument("--metrics", action="store_true", help="also deletion/insertion and the randomisation check")
+    cohort.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
+    cohort.add_argument("--folds", nargs="+", help=FOLDS_HELP)
+    cohort.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    cohort.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the cases as Ray tasks: on a local runtime, or on ADDRESS (ray://... or auto)",
+    )
+    cohort.add_argument("--workers", type=int, default=2, help="local Ray runtime: how many workers (default 2)")
+    cohort.add_argument("--gpus-per-case", type=float, default=0.0, help="Ray: GPUs each case asks for")
+    cohort.add_argument("--retry-failed", action="store_true", help="run the cases that failed before again")
+    cohort.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    cohort.set_defaults(run=_cohort)
 
     methods = commands.add_parser("methods", help="list the registered CAM methods")
     methods.add_argument("--json", action="store_true", help="print JSON (for programs)")

@@ -209,3 +209,30 @@ def case_images(case: Case) -> tuple[sitk.Image, sitk.Image]:
         image.SetOrigin(case.grid.origin)
         images.append(image)
     return images[0], images[1]
+
+
+def write_cohort(folder, seeds, layout: str = "kits", grid: Grid | None = None):
+    """Synthetic cases as a cohort on disk, in the KiTS layout (case_XXXXX/imaging.nii.gz and
+    segmentation.nii.gz), the nnU-Net raw layout (imagesTs/, labelsTs/) or a CSV list; for
+    tests, benchmarks and trying the cohort command. Returns what to pass as --cases."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    lines = ["case,image,truth"]
+    for seed in seeds:
+        ct, labels = case_images(make_case(seed, grid))
+        name = f"case_{seed:05d}"
+        if layout == "kits":
+            image, truth = folder / name / "imaging.nii.gz", folder / name / "segmentation.nii.gz"
+        elif layout == "nnunet":
+            image, truth = folder / "imagesTs" / f"{name}_0000.nii.gz", folder / "labelsTs" / f"{name}.nii.gz"
+        else:
+            image, truth = folder / "images" / f"{name}.nii.gz", folder / "truth" / f"{name}.nii.gz"
+            lines.append(f"{name},images/{name}.nii.gz,truth/{name}.nii.gz")
+        for path, picture in ((image, ct), (truth, labels)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(picture, str(path))
+    if layout == "csv":
+        (folder / "cases.csv").write_text("\n".join(lines) + "\n")
+        return folder / "cases.csv"
+    return folder

@@ -41,9 +41,6 @@ def heat_shares(heat: np.ndarray, truth: np.ndarray, body: np.ndarray) -> dict[s
 
 
 def run_demo(out: Path, seed: int = 7, device: str = "auto", progress=None, say=print) -> dict:
-    from ..cam.methods import METHODS
-    from .figures import paper_figure
-
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     ct_path, truth_path = sample_case(out, seed, say)
@@ -52,30 +49,13 @@ def run_demo(out: Path, seed: int = 7, device: str = "auto", progress=None, say=
                      device=device, prediction=out / "prediction.nrrd", progress=progress)  # fmt: skip
     result = run(job)
 
-    def lps(image: sitk.Image) -> np.ndarray:
-        return sitk.GetArrayFromImage(reorient(image, "LPS"))
-
-    hu = lps(sitk.ReadImage(str(ct_path)))
-    truth, prediction, segment = lps(sitk.ReadImage(str(truth_path))), lps(result.prediction), lps(result.segment)
-    heatmaps = {method: lps(result.heatmaps[method]) for method in DEMO_METHODS}
+    hu = _lps(sitk.ReadImage(str(ct_path)))
+    truth = _lps(sitk.ReadImage(str(truth_path)))
+    prediction = _lps(result.prediction)
+    heatmaps = {method: _lps(result.heatmaps[method]) for method in DEMO_METHODS}
     body = body_mask(hu)
-    components, count = ndimage.label(segment)
-    largest = components == (1 + int(np.argmax(ndimage.sum(segment, components, range(1, count + 1)))))
-    centre = round(ndimage.center_of_mass(largest)[0])
-    # Zoom on the kidneys: the bounding box of the labels on this slice with a 50 mm margin.
-    rows, columns = np.nonzero((truth[centre] > 0) | (segment[centre] > 0))
-    margin = round(50 / reorient(result.prediction, "LPS").GetSpacing()[0])
-    view = (slice(max(rows.min() - margin, 0), rows.max() + margin), slice(max(columns.min() - margin, 0),
-            columns.max() + margin))  # fmt: skip
-    paper_figure(
-        out / "figure.png",
-        np.clip(hu[centre][view], -160, 240),
-        truth[centre][view],
-        prediction[centre][view],
-        segment[centre][view].astype(bool),
-        {METHODS[method].title: heat[centre][view] for method, heat in heatmaps.items()},
-        title=f"Synthetic KiTS-like case {seed}: why did the network segment this tumour? (axial slice {centre})",
-    )
+    case_figure(out / "figure.png", sitk.ReadImage(str(ct_path)), sitk.ReadImage(str(truth_path)), result,
+                f"Synthetic KiTS-like case {seed}: why did the network segment this tumour?")  # fmt: skip
     summary = {
         "device": result.device,
         "layer": result.layer,
@@ -91,3 +71,33 @@ def run_demo(out: Path, seed: int = 7, device: str = "auto", progress=None, say=
 def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     total = prediction.sum() + truth.sum()
     return float(2 * (prediction & truth).sum() / total) if total else 1.0
+
+
+def _lps(image: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayFromImage(reorient(image, "LPS"))
+
+
+def case_figure(path: Path, ct: sitk.Image, truth: sitk.Image | None, result, title: str) -> None:
+    """The paper-style figure of a pipeline result, on the axial slice through the middle of
+    M's largest part, zoomed on the labels with a 50 mm margin."""
+    from ..cam.methods import METHODS
+    from .figures import paper_figure
+
+    hu, prediction, segment = _lps(ct), _lps(result.prediction), _lps(result.segment)
+    truth = _lps(truth) if truth is not None else np.zeros_like(prediction)
+    components, count = ndimage.label(segment)
+    largest = components == (1 + int(np.argmax(ndimage.sum(segment, components, range(1, count + 1)))))
+    centre = round(ndimage.center_of_mass(largest)[0])
+    rows, columns = np.nonzero((truth[centre] > 0) | (segment[centre] > 0))
+    margin = round(50 / reorient(result.prediction, "LPS").GetSpacing()[0])
+    view = (slice(max(rows.min() - margin, 0), rows.max() + margin), slice(max(columns.min() - margin, 0),
+            columns.max() + margin))  # fmt: skip
+    paper_figure(
+        path,
+        np.clip(hu[centre][view], -160, 240),
+        truth[centre][view],
+        prediction[centre][view],
+        segment[centre][view].astype(bool),
+        {METHODS[method].title: _lps(heat)[centre][view] for method, heat in result.heatmaps.items()},
+        title=f"{title} (axial slice {centre})",
+    )

@@ -14,9 +14,13 @@ import SimpleITK as sitk
 import torch
 
 from ..errors import ExplainInputError
-from .monai_bundle import BundleCard, _transforms_of, check_invertible
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+# Transforms that never change an image's geometry, so that inverting them is not needed.
+GEOMETRY_FREE_MODULES = ("monai.transforms.intensity", "monai.transforms.io")
+GEOMETRY_FREE = {"EnsureChannelFirstd", "EnsureTyped", "ToTensord", "CastToTyped", "Identityd", "CopyItemsd",
+                 "DeleteItemsd", "SelectItemsd", "ToDeviced", "ToNumpyd", "EnsureChannelFirst", "EnsureType",
+                 "ToTensor", "CastToType", "Identity"}  # fmt: skip
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
@@ -24,7 +28,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 class BundleInput:
     array: np.ndarray  # (channels, z, y, x) float32: MONAI's preprocessed tensor, transposed
     original: sitk.Image  # the CT as given
-    card: BundleCard
+    card: object  # the bundle's card (monai_bundle.BundleCard)
     data: dict  # MONAI's preprocessed data (the image a MetaTensor with its applied operations)
     key: str  # the image's key in ``data``
 
@@ -89,7 +93,7 @@ class BundleInput:
         from monai.transforms import Compose, Invertd
 
         postprocessing = self.card.parsed("postprocessing") if "postprocessing" in self.card.bundle_config else None
-        steps = [t for t in _transforms_of(postprocessing) if not type(t).__name__.startswith("Save")] if (
+        steps = [t for t in transforms_of(postprocessing) if not type(t).__name__.startswith("Save")] if (
             postprocessing is not None) else []  # fmt: skip
         data = {**self.data, "pred": self._meta_tensor(np.asarray(logits, dtype=np.float32).transpose(0, 3, 2, 1))}
         inverts = any(isinstance(step, Invertd) for step in steps)
@@ -109,12 +113,12 @@ def _region_labels(regions: np.ndarray) -> np.ndarray:
     return labels
 
 
-def prepare_bundle_input(card: BundleCard, ct: sitk.Image, path) -> BundleInput:
+def prepare_bundle_input(card, ct: sitk.Image, path) -> BundleInput:
     """Runs the bundle's preprocessing with MONAI on the CT file (a temporary NIfTI of ``ct``
     when the file is not NIfTI, which MONAI's default reader needs)."""
     preprocessing = card.parsed("preprocessing")
     check_invertible(preprocessing)
-    loaders = [t for t in _transforms_of(preprocessing) if type(t).__name__ == "LoadImaged"]
+    loaders = [t for t in transforms_of(preprocessing) if type(t).__name__ == "LoadImaged"]
     if len(loaders) != 1 or len(loaders[0].keys) != 1:
         raise ExplainInputError("The bundle's preprocessing must load exactly one image (LoadImaged with one key).")
     key = loaders[0].keys[0]
@@ -139,3 +143,26 @@ def prepare_bundle_input(card: BundleCard, ct: sitk.Image, path) -> BundleInput:
         raise ExplainInputError("The bundle's preprocessing must give one (channels, x, y, z) MONAI image.")
     array = np.ascontiguousarray(np.asarray(image.detach().cpu(), dtype=np.float32).transpose(0, 3, 2, 1))
     return BundleInput(array, ct, card, data, key)
+
+
+def transforms_of(compose) -> list:
+    """The transforms of a (nested) Compose, in order."""
+    found = []
+    for transform in getattr(compose, "transforms", [compose]):
+        found += transforms_of(transform) if hasattr(transform, "transforms") else [transform]
+    return found
+
+
+def check_invertible(preprocessing) -> None:
+    """Refuses preprocessing with a spatial transform MONAI cannot invert: the map could not
+    be put back on the CT."""
+    from monai.transforms import InvertibleTransform
+
+    for transform in transforms_of(preprocessing):
+        name = type(transform).__name__
+        geometry_free = name in GEOMETRY_FREE or type(transform).__module__.startswith(GEOMETRY_FREE_MODULES)
+        if not geometry_free and not isinstance(transform, InvertibleTransform):
+            raise ExplainInputError(
+                f"The bundle's preprocessing uses {name}, which MONAI cannot invert, so the explanation could not be "
+                "returned to the CT's grid. Remove it from the preprocessing or use an invertible transform."
+            )

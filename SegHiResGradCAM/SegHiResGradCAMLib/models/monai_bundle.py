@@ -45,11 +45,6 @@ TRUST_ADVICE = (
     "model card instead."
 )
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
-# Transforms that never change an image's geometry, so that inverting them is not needed.
-GEOMETRY_FREE_MODULES = ("monai.transforms.intensity", "monai.transforms.io")
-GEOMETRY_FREE = {"EnsureChannelFirstd", "EnsureTyped", "ToTensord", "CastToTyped", "Identityd", "CopyItemsd",
-                 "DeleteItemsd", "SelectItemsd", "ToDeviced", "ToNumpyd", "EnsureChannelFirst", "EnsureType",
-                 "ToTensor", "CastToType", "Identity"}  # fmt: skip
 
 
 def is_bundle(path: Path) -> bool:
@@ -101,8 +96,10 @@ class BundleCard(ModelCard):
                 "SlidingWindowInferer is supported, whose windows the explanation follows."
             )
         window = tuple(int(size) for size in inferer.roi_size)
+        from .bundle_input import transforms_of
+
         spacings = [tuple(float(v) for v in np.atleast_1d(transform.spacing_transform.pixdim))
-                    for transform in _transforms_of(self.parsed("preprocessing"))
+                    for transform in transforms_of(self.parsed("preprocessing"))
                     if type(transform).__name__ == "Spacingd"]  # fmt: skip
         spacing = spacings[0] if spacings and len(spacings[0]) == 3 else (0.0, 0.0, 0.0)  # 0: unknown, the CT's
         return dataclasses.replace(self, window=window, overlap=float(inferer.overlap), spacing=spacing,
@@ -159,29 +156,6 @@ def _evaluate(config_path: str, modified: int, item: str):
     except Exception as error:  # a bundle can fail in any way its code allows
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExplainInputError(f"The bundle's {item} could not be evaluated: {first[:300]}") from None
-
-
-def _transforms_of(compose) -> list:
-    """The transforms of a (nested) Compose, in order."""
-    found = []
-    for transform in getattr(compose, "transforms", [compose]):
-        found += _transforms_of(transform) if hasattr(transform, "transforms") else [transform]
-    return found
-
-
-def check_invertible(preprocessing) -> None:
-    """Refuses preprocessing with a spatial transform MONAI cannot invert: the map could not
-    be put back on the CT."""
-    from monai.transforms import InvertibleTransform
-
-    for transform in _transforms_of(preprocessing):
-        name = type(transform).__name__
-        geometry_free = name in GEOMETRY_FREE or type(transform).__module__.startswith(GEOMETRY_FREE_MODULES)
-        if not geometry_free and not isinstance(transform, InvertibleTransform):
-            raise ExplainInputError(
-                f"The bundle's preprocessing uses {name}, which MONAI cannot invert, so the explanation could not be "
-                "returned to the CT's grid. Remove it from the preprocessing or use an invertible transform."
-            )
 
 
 def read_bundle(folder: Path, trusted: bool) -> BundleCard:

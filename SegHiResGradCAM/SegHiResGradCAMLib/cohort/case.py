@@ -1,0 +1,180 @@
+"""One case of a cohort through the one pipeline: prediction, M, each method, optional
+metrics, and Dice and surface distance against the truth; its folder appears only when
+the whole case has succeeded.
+
+``cases/<case>/`` holds a heatmap per method, the prediction, the paper-style figure and
+``rows.json`` (one row per method). It is built as ``cases/.partial-<case>-<pid>`` and
+renamed when complete, so a case that was interrupted leaves no folder under its name and
+is computed again; one that failed leaves ``cases/<case>.failed.json`` with its error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ExplainInputError
+from .datasets import CohortCase
+
+ROWS = "rows.json"
+PARTIAL = ".partial-"
+FAILED = ".failed.json"
+
+
+@dataclass(frozen=True)
+class CohortSettings:
+    model: str | None = None  # model card, bundle or nnU-Net folder; None: the bundled demo model
+    target_class: str = "tumour"
+    methods: tuple[str, ...] = ("seg-hires-grad-cam", "seg-grad-cam")
+    explain: str = "prediction"  # M: "prediction" (the network's) or "truth" (the ground-truth segment)
+    metrics: bool = False  # deletion/insertion and the randomisation check (about 25 more passes per map)
+    device: str = "auto"
+    trust_bundle: bool = False
+    folds: tuple[str, ...] | None = None
+    torch_threads: int | None = None  # torch's threads in the process that runs the case
+    extra: dict = field(default_factory=dict)
+
+
+def case_folder(results: Path, name: str) -> Path:
+    return Path(results) / "cases" / name
+
+
+def finished_rows(results: Path, name: str) -> list[dict] | None:
+    rows = case_folder(results, name) / ROWS
+    return json.loads(rows.read_text()) if rows.is_file() else None
+
+
+def failure(results: Path, name: str) -> dict | None:
+    path = Path(results) / "cases" / f"{name}{FAILED}"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_case(case: CohortCase, settings: CohortSettings, results: Path) -> list[dict]:
+    """The case's rows; computed once: a finished case is read back, never recomputed."""
+    done = finished_rows(results, case.name)
+    if done is not None:
+        return done
+    cases = Path(results) / "cases"
+    partial = cases / f"{PARTIAL}{case.name}-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    failed = cases / f"{case.name}{FAILED}"
+    try:
+        rows = _explain_case(case, settings, partial)
+        (partial / ROWS).write_text(json.dumps(rows, indent=1))
+        os.replace(partial, case_folder(results, case.name))  # the case appears whole, or not at all
+        failed.unlink(missing_ok=True)
+        return rows
+    except Exception as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        message = str(error) if isinstance(error, ExplainInputError | OSError) else f"{type(error).__name__}: {error}"
+        record = {
+            "case": case.name,
+            "status": "failed",
+            "error": " ".join(message.split())[:500],
+            "image": str(Path(case.image).resolve()),
+            "truth": str(Path(case.truth).resolve()) if case.truth else "",
+        }
+        partial_failure = failed.with_name(f"{PARTIAL}{failed.name}-{os.getpid()}")
+        partial_failure.write_text(json.dumps(record))
+        os.replace(partial_failure, failed)
+        return [record]
+
+
+def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> list[dict]:
+    import SimpleITK as sitk
+
+    from ..cam.methods import METHODS
+    from ..cam.metrics import body_mask, mass_share
+    from ..demo.run_demo import case_figure
+    from ..models.formats import read_model_card
+    from ..pipeline import ExplainJob, run
+    from ..volumes.volume_io import read_volume
+
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    started = time.perf_counter()
+    card = read_model_card(settings.model, trust_bundle=settings.trust_bundle, folds=settings.folds)
+    class_index = card.class_index(settings.target_class)
+    mask, label = case.mask, None
+    if mask is None and settings.explain == "truth":
+        if case.truth is None:
+            raise ExplainInputError(f"Case {case.name} has no ground truth to explain (--explain truth).")
+        mask, label = case.truth, class_index  # truth labels are the model's class indices
+    job = ExplainJob(image=case.image, target_class=str(class_index), methods=list(settings.methods),
+                     heatmaps=[folder / f"heatmap_{method}.nrrd" for method in settings.methods], model=settings.model,
+                     mask=mask, mask_label=label, device=settings.device, prediction=folder / "prediction.nrrd",
+                     metrics=settings.metrics, trust_bundle=settings.trust_bundle,
+                     folds=list(settings.folds) if settings.folds else None)  # fmt: skip
+    result = run(job)
+    sitk.WriteImage(result.segment, str(folder / "segment.nrrd"), useCompression=True)  # M, for the review
+    ct = read_volume(case.image, "CT")
+    truth = read_volume(case.truth, "truth") if case.truth is not None else None
+    # Every map here is on the CT's grid.
+    segment, body = sitk.GetArrayFromImage(result.segment) > 0, body_mask(sitk.GetArrayFromImage(ct))
+    quality = _segmentation_quality(result.prediction, truth, class_index, card) if truth is not None else {}
+    case_figure(folder / "figure.png", ct, _on_grid(truth, ct) if truth is not None else None, result,
+                f"{case.name}: {card.classes[class_index]}")  # fmt: skip
+    seconds = time.perf_counter() - started
+    rows = []
+    for method in settings.methods:
+        heat = sitk.GetArrayFromImage(result.heatmaps[method])
+        row = {"case": case.name, "method": method, "title": METHODS[method].title, "status": "done", "error": "",
+               **_inputs(case),
+               "class": card.classes[class_index], "layer": result.layer, "device": result.device,
+               "target_score": result.scores[method], "heat_in_m": mass_share(heat, segment),
+               "heat_outside_body": mass_share(heat, ~body), "peak_in_m": bool(heat.max() > 0 and
+               segment.flat[int(np.argmax(heat))]), "seconds_case": seconds,
+               "seconds_method": result.seconds.get(method, 0.0), **quality}  # fmt: skip
+        if method in result.metrics:
+            measured = result.metrics[method].as_dict()
+            row |= {"deletion_area": (measured.get("deletion") or {}).get("area"),
+                    "insertion_area": (measured.get("insertion") or {}).get("area"),
+                    "randomisation_similarity": measured.get("randomisation_similarity"),
+                    "randomisation_similarity_in_m": measured.get("randomisation_similarity_in_target")}  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def _inputs(case: CohortCase) -> dict:
+    """Where the case's files are, for the review in Slicer."""
+    return {"image": str(Path(case.image).resolve()), "truth": str(Path(case.truth).resolve()) if case.truth else ""}
+
+
+def _on_grid(image, reference):
+    """A label map on the reference's grid (nearest neighbour), as it is when already there."""
+    import SimpleITK as sitk
+
+    if image.GetSize() == reference.GetSize() and np.allclose(image.GetOrigin(), reference.GetOrigin()):
+        return image
+    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
+
+
+def _segmentation_quality(prediction, truth, class_index: int, card) -> dict:
+    """Dice and the mean symmetric surface distance (mm) of the predicted class."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    label = next((value for value, index in card.prediction_labels.items() if index == class_index), class_index)
+    predicted = sitk.GetArrayFromImage(prediction) == label
+    expected = sitk.GetArrayFromImage(_on_grid(truth, prediction)) == class_index
+    total = predicted.sum() + expected.sum()
+    dice = float(2 * (predicted & expected).sum() / total) if total else 1.0
+    if not predicted.any() or not expected.any():
+        return {"dice": dice, "surface_distance_mm": None}
+    spacing = prediction.GetSpacing()[::-1]
+
+    def surface(region):
+        return region & ~ndimage.binary_erosion(region)
+
+    to_expected = ndimage.distance_transform_edt(~surface(expected), sampling=spacing)[surface(predicted)]
+    to_predicted = ndimage.distance_transform_edt(~surface(predicted), sampling=spacing)[surface(expected)]
+    return {"dice": dice, "surface_distance_mm": float(np.concatenate([to_expected, to_predicted]).mean())}

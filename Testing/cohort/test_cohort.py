@@ -1,0 +1,187 @@
+"""Cohorts: the same table in each dataset layout, in this process or on a local Ray runtime;
+nothing lost or computed twice when a worker or the driver is killed; a bad case is one
+error row; the report has every section with its plots."""
+
+import dataclasses
+import html.parser
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas
+import pytest
+
+from conftest import bias_free_model_card
+from SegHiResGradCAMLib.cli import main as cli_main
+from SegHiResGradCAMLib.cohort.case import CohortSettings
+from SegHiResGradCAMLib.cohort.run import run_cohort
+from SegHiResGradCAMLib.demo.phantom import Grid, write_cohort
+
+SEEDS = (3, 4, 5, 6, 8, 10)
+SPACING = (6.0, 6.0, 9.0)
+GRID = Grid.centred((64, 64, 16), SPACING)  # small CTs: a few windows each
+COMPARED = ["target_score", "heat_in_m", "heat_outside_body", "peak_in_m", "dice", "surface_distance_mm"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A small network on the cases' own grid, explaining the ground-truth kidney (a random
+    network's own prediction could be empty)."""
+    return bias_free_model_card(tmp_path_factory.mktemp("model"), SPACING)
+
+
+@pytest.fixture(scope="module")
+def settings(model):
+    return CohortSettings(model=str(model), target_class="kidney", explain="truth")
+
+
+@pytest.fixture(scope="module")
+def cohorts(tmp_path_factory, settings):
+    """The six cases in each layout, and the table of an uninterrupted in-process run."""
+    folder = tmp_path_factory.mktemp("cohorts")
+    sources = {layout: write_cohort(folder / layout, SEEDS, layout, GRID) for layout in ("kits", "nnunet", "csv")}
+    reference = run_cohort(sources["kits"], folder / "in-process", settings)
+    assert reference.failed == 0 and reference.done == len(SEEDS)
+    return sources, table(folder / "in-process")
+
+
+def table(results: Path) -> pandas.DataFrame:
+    frame = pandas.read_csv(results / "results.csv")
+    return frame.sort_values(["case", "method"]).reset_index(drop=True)
+
+
+def assert_same_table(first: pandas.DataFrame, second: pandas.DataFrame) -> None:
+    assert list(first["case"]) == list(second["case"]) and list(first["method"]) == list(second["method"])
+    for column in COMPARED:
+        np.testing.assert_allclose(first[column].astype(float), second[column].astype(float), rtol=1e-5, atol=1e-6)
+
+
+def test_the_layouts_are_read_alike_and_parquet_holds_the_same_table(cohorts, settings, tmp_path):
+    sources, reference = cohorts
+    assert len(reference) == 2 * len(SEEDS) and set(reference["status"]) == {"done"}
+    parquet = pandas.read_parquet(Path(sources["kits"]).parent / "in-process" / "results.parquet")
+    assert_same_table(reference, parquet.sort_values(["case", "method"]).reset_index(drop=True))
+    for layout in ("nnunet", "csv"):
+        summary = run_cohort(sources[layout], tmp_path / layout, dataclasses.replace(settings,
+                             methods=("seg-hires-grad-cam",)))  # fmt: skip
+        assert summary.done == len(SEEDS)
+        hires = reference[reference["method"] == "seg-hires-grad-cam"].reset_index(drop=True)
+        assert_same_table(hires, table(tmp_path / layout))
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 2**20)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("layout", ["kits", "nnunet", "csv"])
+def test_the_same_table_on_a_local_ray_runtime_with_two_workers(layout, cohorts, settings, ray_runtime, tmp_path):
+    sources, reference = cohorts
+    summary = run_cohort(sources[layout], tmp_path / "ray", settings, ray_address="local", workers=2)
+    assert summary.done == len(SEEDS) and summary.failed == 0
+    assert_same_table(reference, table(tmp_path / "ray"))
+
+
+def model_options(model: Path) -> list[str]:
+    return ["--model", str(model), "--target-class", "kidney", "--explain", "truth"]
+
+
+def run_in_background(arguments: list[str], log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "SegHiResGradCAMLib.cli", "cohort", *arguments, "--progress", "none"]
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(condition, timeout=300.0):
+    deadline = time.time() + timeout
+    while not (found := condition()):
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+    return found
+
+
+def test_a_ray_worker_killed_in_the_middle_of_a_case_is_retried(cohorts, model, tmp_path):
+    sources, reference = cohorts
+    results = tmp_path / "results"
+    process = run_in_background(["--cases", str(sources["kits"]), "--out", str(results), *model_options(model),
+                                 "--ray", "--workers", "2"], tmp_path / "log.txt")  # fmt: skip
+    # A case being computed is a folder .partial-<case>-<pid of the worker computing it>.
+    partial = wait_for(lambda: next((results / "cases").glob(".partial-case_*"), None) if results.exists() else None)
+    victim = int(partial.name.rsplit("-", 1)[1])
+    os.kill(victim, signal.SIGKILL)
+    assert process.wait(timeout=600) == 0, (tmp_path / "log.txt").read_text()[-3000:]
+    folders = sorted(path.name for path in (results / "cases").iterdir())
+    assert folders == [f"case_{seed:05d}" for seed in SEEDS]  # every case once, no leftovers
+    assert_same_table(reference, table(results))
+
+
+def test_a_killed_driver_then_run_again_computes_only_the_missing_cases(cohorts, model, settings, tmp_path):
+    sources, reference = cohorts
+    results = tmp_path / "results"
+    process = run_in_background(["--cases", str(sources["kits"]), "--out", str(results), *model_options(model)],
+                                tmp_path / "log.txt")  # fmt: skip
+    wait_for(lambda: len(list((results / "cases").glob("case_*/rows.json"))) >= 2 if results.exists() else False)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = {path.parent.name: path.stat().st_mtime_ns for path in (results / "cases").glob("case_*/rows.json")}
+    assert 2 <= len(finished) < len(SEEDS)
+    summary = run_cohort(sources["kits"], results, settings)
+    assert summary.computed == len(SEEDS) - len(finished) and summary.done == len(SEEDS)
+    for name, modified in finished.items():  # finished cases were read back, not recomputed
+        assert (results / "cases" / name / "rows.json").stat().st_mtime_ns == modified
+    assert not list((results / "cases").glob(".partial-*"))
+    assert_same_table(reference, table(results))
+
+
+def test_a_corrupt_image_is_one_error_row_and_the_cohort_goes_on(model, tmp_path, capsys):
+    dataset = write_cohort(tmp_path / "data", SEEDS[:3], "kits", GRID)
+    broken = dataset / f"case_{SEEDS[1]:05d}" / "imaging.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:2000])
+    arguments = ["cohort", "--cases", str(dataset), "--out", str(tmp_path / "results"), *model_options(model),
+                 "--methods", "seg-hires-grad-cam", "--progress", "none"]  # fmt: skip
+    assert cli_main(arguments) == 1
+    captured = capsys.readouterr()
+    assert "1 case(s) failed: case_00004" in captured.err and "2 of 3 cases explained" in captured.out
+    rows = pandas.read_csv(tmp_path / "results" / "results.csv")
+    failed = rows[rows["status"] == "failed"]
+    assert list(failed["case"]) == ["case_00004"] and "damaged" in failed["error"].iloc[0]
+    assert set(rows[rows["status"] == "done"]["case"]) == {"case_00003", "case_00005"}
+    # Again, with --retry-failed once the file is repaired: only that case is computed.
+    write_cohort(tmp_path / "repair", [SEEDS[1]], "kits", GRID)
+    broken.write_bytes((tmp_path / "repair" / "case_00004" / "imaging.nii.gz").read_bytes())
+    assert cli_main([*arguments, "--retry-failed"]) == 0
+    assert "3 of 3 cases explained (1 computed now, 0 failed)" in capsys.readouterr().out
+
+
+class Sections(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.section, self.images, self.captions = None, {}, []
+
+    def handle_starttag(self, tag, attributes):
+        attributes = dict(attributes)
+        if tag == "section":
+            self.section = attributes["id"]
+            self.images[self.section] = []
+        elif tag == "img":
+            self.images[self.section].append(attributes["src"])
+
+
+def test_the_report_has_every_section_and_an_embedded_image_for_every_plot(cohorts):
+    sources, _ = cohorts
+    page = (Path(sources["kits"]).parent / "in-process" / "report.html").read_text()
+    parser = Sections()
+    parser.feed(page)
+    assert list(parser.images) == ["summary", "distributions", "paired", "suspicious", "failures"]
+    assert len(parser.images["distributions"]) >= 3  # heat in M, outside the body, Dice
+    assert len(parser.images["paired"]) >= 2  # one scatter per paired measure
+    assert len(parser.images["suspicious"]) == len(SEEDS)  # each case's figure
+    for images in parser.images.values():
+        assert all(src.startswith("data:image/png;base64,") and len(src) > 1000 for src in images)
+    assert "HiRes better" in page and "6 cases explained, 0 failed" in page
