@@ -137,9 +137,13 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.connect("currentIndexChanged(int)", lambda _, c=combo, p=parameter: self._rememberChoice(c, p))
         self._runTimer.connect("timeout()", self.onRunPoll)
         self._inspectionTimer.connect("timeout()", self.onInspectionPoll)
+        self._setupCohortReview()
 
     def cleanup(self):
         self.cancelRuns()
+        from SegHiResGradCAMLib.mrml.cohort_review import CohortReview
+
+        CohortReview.unload(slicer.mrmlScene)
         if self._inspector is not None:
             self._inspector.cancel()
         self._inspectionTimer.stop()
@@ -409,6 +413,91 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             run.cancel()
             self.ui.statusLabel.text = message
         self._showIdle()
+
+    # Cohort review ---------------------------------------------------------------------------
+
+    def _setupCohortReview(self):
+        from SegHiResGradCAMLib.mrml.cohort_review import VERDICTS
+
+        self._review = None
+        self._reviewedCase = None
+        self.ui.verdictComboBox.addItem("(not reviewed)", "")
+        for verdict in VERDICTS:
+            self.ui.verdictComboBox.addItem(verdict, verdict)
+        table = self.ui.cohortTable
+        table.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
+        table.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
+        table.setSelectionMode(qt.QAbstractItemView.SingleSelection)
+        self.ui.cohortFolderLineEdit.connect("currentPathChanged(QString)", self.onCohortFolderChanged)
+        table.connect("itemSelectionChanged()", self.onCohortCaseSelected)
+        self.ui.previousCaseButton.connect("clicked(bool)", lambda _: self._stepCase(-1))
+        self.ui.nextCaseButton.connect("clicked(bool)", lambda _: self._stepCase(1))
+        self.ui.verdictComboBox.connect("currentIndexChanged(int)", lambda _: self.onVerdictChanged())
+        self.ui.verdictNoteLineEdit.connect("editingFinished()", self.onVerdictChanged)
+
+    def onCohortFolderChanged(self, path):
+        from SegHiResGradCAMLib.mrml.cohort_review import CohortReview
+
+        with slicer.util.tryWithErrorDisplay("Could not open the cohort results."):
+            self._review, self._reviewedCase = CohortReview(Path(path)), None
+            self._fillCohortTable()
+
+    def _fillCohortTable(self):
+        table = self.ui.cohortTable
+        summaries = [self._review.summary(case) for case in self._review.cases]
+        columns = list(summaries[0]) if summaries else []
+        table.setSortingEnabled(False)
+        table.clearContents()
+        table.setColumnCount(len(columns))
+        table.setHorizontalHeaderLabels(columns)
+        table.setRowCount(len(summaries))
+        for row, summary in enumerate(summaries):
+            for column, key in enumerate(columns):
+                item = qt.QTableWidgetItem()
+                value = summary[key]
+                try:  # numbers sort as numbers
+                    item.setData(qt.Qt.DisplayRole, round(float(value), 4))
+                except (TypeError, ValueError):
+                    item.setData(qt.Qt.DisplayRole, str(value))
+                table.setItem(row, column, item)
+        table.setSortingEnabled(True)
+        self.ui.reviewProgressLabel.text = self._review.progress
+
+    def _selectedCase(self):
+        row = self.ui.cohortTable.currentRow()
+        return self.ui.cohortTable.item(row, 0).text() if row >= 0 and self.ui.cohortTable.item(row, 0) else None
+
+    def onCohortCaseSelected(self):
+        case = self._selectedCase()
+        if self._review is None or case is None or case == self._reviewedCase:
+            return
+        with slicer.util.tryWithErrorDisplay(f"Could not load case {case}.", waitCursor=True):
+            self._review.load_case(slicer.mrmlScene, case)
+            self._reviewedCase = case
+            saved = self._review.verdicts.get(case, {})
+            self.ui.verdictComboBox.blockSignals(True)
+            self.ui.verdictComboBox.currentIndex = max(self.ui.verdictComboBox.findData(saved.get("verdict", "")), 0)
+            self.ui.verdictComboBox.blockSignals(False)
+            self.ui.verdictNoteLineEdit.text = saved.get("note", "")
+
+    def _stepCase(self, step):
+        current = self._reviewedCase or self._selectedCase()
+        if self._review is None or current is None:
+            return
+        wanted = self._review.neighbour(current, step)
+        table = self.ui.cohortTable
+        for row in range(table.rowCount):
+            if table.item(row, 0).text() == wanted:
+                table.selectRow(row)
+
+    def onVerdictChanged(self):
+        index = self.ui.verdictComboBox.currentIndex
+        verdict = self.ui.verdictComboBox.itemData(index) if index >= 0 else ""
+        if self._review is None or self._reviewedCase is None or not verdict:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not save the verdict."):
+            self._review.set_verdict(self._reviewedCase, verdict, self.ui.verdictNoteLineEdit.text)
+            self._fillCohortTable()
 
 
 class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):

@@ -18,7 +18,23 @@ UI_FILE = MODULE / "Resources" / "UI" / "SegHiResGradCAM.ui"
 # exposes them: properties such as currentText, slots and methods such as addItem).
 COMMON = {"connect", "visible", "enabled", "toolTip", "blockSignals"}
 MEMBERS = {
-    "QComboBox": COMMON | {"addItem", "clear", "currentText", "currentIndex", "itemData"},
+    "QComboBox": COMMON | {"addItem", "clear", "currentText", "currentIndex", "itemData", "findData"},
+    "QTableWidget": COMMON
+    | {
+        "setEditTriggers",
+        "setSelectionBehavior",
+        "setSelectionMode",
+        "setSortingEnabled",
+        "clearContents",
+        "setColumnCount",
+        "setHorizontalHeaderLabels",
+        "setRowCount",
+        "setItem",
+        "currentRow",
+        "item",
+        "rowCount",
+        "selectRow",
+    },
     "QCheckBox": COMMON | {"checked"},
     "QPushButton": COMMON | {"text"},
     "QLabel": COMMON | {"text"},
