@@ -154,7 +154,7 @@ td,th{{border:1px solid #bbb;padding:3px 8px;text-align:left}} img{{max-width:10
 </body></html>
 """
     path = results / "report.html"
-    partial = results / f"{PARTIAL}{os.getpid()}-report.html"
+    partial = results / f"{PARTIAL}report.html-{os.getpid()}"
     partial.write_text(page)
     os.replace(partial, path)
     return path

@@ -43,7 +43,8 @@ def run_cohort(dataset: Path, results: Path, settings: CohortSettings, ray_addre
     layout, cases = find_cases(dataset)
     results = Path(results)
     (results / "cases").mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(results / "cases")
+    for folder in (results, results / "cases"):
+        _remove_stale_partials(folder)
     todo = [case for case in cases if finished_rows(results, case.name) is None
             and (retry_failed or failure(results, case.name) is None)]  # fmt: skip
     tracker = _Tracker(len(cases), len(cases) - len(todo), progress)
@@ -107,7 +108,7 @@ def write_tables(results: Path, rows: list[dict]) -> None:
     table = pandas.DataFrame(rows)
     for name, write in (("results.csv", lambda path: table.to_csv(path, index=False)),
                         ("results.parquet", lambda path: table.to_parquet(path, index=False))):  # fmt: skip
-        partial = results / f"{PARTIAL}{os.getpid()}-{name}"
+        partial = results / f"{PARTIAL}{name}-{os.getpid()}"
         write(partial)
         os.replace(partial, results / name)
 
@@ -127,6 +128,8 @@ def _remove_stale_partials(cases: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    if os.name == "nt":
+        return True  # os.kill would end the process there: keep its files
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

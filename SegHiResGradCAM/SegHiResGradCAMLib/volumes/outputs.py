@@ -42,6 +42,8 @@ def _nearest_existing(folder: Path) -> Path:
 
 
 def _process_alive(pid: int) -> bool:
+    if os.name == "nt":
+        return True  # os.kill would end the process there: keep its file
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
