@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ExplainInputError
+from ..volumes.outputs import process_alive
 from .case import PARTIAL, CohortSettings, failure, finished_rows, run_case
 from .datasets import find_cases
 
@@ -119,24 +120,12 @@ def _remove_stale_partials(cases: Path) -> None:
 
     for partial in cases.glob(f"{PARTIAL}*"):
         pid = partial.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or process_alive(int(pid)):
             continue
         if partial.is_dir():
             shutil.rmtree(partial, ignore_errors=True)
         else:
             partial.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    if os.name == "nt":
-        return True  # os.kill would end the process there: keep its files
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 class _Tracker:

@@ -41,7 +41,8 @@ def _nearest_existing(folder: Path) -> Path:
     return folder
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether the process still runs (when that cannot be told, as if it did)."""
     if os.name == "nt":
         return True  # os.kill would end the process there: keep its file
     try:
@@ -99,7 +100,7 @@ class OutputFiles:
             return
         for partial in folder.glob(f"{PARTIAL_PREFIX}*"):
             pid = partial.name[len(PARTIAL_PREFIX) :].split("-", 1)[0]
-            if pid.isdigit() and not _process_alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 partial.unlink(missing_ok=True)
 
     def _partial(self, label: str) -> Path:
