@@ -1,8 +1,10 @@
 """Shared builders of small real networks for the test suite, and an import probe."""
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -106,3 +108,18 @@ def bias_free_model_card(folder, spacing, window=(16, 32, 32), seed=0):
     path = folder / "bias_free.json"
     path.write_text(json.dumps(card))
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_temporary_folder(tmp_path_factory):
+    """Temporary files of this test run only (this process's and its children's), so that the
+    checks for leftover work folders see nothing of other programs on the machine."""
+    folder = tmp_path_factory.mktemp("tmp")
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir, os.environ["TMPDIR"] = str(folder), str(folder)
+    yield folder
+    tempfile.tempdir = saved[0]
+    if saved[1] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[1]

@@ -49,22 +49,50 @@ def _progress(arguments):
     return arguments.reporter
 
 
+def _atlas(arguments, out: Path) -> tuple[list[str], list[Path], dict]:
+    """A layer atlas's layers (``atlas``: one per decoder stage), its heatmap files in the
+    folder ``out``, and its table and figure as extra outputs."""
+    from .cam.model_inspection import decoder_stages
+
+    layers = arguments.layers
+    if layers == ["atlas"]:
+        _, listed = _card_and_layers(arguments)
+        layers = [layer.name for layer in decoder_stages(listed)]
+
+    def table(result) -> str:
+        rows = [{"layer": key, "method": result.explained[key][0], "target_score": result.scores[key],
+                 "metrics": result.metrics[key].as_dict()} for key in result.heatmaps]  # fmt: skip
+        return json.dumps({"class": result.class_name, "layers": rows}, indent=2) + "\n"
+
+    def figure(result) -> bytes:
+        from .demo.run_demo import atlas_figure
+        from .volumes.volume_io import read_volume
+
+        return atlas_figure(read_volume(arguments.image, "CT"), result, f"{arguments.method} at each decoder stage")
+
+    extra = {"atlas table": (out / "atlas.json", table), "atlas figure": (out / "atlas.png", figure)}
+    return layers, [out / f"heatmap_{layer}.nrrd" for layer in layers], extra
+
+
 def _explain(arguments) -> int:
     from .pipeline import ExplainJob, run
 
     out = Path(arguments.out)
+    layers, heatmaps, extra = _atlas(arguments, out) if arguments.layers else (None, [out], {})
     job = ExplainJob(
         image=Path(arguments.image),
         target_class=arguments.target_class,
         methods=[arguments.method],
-        heatmaps=[out],
+        heatmaps=heatmaps,
+        layers=layers,
+        extra=extra,
         model=Path(arguments.model) if arguments.model else None,
         mask=Path(arguments.mask) if arguments.mask else None,
         layer=arguments.layer,
         device=arguments.device,
         prediction=Path(arguments.prediction) if arguments.prediction else None,
         summary=Path(arguments.summary) if arguments.summary else None,
-        metrics=arguments.metrics is not None,
+        metrics=arguments.metrics is not None or bool(layers),  # an atlas measures every layer
         metrics_file=Path(arguments.metrics) if arguments.metrics else None,
         mask_threshold=arguments.mask_threshold,
         mask_label=arguments.mask_label,
@@ -74,6 +102,14 @@ def _explain(arguments) -> int:
         progress=_progress(arguments),
     )
     result = run(job)
+    if layers:
+        if arguments.progress != "json":
+            print(f"layer atlas of {result.class_name} ({arguments.method}) at {', '.join(layers)}: heatmaps, "
+                  f"atlas.json and atlas.png written to {out}")  # fmt: skip
+            rows = [(key, f"{result.scores[key]:.4g}", f"{100 * result.metrics[key].mass_in_target:.1f} %",
+                     _format(result.metrics[key].randomisation_similarity)) for key in layers]  # fmt: skip
+            print_table(["layer", "T", "heat in M", "randomisation similarity"], rows)
+        return 0
     if arguments.progress != "json":
         replaced = "".join(f"; replaced {path}" for path in result.replaced)
         print(
@@ -85,6 +121,10 @@ def _explain(arguments) -> int:
         if arguments.metrics is not None:
             print_table(["metric", "value"], result.metrics[arguments.method].rows())
     return 0
+
+
+def _format(value) -> str:
+    return "" if value is None else f"{value:.3f}"
 
 
 def print_table(header: list[str], rows: list[tuple]) -> None:
@@ -220,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
     explain.add_argument("--folds", nargs="+", help=FOLDS_HELP)
     explain.add_argument("--layer", help="target layer (see `layers`; default: the recommended one)")
+    explain.add_argument("--layers", nargs="+", metavar="LAYER",
+                         help="a layer atlas: explain at each LAYER, or `atlas` for one layer per decoder stage; "
+                         "--out is then a folder for heatmap_<layer>.nrrd, atlas.json (the metrics of every layer) "
+                         "and atlas.png")  # fmt: skip
     explain.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     explain.add_argument("--out", required=True, help="heatmap file, written in the CT's geometry (0..1)")
     explain.add_argument("--prediction", help="also write the predicted label map here")

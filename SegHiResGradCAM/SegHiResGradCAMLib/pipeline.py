@@ -39,8 +39,17 @@ class ExplainJob:
     trust_bundle: bool = False  # the model is a MONAI bundle the user trusts (its configuration can run code)
     folds: list[str] | None = None  # nnU-Net results folder: the folds to ensemble (default: all)
     signed: list[Path] | None = None  # also write each method's signed map S here (see signed_on_model_grid)
+    layers: list[str] | None = None  # a layer atlas: the first method at each of these layers, one output each
+    extra: dict = field(default_factory=dict)  # label -> (path, function(JobResult) -> str or bytes), written last
     progress: object = None  # callable(fraction, message)
     cancel: object = None
+
+    def explanations(self) -> list[tuple[str, str, str | None]]:
+        """(key, method, layer) of each explanation, in order; the outputs follow this order.
+        The key is the method, or in a layer atlas the layer."""
+        if self.layers:
+            return [(layer, self.methods[0], layer) for layer in self.layers]
+        return [(method, method, self.layer) for method in self.methods]
 
 
 @dataclass
@@ -55,7 +64,8 @@ class JobResult:
     signed: dict[str, sitk.Image] = field(default_factory=dict)  # method -> signed map, when asked for
     prediction: sitk.Image | None = None
     segment: sitk.Image | None = None
-    metrics: dict = field(default_factory=dict)  # method -> ExplanationMetrics
+    metrics: dict = field(default_factory=dict)  # key (method, or layer in an atlas) -> ExplanationMetrics
+    explained: dict = field(default_factory=dict)  # key -> (method, layer) of that explanation
     notes: list[str] = field(default_factory=list)  # what the user should know about how the run read its input
     replaced: list[Path] = field(default_factory=list)  # existing files the outputs replaced
 
@@ -69,7 +79,13 @@ class JobResult:
             "target_class": self.target_class,
             "class_name": self.class_name,
             "methods": {
-                name: {"title": METHODS[name].title, "target_score": score} for name, score in self.scores.items()
+                key: {
+                    "title": METHODS[self.explained[key][0]].title,
+                    "method": self.explained[key][0],
+                    "layer": self.explained[key][1],
+                    "target_score": score,
+                }
+                for key, score in self.scores.items()
             },
             "seconds": self.seconds,
         }
@@ -82,10 +98,12 @@ def _report(job: ExplainJob, fraction: float, message: str) -> None:
 
 def output_files(job: ExplainJob, card) -> OutputFiles:
     """The job's outputs, and the files it reads, which no output may overwrite."""
-    outputs = {f"{method} heatmap": path for method, path in zip(job.methods, job.heatmaps, strict=True)}
-    outputs |= {f"{method} signed map": path for method, path in zip(job.methods, job.signed or [], strict=False)}
+    keys = [key for key, _, _ in job.explanations()]
+    outputs = {f"{key} heatmap": path for key, path in zip(keys, job.heatmaps, strict=True)}
+    outputs |= {f"{key} signed map": path for key, path in zip(keys, job.signed or [], strict=False)}
     volumes = set(outputs) | {"prediction"}
     outputs |= {"prediction": job.prediction, "summary": job.summary, "metrics": job.metrics_file}
+    outputs |= {label: path for label, (path, _) in job.extra.items()}
     return OutputFiles(outputs, volumes, [job.image, job.mask, *card.input_files])
 
 
@@ -93,8 +111,9 @@ def run(job: ExplainJob) -> JobResult:
     """Runs the job. Every output is checked before the computation and written only once
     every result exists, under temporary names renamed into place at the end (nothing
     half-done, no input overwritten)."""
-    if len(job.methods) != len(job.heatmaps) or (job.signed is not None and len(job.signed) != len(job.methods)):
-        raise ExplainInputError("Give one output file per method.")
+    count = len(job.explanations())
+    if len(job.heatmaps) != count or (job.signed is not None and len(job.signed) != count):
+        raise ExplainInputError("Give one output file per method (in a layer atlas: per layer).")
     started = time.perf_counter()
     card = read_model_card(job.model, trust_bundle=job.trust_bundle, folds=job.folds)
     class_index = card.class_index(job.target_class)
@@ -139,16 +158,18 @@ def check_model_grid_memory(ct: sitk.Image, card, name: str) -> None:
 
 
 def _stage(outputs: OutputFiles, job: ExplainJob, result: JobResult) -> None:
-    for method in job.methods:
-        outputs.stage_volume(f"{method} heatmap", result.heatmaps[method])
-    for method in job.methods if job.signed is not None else ():
-        outputs.stage_volume(f"{method} signed map", result.signed[method])
+    for key, _, _ in job.explanations():
+        outputs.stage_volume(f"{key} heatmap", result.heatmaps[key])
+        if job.signed is not None:
+            outputs.stage_volume(f"{key} signed map", result.signed[key])
     if job.prediction is not None:
         outputs.stage_volume("prediction", result.prediction)
     if job.summary is not None:
         outputs.stage_text("summary", json.dumps(result.summary(), indent=2))
     if job.metrics_file is not None:
-        outputs.stage_text("metrics", json.dumps(result.metrics[job.methods[0]].as_dict(), indent=2) + "\n")
+        outputs.stage_text("metrics", json.dumps(result.metrics[job.explanations()[0][0]].as_dict(), indent=2) + "\n")
+    for label, (_, make) in job.extra.items():
+        outputs.stage_text(label, make(result))
 
 
 def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, started: float) -> JobResult:
@@ -164,7 +185,7 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
     if model_input.array.shape[0] != card.in_channels:
         raise ExplainInputError(f"The model expects {card.in_channels} input channels; a CT gives 1.")
     seconds["preparation"] = time.perf_counter() - started
-    share = 1.0 / (1 + len(job.methods) * (2 if job.metrics else 1))
+    share = 1.0 / (1 + len(job.explanations()) * (2 if job.metrics else 1))
 
     def scaled(first: float, label: str):
         def report(fraction: float, message: str) -> None:
@@ -192,37 +213,39 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
     regions = anatomy_regions(card, class_index, logits, model_input, mask) if job.metrics else {}
     in_network_axes = card.volume_to_network_axes
     part = 1
-    for method in job.methods:
+    for key, method, layer in job.explanations():
         started = time.perf_counter()
 
-        def explain_with(net, progress=None, method=method):
+        def explain_with(net, progress=None, method=method, layer=layer):
             return explain_on_model_grid(net, card, model_input.array, class_index, mask, method,
-                                         job.layer or card.default_layer, device, progress, job.cancel)  # fmt: skip
+                                         layer or card.default_layer, device, progress, job.cancel)  # fmt: skip
 
-        heatmap, cam = explain_with(network, scaled(part * share, method))
+        heatmap, cam = explain_with(network, scaled(part * share, key))
         part += 1
         normalized = heatmap / heatmap.max() if heatmap.max() > 0 else heatmap
         original = model_input.to_original(normalized.astype(np.float32))
         original.SetMetaData("seghiresgradcam_method", method)
         original.SetMetaData("seghiresgradcam_target_score", f"{cam.score:.6g}")
         original.SetMetaData("seghiresgradcam_heatmap_max", f"{float(heatmap.max()):.6g}")
-        result.heatmaps[method] = original
+        original.SetMetaData("seghiresgradcam_layer", cam.layer)
+        result.heatmaps[key] = original
         if job.signed is not None:
-            result.signed[method] = _signed_image(model_input, signed_on_model_grid(card, cam, mask), method, cam.score)
-        result.scores[method] = cam.score
+            result.signed[key] = _signed_image(model_input, signed_on_model_grid(card, cam, mask), method, cam.score)
+        result.scores[key] = cam.score
+        result.explained[key] = (method, cam.layer)
         result.layer = cam.layer
-        seconds[method] = time.perf_counter() - started
+        seconds[key] = time.perf_counter() - started
         if job.metrics:
             started = time.perf_counter()
-            _report(job, part * share, f"measuring {method}")
-            result.metrics[method] = explanation_metrics(
+            _report(job, part * share, f"measuring {key}")
+            result.metrics[key] = explanation_metrics(
                 network, card.to_network_axes(model_input.array), class_index, in_network_axes(mask),
                 in_network_axes(heatmap), {name: in_network_axes(region) for name, region in regions.items()},
                 card.head, card.tiling, slice_by_slice=card.spatial_dims == 2,
                 explain_again=lambda net, explain_with=explain_with: in_network_axes(explain_with(net)[0]),
             )  # fmt: skip
             part += 1
-            seconds[f"{method} metrics"] = time.perf_counter() - started
+            seconds[f"{key} metrics"] = time.perf_counter() - started
     result.prediction = model_input.labels_on_original(logits.numpy(), card.head)
     result.segment = model_input.to_original(mask.astype(np.uint8), labels=True)
     result.seconds = seconds

@@ -10,9 +10,12 @@ contribute where the network decided, shallow ones add the edges they see.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..errors import ExplainInputError
 from .engine import CamResult, explain
+from .model_inspection import as_image_batch, decoder_stages, list_layers
+from .passes import check_window
 
 FUSION_RULES = ("mean", "max")
 
@@ -40,3 +43,22 @@ def explain_layers(model, image, target_class: int, layers, mask=None, rule: str
         target_class=first.target_class,
         raw_grid="image",
     )
+
+
+def atlas_layers(model, image_shape) -> list[str]:
+    """The layer atlas's layers: one per decoder stage (``decoder_stages``), coarsest first,
+    for images (or windows) of ``image_shape`` ((C, *spatial))."""
+    return [layer.name for layer in decoder_stages(list_layers(model, image_shape))]
+
+
+def layer_atlas(model, image, target_class: int, mask=None, layers=None, **options) -> dict[str, CamResult]:
+    """``explain`` at one layer per decoder stage (or at ``layers``), coarsest first: how the
+    explanation changes with depth. ``options`` are those of ``explain`` (method, window, ...);
+    with a window, the stages are found on one window's shape."""
+    if layers is None:
+        batch = as_image_batch(image, model, torch.device("cpu"))
+        window = options.get("window")
+        spatial = tuple(batch.shape[2:]) if window is None else check_window(getattr(window, "window", window),
+                                                                             batch.dim() - 2)  # fmt: skip
+        layers = atlas_layers(model, (batch.shape[1], *spatial))
+    return {layer: explain(model, image, target_class, mask, layer=layer, **options) for layer in layers}

@@ -17,6 +17,7 @@ import contextlib
 import weakref
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -147,6 +148,23 @@ def list_layers(model: nn.Module, image_shape) -> list[LayerInfo]:
     leading batch of 1), in execution order; one of them is marked ``recommended``."""
     probe = as_image_batch(torch.zeros(tuple(image_shape)), model)
     return _layers_for_batch_shape(model, probe)
+
+
+def decoder_stages(layers: list[LayerInfo]) -> list[LayerInfo]:
+    """One layer per resolution level of the output path, coarsest first: from the last layer
+    on the coarsest grid (the bottleneck) on, in execution order, the last layer of each grid
+    the output path passes through. Found from the layers' shapes, not their names."""
+    if not layers:
+        return []
+    sizes = [int(np.prod(layer.shape[1:])) for layer in layers]
+    bottleneck = max(index for index, size in enumerate(sizes) if size == min(sizes))
+    stages: list[LayerInfo] = []
+    for layer in layers[bottleneck:]:
+        if stages and stages[-1].shape[1:] == layer.shape[1:]:
+            stages[-1] = layer  # the same grid: the later layer closes the stage
+        else:
+            stages.append(layer)
+    return stages
 
 
 def recommended_layer(model: nn.Module, image_batch: torch.Tensor) -> str:

@@ -77,12 +77,9 @@ def _lps(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(reorient(image, "LPS"))
 
 
-def case_figure(path: Path, ct: sitk.Image, truth: sitk.Image | None, result, title: str) -> None:
-    """The paper-style figure of a pipeline result, on the axial slice through the middle of
-    M's largest part, zoomed on the labels with a 50 mm margin."""
-    from ..cam.methods import METHODS
-    from .figures import paper_figure
-
+def _slice_view(ct: sitk.Image, truth: sitk.Image | None, result):
+    """The axial slice through the middle of M's largest part and a view zoomed on the labels
+    with a 50 mm margin: (hu, truth, prediction, segment) arrays, slice index, view."""
     hu, prediction, segment = _lps(ct), _lps(result.prediction), _lps(result.segment)
     truth = _lps(truth) if truth is not None else np.zeros_like(prediction)
     components, count = ndimage.label(segment)
@@ -92,6 +89,36 @@ def case_figure(path: Path, ct: sitk.Image, truth: sitk.Image | None, result, ti
     margin = round(50 / reorient(result.prediction, "LPS").GetSpacing()[0])
     view = (slice(max(rows.min() - margin, 0), rows.max() + margin), slice(max(columns.min() - margin, 0),
             columns.max() + margin))  # fmt: skip
+    return (hu, truth, prediction, segment), centre, view
+
+
+def atlas_figure(ct: sitk.Image, result, title: str) -> bytes:
+    """A layer atlas as a PNG: one panel per layer, coarsest first, each titled with its heat
+    in M and its similarity after randomising the network."""
+    import io
+
+    from .figures import method_panels
+
+    (hu, _, _, segment), centre, view = _slice_view(ct, None, result)
+    panels = {}
+    for key in result.heatmaps:
+        measured = result.metrics[key].as_dict() if key in result.metrics else {}
+        similarity = measured.get("randomisation_similarity")
+        panels[f"{key}\nheat in M {100 * measured.get('mass_in_target', 0):.0f} %, random {similarity:.2f}"
+               if similarity is not None else key] = _lps(result.heatmaps[key])[centre][view]  # fmt: skip
+    buffer = io.BytesIO()
+    method_panels(buffer, np.clip(hu[centre][view], -160, 240), segment[centre][view].astype(bool), panels,
+                  title=f"{title} (axial slice {centre})", columns=len(panels))  # fmt: skip
+    return buffer.getvalue()
+
+
+def case_figure(path: Path, ct: sitk.Image, truth: sitk.Image | None, result, title: str) -> None:
+    """The paper-style figure of a pipeline result, on the axial slice through the middle of
+    M's largest part, zoomed on the labels with a 50 mm margin."""
+    from ..cam.methods import METHODS
+    from .figures import paper_figure
+
+    (hu, truth, prediction, segment), centre, view = _slice_view(ct, truth, result)
     paper_figure(
         path,
         np.clip(hu[centre][view], -160, 240),

@@ -120,8 +120,9 @@ class OutputFiles:
     def stage_volume(self, label: str, image: sitk.Image) -> None:
         sitk.WriteImage(image, str(self._partial(label)), useCompression=True)
 
-    def stage_text(self, label: str, text: str) -> None:
-        self._partial(label).write_text(text)
+    def stage_text(self, label: str, content: str | bytes) -> None:
+        partial = self._partial(label)
+        partial.write_bytes(content) if isinstance(content, bytes) else partial.write_text(content)
 
     def commit(self) -> list[Path]:
         """Renames every staged file into place; returns the files that were replaced."""
