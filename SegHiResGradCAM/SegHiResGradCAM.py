@@ -96,6 +96,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._binding = False  # the parameter node is being bound to the widgets
         self._inspector = None
         self._runs = []  # runs still to start (Compare queues two)
         self._run = None
@@ -180,8 +181,13 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            # The .ui gives each bound widget a "SlicerParameterName" property.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            # The .ui gives each bound widget a "SlicerParameterName" property. Binding refills
+            # the bound widgets; their change signals must not inspect the model meanwhile.
+            self._binding = True
+            try:
+                self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            finally:
+                self._binding = False
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._restoreModelPath()
             self._checkCanApply()
@@ -239,6 +245,8 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         and layers from a background inspection (cached per model file version)."""
         from SegHiResGradCAMLib.models.formats import read_model_card
 
+        if self._binding:
+            return
         self._showModelControls()
         self._inspectionTimer.stop()
         self._inspector.cancel()
