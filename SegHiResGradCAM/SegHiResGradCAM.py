@@ -86,6 +86,7 @@ class SegHiResGradCAMParameterNode:
     withMetrics: bool = False
     signedMap: bool = False
     showIn3D: bool = False
+    layerAtlas: bool = False
     replacePrevious: bool = True
 
 
@@ -139,6 +140,9 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runTimer.connect("timeout()", self.onRunPoll)
         self._inspectionTimer.connect("timeout()", self.onInspectionPoll)
         self._setupCohortReview()
+        self._atlas = []
+        self.ui.atlasLayerSlider.visible = self.ui.atlasLayerLabel.visible = False  # shown after an atlas run
+        self.ui.atlasLayerSlider.connect("valueChanged(int)", self.onAtlasLayerChanged)
 
     def cleanup(self):
         self.cancelRuns()
@@ -330,6 +334,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             folds=self._folds(),
             replace_previous=self.ui.replaceCheckBox.checked,
             signed=self.ui.signedCheckBox.checked,
+            atlas=self.ui.layerAtlasCheckBox.checked,
             volume_rendering_logic=slicer.modules.volumerendering.logic() if self.ui.show3DCheckBox.checked else None,
         )
 
@@ -396,12 +401,39 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(f"Explanation failed: {status.message}", detailedText="\n".join(run.log))
             return
         if status.state == "finished":
+            self._showAtlas(run)
             self._finished.append(run.heatmap_node)
             if self._runs:
                 with slicer.util.tryWithErrorDisplay("Could not start the next explanation."):
                     self._startNext()
             elif len(self._finished) == 2:
                 self.logic.showSideBySide(run.settings.volume_node, *self._finished)
+
+    def _showAtlas(self, run):
+        """A layer atlas's slider: one position per layer, coarsest to finest, the finest shown."""
+        self._atlas = [(node, run.settings.volume_node) for node in run.atlas_nodes]
+        shown = bool(self._atlas)
+        self.ui.atlasLayerSlider.visible = shown
+        self.ui.atlasLayerLabel.visible = shown
+        if shown:
+            self.ui.atlasLayerSlider.blockSignals(True)
+            self.ui.atlasLayerSlider.minimum = 0
+            self.ui.atlasLayerSlider.maximum = len(self._atlas) - 1
+            self.ui.atlasLayerSlider.value = len(self._atlas) - 1
+            self.ui.atlasLayerSlider.blockSignals(False)
+            self.onAtlasLayerChanged(len(self._atlas) - 1)
+
+    def onAtlasLayerChanged(self, index):
+        from SegHiResGradCAMLib.mrml import mrml_adapter
+
+        if not 0 <= index < len(self._atlas):
+            return
+        node, volume = self._atlas[index]
+        if slicer.mrmlScene.IsNodePresent(node):
+            mrml_adapter.show_heatmap(node, volume)
+            self.ui.atlasLayerLabel.text = (
+                f"Layer {index + 1} of {len(self._atlas)}: {node.GetAttribute('SegHiResGradCAM.Layer')}"
+            )
 
     def _appendLog(self, lines):
         for line in lines[self._loggedLines :]:

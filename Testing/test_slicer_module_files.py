@@ -40,6 +40,7 @@ MEMBERS = {
     "QLabel": COMMON | {"text"},
     "QLineEdit": COMMON | {"text"},
     "QProgressBar": COMMON | {"value"},
+    "QSlider": COMMON | {"minimum", "maximum", "value"},
     "QPlainTextEdit": COMMON | {"appendPlainText", "clear"},
     "ctkCollapsibleButton": COMMON | {"collapsed"},
     "qMRMLNodeComboBox": COMMON | {"currentNode", "setMRMLScene"},

@@ -280,3 +280,27 @@ def test_signed_map_sums_to_t_and_is_shown_diverging_around_zero_and_heat_is_ren
     assert len(node_ids(scene)) == len(nodes)  # the first result's map, signed map and rendering nodes are gone
     assert scene.GetNodeByID(heat.GetID()) is None and scene.GetNodeByID(signed.GetID()) is None
     assert not leftover_work_dirs()
+
+
+def test_a_layer_atlas_loads_one_heatmap_per_stage_and_a_metrics_row_per_layer():
+    scene = new_scene()
+    volume, case = phantom_volume(scene, shape=(96, 96, 24), spacing=(4.0, 4.0, 6.0))
+    segmentation, segment_id = segment_from_labels(scene, volume, case.labels, 1, "kidney")
+    nodes = node_ids(scene)
+    run = ExplainRun(ExplainSettings(volume, "kidney", segmentation_node=segmentation, segment_id=segment_id,
+                                     atlas=True))  # fmt: skip
+    assert finish(run).state == "finished"
+    stages = ["model.1.submodule.1.submodule.1", "model.1.submodule.1", "model.1"]
+    assert [node.GetAttribute("SegHiResGradCAM.Layer") for node in run.atlas_nodes] == stages
+    assert run.atlas_nodes[-1] is run.heatmap_node and run.heatmap_node.GetName() == "CT - kidney - Seg-HiRes-Grad CAM"
+    for node in run.atlas_nodes:
+        np.testing.assert_allclose(matrix_of(node), matrix_of(volume), rtol=0, atol=1e-12)
+        assert 0.5 < slicer.util.arrayFromVolume(node).max() <= 1.0  # normalised on the model grid
+    table = run.metrics_node.GetTable()
+    assert table.GetNumberOfRows() == 3 and table.GetColumnName(0) == "Layer"
+    assert [table.GetValue(row, 0).ToString() for row in range(3)] == stages
+    columns = [table.GetColumnName(index) for index in range(table.GetNumberOfColumns())]
+    assert "similarity after randomising the network" in columns and "heat mass inside M" in columns
+    assert len(node_ids(scene)) > len(nodes) and not leftover_work_dirs()
+    with pytest.raises(ExplainInputError, match="signed map is made for one layer"):
+        ExplainRun(ExplainSettings(volume, "kidney", atlas=True, signed=True))

@@ -337,18 +337,30 @@ def import_prediction(path: Path, volume_node, segment_styles: dict, name: str):
 def import_metrics_table(rows: list[tuple[str, str]], heatmap_node, name: str):
     """The explanation's metrics as a two-column table node (metric, value) placed next to
     the heatmap under the CT, so that they are saved with the scene."""
+    return import_table(["Metric", "Value"], [list(row) for row in rows], heatmap_node, name)
+
+
+def import_layer_table(layer_rows: dict[str, list[tuple[str, str]]], heatmap_node, name: str):
+    """A layer atlas's metrics: one row per layer (coarsest first), one column per metric."""
+    metrics = [metric for metric, _ in next(iter(layer_rows.values()))]
+    rows = [[layer, *(dict(rows).get(metric, "") for metric in metrics)] for layer, rows in layer_rows.items()]
+    return import_table(["Layer", *metrics], rows, heatmap_node, name)
+
+
+def import_table(columns: list[str], rows: list[list[str]], heatmap_node, name: str):
+    """A table node of strings placed next to the heatmap under the CT."""
     scene = heatmap_node.GetScene()
     table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
     try:
         table = table_node.GetTable()
-        for title in ("Metric", "Value"):
+        for title in columns:
             column = vtk.vtkStringArray()
             column.SetName(title)
             table.AddColumn(column)
-        for metric, value in rows:
+        for values in rows:
             row = table.InsertNextBlankRow()
-            table.SetValue(row, 0, vtk.vtkVariant(metric))
-            table.SetValue(row, 1, vtk.vtkVariant(value))
+            for index, value in enumerate(values):
+                table.SetValue(row, index, vtk.vtkVariant(str(value)))
         table_node.SetAttribute(OUTPUT_ATTRIBUTE, "metrics")
         table_node.SetAttribute("SegHiResGradCAM.Heatmap", heatmap_node.GetID())
         hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)

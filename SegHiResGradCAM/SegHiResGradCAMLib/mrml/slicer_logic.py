@@ -36,6 +36,7 @@ class ExplainSettings:
     folds: list[str] | None = None  # nnU-Net results folder: the folds to ensemble (None: all)
     replace_previous: bool = False  # replace this module's earlier output of the same name
     signed: bool = False  # also load the signed map S (diverging colours centred on 0)
+    atlas: bool = False  # a layer atlas: one heatmap per decoder stage, with every layer's metrics
     volume_rendering_logic: object = None  # show the heatmap in 3D with this (Slicer's volume rendering logic)
 
 
@@ -48,8 +49,11 @@ class ExplainRun:
         self.signed_node = None
         self.prediction_node = None
         self.metrics_node = None
+        self.atlas_nodes: list = []  # a layer atlas's heatmaps, coarsest first (the last is heatmap_node)
         self._import_failure: Status | None = None
         mrml_adapter.check_volume(settings.volume_node)
+        if settings.atlas and settings.signed:
+            raise ExplainInputError("The signed map is made for one layer: untick it for the layer atlas.")
         # Refuses a missing or unreadable card, or an untrusted bundle, before any work.
         card = read_model_card(settings.model, trust_bundle=settings.trust_bundle, folds=settings.folds)
         self.class_index = card.class_index(settings.target_class)
@@ -65,8 +69,9 @@ class ExplainRun:
     def _export_inputs(self, work_dir: Path) -> list[str]:
         settings = self.settings
         mrml_adapter.export_volume(settings.volume_node, work_dir / "ct.nrrd")
+        out = ["--layers", "atlas", "--out", "atlas"] if settings.atlas else ["--out", "heatmap.nrrd"]
         arguments = ["explain", "--image", "ct.nrrd", "--target-class", str(self.class_index),
-                     "--method", settings.method, "--device", settings.device, "--out", "heatmap.nrrd",
+                     "--method", settings.method, "--device", settings.device, *out,
                      "--summary", "summary.json"]  # fmt: skip
         if settings.segmentation_node is not None:
             mrml_adapter.export_segment(settings.segmentation_node, settings.segment_id, settings.volume_node,
@@ -76,12 +81,12 @@ class ExplainRun:
             arguments += ["--from-prediction"]
         if settings.with_prediction:
             arguments += ["--prediction", "prediction.nrrd"]
-        if settings.with_metrics:
+        if settings.with_metrics and not settings.atlas:  # an atlas measures every layer anyway
             arguments += ["--metrics", "metrics.json"]
         if settings.signed:
             arguments += ["--signed", "signed.nrrd"]
         arguments += model_arguments(settings.model, settings.trust_bundle, settings.folds)
-        if settings.layer:
+        if settings.layer and not settings.atlas:
             arguments += ["--layer", settings.layer]
         return arguments
 
@@ -116,20 +121,31 @@ class ExplainRun:
         """Loads every result, or none: a failure part-way removes what was already added."""
         settings, work_dir = self.settings, self._run.work_dir
         summary = json.loads((work_dir / "summary.json").read_text())
-        title = summary["methods"][settings.method]["title"]
+        atlas = json.loads((work_dir / "atlas" / "atlas.json").read_text())["layers"] if settings.atlas else []
+        key = atlas[-1]["layer"] if atlas else settings.method  # the finest layer is the atlas's main map
+        title = summary["methods"][key]["title"]
         name = mrml_adapter.output_name(settings.volume_node, self.segment_name, title)
         scene = settings.volume_node.GetScene()
-        outputs = (name, f"{name} - metrics", f"{name} - signed")
+        outputs = (name, f"{name} - metrics", f"{name} - signed", *(f"{name} at {row['layer']}" for row in atlas))
         previous = []
         if settings.replace_previous:
             previous = [mrml_adapter.previous_output(scene, output) for output in outputs]
         try:
-            self.heatmap_node = mrml_adapter.import_heatmap(work_dir / "heatmap.nrrd", settings.volume_node, name)
-            self.heatmap_node.SetAttribute(
-                "SegHiResGradCAM.TargetScore", str(summary["methods"][settings.method]["target_score"])
-            )
-            self.heatmap_node.SetAttribute("SegHiResGradCAM.Layer", summary["layer"])
-            if settings.with_metrics:
+            for row in atlas[:-1]:  # coarser layers first; the finest is imported last, and shown
+                node = mrml_adapter.import_heatmap(work_dir / "atlas" / f"heatmap_{row['layer']}.nrrd",
+                                                  settings.volume_node, f"{name} at {row['layer']}")  # fmt: skip
+                node.SetAttribute("SegHiResGradCAM.Layer", row["layer"])
+                self.atlas_nodes.append(node)
+            main_file = work_dir / "atlas" / f"heatmap_{key}.nrrd" if atlas else work_dir / "heatmap.nrrd"
+            self.heatmap_node = mrml_adapter.import_heatmap(main_file, settings.volume_node, name)
+            self.heatmap_node.SetAttribute("SegHiResGradCAM.TargetScore", str(summary["methods"][key]["target_score"]))
+            self.heatmap_node.SetAttribute("SegHiResGradCAM.Layer", summary["methods"][key]["layer"])
+            if atlas:
+                self.atlas_nodes.append(self.heatmap_node)
+                layer_rows = {row["layer"]: metric_rows(row["metrics"]) for row in atlas}
+                self.metrics_node = mrml_adapter.import_layer_table(layer_rows, self.heatmap_node,
+                                                                    f"{name} - metrics")  # fmt: skip
+            elif settings.with_metrics:
                 rows = metric_rows(json.loads((work_dir / "metrics.json").read_text()))
                 self.metrics_node = mrml_adapter.import_metrics_table(rows, self.heatmap_node, f"{name} - metrics")
             if settings.with_prediction:
@@ -144,10 +160,11 @@ class ExplainRun:
                 mrml_adapter.show_in_3d(self.heatmap_node, settings.volume_rendering_logic,
                                         settings.segmentation_node or self.prediction_node)  # fmt: skip
         except BaseException:
-            for node in (self.heatmap_node, self.metrics_node, self.prediction_node, self.signed_node):
-                if node is not None:
-                    mrml_adapter.remove_output(node)
+            added = {*self.atlas_nodes, self.heatmap_node, self.metrics_node, self.prediction_node, self.signed_node}
+            for node in added - {None}:
+                mrml_adapter.remove_output(node)
             self.heatmap_node = self.metrics_node = self.prediction_node = self.signed_node = None
+            self.atlas_nodes = []
             raise
         for node in previous:
             if node is not None:
