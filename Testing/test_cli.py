@@ -67,6 +67,9 @@ def test_layers_lists_the_bundled_model_s_layers_with_a_recommended_one():
     assert run.returncode == 0, run.stderr
     recommended = [line for line in run.stdout.splitlines() if "(recommended)" in line]
     assert len(recommended) == 1 and recommended[0].split()[0] == "model.1"
+    staged = [line.split()[0] for line in run.stdout.splitlines() if " of 3" in line]
+    assert staged == ["model.1.submodule.1.submodule.1", "model.1.submodule.1", "model.1"]
+    assert "decoder stage 3 of 3" in recommended[0] and "recommended: the last layer" in run.stdout
 
 
 def test_methods_lists_every_registered_method_with_its_cost():

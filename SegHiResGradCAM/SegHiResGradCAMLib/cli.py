@@ -144,9 +144,20 @@ def _card_and_layers(arguments):
     return card, list_layers(network, (card.in_channels, *card.window))
 
 
+RECOMMENDED_BECAUSE = "the last layer before the output with more channels than the output"
+
+
+def _stages(layers) -> dict[str, int]:
+    """Layer name -> its decoder stage (1 = coarsest), for the layers a layer atlas explains."""
+    from .cam.model_inspection import decoder_stages
+
+    return {layer.name: number for number, layer in enumerate(decoder_stages(layers), 1)}
+
+
 def _layer_rows(layers) -> list[dict]:
-    return [{"name": layer.name, "type": layer.type, "shape": list(layer.shape), "recommended": layer.recommended}
-            for layer in layers]  # fmt: skip
+    stages = _stages(layers)
+    return [{"name": layer.name, "type": layer.type, "shape": list(layer.shape), "recommended": layer.recommended,
+             "stage": stages.get(layer.name)} for layer in layers]  # fmt: skip
 
 
 def _method_rows() -> list[dict]:
@@ -161,9 +172,12 @@ def _layers(arguments) -> int:
     if arguments.json:
         print(json.dumps(_layer_rows(layers)))
         return 0
+    stages = _stages(layers)
     for layer in layers:
+        stage = f"decoder stage {stages[layer.name]} of {len(stages)}" if layer.name in stages else ""
         marker = "  (recommended)" if layer.recommended else ""
-        print(f"{layer.name:40s} {layer.type:20s} {'x'.join(map(str, layer.shape))}{marker}")
+        print(f"{layer.name:40s} {layer.type:20s} {'x'.join(map(str, layer.shape)):16s} {stage:22s}{marker}".rstrip())
+    print(f"recommended: {RECOMMENDED_BECAUSE}; `explain --layers atlas` explains every decoder stage")
     return 0
 
 
