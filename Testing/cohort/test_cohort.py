@@ -20,6 +20,7 @@ from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.cohort.case import CohortSettings
 from SegHiResGradCAMLib.cohort.run import run_cohort
 from SegHiResGradCAMLib.demo.phantom import Grid, write_cohort
+from SegHiResGradCAMLib.volumes.outputs import PARTIAL_PREFIX
 
 SEEDS = (3, 4, 5, 6, 8, 10)
 SPACING = (6.0, 6.0, 9.0)
@@ -111,9 +112,11 @@ def test_a_ray_worker_killed_in_the_middle_of_a_case_is_retried(cohorts, model, 
     results = tmp_path / "results"
     process = run_in_background(["--cases", str(sources["kits"]), "--out", str(results), *model_options(model),
                                  "--ray", "--workers", "2"], tmp_path / "log.txt")  # fmt: skip
-    # A case being computed is a folder .partial-<case>-<pid of the worker computing it>.
-    partial = wait_for(lambda: next((results / "cases").glob(".partial-case_*"), None) if results.exists() else None)
-    victim = int(partial.name.rsplit("-", 1)[1])
+    # A case being computed is a folder <PARTIAL_PREFIX><pid of the worker computing it>-<case>.
+    partial = wait_for(
+        lambda: next((results / "cases").glob(f"{PARTIAL_PREFIX}*-case_*"), None) if results.exists() else None
+    )
+    victim = int(partial.name[len(PARTIAL_PREFIX) :].split("-", 1)[0])
     os.kill(victim, signal.SIGKILL)
     assert process.wait(timeout=600) == 0, (tmp_path / "log.txt").read_text()[-3000:]
     folders = sorted(path.name for path in (results / "cases").iterdir())
@@ -135,7 +138,7 @@ def test_a_killed_driver_then_run_again_computes_only_the_missing_cases(cohorts,
     assert summary.computed == len(SEEDS) - len(finished) and summary.done == len(SEEDS)
     for name, modified in finished.items():  # finished cases were read back, not recomputed
         assert (results / "cases" / name / "rows.json").stat().st_mtime_ns == modified
-    assert not list((results / "cases").glob(".partial-*"))
+    assert not list((results / "cases").glob(f"{PARTIAL_PREFIX}*"))
     assert_same_table(reference, table(results))
 
 

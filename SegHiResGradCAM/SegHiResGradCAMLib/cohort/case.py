@@ -3,7 +3,7 @@ metrics, and Dice and surface distance against the truth; its folder appears onl
 the whole case has succeeded.
 
 ``cases/<case>/`` holds a heatmap per method, the prediction, the paper-style figure and
-``rows.json`` (one row per method). It is built as ``cases/.partial-<case>-<pid>`` and
+``rows.json`` (one row per method). It is built under its partial name (``volumes.outputs.partial_path``) and
 renamed when complete, so a case that was interrupted leaves no folder under its name and
 is computed again; one that failed leaves ``cases/<case>.failed.json`` with its error.
 """
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExplainInputError
+from ..volumes.outputs import partial_path
 from .datasets import CohortCase
 
 ROWS = "rows.json"
-PARTIAL = ".partial-"
 FAILED = ".failed.json"
 
 
@@ -61,7 +61,7 @@ def run_case(case: CohortCase, settings: CohortSettings, results: Path) -> list[
     if done is not None:
         return done
     cases = Path(results) / "cases"
-    partial = cases / f"{PARTIAL}{case.name}-{os.getpid()}"
+    partial = partial_path(case_folder(results, case.name))
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     failed = cases / f"{case.name}{FAILED}"
@@ -81,7 +81,7 @@ def run_case(case: CohortCase, settings: CohortSettings, results: Path) -> list[
             "image": str(Path(case.image).resolve()),
             "truth": str(Path(case.truth).resolve()) if case.truth else "",
         }
-        partial_failure = failed.with_name(f"{PARTIAL}{failed.name}-{os.getpid()}")
+        partial_failure = partial_path(failed)
         partial_failure.write_text(json.dumps(record))
         os.replace(partial_failure, failed)
         return [record]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .case import PARTIAL, case_folder
+from ..volumes.outputs import partial_path
+from .case import case_folder
 
 HIRES, GRAD_CAM = "seg-hires-grad-cam", "seg-grad-cam"
 DISTRIBUTIONS = (("heat_in_m", "heat inside M"), ("heat_outside_body", "heat outside the body"),
@@ -154,7 +155,7 @@ td,th{{border:1px solid #bbb;padding:3px 8px;text-align:left}} img{{max-width:10
 </body></html>
 """
     path = results / "report.html"
-    partial = results / f"{PARTIAL}report.html-{os.getpid()}"
+    partial = partial_path(path)
     partial.write_text(page)
     os.replace(partial, path)
     return path

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ExplainInputError
-from ..volumes.outputs import process_alive
-from .case import PARTIAL, CohortSettings, failure, finished_rows, run_case
+from ..volumes.outputs import partial_path, remove_stale_partials
+from .case import CohortSettings, failure, finished_rows, run_case
 from .datasets import find_cases
 
 RAY_ADVICE = "Ray is not installed: pip install 'seghiresgradcam[cluster]' (or run without --ray)."
@@ -45,7 +45,7 @@ def run_cohort(dataset: Path, results: Path, settings: CohortSettings, ray_addre
     results = Path(results)
     (results / "cases").mkdir(parents=True, exist_ok=True)
     for folder in (results, results / "cases"):
-        _remove_stale_partials(folder)
+        remove_stale_partials(folder)
     todo = [case for case in cases if finished_rows(results, case.name) is None
             and (retry_failed or failure(results, case.name) is None)]  # fmt: skip
     tracker = _Tracker(len(cases), len(cases) - len(todo), progress)
@@ -54,7 +54,7 @@ def run_cohort(dataset: Path, results: Path, settings: CohortSettings, ray_addre
             tracker.finished(run_case(case, settings, results))
     else:
         _run_on_ray(todo, settings, results, ray_address, workers, gpus_per_case, tracker)
-    _remove_stale_partials(results / "cases")  # what a killed worker left before its case was run again
+    remove_stale_partials(results / "cases")  # what a killed worker left before its case was run again
     rows = collect_rows(results, [case.name for case in cases])
     write_tables(results, rows)
     from .report import write_report
@@ -109,23 +109,9 @@ def write_tables(results: Path, rows: list[dict]) -> None:
     table = pandas.DataFrame(rows)
     for name, write in (("results.csv", lambda path: table.to_csv(path, index=False)),
                         ("results.parquet", lambda path: table.to_parquet(path, index=False))):  # fmt: skip
-        partial = results / f"{PARTIAL}{name}-{os.getpid()}"
+        partial = partial_path(results / name)
         write(partial)
         os.replace(partial, results / name)
-
-
-def _remove_stale_partials(cases: Path) -> None:
-    """Folders and files of interrupted cases whose process is gone."""
-    import shutil
-
-    for partial in cases.glob(f"{PARTIAL}*"):
-        pid = partial.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or process_alive(int(pid)):
-            continue
-        if partial.is_dir():
-            shutil.rmtree(partial, ignore_errors=True)
-        else:
-            partial.unlink(missing_ok=True)
 
 
 class _Tracker:

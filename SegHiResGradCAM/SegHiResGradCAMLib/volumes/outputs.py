@@ -1,15 +1,16 @@
 """A run's output files, all or none: checked before any computation, written under
 temporary names next to their targets, and renamed into place only when every one exists.
 
-Temporary files are named ``.seghiresgradcam-partial-<pid>-<name>``, so that one left by a
-killed run is recognisably ours; the next run writing into that folder removes those whose
-process is gone.
+Temporary files and folders are named ``.seghiresgradcam-partial-<pid>-<name>``
+(``partial_path``), so that one left by a killed run is recognisably ours; the next run
+writing into that folder removes those whose process is gone (``remove_stale_partials``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -54,6 +55,25 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def partial_path(target: Path) -> Path:
+    """Where this process builds ``target`` before renaming it into place."""
+    return target.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{target.name}")
+
+
+def remove_stale_partials(folder: Path) -> None:
+    """Removes the partial files and folders in ``folder`` whose process is gone."""
+    if not folder.is_dir():
+        return
+    for partial in folder.glob(f"{PARTIAL_PREFIX}*"):
+        pid = partial.name[len(PARTIAL_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or process_alive(int(pid)):
+            continue
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+
+
 class OutputFiles:
     """``outputs``: what each output is (for messages) -> path; ``volumes``: which of them
     are volume files; ``inputs``: files the run reads, which no output may be."""
@@ -92,16 +112,7 @@ class OutputFiles:
                     f"The {label} cannot be written to {path.parent}: {existing} is not a writable folder."
                 )
         for folder in {path.parent for path in self.outputs.values()}:
-            self._remove_stale_partials(folder)
-
-    @staticmethod
-    def _remove_stale_partials(folder: Path) -> None:
-        if not folder.is_dir():
-            return
-        for partial in folder.glob(f"{PARTIAL_PREFIX}*"):
-            pid = partial.name[len(PARTIAL_PREFIX) :].split("-", 1)[0]
-            if pid.isdigit() and not process_alive(int(pid)):
-                partial.unlink(missing_ok=True)
+            remove_stale_partials(folder)
 
     def _partial(self, label: str) -> Path:
         target = self.outputs[label]
@@ -113,7 +124,7 @@ class OutputFiles:
         for created in reversed(missing):
             created.mkdir()
             self._created_folders.append(created)
-        partial = target.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{target.name}")
+        partial = partial_path(target)
         self._staged[label] = partial
         return partial
 
@@ -122,7 +133,10 @@ class OutputFiles:
 
     def stage_text(self, label: str, content: str | bytes) -> None:
         partial = self._partial(label)
-        partial.write_bytes(content) if isinstance(content, bytes) else partial.write_text(content)
+        if isinstance(content, bytes):
+            partial.write_bytes(content)
+        else:
+            partial.write_text(content)
 
     def commit(self) -> list[Path]:
         """Renames every staged file into place; returns the files that were replaced."""

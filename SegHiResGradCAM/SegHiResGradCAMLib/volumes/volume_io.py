@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import ExplainInputError
+from .outputs import partial_path
 
 _LETTERS = {(0, 1): "L", (0, -1): "R", (1, 1): "P", (1, -1): "A", (2, 1): "S", (2, -1): "I"}
 _AXIS_OF = {letter: axis for (axis, _), letter in _LETTERS.items()}
@@ -24,7 +25,6 @@ _SIGN_OF = {letter: sign for (_, sign), letter in _LETTERS.items()}
 
 
 READABLE = "a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file"
-WRITABLE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 MEMORY_LIMIT_VARIABLE = "SEGHIRESGRADCAM_MEMORY_LIMIT_GB"
 WORKING_BYTES_PER_VOXEL = 12  # the stored voxel, a float32 working copy, a float32 map back on the CT grid
 ORTHOGONAL_TOLERANCE = 1e-4
@@ -145,7 +145,7 @@ def write_volume(image: sitk.Image, path) -> None:
     never leaves a half-written file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".partial-{path.name}")
+    partial = partial_path(path)
     try:
         sitk.WriteImage(image, str(partial), useCompression=True)
         os.replace(partial, path)
