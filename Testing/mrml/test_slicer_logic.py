@@ -48,6 +48,13 @@ def test_heatmap_node_has_the_ct_geometry_display_and_place(direction, tmp_path)
     assert heat.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
     display = heat.GetDisplayNode()
     assert display.GetColorNode().GetName() == mrml_adapter.HEAT_COLOUR_NODE_NAME
+    # The colour node holds the shipped table's entries, index by index (name, RGBA in 0..255).
+    table, entries = display.GetColorNode(), mrml_adapter.HEAT_COLOUR_TABLE.read_text().splitlines()
+    entries = [line.split() for line in entries if line and not line.startswith("#")]
+    assert table.GetNumberOfColors() == len(entries)
+    for index, name, *rgba in (entries[0], entries[len(entries) // 2], entries[-1]):
+        assert table.GetColorName(int(index)) == name
+        assert np.allclose(table.GetLookupTable().GetTableValue(int(index)), [int(value) / 255 for value in rgba])
     assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
     assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(mrml_adapter.HEAT_THRESHOLD)
     composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")

@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -103,6 +104,18 @@ def _group_alive(group: int) -> bool:
         if process_group == group and state not in ("Z", "X"):
             return True
     return False
+
+
+@contextlib.contextmanager
+def new_work_dir(prefix: str):
+    """A new temporary folder for a background process, removed again when starting the
+    process in it fails."""
+    work_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work_dir
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
 
 
 class BackgroundProcess:
@@ -210,9 +223,6 @@ class BackgroundRun:
                 self._child.add_to_log(f"exit code {code}")
                 self._status = Status("failed", self._status.fraction, message)
         return self._status
-
-    def error_message(self) -> str:
-        return self._child.error_message()
 
     def wait(self, timeout: float | None = None) -> Status:
         self._child.process.wait(timeout)

@@ -103,41 +103,47 @@ def export_segment(segmentation_node, segment_id: str, volume_node, path: Path) 
 
 def heat_colour_node(scene):
     """The extension's heat colour table, added to the scene once."""
-    existing = scene.GetFirstNodeByName(HEAT_COLOUR_NODE_NAME)
-    if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
-        return existing
-    entries = [line.split() for line in HEAT_COLOUR_TABLE.read_text().splitlines() if line and not line.startswith("#")]
-    node = slicer.vtkMRMLColorTableNode()
-    node.SetName(HEAT_COLOUR_NODE_NAME)
-    node.SetTypeToUser()
-    node.SetNumberOfColors(len(entries))
-    node.GetLookupTable().SetTableRange(0, len(entries) - 1)
-    for index, name, *rgba in entries:
-        red, green, blue, alpha = (int(value) / 255 for value in rgba)
-        node.SetColor(int(index), name, red, green, blue, alpha)
-    node.SetAttribute("Category", "SegHiResGradCAM")
-    scene.AddNode(node)
-    return node
+
+    def entries():
+        lines = HEAT_COLOUR_TABLE.read_text().splitlines()
+        rows = [line.split() for line in lines if line and not line.startswith("#")]
+        return [(name, *(int(value) / 255 for value in rgba)) for _, name, *rgba in rows]
+
+    return _colour_table_node(scene, HEAT_COLOUR_NODE_NAME, entries)
 
 
 def diverging_colour_node(scene):
     """Blue (negative) - white (0) - red (positive), added to the scene once; with a window
     centred on 0 (``show_signed_map``) white marks S = 0."""
-    existing = scene.GetFirstNodeByName(SIGNED_COLOUR_NODE_NAME)
+
+    def entries():
+        middle = (SIGNED_COLOURS - 1) // 2
+        colours = []
+        for index in range(SIGNED_COLOURS):
+            strength = abs(index - middle) / middle  # 0 at the middle (S = 0), 1 at both ends
+            fade = 1 - 0.85 * strength
+            colour = (fade, fade, 1.0) if index < middle else (1.0, fade, fade)  # red mirrors blue
+            # Weak evidence fades out, so the CT shows through where S is near 0.
+            colours.append((f"{(index - middle) / middle:+.3f}", *colour, min(1.0, strength / SIGNED_FADE)))
+        return colours
+
+    return _colour_table_node(scene, SIGNED_COLOUR_NODE_NAME, entries)
+
+
+def _colour_table_node(scene, name: str, entries):
+    """The scene's colour table of this name, or a new one made from ``entries()``:
+    (colour name, red, green, blue, alpha) in 0..1, one per table index."""
+    existing = scene.GetFirstNodeByName(name)
     if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
         return existing
+    colours = entries()
     node = slicer.vtkMRMLColorTableNode()
-    node.SetName(SIGNED_COLOUR_NODE_NAME)
+    node.SetName(name)
     node.SetTypeToUser()
-    node.SetNumberOfColors(SIGNED_COLOURS)
-    middle = (SIGNED_COLOURS - 1) // 2
-    for index in range(SIGNED_COLOURS):
-        strength = abs(index - middle) / middle  # 0 at the middle (S = 0), 1 at both ends
-        fade = 1 - 0.85 * strength
-        colour = (fade, fade, 1.0) if index < middle else (1.0, fade, fade)  # red mirrors blue
-        # Weak evidence fades out, so the CT shows through where S is near 0.
-        node.SetColor(index, f"{(index - middle) / middle:+.3f}", *colour, min(1.0, strength / SIGNED_FADE))
-    node.GetLookupTable().SetTableRange(0, SIGNED_COLOURS - 1)
+    node.SetNumberOfColors(len(colours))
+    node.GetLookupTable().SetTableRange(0, len(colours) - 1)
+    for index, (colour_name, *rgba) in enumerate(colours):
+        node.SetColor(index, colour_name, *rgba)
     node.SetAttribute("Category", "SegHiResGradCAM")
     scene.AddNode(node)
     return node

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from ..cam.metric_table import metric_rows
 from ..errors import ExplainInputError
 from ..models.formats import read_model_card
 from . import mrml_adapter
-from .background import BackgroundQuery, BackgroundRun, Status
+from .background import BackgroundQuery, BackgroundRun, Status, new_work_dir
 
 
 @dataclass
@@ -58,13 +57,8 @@ class ExplainRun:
         card = read_model_card(settings.model, trust_bundle=settings.trust_bundle, folds=settings.folds)
         self.class_index = card.class_index(settings.target_class)
         self.card = card
-        work_dir = Path(tempfile.mkdtemp(prefix="SegHiResGradCAM-"))
-        try:
-            arguments = self._export_inputs(work_dir)
-            self._run = BackgroundRun(arguments, work_dir, python)
-        except BaseException:
-            shutil.rmtree(work_dir, ignore_errors=True)
-            raise
+        with new_work_dir("SegHiResGradCAM-") as work_dir:
+            self._run = BackgroundRun(self._export_inputs(work_dir), work_dir, python)
 
     def _export_inputs(self, work_dir: Path) -> list[str]:
         settings = self.settings
@@ -215,12 +209,8 @@ class ModelInspector:
         if key in self._cache:
             return self._cache[key]
         self.cancel()
-        work_dir = Path(tempfile.mkdtemp(prefix="SegHiResGradCAM-inspect-"))
-        try:
+        with new_work_dir("SegHiResGradCAM-inspect-") as work_dir:
             query = BackgroundQuery(["inspect", *model_arguments(model, trust_bundle, folds)], work_dir, self._python)
-        except BaseException:
-            shutil.rmtree(work_dir, ignore_errors=True)
-            raise
         self._pending = (key, query, work_dir)
         return None
 
