@@ -66,9 +66,8 @@ def _atlas(arguments, out: Path) -> tuple[list[str], list[Path], dict]:
 
     def figure(result) -> bytes:
         from .demo.run_demo import atlas_figure
-        from .volumes.volume_io import read_volume
 
-        return atlas_figure(read_volume(arguments.image, "CT"), result, f"{arguments.method} at each decoder stage")
+        return atlas_figure(result.ct, result, f"{arguments.method} at each decoder stage")
 
     extra = {"atlas table": (out / "atlas.json", table), "atlas figure": (out / "atlas.png", figure)}
     return layers, [out / f"heatmap_{layer}.nrrd" for layer in layers], extra
@@ -254,13 +253,23 @@ MODEL_HELP = ("model card JSON, model folder, MONAI bundle folder or nnU-Net res
               "(DatasetXXX_Name/<Trainer>__<Plans>__<configuration>); default: the bundled demo model")  # fmt: skip
 
 
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+PROGRESS_STYLES = ["bar", "json", "none"]
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help=MODEL_HELP)
+    parser.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
+    parser.add_argument("--folds", nargs="+", help=FOLDS_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seghiresgradcam", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     explain = commands.add_parser("explain", help="explain a segment of a CT and write the heatmap")
     explain.add_argument("--image", required=True, help="the CT (NIfTI, NRRD, MHA: anything SimpleITK reads)")
-    explain.add_argument("--model", help=MODEL_HELP)
+    _add_model_options(explain)
     explain.add_argument("--target-class", required=True, help="output class, by name or index")
     which = explain.add_mutually_exclusive_group(required=True)
     which.add_argument("--mask", help="label map whose nonzero voxels are the segment M (any grid)")
@@ -271,14 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     reading.add_argument("--mask-label", type=int, metavar="N",
                          help="M = the mask's voxels of label N (default: every nonzero voxel)")  # fmt: skip
     explain.add_argument("--method", default="seg-hires-grad-cam", help="CAM method (see `methods`)")
-    explain.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
-    explain.add_argument("--folds", nargs="+", help=FOLDS_HELP)
     explain.add_argument("--layer", help="target layer (see `layers`; default: the recommended one)")
     explain.add_argument("--layers", nargs="+", metavar="LAYER",
                          help="a layer atlas: explain at each LAYER, or `atlas` for one layer per decoder stage; "
                          "--out is then a folder for heatmap_<layer>.nrrd, atlas.json (the metrics of every layer) "
                          "and atlas.png")  # fmt: skip
-    explain.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    explain.add_argument("--device", default="auto", choices=DEVICES)
     explain.add_argument("--out", required=True, help="heatmap file, written in the CT's geometry (0..1)")
     explain.add_argument("--prediction", help="also write the predicted label map here")
     explain.add_argument("--signed", metavar="FILE",
@@ -289,42 +296,36 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also measure the map (heat inside M, in other predicted classes and outside the "
                          "body; deletion and insertion areas; similarity after randomising the network): print a "
                          "table, and write JSON to the file if given. Costs about 25 more network passes.")  # fmt: skip
-    explain.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    explain.add_argument("--progress", default="bar", choices=PROGRESS_STYLES)
     explain.set_defaults(run=_explain)
 
     layers = commands.add_parser("layers", help="list the layers that can be explained")
-    layers.add_argument("--model", help=MODEL_HELP)
-    layers.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
-    layers.add_argument("--folds", nargs="+", help=FOLDS_HELP)
+    _add_model_options(layers)
     layers.add_argument("--json", action="store_true", help="print JSON (for programs)")
     layers.set_defaults(run=_layers)
 
     inspect = commands.add_parser("inspect", help="print a model's classes, methods and layers as JSON")
-    inspect.add_argument("--model", help=MODEL_HELP)
-    inspect.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
-    inspect.add_argument("--folds", nargs="+", help=FOLDS_HELP)
+    _add_model_options(inspect)
     inspect.set_defaults(run=_inspect)
 
     demo = commands.add_parser("demo", help="explain the bundled model's tumour segmentation of a sample case")
     demo.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
     demo.add_argument("--seed", type=int, default=7, help="which synthetic case (default: 7)")
-    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    demo.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    demo.add_argument("--device", default="auto", choices=DEVICES)
+    demo.add_argument("--progress", default="bar", choices=PROGRESS_STYLES)
     demo.set_defaults(run=_demo)
 
     cohort = commands.add_parser("cohort", help="explain every case of a test set and write a table and a report")
     cohort.add_argument("--cases", required=True, help="a KiTS-layout or nnU-Net-raw folder, or a CSV file "
                         "(case,image[,truth][,mask])")  # fmt: skip
     cohort.add_argument("--out", required=True, help="results folder (cases/, results.csv, .parquet, report.html)")
-    cohort.add_argument("--model", help=MODEL_HELP)
+    _add_model_options(cohort)
     cohort.add_argument("--target-class", default="tumour", help="output class, by name or index")
     cohort.add_argument("--methods", nargs="+", default=["seg-hires-grad-cam", "seg-grad-cam"])
     cohort.add_argument("--explain", choices=["prediction", "truth"], default="prediction",
                         help="M: the network's prediction (default) or the ground truth of the class")  # fmt: skip
     cohort.add_argument("--metrics", action="store_true", help="also deletion/insertion and the randomisation check")
-    cohort.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
-    cohort.add_argument("--folds", nargs="+", help=FOLDS_HELP)
-    cohort.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    cohort.add_argument("--device", default="auto", choices=DEVICES)
     cohort.add_argument(
         "--ray",
         nargs="?",
@@ -335,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--workers", type=int, default=2, help="local Ray runtime: how many workers (default 2)")
     cohort.add_argument("--gpus-per-case", type=float, default=0.0, help="Ray: GPUs each case asks for")
     cohort.add_argument("--retry-failed", action="store_true", help="run the cases that failed before again")
-    cohort.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    cohort.add_argument("--progress", default="bar", choices=PROGRESS_STYLES)
     cohort.set_defaults(run=_cohort)
 
     methods = commands.add_parser("methods", help="list the registered CAM methods")
