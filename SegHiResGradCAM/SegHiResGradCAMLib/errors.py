@@ -15,3 +15,10 @@ class ExplainCancelled(Exception):
 
 class ExplainResourceError(RuntimeError):
     """The computation does not fit the device (e.g. GPU memory)."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an error's message (its type's name when it has none), for a
+    message that quotes what a library or a model's own code said."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]

@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..errors import ExplainInputError
+from ..errors import ExplainInputError, first_line
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 # Transforms that never change an image's geometry, so that inverting them is not needed.
@@ -131,8 +131,7 @@ def prepare_bundle_input(card, ct: sitk.Image, path) -> BundleInput:
         try:
             data = preprocessing({key: str(path)})
         except Exception as error:  # the bundle's own code
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ExplainInputError(f"The bundle's preprocessing failed on this CT: {first[:300]}") from None
+            raise ExplainInputError(f"The bundle's preprocessing failed on this CT: {first_line(error)}") from None
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ExplainInputError
+from ..errors import ExplainInputError, first_line
 
 ARCHITECTURES = ("UNet", "BasicUNet", "AttentionUnet", "SegResNet", "DynUNet")
 
@@ -152,10 +152,9 @@ class ModelCard:
         try:
             network.load_state_dict(state)
         except RuntimeError as error:
-            first = str(error).splitlines()[0]
             raise ExplainInputError(
                 f"The weights in {self.weights.name} do not fit the {self.architecture} described by "
-                f"{self.path.name} ({first}): check the architecture arguments in the card."
+                f"{self.path.name} ({first_line(error)}): check the architecture arguments in the card."
             ) from None
         return network.eval()
 
@@ -227,10 +226,9 @@ def load_untrusted(path: Path, plain_types: tuple = ()):
         with torch.serialization.safe_globals(list(plain_types)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except unpickling_errors as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExplainInputError(
             f"Cannot load weights from {path.name}: the file is damaged or holds more than tensors and plain "
-            f"values ({first[:160]}). Only tensors are loaded, never code."
+            f"values ({first_line(error, 160)}). Only tensors are loaded, never code."
         ) from None
 
 

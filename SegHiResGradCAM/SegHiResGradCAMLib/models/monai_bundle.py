@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ExplainInputError
+from ..errors import ExplainInputError, first_line
 from .card import ModelCard, file_inside, read_json
 
 TRUST_ADVICE = (
@@ -154,8 +154,7 @@ def _evaluate(config_path: str, modified: int, item: str):
     try:
         return parser.get_parsed_content(item)
     except Exception as error:  # a bundle can fail in any way its code allows
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExplainInputError(f"The bundle's {item} could not be evaluated: {first[:300]}") from None
+        raise ExplainInputError(f"The bundle's {item} could not be evaluated: {first_line(error)}") from None
 
 
 def read_bundle(folder: Path, trusted: bool) -> BundleCard:

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..cam.sliding_window import Tiling, WindowGrid, symmetric_padding
-from ..errors import ExplainInputError
+from ..errors import ExplainInputError, first_line
 from .card import load_untrusted
 from .ensemble import FoldEnsemble
 from .nnunet_plans import INSTALL_ADVICE, TILE_STEP, NnUNetModel
@@ -83,7 +83,7 @@ def build_network(model: NnUNetModel) -> nn.Module:
         except RuntimeError as error:
             raise ExplainInputError(
                 f"The weights of fold {fold} do not fit the network that {model.folder.name}/plans.json "
-                f"describes ({str(error).splitlines()[0]}): was it trained with a trainer that changes the "
+                f"describes ({first_line(error)}): was it trained with a trainer that changes the "
                 "architecture? Only the architecture the plans describe is supported."
             ) from None
         members.append(network.eval())
