@@ -64,6 +64,7 @@ class JobResult:
     signed: dict[str, sitk.Image] = field(default_factory=dict)  # method -> signed map, when asked for
     prediction: sitk.Image | None = None
     segment: sitk.Image | None = None
+    ct: sitk.Image | None = None  # the CT as the run read it (figures need it; no second read)
     metrics: dict = field(default_factory=dict)  # key (method, or layer in an atlas) -> ExplanationMetrics
     explained: dict = field(default_factory=dict)  # key -> (method, layer) of that explanation
     notes: list[str] = field(default_factory=list)  # what the user should know about how the run read its input
@@ -137,7 +138,7 @@ def run(job: ExplainJob) -> JobResult:
     device = resolve_device(job.device)
     try:
         result = _compute(job, card, class_index, ct, mask_image, device, started)
-        result.notes = notes
+        result.notes, result.ct = notes, ct
         _stage(outputs, job, result)
         result.replaced = outputs.commit()
     finally:

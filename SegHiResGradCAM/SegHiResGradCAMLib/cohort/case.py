@@ -116,7 +116,7 @@ def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> l
                      folds=list(settings.folds) if settings.folds else None)  # fmt: skip
     result = run(job)
     sitk.WriteImage(result.segment, str(folder / "segment.nrrd"), useCompression=True)  # M, for the review
-    ct = read_volume(case.image, "CT")
+    ct = result.ct
     truth = read_volume(case.truth, "truth") if case.truth is not None else None
     # Every map here is on the CT's grid.
     segment, body = sitk.GetArrayFromImage(result.segment) > 0, body_mask(sitk.GetArrayFromImage(ct))

@@ -49,12 +49,12 @@ def run_demo(out: Path, seed: int = 7, device: str = "auto", progress=None, say=
                      device=device, prediction=out / "prediction.nrrd", progress=progress)  # fmt: skip
     result = run(job)
 
-    hu = _lps(sitk.ReadImage(str(ct_path)))
-    truth = _lps(sitk.ReadImage(str(truth_path)))
+    truth_image = sitk.ReadImage(str(truth_path))
+    hu, truth = _lps(result.ct), _lps(truth_image)
     prediction = _lps(result.prediction)
     heatmaps = {method: _lps(result.heatmaps[method]) for method in DEMO_METHODS}
     body = body_mask(hu)
-    case_figure(out / "figure.png", sitk.ReadImage(str(ct_path)), sitk.ReadImage(str(truth_path)), result,
+    case_figure(out / "figure.png", result.ct, truth_image, result,
                 f"Synthetic KiTS-like case {seed}: why did the network segment this tumour?")  # fmt: skip
     summary = {
         "device": result.device,
