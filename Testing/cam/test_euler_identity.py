@@ -21,33 +21,31 @@ def random_region(shape, generator):
     return mask
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_hires_map_of_a_bias_free_cnn_sums_to_the_target(seed, spatial_dims):
+def assert_hires_maps_sum_to_the_target(model, shape, seed, target_class, layers):
+    """At each layer, on a random image and a random region M: the raw map sums to T."""
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = bias_free_cnn(spatial_dims)
-    shape = (24, 20) if spatial_dims == 2 else (12, 16, 10)
     image = torch.randn((1, *shape), generator=generator)
     mask = random_region(shape, generator)
-    for layer in ["1", "3", "5", "7", "8"]:
-        result = explain(model, image, target_class=seed % 3, mask=mask, layer=layer)
+    for layer in layers:
+        result = explain(model, image, target_class=target_class, mask=mask, layer=layer)
         assert abs(result.score) > 1e-3
         assert result.raw.sum(dtype=np.float64) == pytest.approx(result.score, rel=1e-4)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_hires_map_of_a_bias_free_unet_sums_to_the_target_after_the_merge(seed, spatial_dims):
-    generator = torch.Generator().manual_seed(seed)
+def test_hires_map_of_a_bias_free_cnn_sums_to_the_target(seed, spatial_dims):
     torch.manual_seed(seed)
-    model = BiasFreeUNet(spatial_dims)
+    shape = (24, 20) if spatial_dims == 2 else (12, 16, 10)
+    assert_hires_maps_sum_to_the_target(bias_free_cnn(spatial_dims), shape, seed, seed % 3, ["1", "3", "5", "7", "8"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_hires_map_of_a_bias_free_unet_sums_to_the_target_after_the_merge(seed, spatial_dims):
+    torch.manual_seed(seed)
     shape = (16, 24) if spatial_dims == 2 else (8, 12, 16)
-    image = torch.randn((1, *shape), generator=generator)
-    mask = random_region(shape, generator)
-    for layer in ["decoder", "decoder.0"]:
-        result = explain(model, image, target_class=1, mask=mask, layer=layer)
-        assert result.raw.sum(dtype=np.float64) == pytest.approx(result.score, rel=1e-4)
+    assert_hires_maps_sum_to_the_target(BiasFreeUNet(spatial_dims), shape, seed, 1, ["decoder", "decoder.0"])
 
 
 def test_identity_separates_the_methods_and_the_layers():
