@@ -38,7 +38,7 @@ REFRESH_EVERY = 15
 COLOURS = [[0.0, 0.0, 0.0], [0.85, 0.55, 0.25], [0.85, 0.15, 0.2], [0.3, 0.6, 0.95]]
 
 
-def random_patch(rng, image, labels, masses):
+def random_patch(rng, image, labels, masses, patch=PATCH):
     """A training patch: 60 % on a tumour or cyst, 20 % on a kidney voxel, 20 % anywhere.
 
     The mass is drawn first and then a voxel in it, so a 2 cm tumour is seen as often as a
@@ -53,8 +53,8 @@ def random_patch(rng, image, labels, masses):
         centre = candidates[rng.integers(len(candidates))]
     else:
         centre = rng.integers(0, shape)
-    low = np.clip(centre - np.array(PATCH) // 2, 0, shape - PATCH)
-    box = tuple(slice(lo, lo + size) for lo, size in zip(low, PATCH, strict=True))
+    low = np.clip(centre - np.array(patch) // 2, 0, shape - patch)
+    box = tuple(slice(lo, lo + size) for lo, size in zip(low, patch, strict=True))
     patch_image, patch_labels = image[box], labels[box]
     if rng.random() < 0.5:  # left-right mirror: kidneys and tumours occur on both sides
         patch_image, patch_labels = patch_image[..., ::-1], patch_labels[..., ::-1]
@@ -70,29 +70,20 @@ def dice_loss(logits, labels):
     return 1 - ((2 * overlap + 1) / (total + 1))[1:].mean()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=28.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=3)
-    arguments = parser.parse_args()
-    started = time.time()
-    torch.manual_seed(arguments.seed)
-    rng = np.random.default_rng(arguments.seed)
-    training = load_cases(TRAINING_SEEDS)
-    print(f"{len(training)} training cases ready in {time.time() - started:.0f} s", flush=True)
-    model = UNet(**KWARGS)
+def train(model, training, seconds: float, seed: int, batch: int, patch=PATCH, log=print) -> int:
+    """Trains ``model`` in place for ``seconds`` on patches of ``training`` (load_cases),
+    refreshing one case every REFRESH_EVERY steps; returns the number of steps."""
+    rng = np.random.default_rng(seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-5)
     class_weights = torch.tensor([0.5, 1.0, 3.0, 2.0])
-    budget = arguments.minutes * 60 - (time.time() - started) - 90  # leave time to validate
     step, losses, training_started = 0, [], time.time()
-    while time.time() - training_started < budget:
-        fraction = (time.time() - training_started) / budget
+    while time.time() - training_started < seconds:
+        fraction = (time.time() - training_started) / seconds
         for group in optimiser.param_groups:
             group["lr"] = 3e-3 * (1 - fraction) ** 0.9
         if step % REFRESH_EVERY == REFRESH_EVERY - 1:  # fresh anatomy keeps small tumours from being memorised
             training[step // REFRESH_EVERY % len(training)] = load_cases([FRESH_SEEDS_FROM + step // REFRESH_EVERY])[0]
-        pairs = [random_patch(rng, *training[rng.integers(len(training))]) for _ in range(arguments.batch)]
+        pairs = [random_patch(rng, *training[rng.integers(len(training))], patch) for _ in range(batch)]
         images = torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None]
         labels = torch.from_numpy(np.stack([p[1] for p in pairs]))
         logits = model(images)
@@ -103,7 +94,23 @@ def main() -> None:
         losses.append(loss.item())
         step += 1
         if step % 100 == 0:
-            print(f"step {step}: loss {np.mean(losses[-100:]):.3f} ({time.time() - started:.0f} s)", flush=True)
+            log(f"step {step}: loss {np.mean(losses[-100:]):.3f} ({time.time() - training_started:.0f} s)")
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=28.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=3)
+    arguments = parser.parse_args()
+    started = time.time()
+    torch.manual_seed(arguments.seed)
+    training = load_cases(TRAINING_SEEDS)
+    print(f"{len(training)} training cases ready in {time.time() - started:.0f} s", flush=True)
+    model = UNet(**KWARGS)
+    budget = arguments.minutes * 60 - (time.time() - started) - 90  # leave time to validate
+    step = train(model, training, budget, arguments.seed, arguments.batch, log=lambda line: print(line, flush=True))
     model.eval()
     scores = validate(model, load_cases(VALIDATION_SEEDS))
     print("validation Dice:", scores, flush=True)
