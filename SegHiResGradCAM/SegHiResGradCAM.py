@@ -284,10 +284,11 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._applyDescription(description)
 
     def _applyDescription(self, description):
+        from SegHiResGradCAMLib.mrml.slicer_logic import layer_label
+
         self._fill(self.ui.methodComboBox, [(m["title"], m["name"]) for m in description["methods"]], "method",
                    default=DEFAULT_METHOD)  # fmt: skip
-        layers = [(f"{layer['name']} (recommended)" if layer["recommended"] else layer["name"], layer["name"])
-                  for layer in description["layers"]]  # fmt: skip
+        layers = [(layer_label(layer), layer["name"]) for layer in description["layers"]]
         recommended = next((layer["name"] for layer in description["layers"] if layer["recommended"]), "")
         self._fill(self.ui.layerComboBox, layers, "layer", default=recommended)
         self.ui.modelStatusLabel.text = f"Model: {description['name']} ({len(description['layers'])} layers)"

@@ -62,14 +62,34 @@ def test_json_progress_is_monotone_and_ends_at_one(kits_like_case, tmp_path):
     assert len(fractions) > 5 and fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
-def test_layers_lists_the_bundled_model_s_layers_with_a_recommended_one():
+def test_layers_lists_the_bundled_model_s_layers_with_a_recommended_one_and_the_rules():
     run = seghiresgradcam("layers")
     assert run.returncode == 0, run.stderr
     recommended = [line for line in run.stdout.splitlines() if "(recommended)" in line]
     assert len(recommended) == 1 and recommended[0].split()[0] == "model.1"
     staged = [line.split()[0] for line in run.stdout.splitlines() if " of 3" in line]
     assert staged == ["model.1.submodule.1.submodule.1", "model.1.submodule.1", "model.1"]
-    assert "decoder stage 3 of 3" in recommended[0] and "recommended: the last layer" in run.stdout
+    assert "decoder stage 3 of 3" in recommended[0]
+    deeper = [line for line in run.stdout.splitlines() if line.endswith("(--layer stage-below-finest)")]
+    assert [line.split()[0] for line in deeper] == ["model.1.submodule.1"] and "decoder stage 2 of 3" in deeper[0]
+    assert "recommended (rule last-before-head): the last layer before the output" in run.stdout
+    assert "--layer stage-below-finest: the decoder stage one resolution level coarser" in run.stdout
+
+
+def test_explain_help_names_every_layer_rule():
+    from SegHiResGradCAMLib.cam.model_inspection import LAYER_RULES
+
+    printed = " ".join(seghiresgradcam("explain", "--help").stdout.split())
+    assert all(rule in printed for rule in LAYER_RULES)
+
+
+def test_explain_takes_a_layer_rule_for_a_layer(kits_like_case, tmp_path):
+    """--layer stage-below-finest explains the layer that rule selects; the summary names it."""
+    run = seghiresgradcam("explain", "--image", kits_like_case / "imaging.nii.gz", "--target-class", "1",
+                          "--from-prediction", "--layer", "stage-below-finest", "--out", tmp_path / "heat.nii.gz",
+                          "--summary", tmp_path / "summary.json", "--progress", "none")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["layer"] == "model.1.submodule.1"
 
 
 def test_methods_lists_every_registered_method_with_its_cost():

@@ -12,10 +12,12 @@ from monai.networks.nets import BasicUNet, DynUNet
 
 from SegHiResGradCAMLib import explain, list_layers
 from SegHiResGradCAMLib.cam.fusion import atlas_layers, layer_atlas
-from SegHiResGradCAMLib.cam.model_inspection import decoder_stages
+from SegHiResGradCAMLib.cam.metrics import randomised_copy, rank_similarity
+from SegHiResGradCAMLib.cam.model_inspection import DEFAULT_LAYER_RULE, LAYER_RULES, decoder_stages
 from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 from SegHiResGradCAMLib.models.formats import read_model_card
+from SegHiResGradCAMLib.pipeline import region_of_interest
 
 
 def spatial_size(layer) -> int:
@@ -98,3 +100,26 @@ def test_an_atlas_with_a_layer_that_fails_writes_nothing(ct, capsys):
                      "--progress", "none"])  # fmt: skip
     assert code == 2 and "no layer named 'no.such.layer'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_on_the_bundled_network_randomising_the_weights_changes_the_default_map_inside_m_only():
+    """The layer study's finding (bench/bench_layers.py) on one held-out case: with the weights
+    re-initialised, the map at the default layer changes inside M (rank similarity < 0.5) but
+    over the whole image stays near M (> 0.8); one decoder stage deeper it changes over the
+    whole image too."""
+    card = read_model_card()
+    network = card.build_network()
+    case = make_case(300, Grid.centred((200, 200, 60), card.spacing))  # a seed never trained on
+    tumour = case.labels == 2
+    box = region_of_interest(tumour, card.window)
+    image, mask = card.intensity.apply(case.hu)[None][(slice(None), *box)], tumour[box]
+    randomised = randomised_copy(network)
+    whole, inside = {}, {}
+    for rule in LAYER_RULES:
+        trained = explain(network, image, 2, mask, layer=rule)
+        again = explain(randomised, image, 2, mask, layer=trained.layer).heatmap
+        whole[rule] = rank_similarity(trained.heatmap, again)
+        inside[rule] = rank_similarity(trained.heatmap[mask], again[mask])
+    assert DEFAULT_LAYER_RULE == "last-before-head"
+    assert inside["last-before-head"] < 0.5 < 0.8 < whole["last-before-head"], (whole, inside)
+    assert whole["stage-below-finest"] < 0.5, whole

@@ -143,9 +143,6 @@ def _card_and_layers(arguments):
     return card, list_layers(network, (card.in_channels, *card.window))
 
 
-RECOMMENDED_BECAUSE = "the last layer before the output with more channels than the output"
-
-
 def _stages(layers) -> dict[str, int]:
     """Layer name -> its decoder stage (1 = coarsest), for the layers a layer atlas explains."""
     from .cam.model_inspection import decoder_stages
@@ -156,7 +153,7 @@ def _stages(layers) -> dict[str, int]:
 def _layer_rows(layers) -> list[dict]:
     stages = _stages(layers)
     return [{"name": layer.name, "type": layer.type, "shape": list(layer.shape), "recommended": layer.recommended,
-             "stage": stages.get(layer.name)} for layer in layers]  # fmt: skip
+             "rules": list(layer.rules), "stage": stages.get(layer.name)} for layer in layers]  # fmt: skip
 
 
 def _method_rows() -> list[dict]:
@@ -175,8 +172,15 @@ def _layers(arguments) -> int:
     for layer in layers:
         stage = f"decoder stage {stages[layer.name]} of {len(stages)}" if layer.name in stages else ""
         marker = "  (recommended)" if layer.recommended else ""
+        marker += "".join(f"  (--layer {rule})" for rule in layer.rules if not layer.recommended)
         print(f"{layer.name:40s} {layer.type:20s} {'x'.join(map(str, layer.shape)):16s} {stage:22s}{marker}".rstrip())
-    print(f"recommended: {RECOMMENDED_BECAUSE}; `explain --layers atlas` explains every decoder stage")
+    from .cam.model_inspection import DEFAULT_LAYER_RULE, LAYER_RULES
+
+    print(f"recommended (rule {DEFAULT_LAYER_RULE}): {LAYER_RULES[DEFAULT_LAYER_RULE].because}")
+    for name, rule in LAYER_RULES.items():
+        if name != DEFAULT_LAYER_RULE:
+            print(f"--layer {name}: {rule.because}")
+    print("`explain --layers atlas` explains every decoder stage")
     return 0
 
 
@@ -280,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     reading.add_argument("--mask-label", type=int, metavar="N",
                          help="M = the mask's voxels of label N (default: every nonzero voxel)")  # fmt: skip
     explain.add_argument("--method", default="seg-hires-grad-cam", help="CAM method (see `methods`)")
-    explain.add_argument("--layer", help="target layer (see `layers`; default: the recommended one)")
+    explain.add_argument("--layer", help="target layer, or a layer rule: last-before-head (the default) or "
+                         "stage-below-finest (one resolution level deeper); see `layers`")  # fmt: skip
     explain.add_argument("--layers", nargs="+", metavar="LAYER",
                          help="a layer atlas: explain at each LAYER, or `atlas` for one layer per decoder stage; "
                          "--out is then a folder for heatmap_<layer>.nrrd, atlas.json (the metrics of every layer) "

@@ -13,7 +13,7 @@ import pytest
 
 from mrml_scene import new_scene, phantom_volume
 from SegHiResGradCAMLib.mrml.background import BackgroundRun, python_executable
-from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun, ExplainSettings, ModelInspector
+from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun, ExplainSettings, ModelInspector, layer_label
 
 LAUNCHER = """#!{python}
 # Like CTK's AppLauncher (PythonSlicer): run the real interpreter as a child, wait, and
@@ -111,6 +111,9 @@ def test_model_inspection_runs_once_per_model_version(tmp_path):
     assert description["target_classes"] == ["kidney", "tumour", "cyst"]
     assert "seg-hires-grad-cam" in {method["name"] for method in description["methods"]}
     assert sum(layer["recommended"] for layer in description["layers"]) == 1
+    labels = [layer_label(layer) for layer in description["layers"]]
+    marked = [label for label in labels if "(" in label]  # what the layer selector marks
+    assert marked == ["model.1.submodule.1 (stage-below-finest)", "model.1 (recommended)"]
     card.write_text(card.read_text().replace("KiTS-like demo 3D U-Net", "renamed"))
     os.utime(card, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert inspector.request(card) is None  # changed file: inspected again

@@ -19,8 +19,8 @@ from .model_inspection import (
     evaluation_mode,
     find_layer,
     placed_on,
-    recommended_layer,
     resolve_device,
+    resolve_layer,
 )
 from .passes import Target, as_mask, autocast, forward_backward, upsample_to
 from .sliding_window import as_tiling, check_windowed, explain_by_windows
@@ -100,7 +100,7 @@ def explain(
         if window is None:
             image_batch = as_image_batch(image, model, compute_device)
             target_mask = None if mask is None else as_mask(mask, compute_device)
-            layer_name = layer if layer is not None else recommended_layer(model, image_batch)
+            layer_name = resolve_layer(model, image_batch, layer)
             module = find_layer(model, layer_name, image_batch)
             with evaluation_mode(model), autocast(compute_device, mixed_precision):
                 if cam_method.network_map is not None:
@@ -119,7 +119,7 @@ def explain(
             target_mask = None if mask is None else as_mask(mask, torch.device("cpu"))
             tiling = as_tiling(window, overlap, blend, image_batch.dim() - 2)
             probe = _window_probe(image_batch, tiling.window)
-            layer_name = layer if layer is not None else recommended_layer(model, probe)
+            layer_name = resolve_layer(model, probe, layer)
             module = find_layer(model, layer_name, probe)
             with evaluation_mode(model), autocast(compute_device, mixed_precision):
                 raw, score_value, raw_grid = explain_by_windows(

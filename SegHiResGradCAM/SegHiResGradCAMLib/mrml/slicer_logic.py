@@ -191,6 +191,14 @@ def model_version(model: Path | None) -> tuple:
     return tuple((str(file), file.stat().st_size, file.stat().st_mtime_ns) for file in files[:500])
 
 
+def layer_label(layer: dict) -> str:
+    """A layer of an inspection, as the layer selector shows it: its name, whether it is the
+    recommended one, and which other layer rule (such as the former default) selects it."""
+    notes = ["recommended"] if layer["recommended"] else []
+    notes += [rule for rule in layer.get("rules", ()) if not layer["recommended"]]
+    return f"{layer['name']} ({', '.join(notes)})" if notes else layer["name"]
+
+
 class ModelInspector:
     """Describes a model (its classes, methods and layers: ``seghiresgradcam inspect``) in a
     background process, because building a network needs torch, which never enters the
