@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 SYSTEM_PYTHON ?= python3
 
-.PHONY: venv demo test lint bench bench-methods clean
+.PHONY: venv demo test lint bench bench-methods bench-layers clean
 
 # nnU-Net (for its results folders and their tests) goes in without its declared dependencies,
 # which would replace PyTorch: see requirements-nnunet.txt.
@@ -32,6 +32,10 @@ bench: $(INSTALLED)
 
 bench-methods: $(INSTALLED)
 	$(PYTHON) bench/bench_methods.py --cases 20
+
+bench-layers: $(INSTALLED)
+	cd Utilities && ../$(PYTHON) train_layer_study_models.py
+	$(PYTHON) bench/bench_layers.py --cases 20
 
 clean:
 	rm -rf $(VENV) demo_output

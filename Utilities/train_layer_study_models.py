@@ -17,7 +17,12 @@ into --out (default bench/results/layer_study/models, not committed):
 ``basicunet.json`` (a model card) + ``basicunet.pt``, ``plainconvunet.pt`` + ``plainconvunet.json``
 (the plans' architecture and the training record), and the nnU-Net folder.
 
-    .venv/bin/python Utilities/train_layer_study_models.py [--arch basicunet plainconvunet] [--minutes 22] [--retrain]
+    .venv/bin/python Utilities/train_layer_study_models.py [--arch basicunet plainconvunet] [--minutes 22]
+        [--resume | --retrain]
+
+The networks of the README's study: 22 minutes each (both at once on the 2 cores), then
+``--resume --minutes 16`` (a second learning-rate cycle): 3800 and 3400 steps, tumour Dice
+0.37 (BasicUNet) and 0.31 (PlainConvUNet) on the validation cases.
 """
 
 from __future__ import annotations
@@ -93,27 +98,37 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--retrain", action="store_true", help="train again when the network is already there")
+    parser.add_argument("--resume", action="store_true",
+                        help="train the network already there --minutes more (a new learning-rate cycle)")  # fmt: skip
     arguments = parser.parse_args()
     torch.set_num_threads(1)
     arguments.out.mkdir(parents=True, exist_ok=True)
     for arch in arguments.arch:
-        if (arguments.out / f"{arch}.json").exists() and not arguments.retrain:
-            print(f"{arch}: already trained ({arguments.out / arch}.json); --retrain trains it again")
+        record_file = arguments.out / f"{arch}.json"
+        rounds = json.loads(record_file.read_text())["training"]["rounds"] if record_file.exists() else []
+        if rounds and not (arguments.retrain or arguments.resume):
+            print(f"{arch}: already trained ({record_file}); --resume trains it more, --retrain again")
             continue
+        if arguments.retrain:
+            rounds = []
         started = time.time()
         torch.manual_seed(arguments.seed)
         network, description = build(arch, arguments.out)
+        if rounds:
+            network.load_state_dict(torch.load(arguments.out / f"{arch}.pt", weights_only=True))
         training = load_cases(TRAINING_SEEDS)
-        steps = train(network, training, arguments.minutes * 60, arguments.seed, batch=2, patch=TRAINING_PATCH,
+        seed = arguments.seed + len(rounds)  # a new patch sequence for each round
+        steps = train(network, training, arguments.minutes * 60, seed, batch=2, patch=TRAINING_PATCH,
                       log=lambda line, arch=arch: print(f"{arch}: {line}", flush=True))  # fmt: skip
+        rounds.append({"seed": seed, "steps": steps, "minutes": arguments.minutes})
         network.eval()
         torch.save({key: value.detach().clone() for key, value in network.state_dict().items()},
                    arguments.out / f"{arch}.pt")  # fmt: skip
         dice = validate(network, load_cases(VALIDATION_SEEDS))
         print(f"{arch}: validation Dice {dice} after {steps} steps", flush=True)
         training_record = {
-            "recipe": "Utilities/train_demo_model.py train()", "seed": arguments.seed, "steps": steps, "batch": 2,
-            "patch": list(TRAINING_PATCH), "threads": 1, "minutes": arguments.minutes,
+            "recipe": "Utilities/train_demo_model.py train()", "rounds": rounds, "batch": 2,
+            "steps": sum(r["steps"] for r in rounds), "patch": list(TRAINING_PATCH), "threads": 1,
             "training_seeds": f"{TRAINING_SEEDS.start}-{TRAINING_SEEDS.stop - 1} and fresh ones",
         }  # fmt: skip
         validation = {"seeds": list(VALIDATION_SEEDS), "dice": dice}

@@ -59,7 +59,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 160])
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--methods", nargs="+", default=["seg-hires-grad-cam", "seg-grad-cam"])
-    parser.add_argument("--layer", default=None, help="target layer (default: the recommended one)")
+    parser.add_argument("--layer", default="last-before-head",
+                        help="target layer or layer rule (default: the layer before the head, where the README's "
+                        "table was measured)")  # fmt: skip
     parser.add_argument("--memory-probe", nargs=3, metavar=("SIZE", "COMPUTATION", "LAYER"))
     arguments = parser.parse_args()
     if arguments.memory_probe:
@@ -68,13 +70,15 @@ def main() -> None:
         return
 
     from SegHiResGradCAMLib import list_layers
+    from SegHiResGradCAMLib.cam.model_inspection import LAYER_RULES, layer_by_rule
 
     threads = torch.get_num_threads()
     print(f"MONAI UNet 3D, channels {CHANNELS}, 3 classes, CPU, {threads} threads, torch {torch.__version__}")
     for size in arguments.sizes:
         model, image, mask = build_case(size)
         layers = list_layers(model, image.shape)
-        layer = arguments.layer or next(info.name for info in layers if info.recommended)
+        rule = arguments.layer in LAYER_RULES
+        layer = layer_by_rule(model, image.shape, arguments.layer) if rule else arguments.layer
         shape = next(info.shape for info in layers if info.name == layer)
         print(f"\n{size}^3 voxels, target layer {layer} {shape}, M = {int(mask.sum())} voxels")
         forward_memory = peak_rss_in_fresh_process(__file__, str(size), "forward", layer)
