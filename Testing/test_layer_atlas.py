@@ -87,10 +87,14 @@ def test_the_command_line_atlas_writes_a_heatmap_per_stage_with_metrics_a_table_
     assert [row["layer"] for row in table["layers"]] == stages and table["class"] == "kidney"
     for row in table["layers"]:
         assert 0 <= row["metrics"]["mass_in_target"] <= 1 and row["metrics"]["randomisation_similarity"] is not None
+        assert row["metrics"]["randomisation_similarity_in_target"] is not None
         assert row["metrics"]["insertion"]["area"] is not None
     assert (out / "atlas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert all(layer in printed for layer in stages) and "randomisation similarity" in printed
+    printed_rows = {line.split()[0]: line.split() for line in printed.splitlines() if line.split()[:1] == ["model.1"]}
+    inside = table["layers"][-1]["metrics"]["randomisation_similarity_in_target"]
+    assert printed_rows["model.1"][-1] == f"{inside:.3f}"  # the similarity inside M, printed beside the whole one
 
 
 def test_an_atlas_with_a_layer_that_fails_writes_nothing(ct, capsys):

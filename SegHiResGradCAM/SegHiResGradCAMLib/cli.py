@@ -105,9 +105,11 @@ def _explain(arguments) -> int:
         if arguments.progress != "json":
             print(f"layer atlas of {result.class_name} ({arguments.method}) at {', '.join(layers)}: heatmaps, "
                   f"atlas.json and atlas.png written to {out}")  # fmt: skip
+            # both similarities: near the head, the whole-image one mostly measures the map's support (README)
             rows = [(key, f"{result.scores[key]:.4g}", f"{100 * result.metrics[key].mass_in_target:.1f} %",
-                     _format(result.metrics[key].randomisation_similarity)) for key in layers]  # fmt: skip
-            print_table(["layer", "T", "heat in M", "randomisation similarity"], rows)
+                     _format(result.metrics[key].randomisation_similarity),
+                     _format(result.metrics[key].randomisation_similarity_in_target)) for key in layers]  # fmt: skip
+            print_table(["layer", "T", "heat in M", "randomisation similarity", "in M"], rows)
         return 0
     if arguments.progress != "json":
         replaced = "".join(f"; replaced {path}" for path in result.replaced)

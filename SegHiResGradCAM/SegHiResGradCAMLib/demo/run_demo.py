@@ -94,7 +94,7 @@ def _slice_view(ct: sitk.Image, truth: sitk.Image | None, result):
 
 def atlas_figure(ct: sitk.Image, result, title: str) -> bytes:
     """A layer atlas as a PNG: one panel per layer, coarsest first, each titled with its heat
-    in M and its similarity after randomising the network."""
+    in M and its similarity after randomising the network, over the image and inside M."""
     import io
 
     from .figures import method_panels
@@ -104,8 +104,10 @@ def atlas_figure(ct: sitk.Image, result, title: str) -> bytes:
     for key in result.heatmaps:
         measured = result.metrics[key].as_dict() if key in result.metrics else {}
         similarity = measured.get("randomisation_similarity")
-        panels[f"{key}\nheat in M {100 * measured.get('mass_in_target', 0):.0f} %, random {similarity:.2f}"
-               if similarity is not None else key] = _lps(result.heatmaps[key])[centre][view]  # fmt: skip
+        inside = measured.get("randomisation_similarity_in_target")
+        label = key if similarity is None else (f"{key}\nheat in M {100 * measured.get('mass_in_target', 0):.0f} %\n"
+                                                f"random {similarity:.2f}, in M {inside:.2f}")  # fmt: skip
+        panels[label] = _lps(result.heatmaps[key])[centre][view]
     buffer = io.BytesIO()
     method_panels(buffer, np.clip(hu[centre][view], -160, 240), segment[centre][view].astype(bool), panels,
                   title=f"{title} (axial slice {centre})", columns=len(panels))  # fmt: skip
