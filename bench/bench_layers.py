@@ -38,7 +38,7 @@ from SegHiResGradCAMLib.cam.model_inspection import (
     layer_by_rule,
     list_layers,
 )
-from SegHiResGradCAMLib.demo.figures import method_panels
+from SegHiResGradCAMLib.demo.figures import method_panels, short_name
 from SegHiResGradCAMLib.models.formats import read_model_card
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Utilities"))
@@ -68,10 +68,6 @@ def study_network(arch: str):
     return demo, load_plain_conv_unet(MODELS)[0]
 
 
-def short(name: str, width: int = 26) -> str:
-    return name if len(name) <= width else "…" + name[-(width - 1) :]
-
-
 def run_architecture(arch: str, cases: int, fractions: np.ndarray, out: Path) -> None:
     torch.manual_seed(0)
     card, network = study_network(arch)
@@ -93,7 +89,7 @@ def run_architecture(arch: str, cases: int, fractions: np.ndarray, out: Path) ->
         if number == 0:
             centre = int(np.argmax(mask.sum((1, 2))))
             titles = {
-                f"stage {s['stage']}/{len(stages)}\n{short(s['layer'])}\nin M {s['mass in M']:.0%}, "
+                f"stage {s['stage']}/{len(stages)}\n{short_name(s['layer'])}\nin M {s['mass in M']:.0%}, "
                 f"rand. {s['randomisation similarity']:.2f}": maps[s["layer"]][centre]
                 for s in case["stages"]
             }

@@ -10,6 +10,11 @@ SEGMENT_LABEL = 4
 LABEL_COLOURS[SEGMENT_LABEL] = (0.1, 0.85, 0.85)
 
 
+def short_name(name: str, width: int = 26) -> str:
+    """A module name short enough for a panel title: its end, which tells layers apart."""
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
 def _label_overlay(labels: np.ndarray) -> np.ndarray:
     rgba = np.zeros((*labels.shape, 4))
     for value, colour in LABEL_COLOURS.items():

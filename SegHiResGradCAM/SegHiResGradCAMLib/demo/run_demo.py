@@ -97,7 +97,7 @@ def atlas_figure(ct: sitk.Image, result, title: str) -> bytes:
     in M and its similarity after randomising the network, over the image and inside M."""
     import io
 
-    from .figures import method_panels
+    from .figures import method_panels, short_name
 
     (hu, _, _, segment), centre, view = _slice_view(ct, None, result)
     panels = {}
@@ -105,9 +105,11 @@ def atlas_figure(ct: sitk.Image, result, title: str) -> bytes:
         measured = result.metrics[key].as_dict() if key in result.metrics else {}
         similarity = measured.get("randomisation_similarity")
         inside = measured.get("randomisation_similarity_in_target")
-        label = key if similarity is None else (f"{key}\nheat in M {100 * measured.get('mass_in_target', 0):.0f} %\n"
-                                                f"random {similarity:.2f}, in M {inside:.2f}")  # fmt: skip
-        panels[label] = _lps(result.heatmaps[key])[centre][view]
+        label = key
+        if similarity is not None:
+            label = (f"{short_name(key)}\nheat in M {100 * measured.get('mass_in_target', 0):.0f} %\n"
+                     f"random {similarity:.2f}, in M {inside:.2f}")  # fmt: skip
+        panels[label if label not in panels else key] = _lps(result.heatmaps[key])[centre][view]  # names kept apart
     buffer = io.BytesIO()
     method_panels(buffer, np.clip(hu[centre][view], -160, 240), segment[centre][view].astype(bool), panels,
                   title=f"{title} (axial slice {centre})", columns=len(panels))  # fmt: skip
