@@ -34,8 +34,11 @@ class LayerInfo:
     name: str
     type: str
     shape: tuple[int, ...]  # (channels, *spatial) on the layer's grid
-    recommended: bool  # selected by DEFAULT_LAYER_RULE
     rules: tuple[str, ...] = ()  # the LAYER_RULES that select this layer
+
+    @property
+    def recommended(self) -> bool:
+        return DEFAULT_LAYER_RULE in self.rules
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -214,32 +217,28 @@ def layer_by_rule(model: nn.Module, image_shape, rule: str) -> str:
     """The layer ``rule`` (a key of LAYER_RULES) selects for images of ``image_shape``."""
     if rule not in LAYER_RULES:
         raise ExplainInputError(f"Unknown layer rule {rule!r}: choose one of {', '.join(LAYER_RULES)}.")
-    probe = as_image_batch(torch.zeros(tuple(image_shape)), model)
-    return next(layer.name for layer in _layers_for_batch_shape(model, probe) if rule in layer.rules)
-
-
-def recommended_layer(model: nn.Module, image_batch: torch.Tensor) -> str:
-    return next(layer.name for layer in _layers_for_batch_shape(model, image_batch) if layer.recommended)
+    return _layer_by_rule(model, as_image_batch(torch.zeros(tuple(image_shape)), model), rule)
 
 
 def resolve_layer(model: nn.Module, image_batch: torch.Tensor, layer: str | None) -> str:
     """A layer name from ``layer``: None gives the recommended layer, a rule name (that is
     not also a module name) the rule's layer, anything else is taken as a module name."""
     if layer is None:
-        return recommended_layer(model, image_batch)
+        return _layer_by_rule(model, image_batch, DEFAULT_LAYER_RULE)
     if layer in LAYER_RULES and layer not in dict(model.named_modules()):
-        return layer_by_rule(model, image_batch.shape, layer)
+        return _layer_by_rule(model, image_batch, layer)
     return layer
+
+
+def _layer_by_rule(model: nn.Module, image_batch: torch.Tensor, rule: str) -> str:
+    return next(layer.name for layer in _layers_for_batch_shape(model, image_batch) if rule in layer.rules)
 
 
 def _layers_for_batch_shape(model: nn.Module, image_batch: torch.Tensor) -> list[LayerInfo]:
     layers, classes = _traced(model, image_batch)
     chosen = {name: rule.choose(layers, classes) for name, rule in LAYER_RULES.items()}
-    return [
-        dataclasses.replace(layer, recommended=layer.name == chosen[DEFAULT_LAYER_RULE],
-                            rules=tuple(name for name, pick in chosen.items() if pick == layer.name))
-        for layer in layers
-    ]  # fmt: skip
+    return [dataclasses.replace(layer, rules=tuple(name for name, pick in chosen.items() if pick == layer.name))
+            for layer in layers]  # fmt: skip
 
 
 def _traced(model: nn.Module, image_batch: torch.Tensor) -> tuple[list[LayerInfo], int]:
@@ -298,7 +297,7 @@ def _trace_layers(model: nn.Module, probe: torch.Tensor) -> tuple[list[LayerInfo
     layers = [(name, module, calls[name][0]) for name, module in order if explainable(calls[name])]
     if not layers:
         raise ExplainInputError("The network has no layer with an image-shaped output that runs once per forward pass.")
-    infos = [LayerInfo(name, type(module).__name__, tuple(output.shape[1:]), False) for name, module, output in layers]
+    infos = [LayerInfo(name, type(module).__name__, tuple(output.shape[1:])) for name, module, output in layers]
     return infos, network_output.shape[1]
 
 
