@@ -14,6 +14,7 @@ import SimpleITK as sitk
 import torch
 
 from ..errors import ExplainInputError, first_line
+from ..volumes.preparation import segment_on_grid
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 # Transforms that never change an image's geometry, so that inverting them is not needed.
@@ -78,8 +79,7 @@ class BundleInput:
         grid.SetSpacing(spacing.tolist())
         grid.SetDirection((LPS_FROM_RAS @ affine[:3, :3] / spacing).ravel().tolist())
         grid.SetOrigin((LPS_FROM_RAS @ affine[:3, 3]).tolist())
-        binary = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkFloat32)
-        inside = sitk.GetArrayFromImage(sitk.Resample(binary, grid, sitk.Transform(), sitk.sitkLinear, 0.0)) >= 0.5
+        inside = segment_on_grid(mask, grid)
         if not inside.any():
             raise ExplainInputError(
                 "The segment has no voxel inside the CT's field of view on the bundle's grid: check that the mask "

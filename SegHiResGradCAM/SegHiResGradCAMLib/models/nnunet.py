@@ -43,6 +43,7 @@ from torch import nn
 
 from ..cam.sliding_window import Tiling, WindowGrid, symmetric_padding
 from ..errors import ExplainInputError, first_line
+from ..volumes.preparation import segment_on_grid
 from .card import load_untrusted
 from .ensemble import FoldEnsemble
 from .nnunet_plans import INSTALL_ADVICE, TILE_STEP, NnUNetModel
@@ -207,9 +208,8 @@ class NnUNetInput:
         half inside), then transposed, cropped and resampled as nnU-Net does segmentations."""
         from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 
-        binary = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkFloat32)
-        on_ct = sitk.Resample(binary, _as_read(self.original, self.model), sitk.Transform(), sitk.sitkLinear, 0.0)
-        array = (sitk.GetArrayFromImage(on_ct) >= 0.5).astype(np.int8).transpose(self.plans_manager.transpose_forward)
+        on_ct = segment_on_grid(mask, _as_read(self.original, self.model))
+        array = on_ct.astype(np.int8).transpose(self.plans_manager.transpose_forward)
         cropped = array[bounding_box_to_slice(self.properties["bbox_used_for_cropping"])]
         current, original = self._spacings()
         resample = self.configuration.resampling_fn_seg

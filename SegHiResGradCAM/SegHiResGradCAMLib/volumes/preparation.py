@@ -71,12 +71,16 @@ def to_model_grid(ct: sitk.Image, card) -> ModelInput:
     return ModelInput(array[None], grid, ct)
 
 
-def mask_to_model_grid(mask: sitk.Image, model_input: ModelInput) -> np.ndarray:
+def segment_on_grid(mask: sitk.Image, grid: sitk.Image) -> np.ndarray:
     """A segment (nonzero voxels of any label map, on any grid) as a boolean [z, y, x] array
-    on the model grid; partial voxels count when at least half inside."""
+    on ``grid``'s geometry; partial voxels count when at least half inside."""
     binary = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkFloat32)
-    resampled = sitk.Resample(binary, model_input.model_grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    inside = sitk.GetArrayFromImage(resampled) >= 0.5
+    return sitk.GetArrayFromImage(sitk.Resample(binary, grid, sitk.Transform(), sitk.sitkLinear, 0.0)) >= 0.5
+
+
+def mask_to_model_grid(mask: sitk.Image, model_input: ModelInput) -> np.ndarray:
+    """The segment on the model grid (``segment_on_grid``), refused when nothing is inside."""
+    inside = segment_on_grid(mask, model_input.model_grid)
     if not inside.any():
         raise ExplainInputError(
             "The segment has no voxel inside the CT's field of view at the model's resolution: check that the "
