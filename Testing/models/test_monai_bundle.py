@@ -75,23 +75,33 @@ def load(keys="image"):
     return [{"_target_": "LoadImaged", "keys": keys}, {"_target_": "EnsureChannelFirstd", "keys": keys}]
 
 
+def windowed_preprocessing(pixdim, a_min, a_max):
+    """The preprocessing the spleen and BTCV bundles share: RAS, resampled to ``pixdim``, HU
+    window [a_min, a_max] scaled to [0, 1]."""
+    return {"_target_": "Compose", "transforms": [
+        *load(),
+        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+        {"_target_": "Spacingd", "keys": "image", "pixdim": pixdim, "mode": "bilinear"},
+        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": a_min, "a_max": a_max, "b_min": 0.0,
+         "b_max": 1.0, "clip": True},
+        {"_target_": "EnsureTyped", "keys": "image"}]}  # fmt: skip
+
+
+# The spleen and BTCV bundles' postprocessing: softmax, inverted (linearly) to the CT, argmax, saved.
+SOFTMAX_INVERT_ARGMAX = {"_target_": "Compose", "transforms": [
+    {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+    {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+     "nearest_interp": False, "to_tensor": True},
+    {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}, SAVE]}  # fmt: skip
+
+
 SPLEEN = {
     **COMMON,
     "network_def": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
                     "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1, "norm": "batch"},
-    "preprocessing": {"_target_": "Compose", "transforms": [
-        *load(),
-        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-        {"_target_": "Spacingd", "keys": "image", "pixdim": [2.5, 2.5, 3.0], "mode": "bilinear"},
-        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0, "b_max": 1,
-         "clip": True},
-        {"_target_": "EnsureTyped", "keys": "image"}]},
+    "preprocessing": windowed_preprocessing(pixdim=[2.5, 2.5, 3.0], a_min=-57, a_max=164),
     "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [48, 48, 32], "sw_batch_size": 4, "overlap": 0.5},
-    "postprocessing": {"_target_": "Compose", "transforms": [
-        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-        {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-         "nearest_interp": False, "to_tensor": True},
-        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}, SAVE]},
+    "postprocessing": SOFTMAX_INVERT_ARGMAX,
 }  # fmt: skip
 WHOLE_BODY = {
     **COMMON,
@@ -121,19 +131,9 @@ BTCV = {
     **COMMON,
     "network_def": {"_target_": "SwinUNETR", "spatial_dims": 3, "in_channels": 1, "out_channels": 3,
                     "feature_size": 12, "depths": [1, 1, 1, 1], "use_checkpoint": False},
-    "preprocessing": {"_target_": "Compose", "transforms": [
-        *load(),
-        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-        {"_target_": "Spacingd", "keys": "image", "pixdim": [3.0, 3.0, 4.0], "mode": "bilinear"},
-        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -175, "a_max": 250, "b_min": 0.0,
-         "b_max": 1.0, "clip": True},
-        {"_target_": "EnsureTyped", "keys": "image"}]},
+    "preprocessing": windowed_preprocessing(pixdim=[3.0, 3.0, 4.0], a_min=-175, a_max=250),
     "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [64, 64, 32], "sw_batch_size": 4, "overlap": 0.5},
-    "postprocessing": {"_target_": "Compose", "transforms": [
-        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-        {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-         "nearest_interp": False, "to_tensor": True},
-        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}, SAVE]},
+    "postprocessing": SOFTMAX_INVERT_ARGMAX,
 }  # fmt: skip
 SHAPES = {"spleen_ct_segmentation": (SPLEEN, "json"), "wholeBody_ct_segmentation": (WHOLE_BODY, "json"),
           "swin_unetr_btcv_segmentation": (BTCV, "yaml")}  # fmt: skip
