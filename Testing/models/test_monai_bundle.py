@@ -238,6 +238,8 @@ def test_windowed_attribution_under_the_bundle_s_blending_sums_to_t(las_ct, tmp_
     prepared = card.prepare_input(sitk.ReadImage(str(ct_path)), ct_path)
     assert card.tiling.padding_mode == "replicate" and card.overlap == 0.25
     mask = prepared.mask_to_model(sitk.ReadImage(str(las_ct / "kidney.nii.gz")))
+    with pytest.raises(ExplainInputError, match="no voxel inside the CT's field of view on the bundle's grid"):
+        prepared.mask_to_model(sitk.ReadImage(str(las_ct / "kidney.nii.gz")) * 0)
     result = explain(card.build_network(), card.to_network_axes(prepared.array), 1,
                      mask=card.volume_to_network_axes(mask), layer="model.1", window=card.tiling)  # fmt: skip
     assert abs(result.score) > 1e-3

@@ -351,3 +351,11 @@ def test_metrics_count_nested_regions_only_outside_the_segment(fullres, case):
     assert kidney.any() and not (kidney & mask).any()
     assert np.array_equal(kidney, kidney_and_masses & ~mask)
     assert not regions["in masses (predicted) outside M"].any()  # the masses region is M itself here
+
+
+def test_a_segment_outside_the_region_nnunet_keeps_is_refused(fullres, case):
+    ct, labels = case
+    prepared = read_model_card(fullres, folds=["0"]).prepare_input(ct)
+    assert prepared.mask_to_model(sitk.Equal(labels, 2)).any()  # the real tumour is found
+    with pytest.raises(ExplainInputError, match="no voxel inside the region nnU-Net keeps"):
+        prepared.mask_to_model(sitk.Equal(labels, 99))

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 import torch
 
 from ..errors import ExplainInputError, first_line
-from ..volumes.preparation import segment_on_grid
+from ..volumes.preparation import nonempty_segment, segment_on_grid
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 # Transforms that never change an image's geometry, so that inverting them is not needed.
@@ -79,13 +79,7 @@ class BundleInput:
         grid.SetSpacing(spacing.tolist())
         grid.SetDirection((LPS_FROM_RAS @ affine[:3, :3] / spacing).ravel().tolist())
         grid.SetOrigin((LPS_FROM_RAS @ affine[:3, 3]).tolist())
-        inside = segment_on_grid(mask, grid)
-        if not inside.any():
-            raise ExplainInputError(
-                "The segment has no voxel inside the CT's field of view on the bundle's grid: check that the mask "
-                "belongs to this CT and is not empty."
-            )
-        return inside
+        return nonempty_segment(segment_on_grid(mask, grid), "the CT's field of view on the bundle's grid")
 
     def labels_on_original(self, logits: np.ndarray, head: str) -> sitk.Image:
         """The label map as the bundle's own postprocessing makes it (without saving it),

@@ -43,7 +43,7 @@ from torch import nn
 
 from ..cam.sliding_window import Tiling, WindowGrid, symmetric_padding
 from ..errors import ExplainInputError, first_line
-from ..volumes.preparation import segment_on_grid
+from ..volumes.preparation import nonempty_segment, segment_on_grid
 from .card import load_untrusted
 from .ensemble import FoldEnsemble
 from .nnunet_plans import INSTALL_ADVICE, TILE_STEP, NnUNetModel
@@ -213,14 +213,9 @@ class NnUNetInput:
         cropped = array[bounding_box_to_slice(self.properties["bbox_used_for_cropping"])]
         current, original = self._spacings()
         resample = self.configuration.resampling_fn_seg
-        inside = np.asarray(resample(cropped[None], self.array.shape[1:], original, current))[0]
-        inside = inside > 0.5
-        if not inside.any():
-            raise ExplainInputError(
-                "The segment has no voxel inside the region nnU-Net keeps of this CT (its nonzero crop) at the "
-                "model's resolution: check that the mask belongs to this CT and is not empty."
-            )
-        return inside
+        inside = np.asarray(resample(cropped[None], self.array.shape[1:], original, current))[0] > 0.5
+        where = "the region nnU-Net keeps of this CT (its nonzero crop) at the model's resolution"
+        return nonempty_segment(inside, where)
 
     def labels_on_original(self, logits: np.ndarray, head: str) -> sitk.Image:
         """The label map exactly as nnU-Net exports it (region-based: regions_class_order)."""

@@ -78,15 +78,19 @@ def segment_on_grid(mask: sitk.Image, grid: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.Resample(binary, grid, sitk.Transform(), sitk.sitkLinear, 0.0)) >= 0.5
 
 
-def mask_to_model_grid(mask: sitk.Image, model_input: ModelInput) -> np.ndarray:
-    """The segment on the model grid (``segment_on_grid``), refused when nothing is inside."""
-    inside = segment_on_grid(mask, model_input.model_grid)
+def nonempty_segment(inside: np.ndarray, where: str) -> np.ndarray:
+    """``inside``, refused with a message naming ``where`` it was looked for when it is empty."""
     if not inside.any():
         raise ExplainInputError(
-            "The segment has no voxel inside the CT's field of view at the model's resolution: check that the "
-            "mask belongs to this CT and is not empty."
+            f"The segment has no voxel inside {where}: check that the mask belongs to this CT and is not empty."
         )
     return inside
+
+
+def mask_to_model_grid(mask: sitk.Image, model_input: ModelInput) -> np.ndarray:
+    """The segment on the model grid (``segment_on_grid``), refused when nothing is inside."""
+    return nonempty_segment(segment_on_grid(mask, model_input.model_grid),
+                            "the CT's field of view at the model's resolution")  # fmt: skip
 
 
 def to_original_grid(array: np.ndarray, model_input: ModelInput, labels: bool = False) -> sitk.Image:
