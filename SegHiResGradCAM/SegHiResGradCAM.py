@@ -30,6 +30,7 @@ BUNDLED, MODEL_CARD, MONAI_BUNDLE, NNUNET_FOLDER = MODEL_KINDS = (
     "nnU-Net results (folder)",
 )
 DEFAULT_METHOD = "seg-hires-grad-cam"
+SETTINGS_GROUP = "SegHiResGradCAM"
 POLL_MILLISECONDS = 200
 DOCUMENTATION = "https://github.com/SegHiResGradCAM/SlicerSegHiResGradCAM#readme"
 
@@ -70,13 +71,13 @@ def registerSampleData():
 class SegHiResGradCAMParameterNode:
     """What the user chose. Widgets with a SlicerParameterName in the .ui are bound by
     connectGui; the model's path, class, method and layer are kept here by hand, since their
-    combo boxes are refilled for each model and an empty path must stay empty."""
+    combo boxes are refilled for each model and an empty path must stay empty. Trust in a
+    MONAI bundle is not a parameter: a saved scene must never bring it back."""
 
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     usePrediction: bool = True
     modelKind: Annotated[str, Choice(MODEL_KINDS)] = BUNDLED
     modelPath: str = ""
-    trustBundle: bool = False
     folds: str = ""
     targetClass: str = "tumour"
     method: str = DEFAULT_METHOD
@@ -97,7 +98,9 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._binding = False  # the parameter node is being bound to the widgets
+        self._modelChoice = None
+        self._inspectionWanted = None  # (model, trusted, folds) to inspect at the next timer tick
+        self._installing = False  # Python packages are being installed; Apply and Compare wait
         self._inspector = None
         self._runs = []  # runs still to start (Compare queues two)
         self._run = None
@@ -124,24 +127,26 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.compareButton.connect("clicked(bool)", self.onCompare)
-        # Binding the parameter node fills the bound widgets; their model signals are connected
-        # afterwards, so that opening the module inspects no model (enter() does, in the background).
-        self.initializeParameterNode()
-        self._showModelControls()
-        self.ui.modelKindComboBox.connect("currentIndexChanged(int)", lambda _: self.onModelChanged())
-        self.ui.modelFileLineEdit.connect("currentPathChanged(QString)", lambda _: self.onModelChanged())
-        self.ui.modelFolderLineEdit.connect("currentPathChanged(QString)", lambda _: self.onModelChanged())
+        # The model kind is bound to the parameter node; the module reacts to the node's value,
+        # never to the combo box's signal, whose slots run before or after the binding's
+        # depending on when connectGui last ran.
+        self._applyToolTip = self.ui.applyButton.toolTip  # the .ui's text, shown whenever Apply can run
+        settings = qt.QSettings()
+        self.ui.modelFileLineEdit.currentPath = settings.value(f"{SETTINGS_GROUP}/modelCard", "")
+        self.ui.modelFolderLineEdit.currentPath = settings.value(f"{SETTINGS_GROUP}/modelFolder", "")
+        self.ui.modelFileLineEdit.connect("currentPathChanged(QString)", lambda _: self._onModelPathEdited())
+        self.ui.modelFolderLineEdit.connect("currentPathChanged(QString)", lambda _: self._onModelPathEdited())
         self.ui.trustBundleCheckBox.connect("toggled(bool)", lambda _: self.onModelChanged())
         self.ui.foldsLineEdit.connect("editingFinished()", self.onModelChanged)
-        self.ui.usePredictionCheckBox.connect("toggled(bool)", self.ui.segmentSelector.setDisabled)
+        self.ui.usePredictionCheckBox.connect("toggled(bool)", lambda _: self._updateSegmentSelector())
         for combo, parameter in ((self.ui.targetClassComboBox, "targetClass"), (self.ui.methodComboBox, "method"),
                                  (self.ui.layerComboBox, "layer")):  # fmt: skip
             combo.connect("currentIndexChanged(int)", lambda _, c=combo, p=parameter: self._rememberChoice(c, p))
+        self.initializeParameterNode()
         self._runTimer.connect("timeout()", self.onRunPoll)
         self._inspectionTimer.connect("timeout()", self.onInspectionPoll)
         self._setupCohortReview()
-        self._atlas = []
-        self.ui.atlasLayerSlider.visible = self.ui.atlasLayerLabel.visible = False  # shown after an atlas run
+        self._hideAtlas()  # shown after an atlas run
         self.ui.atlasLayerSlider.connect("valueChanged(int)", self.onAtlasLayerChanged)
 
     def cleanup(self):
@@ -156,24 +161,29 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self):
         self.initializeParameterNode()
-        self.onModelChanged()
 
     def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
         self.cancelRuns()
         self.setParameterNode(None)
+        self._closeCohortReview()
+        self._hideAtlas()
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
     def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
+        fresh = not self.logic.hasModelChoice()
+        parameterNode = self.logic.getParameterNode()
+        if fresh:  # a new scene, or a closed one: start from the model used last
+            remembered = qt.QSettings().value(f"{SETTINGS_GROUP}/modelKind", BUNDLED)
+            if remembered in MODEL_KINDS and remembered != BUNDLED:
+                parameterNode.modelKind = remembered
+                parameterNode.modelPath = self._modelEditor(remembered).currentPath.strip()
+        self.setParameterNode(parameterNode)
         if not self._parameterNode.inputVolume:
             firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolumeNode:
@@ -182,38 +192,79 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
+        self._modelChoice = None  # (kind, path) the model controls were last filled for
         if self._parameterNode:
-            # The .ui gives each bound widget a "SlicerParameterName" property. Binding refills
-            # the bound widgets; their change signals must not inspect the model meanwhile.
-            self._binding = True
-            try:
-                self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            finally:
-                self._binding = False
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._restoreModelPath()
-            self._checkCanApply()
+            # The .ui gives each bound widget a "SlicerParameterName" property.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None):
+        """Every change of the parameter node, from the GUI's bindings or from code: Apply's
+        state, the segment selector, and the model controls when the model choice changed."""
+        if not self._parameterNode:
+            return
+        self._checkCanApply()
+        self._updateSegmentSelector()
+        kind = self._parameterNode.modelKind
+        if self._modelChoice is None or kind != self._modelChoice[0]:
+            path = self._modelEditor(kind).currentPath.strip() if self._modelEditor(kind) else ""
+            if self._modelChoice is not None and path != self._parameterNode.modelPath:
+                self._parameterNode.modelPath = path  # comes back here, with the kind's own path
+                return
+            self._modelEditorFor(kind, self._parameterNode.modelPath)
+        choice = (kind, self._parameterNode.modelPath)
+        if choice == self._modelChoice:
+            return
+        self._modelChoice = choice
+        self.ui.trustBundleCheckBox.checked = False  # trust is given to one bundle, and only by the user
+        self._showModelControls()
+        self._rememberModelChoice()
+        self.onModelChanged()
+
+    def _updateSegmentSelector(self):
+        self.ui.segmentSelector.enabled = not self.ui.usePredictionCheckBox.checked
 
     def _checkCanApply(self, caller=None, event=None):
         ready = bool(self._parameterNode and self._parameterNode.inputVolume)
-        idle = self._run is None
-        self.ui.applyButton.enabled = ready or not idle  # while running, Apply is Cancel
+        idle = self._run is None and not self._installing
+        self.ui.applyButton.enabled = (ready and not self._installing) or self._run is not None  # running: Cancel
         self.ui.compareButton.enabled = ready and idle
-        self.ui.applyButton.toolTip = "Compute the heatmap in the background" if ready else "Select the input CT"
+        self.ui.applyButton.toolTip = self._applyToolTip if ready else "Select the input CT"
 
     # Model choice ------------------------------------------------------------------------
 
-    def _restoreModelPath(self):
-        kind, path = self._parameterNode.modelKind, self._parameterNode.modelPath
-        if kind == MODEL_CARD:
-            self.ui.modelFileLineEdit.currentPath = path
-        elif kind in (MONAI_BUNDLE, NNUNET_FOLDER):
-            self.ui.modelFolderLineEdit.currentPath = path
+    def _modelEditor(self, kind):
+        """The path box of a model kind; None for the bundled model."""
+        return {MODEL_CARD: self.ui.modelFileLineEdit, MONAI_BUNDLE: self.ui.modelFolderLineEdit,
+                NNUNET_FOLDER: self.ui.modelFolderLineEdit}.get(kind)  # fmt: skip
+
+    def _modelEditorFor(self, kind, path):
+        """Shows a kind's stored path in its path box (an empty one keeps what the box holds)."""
+        editor = self._modelEditor(kind)
+        if editor is not None and path and editor.currentPath != path:
+            editor.currentPath = path
+
+    def _onModelPathEdited(self):
+        if not self._parameterNode:
+            return
+        editor = self._modelEditor(self._parameterNode.modelKind)
+        if editor is not None:
+            self._parameterNode.modelPath = editor.currentPath.strip()
+
+    def _rememberModelChoice(self):
+        """The last model kind and paths, for the next Slicer session (as the anchors remember folders)."""
+        settings = qt.QSettings()
+        settings.setValue(f"{SETTINGS_GROUP}/modelKind", self._parameterNode.modelKind)
+        for key, editor in (("modelCard", self.ui.modelFileLineEdit), ("modelFolder", self.ui.modelFolderLineEdit)):
+            if editor.currentPath.strip():
+                settings.setValue(f"{SETTINGS_GROUP}/{key}", editor.currentPath.strip())
 
     def _showModelControls(self):
-        kind = self.ui.modelKindComboBox.currentText
+        kind = self._parameterNode.modelKind if self._parameterNode else BUNDLED
         folder = kind in (MONAI_BUNDLE, NNUNET_FOLDER)
         shown = {self.ui.modelFileLabel: kind == MODEL_CARD, self.ui.modelFileLineEdit: kind == MODEL_CARD,
                  self.ui.modelFolderLabel: folder, self.ui.modelFolderLineEdit: folder,
@@ -226,53 +277,64 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The chosen model's path; None for the bundled model."""
         from SegHiResGradCAMLib.errors import ExplainInputError
 
-        kind = self.ui.modelKindComboBox.currentText
+        kind = self._parameterNode.modelKind
         if kind == BUNDLED:
             return None
-        editor = self.ui.modelFileLineEdit if kind == MODEL_CARD else self.ui.modelFolderLineEdit
-        path = editor.currentPath.strip()
+        path = self._parameterNode.modelPath.strip()
         if not path:
             what = "model card file" if kind == MODEL_CARD else "model folder"
             raise ExplainInputError(f"Choose the {what}, or choose the bundled demo model.")
         return Path(path)
 
     def _folds(self):
-        if self.ui.modelKindComboBox.currentText != NNUNET_FOLDER:
+        if self._parameterNode.modelKind != NNUNET_FOLDER:
             return None
         return self.ui.foldsLineEdit.text.replace(",", " ").split() or None
 
     def _trusted(self):
-        return self.ui.modelKindComboBox.currentText == MONAI_BUNDLE and self.ui.trustBundleCheckBox.checked
+        return self._parameterNode.modelKind == MONAI_BUNDLE and self.ui.trustBundleCheckBox.checked
 
     def onModelChanged(self):
         """Fills the classes from the model card at once (no torch needed), then the methods
-        and layers from a background inspection (cached per model file version)."""
+        and layers from a background inspection (cached per model file version), started by
+        the next timer tick, so that setting up the panel starts no process; nothing is
+        inspected while packages are missing."""
         from SegHiResGradCAMLib.models.formats import read_model_card
 
-        if self._binding:
+        if not self._parameterNode:
             return
-        self._showModelControls()
         self._inspectionTimer.stop()
         self._inspector.cancel()
+        self._inspectionWanted = None
         try:
             model = self._modelPath()
             card = read_model_card(model, trust_bundle=self._trusted(), folds=self._folds())
         except Exception as error:  # a bad or unfinished choice: say why, keep the UI usable
             self.ui.modelStatusLabel.text = f"Model not usable: {error}"
             return
-        if self._parameterNode:
-            self._parameterNode.modelPath = "" if model is None else str(model)
         self._fill(self.ui.targetClassComboBox, [(name, name) for name in card.target_classes], "targetClass")
-        description = self._inspector.request(model, self._trusted(), self._folds())
-        if description is not None:
-            self._applyDescription(description)
-            return
         self._fill(self.ui.methodComboBox, [(self._remembered("method", DEFAULT_METHOD),) * 2], "method")
         self._fill(self.ui.layerComboBox, [("recommended layer", "")], "layer")
+        missing = self.logic.missingPackages(model)
+        if missing:
+            self.ui.modelStatusLabel.text = (f"{card.name}: its layers and methods are read once {missing} "
+                                             "installed (Apply offers to install them).")  # fmt: skip
+            return
         self.ui.modelStatusLabel.text = f"{card.name}: reading its layers and methods in the background ..."
+        self._inspectionWanted = (model, self._trusted(), self._folds())  # asked at the next timer tick
         self._inspectionTimer.start()
 
+    def _inspecting(self):
+        return self._inspectionWanted is not None or self._inspector.busy
+
     def onInspectionPoll(self):
+        if self._inspectionWanted is not None:
+            wanted, self._inspectionWanted = self._inspectionWanted, None
+            description = self._inspector.request(*wanted)
+            if description is not None:
+                self._inspectionTimer.stop()
+                self._applyDescription(description)
+            return
         try:
             description = self._inspector.poll()
         except RuntimeError as error:
@@ -410,6 +472,10 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             elif len(self._finished) == 2:
                 self.logic.showSideBySide(run.settings.volume_node, *self._finished)
 
+    def _hideAtlas(self):
+        self._atlas = []
+        self.ui.atlasLayerSlider.visible = self.ui.atlasLayerLabel.visible = False
+
     def _showAtlas(self, run):
         """A layer atlas's slider: one position per layer, coarsest to finest, the finest shown."""
         self._atlas = [(node, run.settings.volume_node) for node in run.atlas_nodes]
@@ -469,30 +535,58 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
         table.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
         table.setSelectionMode(qt.QAbstractItemView.SingleSelection)
+        # QHeaderView starts with a descending indicator on the first column; cases read best upwards.
+        table.horizontalHeader().setSortIndicator(0, qt.Qt.AscendingOrder)
         self.ui.cohortFolderLineEdit.connect("currentPathChanged(QString)", self.onCohortFolderChanged)
         table.connect("itemSelectionChanged()", self.onCohortCaseSelected)
         self.ui.previousCaseButton.connect("clicked(bool)", lambda _: self._stepCase(-1))
         self.ui.nextCaseButton.connect("clicked(bool)", lambda _: self._stepCase(1))
         self.ui.verdictComboBox.connect("currentIndexChanged(int)", lambda _: self.onVerdictChanged())
         self.ui.verdictNoteLineEdit.connect("editingFinished()", self.onVerdictChanged)
+        self._showVerdictControls()
 
     def onCohortFolderChanged(self, path):
+        """Opens a results folder once the path names one; a path being typed, or a folder
+        without results, is only described in the label (ctkPathLineEdit reports every
+        keystroke)."""
+        from SegHiResGradCAMLib.mrml.cohort_review import CohortReview, is_results_folder
+
+        folder = Path(path.strip()) if path.strip() else None
+        if folder is None or not is_results_folder(folder):
+            self._closeCohortReview()
+            self._review = None
+            self.ui.cohortTable.setRowCount(0)
+            self.ui.reviewProgressLabel.text = "Choose a folder made by 'seghiresgradcam cohort' (with results.csv)."
+            return
+        if self._review is not None and self._review.results == folder:
+            return
+        self._closeCohortReview()
+        with slicer.util.tryWithErrorDisplay("Could not open the cohort results."):
+            self._review = CohortReview(folder)
+            self._fillCohortTable()
+
+    def _closeCohortReview(self):
+        """Forgets the reviewed case (its nodes went with the scene, or go now)."""
         from SegHiResGradCAMLib.mrml.cohort_review import CohortReview
 
-        with slicer.util.tryWithErrorDisplay("Could not open the cohort results."):
-            self._review, self._reviewedCase = CohortReview(Path(path)), None
-            self._fillCohortTable()
+        if self._reviewedCase is not None and slicer.mrmlScene is not None:
+            CohortReview.unload(slicer.mrmlScene)
+        self._reviewedCase = None
+        self.ui.cohortTable.clearSelection()
+        self._showVerdictControls()
 
     def _fillCohortTable(self):
         table = self.ui.cohortTable
         summaries = [self._review.summary(case) for case in self._review.cases]
         columns = list(summaries[0]) if summaries else []
+        table.blockSignals(True)  # refilling moves the selection; the reviewed case is selected again below
         table.setSortingEnabled(False)
         table.clearContents()
         table.setColumnCount(len(columns))
         table.setHorizontalHeaderLabels(columns)
         table.setRowCount(len(summaries))
         for row, summary in enumerate(summaries):
+            failure = self._review.failure(summary["case"])
             for column, key in enumerate(columns):
                 item = qt.QTableWidgetItem()
                 value = summary[key]
@@ -500,45 +594,90 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     item.setData(qt.Qt.DisplayRole, round(float(value), 4))
                 except (TypeError, ValueError):
                     item.setData(qt.Qt.DisplayRole, str(value))
+                if failure:
+                    item.setToolTip(f"Not reviewable: {failure}")
                 table.setItem(row, column, item)
         table.setSortingEnabled(True)
+        self._selectCaseRow(self._reviewedCase)
+        table.blockSignals(False)
         self.ui.reviewProgressLabel.text = self._review.progress
+
+    def _visibleCases(self):
+        table = self.ui.cohortTable
+        return [table.item(row, 0).text() for row in range(table.rowCount) if table.item(row, 0)]
+
+    def _selectCaseRow(self, case):
+        cases = self._visibleCases()
+        if case in cases:
+            self.ui.cohortTable.selectRow(cases.index(case))
+        else:
+            self.ui.cohortTable.clearSelection()
 
     def _selectedCase(self):
         row = self.ui.cohortTable.currentRow()
         return self.ui.cohortTable.item(row, 0).text() if row >= 0 and self.ui.cohortTable.item(row, 0) else None
 
     def onCohortCaseSelected(self):
+        from SegHiResGradCAMLib.mrml.cohort_review import CohortReview
+
         case = self._selectedCase()
         if self._review is None or case is None or case == self._reviewedCase:
             return
+        failure = self._review.failure(case)
+        if failure:  # nothing to show: the previous case goes, and no verdict can be given
+            CohortReview.unload(slicer.mrmlScene)
+            self._reviewedCase = None
+            self._showVerdictControls(f"{case} failed in the cohort run: {failure}")
+            return
         with slicer.util.tryWithErrorDisplay(f"Could not load case {case}.", waitCursor=True):
+            self._reviewedCase = None
+            self._showVerdictControls()
             self._review.load_case(slicer.mrmlScene, case)
             self._reviewedCase = case
-            saved = self._review.verdicts.get(case, {})
-            self.ui.verdictComboBox.blockSignals(True)
-            self.ui.verdictComboBox.currentIndex = max(self.ui.verdictComboBox.findData(saved.get("verdict", "")), 0)
-            self.ui.verdictComboBox.blockSignals(False)
-            self.ui.verdictNoteLineEdit.text = saved.get("note", "")
+            self._showVerdictControls()
+
+    def _showVerdictControls(self, message=None):
+        """The verdict and note of the reviewed case; disabled without one, so that a verdict
+        can never be saved for another case than the one shown."""
+        reviewed = self._reviewedCase
+        saved = self._review.verdicts.get(reviewed, {}) if self._review is not None and reviewed else {}
+        self.ui.verdictComboBox.blockSignals(True)
+        self.ui.verdictComboBox.currentIndex = max(self.ui.verdictComboBox.findData(saved.get("verdict", "")), 0)
+        self.ui.verdictComboBox.blockSignals(False)
+        self.ui.verdictNoteLineEdit.text = saved.get("note", "")
+        for widget in (self.ui.verdictComboBox, self.ui.verdictNoteLineEdit):
+            widget.enabled = reviewed is not None
+        if self._review is not None:
+            self.ui.reviewProgressLabel.text = message or self._review.progress
 
     def _stepCase(self, step):
-        current = self._reviewedCase or self._selectedCase()
-        if self._review is None or current is None:
+        """The next or previous reviewable case in the order the table shows."""
+        if self._review is None:
             return
-        wanted = self._review.neighbour(current, step)
-        table = self.ui.cohortTable
-        for row in range(table.rowCount):
-            if table.item(row, 0).text() == wanted:
-                table.selectRow(row)
+        cases = self._visibleCases()
+        current = self._reviewedCase or self._selectedCase()
+        start = cases.index(current) if current in cases else (-1 if step > 0 else len(cases))
+        index = start + step
+        while 0 <= index < len(cases) and self._review.failure(cases[index]):
+            index += step
+        if 0 <= index < len(cases):
+            self.ui.cohortTable.selectRow(index)
 
     def onVerdictChanged(self):
+        if self._review is None or self._reviewedCase is None:
+            return
         index = self.ui.verdictComboBox.currentIndex
         verdict = self.ui.verdictComboBox.itemData(index) if index >= 0 else ""
-        if self._review is None or self._reviewedCase is None or not verdict:
-            return
+        note = self.ui.verdictNoteLineEdit.text
         with slicer.util.tryWithErrorDisplay("Could not save the verdict."):
-            self._review.set_verdict(self._reviewedCase, verdict, self.ui.verdictNoteLineEdit.text)
+            if verdict:
+                self._review.set_verdict(self._reviewedCase, verdict, note)
+            elif self._reviewedCase in self._review.verdicts:  # cleared: the verdict and its note go
+                self._review.clear_verdict(self._reviewedCase)
+                self.ui.verdictNoteLineEdit.text = note = ""
             self._fillCohortTable()
+            if note.strip() and not verdict:
+                self.ui.reviewProgressLabel.text = "The note is saved with a verdict: choose one."
 
 
 class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
@@ -546,6 +685,18 @@ class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return SegHiResGradCAMParameterNode(super().getParameterNode())
+
+    def hasModelChoice(self):
+        """Whether the scene's parameter node holds a model choice (a new or closed scene's does not)."""
+        return bool(super().getParameterNode().GetParameter("modelKind"))
+
+    @staticmethod
+    def missingPackages(model=None):
+        """What must be installed before the model can be inspected or run ("" when nothing),
+        read from package metadata without importing anything."""
+        from SegHiResGradCAMLib.mrml import dependencies
+
+        return dependencies.missing_summary(dependencies.plan_for_model(model))
 
     def start(self, settings):
         from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun
@@ -555,10 +706,9 @@ class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
     def ensureDependencies(self, model=None):
         """Installs what the background computation needs and is missing, after one
         confirmation; False when the user declines (nothing is installed then)."""
-        from SegHiResGradCAMLib.models.nnunet_folder import is_nnunet_folder
         from SegHiResGradCAMLib.mrml import dependencies
 
-        plan = dependencies.plan_installs(nnunet=model is not None and is_nnunet_folder(Path(model)))
+        plan = dependencies.plan_for_model(model)
         return dependencies.install(
             plan,
             confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "Seg-HiRes-Grad CAM: Python packages"),

@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+pytest_plugins = ["slicer_app.fixtures"]  # the widget-flow tests' application stand-in
+
 
 def bias_free_cnn(spatial_dims: int, in_channels: int = 1, classes: int = 3, width: int = 6) -> nn.Sequential:
     """Convolutions and ReLUs without biases: positively homogeneous from any layer on."""

@@ -33,6 +33,11 @@ HIRES = "seg-hires-grad-cam"
 LABEL_STYLES = {1: ("kidney", (0.85, 0.55, 0.25)), 2: ("tumour", (0.85, 0.15, 0.2)), 3: ("cyst", (0.3, 0.6, 0.95))}
 
 
+def is_results_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder that ``seghiresgradcam cohort`` wrote (it holds results.csv)."""
+    return Path(path).is_dir() and (Path(path) / "results.csv").is_file()
+
+
 class CohortReview:
     def __init__(self, results: Path):
         self.results = Path(results)
@@ -81,6 +86,15 @@ class CohortReview:
                 "heat in M": shown.get("heat_in_m", ""), "outside body": shown.get("heat_outside_body", ""),
                 "verdict": self.verdicts.get(case, {}).get("verdict", "")}  # fmt: skip
 
+    def failure(self, case: str) -> str:
+        """Why a case has nothing to review ("" when it has): its error in the cohort run."""
+        rows = [row for row in self.rows if row["case"] == case]
+        if not rows:
+            return "not a case of these results"
+        if rows[0].get("status") != "done":
+            return rows[0].get("error") or f"status {rows[0].get('status') or 'unknown'}"
+        return ""
+
     @property
     def progress(self) -> str:
         return f"{sum(case in self.verdicts for case in self.cases)} of {len(self.cases)} reviewed"
@@ -99,6 +113,11 @@ class CohortReview:
         self.verdicts[case] = {"case": case, "verdict": verdict, "note": note, "reviewed_at": stamp}
         self._write_review()
 
+    def clear_verdict(self, case: str) -> None:
+        """The case is not reviewed any more: its row leaves review.csv."""
+        if self.verdicts.pop(case, None) is not None:
+            self._write_review()
+
     def _write_review(self) -> None:
         path = self.results / REVIEW_FILE
         partial = path.with_name(f".partial-{os.getpid()}-{REVIEW_FILE}")
@@ -115,11 +134,10 @@ class CohortReview:
     def load_case(self, scene, case: str) -> dict:
         """The case's CT, ground truth, prediction and heatmaps as nodes (replacing the previous
         case's, never the user's own); the slice views centred on M. Returns the nodes by role."""
+        failure = self.failure(case)
+        if failure:
+            raise ExplainInputError(f"Case {case} has no results to review ({failure}).")
         rows = [row for row in self.rows if row["case"] == case]
-        if not rows or rows[0].get("status") != "done":
-            raise ExplainInputError(
-                f"Case {case} has no results to review ({rows[0]['error'] if rows else 'unknown'})."
-            )
         folder = self.results / "cases" / case
         self.unload(scene)
         nodes = {}

@@ -17,6 +17,10 @@ import importlib.util
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+from ..models.monai_bundle import CONFIG_NAMES, is_bundle
+from ..models.nnunet_folder import is_nnunet_folder
 
 TORCH = "torch"
 
@@ -58,6 +62,8 @@ NNUNET_NO_DEPS = (
     ("batchgeneratorsv2", "batchgeneratorsv2", "0.3.6"),
     ("acvl-utils", "acvl_utils", "0.2.6"),
 )
+# MONAI bundles whose configuration is YAML (the `bundle` extra).
+PYYAML = Requirement("PyYAML", "yaml", "6")
 UNKNOWN_VERSION = "installed"  # importable, but without package metadata (built into Slicer)
 
 
@@ -95,7 +101,7 @@ def problem(requirement: Requirement, version: str | None) -> str | None:
 
 
 def plan_installs(
-    versions: Callable[[Requirement], str | None] = installed_version, nnunet: bool = False
+    versions: Callable[[Requirement], str | None] = installed_version, nnunet: bool = False, yaml: bool = False
 ) -> list[InstallStep]:
     """What to install, in order: PyTorch first (the other packages' installers must find it
     and not bring their own), then the plain packages in one pip call, then nnU-Net's own
@@ -105,7 +111,7 @@ def plan_installs(
     torch_problem = problem(torch, versions(torch))
     if torch_problem:
         plan.append(InstallStep("pytorch", (f">={torch.minimum}",), (torch_problem,)))
-    wanted = [*plain, *(NNUNET_PLAIN if nnunet else ())]
+    wanted = [*plain, *(NNUNET_PLAIN if nnunet else ()), *((PYYAML,) if yaml else ())]
     problems = [(requirement, problem(requirement, versions(requirement))) for requirement in wanted]
     missing = [(requirement, reason) for requirement, reason in problems if reason]
     if missing:
@@ -120,6 +126,27 @@ def plan_installs(
             arguments = ("--no-deps", *(f"{requirement.distribution}=={pin}" for requirement, pin in outdated))
             plan.append(InstallStep("pip", arguments, reasons))
     return plan
+
+
+def plan_for_model(model: Path | None, versions: Callable[[Requirement], str | None] = installed_version
+                   ) -> list[InstallStep]:  # fmt: skip
+    """The install plan for explaining ``model`` (a card, bundle or nnU-Net folder; None: the
+    bundled model): nnU-Net's packages for its results folders, PyYAML for YAML bundles."""
+    path = Path(model) if model is not None else None
+    nnunet = path is not None and is_nnunet_folder(path)
+    yaml = path is not None and is_bundle(path) and not (path / "configs" / CONFIG_NAMES[0]).is_file()
+    return plan_installs(versions, nnunet=nnunet, yaml=yaml)
+
+
+def missing_summary(plan: list[InstallStep]) -> str:
+    """The packages a plan installs, by name, for a one-line message ("" for an empty plan)."""
+    names = []
+    for step in plan:
+        if step.installer == "pytorch":
+            names.append("PyTorch")
+        else:
+            names += [re.split(r"[<>=!~ ]", argument)[0] for argument in step.arguments if not argument.startswith("-")]
+    return ", ".join(names)
 
 
 def describe(plan: list[InstallStep]) -> str:
