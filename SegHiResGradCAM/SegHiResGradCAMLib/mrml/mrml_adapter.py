@@ -170,6 +170,7 @@ def _import_map(path: Path, volume_node, name: str, kind: str, show) -> object:
         if not storage.ReadData(node):
             raise ExplainInputError(f"Could not read the {kind} {path}.")
         _put_on_volume_grid(node, volume_node)
+        follow_transform(node, volume_node)
         node.SetAttribute(OUTPUT_ATTRIBUTE, kind)
         show(node, volume_node)
         place_under(node, volume_node)
@@ -177,6 +178,12 @@ def _import_map(path: Path, volume_node, name: str, kind: str, show) -> object:
     except Exception:
         remove_output(node)
         raise
+
+
+def follow_transform(node, volume_node) -> None:
+    """An output on the CT's voxel grid sits under the CT's parent transform, as Slicer's
+    ExportSegmentsToLabelmapNode places its output under its reference volume's."""
+    node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
 
 
 def _ijk_to_ras(node) -> np.ndarray:
@@ -335,6 +342,7 @@ def import_prediction(path: Path, volume_node, segment_styles: dict, name: str):
     segments (``segment_styles``: label value -> (name, colour)), on the CT's geometry,
     placed under the CT."""
     segmentation = segmentation_from_labelmap_file(path, volume_node, segment_styles, name)
+    follow_transform(segmentation, volume_node)
     segmentation.SetAttribute(OUTPUT_ATTRIBUTE, "prediction")
     place_under(segmentation, volume_node)
     return segmentation

@@ -120,7 +120,9 @@ class ExplainRun:
         title = summary["methods"][key]["title"]
         name = mrml_adapter.output_name(settings.volume_node, self.segment_name, title)
         scene = settings.volume_node.GetScene()
-        outputs = (name, f"{name} - metrics", f"{name} - signed", *(f"{name} at {row['layer']}" for row in atlas))
+        prediction_name = f"{settings.volume_node.GetName()} - prediction"
+        outputs = (name, f"{name} - metrics", f"{name} - signed", *(f"{name} at {row['layer']}" for row in atlas),
+                   *((prediction_name,) if settings.with_prediction else ()))  # fmt: skip
         previous = []
         if settings.replace_previous:
             previous = [mrml_adapter.previous_output(scene, output) for output in outputs]
@@ -144,8 +146,7 @@ class ExplainRun:
                 self.metrics_node = mrml_adapter.import_metrics_table(rows, self.heatmap_node, f"{name} - metrics")
             if settings.with_prediction:
                 self.prediction_node = mrml_adapter.import_prediction(
-                    work_dir / "prediction.nrrd", settings.volume_node, self.card.segment_styles,
-                    f"{settings.volume_node.GetName()} - prediction",
+                    work_dir / "prediction.nrrd", settings.volume_node, self.card.segment_styles, prediction_name,
                 )  # fmt: skip
             if settings.signed:
                 self.signed_node = mrml_adapter.import_signed_map(work_dir / "signed.nrrd", settings.volume_node,

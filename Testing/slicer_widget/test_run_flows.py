@@ -1,0 +1,96 @@
+"""Runs driven through the widget, each a real background run of the bundled model in a
+PythonSlicer launcher: Apply twice with "replace", Cancel, Compare, a scene closed while a
+run goes on, and a CT under a parent transform."""
+
+import glob
+import tempfile
+
+import slicer
+import vtk
+
+from mrml_scene import phantom_volume, segment_from_labels
+
+
+def nodes_named(scene, suffix):
+    return [
+        scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()) if scene.GetNthNode(i).GetName().endswith(suffix)
+    ]
+
+
+def finished(session, application, timeout=300):
+    application.wait_until(lambda: session.widget._run is None and not session.widget._runs, timeout, "the run")
+    return session.ui.statusLabel.text
+
+
+def work_folders():
+    return glob.glob(f"{tempfile.gettempdir()}/SegHiResGradCAM-[!i]*")
+
+
+def test_apply_twice_with_replace_keeps_one_heatmap_and_one_prediction(session, application):
+    volume, _ = phantom_volume(application.scene)
+    ui = session.ui
+    assert ui.inputVolumeSelector.currentNode() is volume, "a volume in the scene is selected"
+    assert ui.replaceCheckBox.checked
+    ui.withPredictionCheckBox.click()
+    for _ in range(2):
+        ui.applyButton.click()
+        assert ui.applyButton.text == "Cancel" and not ui.compareButton.enabled
+        finished(session, application)
+        assert application.errors == []
+    assert len(nodes_named(application.scene, "Seg-HiRes-Grad CAM")) == 1
+    assert len(nodes_named(application.scene, " - prediction")) == 1, "the earlier prediction was not replaced"
+    assert ui.applyButton.text == "Apply" and ui.applyButton.enabled
+    assert work_folders() == []
+
+
+def test_cancel_and_a_scene_close_while_running_leave_no_trace(session, application):
+    phantom_volume(application.scene)
+    before = application.scene.GetNumberOfNodes()
+    session.ui.applyButton.click()
+    session.ui.applyButton.click()  # Cancel
+    assert session.widget._run is None and session.ui.statusLabel.text == "Cancelled."
+    assert application.scene.GetNumberOfNodes() == before and work_folders() == []
+    session.ui.applyButton.click()
+    session.close_scene()
+    assert session.widget._run is None and work_folders() == []
+    assert session.ui.applyButton.text == "Apply" and not session.ui.applyButton.enabled  # no CT any more
+
+
+def test_compare_shows_both_methods_side_by_side(session, application):
+    volume, _ = phantom_volume(application.scene)
+    session.ui.compareButton.click()
+    finished(session, application, timeout=600)
+    assert application.errors == []
+    layout = application.layoutManager()
+    assert layout.layout == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+    shown = [application.scene.GetNodeByID(layout.sliceWidget(view).mrmlSliceCompositeNode().GetForegroundVolumeID())
+             for view in ("Red", "Yellow")]  # fmt: skip
+    assert [node.GetName().rsplit(" - ", 1)[1] for node in shown] == ["Seg-Grad CAM", "Seg-HiRes-Grad CAM"]
+
+
+def test_a_ct_under_a_transform_gets_its_outputs_under_the_same_transform(session, application):
+    scene = application.scene
+    volume, case = phantom_volume(scene)
+    segmentation, segment_id = segment_from_labels(scene, volume, case.labels, 2, "tumour")
+    moved = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(0, 3, 40.0)
+    shift.SetElement(2, 3, -25.0)
+    moved.SetMatrixTransformToParent(shift)
+    volume.SetAndObserveTransformNodeID(moved.GetID())  # the CT was moved; its segment was drawn on it there
+    segmentation.SetAndObserveTransformNodeID(moved.GetID())
+    ui = session.ui
+    ui.usePredictionCheckBox.click()
+    ui.segmentSelector.user_choose(segmentation, segment_id)
+    ui.withPredictionCheckBox.click()
+    ui.applyButton.click()
+    finished(session, application)
+    assert application.errors == []
+    heat = nodes_named(scene, "Seg-HiRes-Grad CAM")[0]
+    prediction = nodes_named(scene, " - prediction")[0]
+    for node in (heat, prediction):
+        assert node.GetParentTransformNode() is moved, f"{node.GetName()} is not under the CT's transform"
+    # The heat lies in the tumour, voxel by voxel on the CT's own grid.
+    heat_array = slicer.util.arrayFromVolume(heat)
+    tumour = case.labels == 2  # the phantom is stored in array (slice, row, column) order
+    assert heat_array[tumour].sum() / heat_array.sum() > 0.5
