@@ -418,13 +418,42 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _startRunsFor(self, methods):
         """Checks the inputs, installs missing packages after asking (first use), starts the
         runs; any error reaches the user, and the UI stays idle."""
+        if self._installing or self._run is not None:
+            return  # a click that came through while packages install or a run starts
         with slicer.util.tryWithErrorDisplay("Could not start the explanation."):
             settings_list = [self._settings(method) for method in methods]
-            if not self.logic.ensureDependencies(settings_list[0].model):
+            if self.logic.missingPackages(settings_list[0].model) and not self._installPackages(settings_list[0].model):
                 self.ui.statusLabel.text = "Not started: the Python packages it needs were not installed."
                 return
             self._runs, self._finished = settings_list, []
             self._startNext()
+
+    def _installPackages(self, model):
+        """Installs what is missing, after one confirmation. Meanwhile the installers keep
+        Slicer's events going, so Apply and Compare are disabled, the cursor waits and the
+        status says what is being installed; afterwards the model is inspected again."""
+        cursor = []
+
+        def showStep(text):
+            if not cursor:
+                slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+                cursor.append(True)
+            self.ui.statusLabel.text = text
+            slicer.app.processEvents()  # show the text before the installer blocks
+
+        self._installing = True
+        self._checkCanApply()
+        try:
+            installed = self.logic.ensureDependencies(model, progress=showStep)
+        finally:
+            if cursor:
+                slicer.app.restoreOverrideCursor()
+            self._installing = False
+            self._checkCanApply()
+        if installed:
+            self.ui.statusLabel.text = "Python packages installed."
+            self.onModelChanged()  # the layers and methods can be read now
+        return installed
 
     def _startNext(self):
         settings = self._runs.pop(0)
@@ -703,9 +732,10 @@ class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
 
         return ExplainRun(settings)  # the child runs in PythonSlicer (found on the PATH)
 
-    def ensureDependencies(self, model=None):
+    def ensureDependencies(self, model=None, progress=None):
         """Installs what the background computation needs and is missing, after one
-        confirmation; False when the user declines (nothing is installed then)."""
+        confirmation; False when the user declines (nothing is installed then).
+        ``progress(text)`` is told each step before it runs."""
         from SegHiResGradCAMLib.mrml import dependencies
 
         plan = dependencies.plan_for_model(model)
@@ -714,6 +744,7 @@ class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
             confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "Seg-HiRes-Grad CAM: Python packages"),
             install_torch=self._installTorch,
             pip_install=slicer.util.pip_install,
+            progress=progress,
         )
 
     @staticmethod

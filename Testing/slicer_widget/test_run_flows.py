@@ -57,7 +57,7 @@ def test_cancel_and_a_scene_close_while_running_leave_no_trace(session, applicat
 
 
 def test_compare_shows_both_methods_side_by_side(session, application):
-    volume, _ = phantom_volume(application.scene)
+    phantom_volume(application.scene)
     session.ui.compareButton.click()
     finished(session, application, timeout=600)
     assert application.errors == []
@@ -94,3 +94,47 @@ def test_a_ct_under_a_transform_gets_its_outputs_under_the_same_transform(sessio
     heat_array = slicer.util.arrayFromVolume(heat)
     tumour = case.labels == 2  # the phantom is stored in array (slice, row, column) order
     assert heat_array[tumour].sum() / heat_array.sum() > 0.5
+
+
+def test_first_use_without_torch_says_what_will_be_installed_and_installs_once(application, module_file, monkeypatch):
+    """The packages' metadata says torch is missing (the installers are stand-ins; the
+    background run then uses this machine's torch)."""
+    from SegHiResGradCAMLib.mrml import dependencies
+    from slicer_app.application import ModuleSession
+
+    installed = {"torch": False}
+    real_version = dependencies.installed_version
+    monkeypatch.setattr(dependencies, "installed_version",
+                        lambda r: real_version(r) if r.distribution != "torch" or installed["torch"] else None)  # fmt: skip
+    phantom_volume(application.scene)
+    session = ModuleSession(module_file, application)
+    ui = session.ui
+    try:
+        application.processEvents()
+        assert "ModuleNotFoundError" not in ui.modelStatusLabel.text and "PyTorch" in ui.modelStatusLabel.text
+        assert not session.widget._inspecting(), "no inspection can work without torch"
+        seen = {}
+
+        def install_torch(requirement):
+            seen["during"] = (ui.applyButton.enabled, ui.compareButton.enabled, application.cursor_overrides,
+                              ui.statusLabel.text)  # fmt: skip
+            application.during_events = [ui.applyButton.click, ui.compareButton.click]  # impatient clicks
+            application.processEvents()
+            seen.setdefault("calls", []).append(requirement)
+            installed["torch"] = True
+            return True
+
+        monkeypatch.setattr(module_file.SegHiResGradCAMLogic, "_installTorch", staticmethod(install_torch))
+        ui.applyButton.click()
+        assert len(application.confirmations) == 1 and "torch" in application.confirmations[0]
+        assert seen["calls"] == [">=2.3"], "a click during the install started a second one"
+        enabled_apply, enabled_compare, cursors, status = seen["during"]
+        assert not enabled_apply and not enabled_compare and cursors == 1 and "Installing PyTorch" in status
+        assert application.cursor_overrides == 0
+        assert session.widget._run is not None, "the run starts after the install"
+        finished(session, application)
+        application.wait_until(lambda: not session.widget._inspecting(), 120, "the inspection after the install")
+        assert ui.modelStatusLabel.text.startswith("Model: KiTS-like demo") and ui.layerComboBox.count() > 1
+        assert application.errors == []
+    finally:
+        session.widget.cleanup()

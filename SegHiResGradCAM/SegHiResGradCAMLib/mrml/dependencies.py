@@ -101,11 +101,12 @@ def problem(requirement: Requirement, version: str | None) -> str | None:
 
 
 def plan_installs(
-    versions: Callable[[Requirement], str | None] = installed_version, nnunet: bool = False, yaml: bool = False
+    versions: Callable[[Requirement], str | None] | None = None, nnunet: bool = False, yaml: bool = False
 ) -> list[InstallStep]:
     """What to install, in order: PyTorch first (the other packages' installers must find it
     and not bring their own), then the plain packages in one pip call, then nnU-Net's own
     packages without their dependencies. Empty when everything is there."""
+    versions = versions or installed_version
     plan = []
     torch, *plain = CORE
     torch_problem = problem(torch, versions(torch))
@@ -128,7 +129,7 @@ def plan_installs(
     return plan
 
 
-def plan_for_model(model: Path | None, versions: Callable[[Requirement], str | None] = installed_version
+def plan_for_model(model: Path | None, versions: Callable[[Requirement], str | None] | None = None
                    ) -> list[InstallStep]:  # fmt: skip
     """The install plan for explaining ``model`` (a card, bundle or nnU-Net folder; None: the
     bundled model): nnU-Net's packages for its results folders, PyYAML for YAML bundles."""
@@ -164,7 +165,7 @@ def describe(plan: list[InstallStep]) -> str:
 
 
 def install(plan: list[InstallStep], confirm: Callable[[str], bool], install_torch: Callable[[str], object],
-            pip_install: Callable[[list[str]], object]) -> bool:  # fmt: skip
+            pip_install: Callable[[list[str]], object], progress: Callable[[str], object] | None = None) -> bool:  # fmt: skip
     """Asks once, then runs the plan in order; False (and nothing installed) when declined.
     ``install_torch(version_requirement)`` returns a falsy value when PyTorch was not
     installed, which stops the plan with an error."""
@@ -173,6 +174,8 @@ def install(plan: list[InstallStep], confirm: Callable[[str], bool], install_tor
     if not confirm(describe(plan)):
         return False
     for step in plan:
+        if progress is not None:
+            progress(f"Installing {missing_summary([step])} ... this can take several minutes.")
         if step.installer == "pytorch":
             if not install_torch(step.arguments[0]):
                 raise RuntimeError("PyTorch was not installed; install it with the PyTorch Utils module, then retry.")
