@@ -104,8 +104,10 @@ def test_first_use_without_torch_says_what_will_be_installed_and_installs_once(a
 
     installed = {"torch": False}
     real_version = dependencies.installed_version
-    monkeypatch.setattr(dependencies, "installed_version",
-                        lambda r: real_version(r) if r.distribution != "torch" or installed["torch"] else None)  # fmt: skip
+    def version(requirement):
+        return real_version(requirement) if requirement.distribution != "torch" or installed["torch"] else None
+
+    monkeypatch.setattr(dependencies, "installed_version", version)
     phantom_volume(application.scene)
     session = ModuleSession(module_file, application)
     ui = session.ui

@@ -165,7 +165,8 @@ def describe(plan: list[InstallStep]) -> str:
 
 
 def install(plan: list[InstallStep], confirm: Callable[[str], bool], install_torch: Callable[[str], object],
-            pip_install: Callable[[list[str]], object], progress: Callable[[str], object] | None = None) -> bool:  # fmt: skip
+            pip_install: Callable[[list[str]], object],
+            progress: Callable[[str], object] | None = None) -> bool:  # fmt: skip
     """Asks once, then runs the plan in order; False (and nothing installed) when declined.
     ``install_torch(version_requirement)`` returns a falsy value when PyTorch was not
     installed, which stops the plan with an error."""
