@@ -104,6 +104,7 @@ def test_first_use_without_torch_says_what_will_be_installed_and_installs_once(a
 
     installed = {"torch": False}
     real_version = dependencies.installed_version
+
     def version(requirement):
         return real_version(requirement) if requirement.distribution != "torch" or installed["torch"] else None
 
