@@ -96,6 +96,19 @@ def test_without_slicer_the_children_run_in_this_interpreter():
     assert python_executable() == sys.executable  # no PythonSlicer on this PATH
 
 
+def test_inside_slicer_without_pythonslicer_nothing_starts_a_second_slicer(monkeypatch, tmp_path):
+    """Inside the application sys.executable is Slicer itself: without PythonSlicer on the
+    PATH the run is refused with a clear message, as slicer.util.executePythonModule does."""
+    import slicer
+
+    monkeypatch.setattr(slicer, "app", object(), raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match="PythonSlicer"):
+        python_executable()
+    with pytest.raises(RuntimeError, match="PythonSlicer"):
+        BackgroundRun(["methods"], tmp_path)
+
+
 def test_model_inspection_runs_once_per_model_version(tmp_path):
     """Methods and layers come from a background process; the same model file is not
     inspected again until it changes."""
@@ -132,3 +145,39 @@ def test_a_model_that_cannot_be_inspected_says_why(tmp_path):
     with pytest.raises(RuntimeError, match=r"network arguments do not fit|does not exist"):
         wait_for(lambda: inspector.poll() is not None)
     assert not inspector.busy
+
+
+def test_undecodable_output_neither_stops_the_readers_nor_logs_from_their_threads(tmp_path):
+    """A child that writes bytes that are not UTF-8, then much more than a pipe holds: every
+    line arrives (decoded with replacement characters), and the log records are made on the
+    polling thread only."""
+    import logging
+    import threading
+
+    from SegHiResGradCAMLib.mrml.background import LOGGER, BackgroundProcess
+
+    threads = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record):
+            threads.append(threading.current_thread())
+
+    handler = Recorder()
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
+    code = ("import sys; sys.stderr.buffer.write(b'bad \\xff\\xfe bytes\\n'); sys.stderr.flush(); "
+            "[print('line', i) for i in range(50000)]")  # fmt: skip
+    try:
+        child = BackgroundProcess([sys.executable, "-c", code], tmp_path, "test")
+        lines = []
+        deadline = time.monotonic() + 60
+        while child.exit_code() is None and time.monotonic() < deadline:
+            lines += child.stdout_lines()
+            time.sleep(0.01)
+        lines += child.stdout_lines()
+    finally:
+        LOGGER.removeHandler(handler)
+    assert child.exit_code() == 0
+    assert len(lines) == 50000 and lines[-1] == "line 49999"
+    assert child.log[0] == "bad \ufffd\ufffd bytes"
+    assert threads and set(threads) == {threading.main_thread()}

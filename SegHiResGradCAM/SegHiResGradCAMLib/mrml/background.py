@@ -41,8 +41,21 @@ class Status:
 
 def python_executable() -> str:
     """The interpreter for child processes: Slicer's PythonSlicer launcher where it is on the
-    PATH (Slicer puts it there, also inside a macOS app bundle), else this interpreter."""
-    return shutil.which("PythonSlicer") or sys.executable
+    PATH (Slicer puts it there, also inside a macOS app bundle); outside the application
+    (slicer-core in a plain Python), this interpreter. Inside the application
+    sys.executable is Slicer itself, so a missing launcher is an error, as in
+    slicer.util.executePythonModule."""
+    launcher = shutil.which("PythonSlicer")
+    if launcher:
+        return launcher
+    try:
+        from slicer import app  # noqa: F401  (present only inside the Slicer application)
+    except ImportError:
+        return sys.executable
+    raise RuntimeError(
+        "PythonSlicer was not found on the PATH, so the network cannot run in the background. Start Slicer "
+        "with its own launcher (Slicer or Slicer.exe) rather than the bare application binary, or reinstall Slicer."
+    )
 
 
 def cli_command(python: str | None, arguments: list[str]) -> list[str]:
@@ -54,6 +67,7 @@ def start_process(command: list[str], work_dir: Path) -> subprocess.Popen:
     """Starts ``command`` in a process group of its own, without a console window on
     Windows, with this package importable; stdout and stderr are piped as text."""
     environment = dict(os.environ)
+    environment["PYTHONUTF8"] = "1"  # the child writes UTF-8 whatever the locale; read as such below
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), environment.get("PYTHONPATH")]))
     options = {}
     if os.name == "nt":
@@ -61,7 +75,7 @@ def start_process(command: list[str], work_dir: Path) -> subprocess.Popen:
     else:
         options["start_new_session"] = True
     return subprocess.Popen(command, cwd=work_dir, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, bufsize=1, **options)  # fmt: skip
+                            text=True, encoding="utf-8", errors="replace", bufsize=1, **options)  # fmt: skip
 
 
 def kill_process_tree(process: subprocess.Popen) -> None:
@@ -120,43 +134,53 @@ def new_work_dir(prefix: str):
 
 class BackgroundProcess:
     """A child process whose stdout and stderr lines are collected by reader threads and
-    kept as a log; lines go to Python logging too, so a failed run can be reported."""
+    kept as a log; lines go to Python logging too, so a failed run can be reported.
+
+    The reader threads only queue lines (they never stop on a bad byte: output is decoded
+    as UTF-8 with replacement, so the child can never block on a full pipe); the lines are
+    logged and handed out on the thread that polls, Slicer's main thread."""
 
     def __init__(self, command: list[str], work_dir: Path, log_prefix: str):
         self.work_dir = Path(work_dir)
         self.log: list[str] = []  # progress messages and stderr, in order of arrival
-        self._stdout: queue.Queue[str] = queue.Queue()
+        self._arrived: queue.Queue[tuple[str, str]] = queue.Queue()  # (stream, line) from the readers
+        self._stdout: list[str] = []
         self._errors: list[str] = []
         self._log_prefix = log_prefix
         LOGGER.info("%s: %s", log_prefix, " ".join(command))
         self.process = start_process(command, self.work_dir)
         self._readers = [
-            threading.Thread(target=self._read, args=(self.process.stdout, self._stdout.put), daemon=True),
-            threading.Thread(target=self._read, args=(self.process.stderr, self._error_line), daemon=True),
+            threading.Thread(target=self._read, args=(self.process.stdout, "stdout", self._arrived), daemon=True),
+            threading.Thread(target=self._read, args=(self.process.stderr, "stderr", self._arrived), daemon=True),
         ]
         for reader in self._readers:
             reader.start()
 
     @staticmethod
-    def _read(stream, sink) -> None:
+    def _read(stream, name: str, arrived: queue.Queue) -> None:
         for line in stream:
-            sink(line.rstrip("\n"))
+            arrived.put((name, line.rstrip("\n")))
 
-    def _error_line(self, line: str) -> None:
-        self._errors.append(line)
-        self.add_to_log(line)
+    def _take_arrived(self) -> None:
+        while True:
+            try:
+                name, line = self._arrived.get_nowait()
+            except queue.Empty:
+                return
+            if name == "stderr":
+                self._errors.append(line)
+                self.add_to_log(line)
+            else:
+                self._stdout.append(line)
 
     def add_to_log(self, line: str) -> None:
         self.log.append(line)
         LOGGER.info("%s: %s", self._log_prefix, line)
 
     def stdout_lines(self) -> list[str]:
-        lines = []
-        while True:
-            try:
-                lines.append(self._stdout.get_nowait())
-            except queue.Empty:
-                return lines
+        self._take_arrived()
+        lines, self._stdout = self._stdout, []
+        return lines
 
     def exit_code(self) -> int | None:
         """None while running; once ended, after every line has been read."""
@@ -164,6 +188,7 @@ class BackgroundProcess:
         if code is not None:
             for reader in self._readers:
                 reader.join(timeout=5)
+            self._take_arrived()
         return code
 
     def error_message(self) -> str:
