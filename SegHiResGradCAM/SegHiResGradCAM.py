@@ -7,6 +7,7 @@ slicer-core); it follows Slicer's scripted module template (TemplateKey.py).
 """
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +34,20 @@ DEFAULT_METHOD = "seg-hires-grad-cam"
 SETTINGS_GROUP = "SegHiResGradCAM"
 POLL_MILLISECONDS = 200
 DOCUMENTATION = "https://github.com/SegHiResGradCAM/SlicerSegHiResGradCAM#readme"
+# Slicer 5.10 ships Python 3.12; Slicer 5.8 ships 3.9, on which the library does not import.
+MINIMUM_PYTHON = (3, 10)
+TOO_OLD = (
+    "Seg-HiRes-Grad CAM needs Slicer 5.10 or newer (Python 3.10 or newer); this Slicer runs Python {version}. "
+    "Install a current Slicer from download.slicer.org to use it."
+)
+
+
+def pythonTooOld():
+    """The message for a Slicer whose Python cannot run the library, else None. This file
+    itself stays importable there, so that the panel can say so."""
+    if tuple(sys.version_info[:2]) >= MINIMUM_PYTHON:
+        return None
+    return TOO_OLD.format(version=".".join(map(str, sys.version_info[:3])))
 
 
 class SegHiResGradCAM(ScriptedLoadableModule):
@@ -60,6 +75,9 @@ def registerSampleData():
     """Offers the synthetic KiTS-like case in the Sample Data module. The files ship with the
     extension, so Sample Data copies them (file:// URIs) instead of downloading, and checks
     their SHA256 as for any sample."""
+    if pythonTooOld():
+        logging.warning(pythonTooOld())
+        return
     import SampleData
 
     from SegHiResGradCAMLib.mrml.sample_data import sample_data_source
@@ -96,6 +114,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self.ui = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._modelChoice = None
@@ -114,6 +133,13 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setup(self):
         """Builds the UI; runs no process and imports nothing heavy (a test checks it)."""
         ScriptedLoadableModuleWidget.setup(self)
+        if pythonTooOld():  # one clear message instead of a half-built panel
+            self.ui = None
+            message = qt.QLabel(pythonTooOld())
+            message.wordWrap = True
+            self.layout.addWidget(message)
+            self.layout.addStretch(1)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SegHiResGradCAM.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -150,6 +176,8 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.atlasLayerSlider.connect("valueChanged(int)", self.onAtlasLayerChanged)
 
     def cleanup(self):
+        if self.ui is None:  # a Slicer too old: nothing was set up
+            return
         self.cancelRuns()
         from SegHiResGradCAMLib.mrml.cohort_review import CohortReview
 
@@ -160,10 +188,12 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self):
-        self.initializeParameterNode()
+        if self.ui is not None:
+            self.initializeParameterNode()
 
     def exit(self):
-        self.setParameterNode(None)
+        if self.ui is not None:
+            self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
         self.cancelRuns()
@@ -785,6 +815,9 @@ class SegHiResGradCAMTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        if pythonTooOld():
+            self.delayDisplay(pythonTooOld())
+            return
         self.setUp()
         self.test_explain_the_sample_tumour()
 

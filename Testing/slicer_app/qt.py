@@ -195,9 +195,10 @@ class QVBoxLayout(QObject):
 
 
 class QLabel(QWidget):
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.text = ""
+    def __init__(self, text_or_parent=None, parent=None):  # QLabel(parent) or QLabel(text, parent)
+        text = text_or_parent if isinstance(text_or_parent, str) else ""
+        super().__init__(parent if isinstance(text_or_parent, str) else text_or_parent)
+        self.text = text
         self.wordWrap = False
         self.alignment = 0
 
