@@ -31,7 +31,7 @@ def segment_ids_by_name(segmentation) -> dict:
 def test_sample_data_fetches_exactly_the_shipped_files_and_their_checksums_match(tmp_path):
     source = sample_data_source()
     assert len(source["uris"]) == len(source["fileNames"]) == len(source["nodeNames"]) == len(source["checksums"]) == 2
-    assert source["loadFileType"] == ["VolumeFile", "SegmentationFile"]
+    assert source["loadFileTypes"] == ["VolumeFile", "SegmentationFile"] and "loadFileType" not in source  # deprecated
     for uri, name, checksum in zip(source["uris"], source["fileNames"], source["checksums"], strict=True):
         parsed = urllib.parse.urlparse(uri)
         assert parsed.scheme == "file"  # no network: the file ships with the extension

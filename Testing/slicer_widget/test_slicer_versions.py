@@ -47,8 +47,9 @@ def test_the_module_file_imports_on_python_3_9():
     unions = [ast.unparse(a) for a in annotations_evaluated_at_import(tree)
               if any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(a))]  # fmt: skip
     assert unions == [], "X | Y annotations raise TypeError on Python 3.9 at import"
-    top_level_imports = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)
-                         for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module)])}  # fmt: skip
+    imports = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+    top_level_imports = {name.split(".")[0] for node in imports
+                         for name in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module])}  # fmt: skip
     assert top_level_imports <= {"logging", "sys", "pathlib", "typing", "qt", "slicer", "vtk"}
 
 

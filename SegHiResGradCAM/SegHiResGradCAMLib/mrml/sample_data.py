@@ -74,7 +74,7 @@ def sample_data_source(folder: Path = SAMPLE_FOLDER) -> dict:
         "uris": [(folder / name).as_uri() for name in files],
         "fileNames": files,
         "nodeNames": [case.name, case.segmentation_name],
-        "loadFileType": ["VolumeFile", "SegmentationFile"],
+        "loadFileTypes": ["VolumeFile", "SegmentationFile"],
         "checksums": [case.checksums[name] for name in files],
         "thumbnailFileName": str(folder / case.thumbnail_file),
     }
