@@ -48,8 +48,9 @@ def test_the_module_file_imports_on_python_3_9():
               if any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(a))]  # fmt: skip
     assert unions == [], "X | Y annotations raise TypeError on Python 3.9 at import"
     imports = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
-    top_level_imports = {name.split(".")[0] for node in imports
-                         for name in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module])}  # fmt: skip
+    names = [alias.name for node in imports if isinstance(node, ast.Import) for alias in node.names]
+    names += [node.module for node in imports if isinstance(node, ast.ImportFrom)]
+    top_level_imports = {name.split(".")[0] for name in names}
     assert top_level_imports <= {"logging", "sys", "pathlib", "typing", "qt", "slicer", "vtk"}
 
 
