@@ -775,7 +775,27 @@ class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
             install_torch=self._installTorch,
             pip_install=slicer.util.pip_install,
             progress=progress,
+            install_nnunet=self._installNNUNet,
         )
+
+    @staticmethod
+    def _installNNUNet(arguments):
+        """nnU-Net through the SlicerNNUNet extension's installer where that extension is
+        installed (it keeps Slicer's SimpleITK and PyTorch, and leaves a compatible nnU-Net
+        alone, as TotalSegmentator does); otherwise with pip, without dependencies."""
+        nnunet = next((argument for argument in arguments if argument.startswith("nnunetv2")), None)
+        try:
+            from SlicerNNUNetLib.InstallLogic import InstallLogic
+        except ImportError:
+            InstallLogic = None
+        if InstallLogic is None or nnunet is None:
+            slicer.util.pip_install(arguments)
+            return
+        if not InstallLogic(doAskConfirmation=False).setupPythonRequirements(nnunet):
+            raise RuntimeError(
+                "The nnUNet extension could not install nnU-Net: see the Python console, or install it in the "
+                "nnUNet module, then try again."
+            )
 
     @staticmethod
     def _installTorch(version_requirement):

@@ -10,12 +10,13 @@ import tomllib
 from SegHiResGradCAMLib.mrml import dependencies
 from SegHiResGradCAMLib.mrml.dependencies import (
     CORE,
-    NNUNET_NO_DEPS,
+    NNUNET_OWN,
     NNUNET_PLAIN,
     UNKNOWN_VERSION,
     install,
     installed_version,
     plan_installs,
+    problem,
     release,
 )
 
@@ -51,21 +52,28 @@ def test_too_old_and_missing_packages_go_into_one_pip_call_after_pytorch():
 
 def test_nnunet_adds_its_plain_dependencies_then_its_own_packages_without_theirs():
     plan = plan_installs(versions_from(WORKING), nnunet=True)
-    assert [step.installer for step in plan] == ["pip", "pip"]
+    assert [step.installer for step in plan] == ["pip", "nnunet"]
     assert plan[0].arguments == tuple(requirement.distribution for requirement in NNUNET_PLAIN)
-    own = ("nnunetv2==2.8.1", "dynamic-network-architectures==0.4.4", "batchgenerators==0.25.5",
-           "batchgeneratorsv2==0.3.6", "acvl-utils==0.2.6")  # fmt: skip
+    own = ("nnunetv2>=2.5", "dynamic-network-architectures>=0.3.1", "batchgenerators>=0.25",
+           "batchgeneratorsv2>=0.2", "acvl-utils>=0.2")  # fmt: skip
     assert plan[1].arguments == ("--no-deps", *own)
     installed = {**WORKING, **{r.distribution: "1.0" for r in NNUNET_PLAIN},
-                 **{name: version for name, _, version in NNUNET_NO_DEPS}}  # fmt: skip
+                 **{r.distribution: r.minimum for r in NNUNET_OWN}}  # fmt: skip
     assert plan_installs(versions_from(installed), nnunet=True) == []
-    installed["nnunetv2"] = "2.5.0"  # another nnU-Net than the tested one: only it is replaced
-    plan = plan_installs(versions_from(installed), nnunet=True)
-    assert [step.arguments for step in plan] == [("--no-deps", "nnunetv2==2.8.1")]
-    assert plan[0].reasons == ("nnunetv2 2.5.0 is older than 2.8.1",)
-    installed["nnunetv2"] = "2.9.0"  # newer is not better: nnU-Net's internals are used
-    plan = plan_installs(versions_from(installed), nnunet=True)
-    assert plan[0].reasons == ("nnunetv2 2.9.0 is not the tested 2.8.1",)
+    for working in ("2.5.0", "2.8.1", "2.9.0"):  # a working nnU-Net, another extension's maybe, is left alone
+        assert plan_installs(versions_from({**installed, "nnunetv2": working}), nnunet=True) == []
+    plan = plan_installs(versions_from({**installed, "nnunetv2": "2.3.1"}), nnunet=True)
+    assert [step.arguments for step in plan] == [("--no-deps", "nnunetv2>=2.5")]
+    assert plan[0].reasons == ("nnunetv2 2.3.1 is older than 2.5",)
+
+
+def test_nnunet_goes_to_its_own_installer_when_one_is_given():
+    installers = Installers()
+    plan = plan_installs(versions_from(WORKING), nnunet=True)
+    nnunet_calls = []
+    assert install(plan, installers.confirm, installers.install_torch, installers.pip_install,
+                   install_nnunet=nnunet_calls.append)  # fmt: skip
+    assert nnunet_calls == [list(plan[1].arguments)] and installers.calls == [("pip", plan[0].arguments)]
 
 
 def test_the_dialog_lists_what_is_missing_and_what_will_be_installed():
@@ -110,8 +118,10 @@ def test_accepting_installs_in_the_planned_order_after_asking_once():
     installers = Installers()
     assert run_install(plan, installers) is True
     assert len(installers.asked) == 1
-    assert installers.calls == [(step.installer, step.arguments[0] if step.installer == "pytorch" else step.arguments)
-                                for step in plan]  # fmt: skip
+    # Without an nnU-Net installer of its own (outside Slicer), nnU-Net's step goes to pip too.
+    expected = [("pytorch", step.arguments[0]) if step.installer == "pytorch" else ("pip", step.arguments)
+                for step in plan]  # fmt: skip
+    assert installers.calls == expected
     assert installers.calls[0] == ("pytorch", ">=2.3") and installers.calls[-1][1][0] == "--no-deps"
 
 
@@ -151,4 +161,6 @@ def test_the_lists_match_the_project_s_own_install_files():
     assert [requirement.distribution for requirement in NNUNET_PLAIN] == project["optional-dependencies"]["nnunet"]
     lines = [line.strip() for line in (ROOT / "requirements-nnunet.txt").read_text().splitlines()]
     pinned = [line for line in lines if line and not line.startswith("#")]
-    assert pinned == [f"{name}=={version}" for name, _, version in NNUNET_NO_DEPS]
+    assert [line.split("==")[0] for line in pinned] == [requirement.distribution for requirement in NNUNET_OWN]
+    for line, requirement in zip(pinned, NNUNET_OWN, strict=True):  # the tested versions meet the minimums
+        assert problem(requirement, line.split("==")[1]) is None

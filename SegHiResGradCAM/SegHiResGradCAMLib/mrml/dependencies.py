@@ -6,8 +6,9 @@ Qt-free and import-free: versions are read from the installed packages' metadata
 widget asks the user once (``describe``) and then runs the plan (``install``) with
 Slicer's installers: PyTorch through the PyTorch extension (``PyTorchUtils``, which picks
 the CUDA build for the machine's driver), everything else with ``slicer.util.pip_install``.
-nnU-Net and its own packages go in without their declared dependencies, which would
-replace PyTorch (see requirements-nnunet.txt; a test keeps the two lists equal).
+nnU-Net's own packages go in without their declared dependencies, which would replace
+PyTorch, and only when missing or older than the pipeline needs (requirements-nnunet.txt
+pins the tested versions; a test keeps the two lists in step).
 """
 
 from __future__ import annotations
@@ -54,14 +55,18 @@ NNUNET_PLAIN = tuple(
         ("tqdm", "tqdm"), ("seaborn", "seaborn"), ("connected-components-3d", "cc3d"),
     )
 )  # fmt: skip
-# ... and nnU-Net's own packages, pinned to the tested versions, installed with --no-deps.
-NNUNET_NO_DEPS = (
-    ("nnunetv2", "nnunetv2", "2.8.1"),
-    ("dynamic-network-architectures", "dynamic_network_architectures", "0.4.4"),
-    ("batchgenerators", "batchgenerators", "0.25.5"),
-    ("batchgeneratorsv2", "batchgeneratorsv2", "0.3.6"),
-    ("acvl-utils", "acvl_utils", "0.2.6"),
+# ... and nnU-Net's own packages, installed with --no-deps, each at least the lowest version
+# whose API the pipeline uses (requirements-nnunet.txt pins the tested ones for `make test`).
+# An installed nnU-Net at or above these is left alone: TotalSegmentator and SlicerNNUNet share
+# Slicer's Python and may rely on its exact version.
+NNUNET_OWN = (
+    Requirement("nnunetv2", "nnunetv2", "2.5"),  # get_network_from_plans, PlansManager
+    Requirement("dynamic-network-architectures", "dynamic_network_architectures", "0.3.1"),
+    Requirement("batchgenerators", "batchgenerators", "0.25"),
+    Requirement("batchgeneratorsv2", "batchgeneratorsv2", "0.2"),
+    Requirement("acvl-utils", "acvl_utils", "0.2"),
 )
+NNUNET_INSTALLER = "nnunet"  # SlicerNNUNet's InstallLogic where that extension is installed, else pip --no-deps
 # MONAI bundles whose configuration is YAML (the `bundle` extra).
 PYYAML = Requirement("PyYAML", "yaml", "6")
 UNKNOWN_VERSION = "installed"  # importable, but without package metadata (built into Slicer)
@@ -118,14 +123,11 @@ def plan_installs(
     if missing:
         plan.append(InstallStep("pip", tuple(r.specifier for r, _ in missing), tuple(reason for _, reason in missing)))
     if nnunet:
-        pinned = [(Requirement(name, module, version), version) for name, module, version in NNUNET_NO_DEPS]
-        outdated = [(requirement, pin) for requirement, pin in pinned if versions(requirement) != pin]
+        outdated = [(requirement, problem(requirement, versions(requirement))) for requirement in NNUNET_OWN]
+        outdated = [(requirement, reason) for requirement, reason in outdated if reason]
         if outdated:
-            reasons = tuple(problem(requirement, versions(requirement))
-                            or f"{requirement.distribution} {versions(requirement)} is not the tested {pin}"
-                            for requirement, pin in outdated)  # fmt: skip
-            arguments = ("--no-deps", *(f"{requirement.distribution}=={pin}" for requirement, pin in outdated))
-            plan.append(InstallStep("pip", arguments, reasons))
+            arguments = ("--no-deps", *(requirement.specifier for requirement, _ in outdated))
+            plan.append(InstallStep(NNUNET_INSTALLER, arguments, tuple(reason for _, reason in outdated)))
     return plan
 
 
@@ -165,8 +167,8 @@ def describe(plan: list[InstallStep]) -> str:
 
 
 def install(plan: list[InstallStep], confirm: Callable[[str], bool], install_torch: Callable[[str], object],
-            pip_install: Callable[[list[str]], object],
-            progress: Callable[[str], object] | None = None) -> bool:  # fmt: skip
+            pip_install: Callable[[list[str]], object], progress: Callable[[str], object] | None = None,
+            install_nnunet: Callable[[list[str]], object] | None = None) -> bool:  # fmt: skip
     """Asks once, then runs the plan in order; False (and nothing installed) when declined.
     ``install_torch(version_requirement)`` returns a falsy value when PyTorch was not
     installed, which stops the plan with an error."""
@@ -180,6 +182,8 @@ def install(plan: list[InstallStep], confirm: Callable[[str], bool], install_tor
         if step.installer == "pytorch":
             if not install_torch(step.arguments[0]):
                 raise RuntimeError("PyTorch was not installed; install it with the PyTorch Utils module, then retry.")
+        elif step.installer == NNUNET_INSTALLER and install_nnunet is not None:
+            install_nnunet(list(step.arguments))
         else:
             pip_install(list(step.arguments))
     return True
