@@ -1,6 +1,7 @@
 """The Slicer side against a real MRML scene (slicer-core), real storage nodes and the real
 command line in a background process."""
 
+import dataclasses
 import glob
 import tempfile
 import time
@@ -231,8 +232,8 @@ def test_bad_input_is_refused_before_anything_runs_and_creates_no_node(case, tmp
 def test_signed_map_sums_to_t_and_is_shown_diverging_around_zero_and_heat_is_rendered_in_3d(tmp_path):
     """A bias-free network on a CT stored on the model's grid: the loaded signed map sums to
     T; its colours are blue-white-red with white at S = 0; Show in 3D volume-renders the heat
-    (low heat transparent) next to the segment's surface, and a replaced result takes its
-    rendering nodes with it."""
+    (low heat transparent) without touching the user's segmentation, and a replaced result
+    takes its rendering nodes with it."""
     scene = new_scene()
     spacing = (6.0, 6.0, 6.0)
     volume, case = phantom_volume(scene, seed=3, shape=(40, 48, 20), spacing=spacing)
@@ -278,8 +279,8 @@ def test_signed_map_sums_to_t_and_is_shown_diverging_around_zero_and_heat_is_ren
     hottest = heat.GetDisplayNode().GetColorNode().GetLookupTable()
     hottest = hottest.GetTableValue(hottest.GetNumberOfTableValues() - 1)[:3]
     assert np.allclose(properties.GetRGBTransferFunction().GetColor(1.0), hottest)
-    assert segmentation.GetSegmentation().ContainsRepresentation("Closed surface")
-    assert segmentation.GetDisplayNode().GetVisibility3D()
+    # The user's own segmentation keeps exactly the representations it had.
+    assert not segmentation.GetSegmentation().ContainsRepresentation("Closed surface")
 
     nodes = node_ids(scene)
     again = ExplainRun(settings)
@@ -287,6 +288,12 @@ def test_signed_map_sums_to_t_and_is_shown_diverging_around_zero_and_heat_is_ren
     assert len(node_ids(scene)) == len(nodes)  # the first result's map, signed map and rendering nodes are gone
     assert scene.GetNodeByID(heat.GetID()) is None and scene.GetNodeByID(signed.GetID()) is None
     assert not leftover_work_dirs()
+    # The module's own predicted segmentation is shown with its surfaces.
+    with_prediction = ExplainRun(dataclasses.replace(settings, with_prediction=True))
+    assert finish(with_prediction).state == "finished"
+    assert with_prediction.prediction_node.GetSegmentation().ContainsRepresentation("Closed surface")
+    assert with_prediction.prediction_node.GetDisplayNode().GetVisibility3D()
+    assert not segmentation.GetSegmentation().ContainsRepresentation("Closed surface")
 
 
 def test_a_layer_atlas_loads_one_heatmap_per_stage_and_a_metrics_row_per_layer():

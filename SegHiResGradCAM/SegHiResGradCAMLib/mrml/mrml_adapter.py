@@ -262,11 +262,12 @@ def show_signed_map(signed, volume_node) -> None:
     _show_as_foreground(scene, signed, volume_node)
 
 
-def show_in_3d(heat, volume_rendering_logic, segmentation_node=None) -> object:
+def show_in_3d(heat, volume_rendering_logic, own_segmentation=None) -> object:
     """Volume rendering of the heatmap in the 3D view: the heat colours, heat below
-    HEAT_THRESHOLD transparent, the hottest voxels at HEAT_VOLUME_OPACITY; and the
-    segmentation's surfaces next to it. ``volume_rendering_logic``: Slicer's
-    (``slicer.modules.volumerendering.logic()``). Returns the rendering display node."""
+    HEAT_THRESHOLD transparent, the hottest voxels at HEAT_VOLUME_OPACITY; and the surfaces
+    of ``own_segmentation`` (the module's own predicted segmentation) next to it. A user's
+    segmentation is never given a representation it did not have. ``volume_rendering_logic``:
+    Slicer's (``slicer.modules.volumerendering.logic()``). Returns the rendering display node."""
     display = volume_rendering_logic.CreateDefaultVolumeRenderingNodes(heat)
     properties = display.GetVolumePropertyNode().GetVolumeProperty()
     colours = heat.GetDisplayNode().GetColorNode().GetLookupTable()
@@ -282,10 +283,10 @@ def show_in_3d(heat, volume_rendering_logic, segmentation_node=None) -> object:
     opacity.AddPoint(HEAT_THRESHOLD, 0.0)
     opacity.AddPoint(1.0, HEAT_VOLUME_OPACITY)
     display.SetVisibility(True)
-    if segmentation_node is not None:
-        segmentation_node.CreateClosedSurfaceRepresentation()
-        segmentation_node.CreateDefaultDisplayNodes()
-        segmentation_node.GetDisplayNode().SetVisibility3D(True)
+    if own_segmentation is not None:
+        own_segmentation.CreateClosedSurfaceRepresentation()
+        own_segmentation.CreateDefaultDisplayNodes()
+        own_segmentation.GetDisplayNode().SetVisibility3D(True)
     return display
 
 

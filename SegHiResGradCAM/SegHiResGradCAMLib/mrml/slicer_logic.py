@@ -152,8 +152,7 @@ class ExplainRun:
                 self.signed_node = mrml_adapter.import_signed_map(work_dir / "signed.nrrd", settings.volume_node,
                                                                   f"{name} - signed")  # fmt: skip
             if settings.volume_rendering_logic is not None:
-                mrml_adapter.show_in_3d(self.heatmap_node, settings.volume_rendering_logic,
-                                        settings.segmentation_node or self.prediction_node)  # fmt: skip
+                mrml_adapter.show_in_3d(self.heatmap_node, settings.volume_rendering_logic, self.prediction_node)
         except BaseException:
             added = {*self.atlas_nodes, self.heatmap_node, self.metrics_node, self.prediction_node, self.signed_node}
             for node in added - {None}:
