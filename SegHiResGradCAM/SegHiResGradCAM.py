@@ -119,6 +119,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._modelChoice = None
         self._inspectionWanted = None  # (model, trusted, folds) to inspect at the next timer tick
+        self._device = None  # the machine's device, as the last inspection found it
         self._installing = False  # Python packages are being installed; Apply and Compare wait
         self._inspector = None
         self._runs = []  # runs still to start (Compare queues two)
@@ -383,7 +384,20 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         layers = [(layer_label(layer), layer["name"]) for layer in description["layers"]]
         recommended = next((layer["name"] for layer in description["layers"] if layer["recommended"]), "")
         self._fill(self.ui.layerComboBox, layers, "layer", default=recommended)
-        self.ui.modelStatusLabel.text = f"Model: {description['name']} ({len(description['layers'])} layers)"
+        self._device = description.get("device")
+        self.ui.modelStatusLabel.text = (f"Model: {description['name']} ({len(description['layers'])} layers); "
+                                         f"runs on {self._deviceText()}")  # fmt: skip
+
+    def _deviceText(self):
+        """Where a run will compute, as the inspection found the machine and the device choice says."""
+        chosen = self.ui.deviceComboBox.currentText
+        found = self._device or {}
+        if chosen == "cpu" or (chosen == "auto" and found.get("kind") == "cpu"):
+            return "the CPU"
+        if chosen == "cuda" and found.get("kind") not in (None, "cuda"):
+            return "CUDA, which this computer does not have: the run will fail; choose auto or cpu"
+        name = found.get("name", "the GPU when there is one, else the CPU")
+        return f"{name} ({found['memory_gb']} GB)" if found.get("memory_gb") else name
 
     def _remembered(self, parameter, default=""):
         return getattr(self._parameterNode, parameter) if self._parameterNode else default
@@ -455,6 +469,11 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self.logic.missingPackages(settings_list[0].model) and not self._installPackages(settings_list[0].model):
                 self.ui.statusLabel.text = "Not started: the Python packages it needs were not installed."
                 return
+            warning = self.logic.memoryWarning(settings_list[0])
+            if warning:  # the run would be refused: say so now, with the estimate
+                self.ui.statusLabel.text = "Not started: the CT would not fit in memory."
+                slicer.util.warningDisplay(warning, windowTitle="Seg-HiRes-Grad CAM")
+                return
             self._runs, self._finished = settings_list, []
             self._startNext()
 
@@ -496,6 +515,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showIdle()
             raise
         self.ui.applyButton.text = "Cancel"
+        self.ui.statusLabel.text = f"Starting on {self._deviceText()} ..."
         self._checkCanApply()
         self._runTimer.start()
 
@@ -756,6 +776,12 @@ class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
         from SegHiResGradCAMLib.mrml import dependencies
 
         return dependencies.missing_summary(dependencies.plan_for_model(model))
+
+    @staticmethod
+    def memoryWarning(settings):
+        from SegHiResGradCAMLib.mrml.slicer_logic import memory_warning
+
+        return memory_warning(settings)
 
     def start(self, settings):
         from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun

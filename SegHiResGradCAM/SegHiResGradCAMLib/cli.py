@@ -209,9 +209,12 @@ def _inspect(arguments) -> int:
     """Everything a front end shows about a model, from one process: the classes a user can
     explain, the methods and the layers (building the network needs torch)."""
     card, layers = _card_and_layers(arguments)
+    from .cam.model_inspection import device_description
+
     description = {"name": card.name, "head": card.head, "classes": list(card.classes),
                    "target_classes": list(card.target_classes),
-                   "methods": _method_rows(), "layers": _layer_rows(layers)}  # fmt: skip
+                   "methods": _method_rows(), "layers": _layer_rows(layers),
+                   "device": device_description("auto")}  # fmt: skip
     print(json.dumps(description))
     return 0
 

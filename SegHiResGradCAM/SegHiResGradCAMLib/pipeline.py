@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import ExplainInputError
+from .models.card import model_grid_bytes
 from .models.formats import read_model_card
 from .volumes.label_maps import segment_voxels
 from .volumes.outputs import OutputFiles
@@ -150,12 +151,10 @@ def run(job: ExplainJob) -> JobResult:
 def check_model_grid_memory(ct: sitk.Image, card, name: str) -> None:
     """Refuses a CT whose field of view on the model's grid would not fit in memory (say, a
     header with a 3000 mm spacing), before anything is resampled."""
-    extent = np.prod(np.array(ct.GetSize(), dtype=float) * np.array(ct.GetSpacing()))
-    spacing = [value if value > 0 else min(ct.GetSpacing()) for value in card.spacing]  # 0: the slice axis kept
-    voxels = extent / np.prod(spacing)
-    arrays = card.in_channels + len(card.classes) + 3  # input, logits, mask, heatmap, its copy back
+    voxels, needed = model_grid_bytes(ct.GetSize(), ct.GetSpacing(), card)
+    spacing = [value if value > 0 else min(ct.GetSpacing()) for value in card.spacing]
     check_memory(f"{name} on the model's grid ({voxels:.3g} voxels at {' x '.join(f'{v:g}' for v in spacing)} mm)",
-                 voxels * 4 * arrays, "check the CT's spacing in its header, or crop the CT.")  # fmt: skip
+                 needed, "check the CT's spacing in its header, or crop the CT.")  # fmt: skip
 
 
 def _stage(outputs: OutputFiles, job: ExplainJob, result: JobResult) -> None:

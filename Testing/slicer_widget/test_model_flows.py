@@ -39,6 +39,7 @@ def test_opening_the_module_shows_the_bundled_model_and_disables_the_segment_sel
     assert not ui.segmentSelector.enabled, "M is the prediction: a picked segment would be ignored"
     assert not ui.modelFileLineEdit.visible and not ui.modelFolderLineEdit.visible
     assert inspected(session, application).startswith("Model: KiTS-like demo")
+    assert ui.modelStatusLabel.text.endswith("runs on the CPU")  # this machine has no CUDA GPU
     assert ui.targetClassComboBox.currentText == "tumour"
     ui.usePredictionCheckBox.click()
     assert ui.segmentSelector.enabled

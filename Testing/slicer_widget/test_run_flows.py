@@ -56,6 +56,16 @@ def test_cancel_and_a_scene_close_while_running_leave_no_trace(session, applicat
     assert session.ui.applyButton.text == "Apply" and not session.ui.applyButton.enabled  # no CT any more
 
 
+def test_a_ct_too_large_for_memory_is_refused_before_the_run_with_the_estimate(session, application, monkeypatch):
+    phantom_volume(application.scene)
+    monkeypatch.setenv("SEGHIRESGRADCAM_MEMORY_LIMIT_GB", "0.01")
+    session.ui.applyButton.click()
+    assert session.widget._run is None and work_folders() == []
+    assert len(application.messages) == 1 and "GB" in application.messages[0]
+    assert "more than the 0.0 GB" in application.messages[0] and "Crop" in application.messages[0]
+    assert session.ui.statusLabel.text == "Not started: the CT would not fit in memory."
+
+
 def test_compare_shows_both_methods_side_by_side(session, application):
     phantom_volume(application.scene)
     session.ui.compareButton.click()

@@ -78,6 +78,18 @@ def resolve_device(device) -> torch.device | None:
     return chosen
 
 
+def device_description(device="auto") -> dict:
+    """What ``device`` resolves to on this machine, for a front end to show before a run:
+    its kind ("cuda", "mps", "cpu"), a readable name, and a CUDA GPU's total memory in GB."""
+    chosen = resolve_device(device)
+    if chosen.type == "cuda":
+        properties = torch.cuda.get_device_properties(chosen)
+        return {"kind": "cuda", "name": properties.name, "memory_gb": round(properties.total_memory / 2**30, 1)}
+    if chosen.type == "mps":
+        return {"kind": "mps", "name": "Apple GPU (MPS)", "memory_gb": None}
+    return {"kind": "cpu", "name": "the CPU (no CUDA GPU found)", "memory_gb": None}
+
+
 @contextlib.contextmanager
 def placed_on(model: nn.Module, device: torch.device | None):
     """Moves the model to ``device`` for the duration and back afterwards (bitwise the same)."""

@@ -159,6 +159,17 @@ class ModelCard:
         return network.eval()
 
 
+def model_grid_bytes(size, spacing, card) -> tuple[float, float]:
+    """(voxels, bytes) of a CT of ``size`` voxels at ``spacing`` mm once on the model's grid:
+    the input, the logits, the mask, the heatmap and its copy back, as float32. Judged from
+    the header alone, so a front end can warn before a run and the pipeline can refuse one."""
+    extent = np.prod(np.asarray(size, dtype=float) * np.asarray(spacing, dtype=float))
+    grid = [value if value > 0 else min(spacing) for value in card.spacing]  # 0: the slice axis kept
+    voxels = float(extent / np.prod(grid))
+    arrays = card.in_channels + len(card.classes) + 3
+    return voxels, voxels * 4 * arrays
+
+
 def check_network_memory(network, name: str) -> None:
     """Refuses a network whose weights alone (twice: built, then loaded) would not fit."""
     from ..volumes.volume_io import check_memory
