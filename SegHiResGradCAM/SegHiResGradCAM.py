@@ -85,6 +85,16 @@ def registerSampleData():
     SampleData.SampleDataLogic.registerCustomSampleDataSource(**sample_data_source())
 
 
+def provenanceText(provenance):
+    """How a heatmap was made, in one short paragraph for the panel."""
+    if not provenance.get("Method"):
+        return "No provenance is recorded on this heatmap (made by an earlier version, or a cohort case)."
+    shown = [("Method", "method"), ("Layer", "layer"), ("Model", "model"), ("ModelFile", "model file"),
+             ("Class", "class"), ("Segment", "M"), ("TargetScore", "T"), ("Device", "device"),
+             ("Version", "SegHiResGradCAM")]  # fmt: skip
+    return "; ".join(f"{label}: {provenance[key]}" for key, label in shown if provenance.get(key))
+
+
 @parameterNodeWrapper
 class SegHiResGradCAMParameterNode:
     """What the user chose. Widgets with a SlicerParameterName in the .ui are bound by
@@ -174,6 +184,10 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._inspectionTimer.connect("timeout()", self.onInspectionPoll)
         self._setupCohortReview()
         self._hideAtlas()  # shown after an atlas run
+        from SegHiResGradCAMLib.mrml import mrml_adapter
+
+        self.ui.resultSelector.addAttribute("vtkMRMLScalarVolumeNode", mrml_adapter.OUTPUT_ATTRIBUTE, "heatmap")
+        self.ui.resultSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onResultSelected)
         self.ui.atlasLayerSlider.connect("valueChanged(int)", self.onAtlasLayerChanged)
 
     def cleanup(self):
@@ -545,11 +559,24 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if status.state == "finished":
             self._showAtlas(run)
             self._finished.append(run.heatmap_node)
+            self.ui.resultSelector.setCurrentNode(run.heatmap_node)
             if self._runs:
                 with slicer.util.tryWithErrorDisplay("Could not start the next explanation."):
                     self._startNext()
             elif len(self._finished) == 2:
                 self.logic.showSideBySide(run.settings.volume_node, *self._finished)
+
+    def onResultSelected(self, node):
+        """Shows a heatmap of this module over the CT it explains, and how it was made."""
+        from SegHiResGradCAMLib.mrml import mrml_adapter
+
+        if node is None:
+            self.ui.provenanceLabel.text = ""
+            return
+        volume = node.GetNodeReference(mrml_adapter.EXPLAINED_VOLUME)
+        if volume is not None:
+            mrml_adapter.show_heatmap(node, volume)
+        self.ui.provenanceLabel.text = provenanceText(mrml_adapter.provenance_of(node))
 
     def _hideAtlas(self):
         self._atlas = []

@@ -73,3 +73,13 @@ def test_the_extensions_index_entry_names_category_repository_and_pytorch():
     assert entry["category"] == "Segmentation"
     assert entry["scm_url"].endswith(".git")
     assert entry["build_dependencies"] == ["PyTorch"]
+
+
+def test_the_recorded_version_is_the_package_s_version():
+    """Every Slicer output records SegHiResGradCAMLib.__version__; it must be the released one."""
+    import tomllib
+
+    import SegHiResGradCAMLib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert SegHiResGradCAMLib.__version__ == project["version"]

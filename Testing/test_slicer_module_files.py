@@ -45,7 +45,7 @@ MEMBERS = {
     "QSlider": COMMON | {"minimum", "maximum", "value"},
     "QPlainTextEdit": COMMON | {"appendPlainText", "clear"},
     "ctkCollapsibleButton": COMMON | {"collapsed"},
-    "qMRMLNodeComboBox": COMMON | {"currentNode", "setMRMLScene"},
+    "qMRMLNodeComboBox": COMMON | {"currentNode", "setMRMLScene", "setCurrentNode", "addAttribute"},
     "qMRMLSegmentSelectorWidget": COMMON | {"currentNode", "currentSegmentID", "setDisabled", "setMRMLScene"},
     "ctkPathLineEdit": COMMON | {"currentPath"},
 }

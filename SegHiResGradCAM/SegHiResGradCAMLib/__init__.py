@@ -4,6 +4,8 @@ The names below are imported lazily so that the Slicer-side modules of this pack
 (which must not import torch) can be used without loading the engine.
 """
 
+__version__ = "0.1.0"  # as pyproject.toml says (a test keeps them equal); recorded on every Slicer output
+
 _LAZY_EXPORTS = {
     "explain": ".cam.engine",
     "CamResult": ".cam.engine",

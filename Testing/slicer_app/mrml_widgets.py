@@ -41,6 +41,19 @@ class qMRMLNodeComboBox(qMRMLWidget):
         self.selectNodeUponCreation = True
         self._current = None
         self._tags: list[int] = []
+        self._attributes: list[tuple[str, str, str]] = []  # (node type, attribute, value) filters
+
+    def addAttribute(self, node_type: str, attribute: str, value="") -> None:
+        """Lists only nodes of that type with the attribute (at that value, when one is given);
+        qMRMLSortFilterProxyModel re-filters when a node's attributes change."""
+        self._attributes.append((node_type, attribute, str(value)))
+
+    def _passes(self, node) -> bool:
+        for node_type, attribute, value in self._attributes:
+            found = node.GetAttribute(attribute) if node.IsA(node_type) else None
+            if node.IsA(node_type) and (found is None or (value and found != value)):
+                return False
+        return True
 
     def nodes(self) -> list:
         scene = self._scene
@@ -49,7 +62,11 @@ class qMRMLNodeComboBox(qMRMLWidget):
         found = []
         for index in range(scene.GetNumberOfNodes()):
             node = scene.GetNthNode(index)
-            if any(node.IsA(node_type) for node_type in self.nodeTypes) and not node.GetHideFromEditors():
+            kinds = [
+                node.IsA(kind) if self.showChildNodeTypes else node.GetClassName() == kind for kind in self.nodeTypes
+            ]
+            wanted = any(kinds) and not node.GetHideFromEditors()
+            if wanted and self._passes(node):
                 found.append(node)
         return found
 

@@ -41,6 +41,30 @@ def test_apply_twice_with_replace_keeps_one_heatmap_and_one_prediction(session, 
     assert len(nodes_named(application.scene, " - prediction")) == 1, "the earlier prediction was not replaced"
     assert ui.applyButton.text == "Apply" and ui.applyButton.enabled
     assert work_folders() == []
+    # The result is selected, shown and says how it was made; a saved scene keeps that.
+    heat = nodes_named(application.scene, "Seg-HiRes-Grad CAM")[0]
+    assert ui.resultSelector.currentNode() is heat
+    for part in (
+        "method: Seg-HiRes-Grad CAM",
+        "model: KiTS-like demo",
+        "class: tumour",
+        "M: tumour (prediction)",
+        f"T: {heat.GetAttribute('SegHiResGradCAM.TargetScore')}",
+        "SegHiResGradCAM: 0.1.0",
+        "layer: model.",
+    ):
+        assert part in ui.provenanceLabel.text
+    assert float(heat.GetAttribute("SegHiResGradCAM.TargetScore")) > 0
+    prediction = nodes_named(application.scene, " - prediction")[0]
+    assert prediction.GetAttribute("SegHiResGradCAM.Model").startswith("KiTS-like demo")
+    # Its segments carry standard terms (SNOMED CT), as other Slicer tools name them.
+    segments = prediction.GetSegmentation()
+    entry = slicer.vtkSlicerTerminologyEntry()
+    tumour = segments.GetSegment(segments.GetSegmentIdBySegmentName("tumour"))
+    tag = vtk.reference("")
+    assert tumour.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag)
+    assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(str(tag), entry)
+    assert (entry.GetTypeObject().GetCodeValue(), entry.GetRegionObject().GetCodeValue()) == ("108369006", "64033007")
 
 
 def test_cancel_and_a_scene_close_while_running_leave_no_trace(session, application):

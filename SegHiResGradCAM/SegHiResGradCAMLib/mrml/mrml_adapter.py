@@ -180,6 +180,24 @@ def _import_map(path: Path, volume_node, name: str, kind: str, show) -> object:
         raise
 
 
+PROVENANCE = "SegHiResGradCAM."  # prefix of the provenance attributes on every output node
+EXPLAINED_VOLUME = "SegHiResGradCAM.Volume"  # node reference from an output to the CT it explains
+
+
+def record_provenance(node, provenance: dict[str, str], volume_node) -> None:
+    """Writes how an output was made onto it (attributes ``SegHiResGradCAM.<Key>``) and a
+    reference to the CT it explains: a saved scene says how each heatmap came about."""
+    for key, value in provenance.items():
+        node.SetAttribute(PROVENANCE + key, str(value))
+    node.SetNodeReferenceID(EXPLAINED_VOLUME, volume_node.GetID())
+
+
+def provenance_of(node) -> dict[str, str]:
+    """The provenance attributes of an output node (empty for any other node)."""
+    names = [name for name in node.GetAttributeNames() or () if name.startswith(PROVENANCE)]
+    return {name[len(PROVENANCE) :]: node.GetAttribute(name) for name in names}
+
+
 def follow_transform(node, volume_node) -> None:
     """An output on the CT's voxel grid sits under the CT's parent transform, as Slicer's
     ExportSegmentsToLabelmapNode places its output under its reference volume's."""
@@ -309,6 +327,38 @@ def place_under(node, parent_node) -> None:
         hierarchy.CreateItem(parent, node)
 
 
+# Standard terms for the KiTS classes, as Slicer's terminologies name them (SNOMED CT codes from
+# Slicer's Terminologies module resources: the 3D Slicer General Anatomy list and the DICOM master
+# list), so that segments are named and coloured as in other Slicer tools and DICOM SEG exports.
+GENERAL_ANATOMY = "Segmentation category and type - 3D Slicer General Anatomy list"
+DICOM_MASTER = "Segmentation category and type - DICOM master list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+ANATOMY = ("123037004", "SCT", "Anatomical Structure")
+ALTERED = ("49755003", "SCT", "Morphologically Altered Structure")
+KIDNEY = ("64033007", "SCT", "Kidney")
+KITS_TERMS = {  # a word of the segment's name -> (context, category, type, anatomic region)
+    "tumo": (DICOM_MASTER, ALTERED, ("108369006", "SCT", "Neoplasm"), KIDNEY),
+    "cyst": (GENERAL_ANATOMY, ALTERED, ("367643001", "SCT", "Cyst"), KIDNEY),
+    "mass": (GENERAL_ANATOMY, ALTERED, ("4147007", "SCT", "Mass"), KIDNEY),
+    "kidney": (GENERAL_ANATOMY, ANATOMY, KIDNEY, None),
+}
+
+
+def terminology_entry(segment_name: str) -> str | None:
+    """The serialized terminology entry (Slicer's segment tag) for a KiTS segment name, or
+    None for a name without a standard term; "kidney+masses" is a mass in the kidney."""
+    lowered = segment_name.lower()
+    key = next((word for word in KITS_TERMS if word in lowered), None)
+    if key is None:
+        return None
+    context, category, kind, region = KITS_TERMS[key]
+    no_code = ("", "", "")
+    region = region or no_code
+    return slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(
+        context, *category, *kind, *no_code, ANATOMIC_CONTEXT if region[0] else "", *region, *no_code
+    )
+
+
 def segmentation_from_labelmap_file(path: Path, volume_node, segment_styles: dict, name: str):
     """A segmentation node made from a label map file, one segment per label value, named
     and coloured by ``segment_styles`` (label value -> (name, colour)), on the CT's geometry.
@@ -332,6 +382,9 @@ def segmentation_from_labelmap_file(path: Path, volume_node, segment_styles: dic
                 segment_name, colour = segment_styles[segment.GetLabelValue()]
                 segment.SetName(segment_name)
                 segment.SetColor(*colour)
+                entry = terminology_entry(segment_name)
+                if entry:
+                    segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), entry)
         return segmentation
     except Exception:
         remove_output(segmentation)

@@ -130,12 +130,9 @@ class ExplainRun:
             for row in atlas[:-1]:  # coarser layers first; the finest is imported last, and shown
                 node = mrml_adapter.import_heatmap(work_dir / "atlas" / f"heatmap_{row['layer']}.nrrd",
                                                   settings.volume_node, f"{name} at {row['layer']}")  # fmt: skip
-                node.SetAttribute("SegHiResGradCAM.Layer", row["layer"])
                 self.atlas_nodes.append(node)
             main_file = work_dir / "atlas" / f"heatmap_{key}.nrrd" if atlas else work_dir / "heatmap.nrrd"
             self.heatmap_node = mrml_adapter.import_heatmap(main_file, settings.volume_node, name)
-            self.heatmap_node.SetAttribute("SegHiResGradCAM.TargetScore", str(summary["methods"][key]["target_score"]))
-            self.heatmap_node.SetAttribute("SegHiResGradCAM.Layer", summary["methods"][key]["layer"])
             if atlas:
                 self.atlas_nodes.append(self.heatmap_node)
                 layer_rows = {row["layer"]: metric_rows(row["metrics"]) for row in atlas}
@@ -151,6 +148,12 @@ class ExplainRun:
             if settings.signed:
                 self.signed_node = mrml_adapter.import_signed_map(work_dir / "signed.nrrd", settings.volume_node,
                                                                   f"{name} - signed")  # fmt: skip
+            provenance = self._provenance(summary, key)
+            for node in {*self.atlas_nodes, self.heatmap_node, self.metrics_node, self.prediction_node,
+                         self.signed_node} - {None}:  # fmt: skip
+                mrml_adapter.record_provenance(node, provenance, settings.volume_node)
+            for node, row in zip(self.atlas_nodes, atlas, strict=True):
+                node.SetAttribute(mrml_adapter.PROVENANCE + "Layer", row["layer"])
             if settings.volume_rendering_logic is not None:
                 mrml_adapter.show_in_3d(self.heatmap_node, settings.volume_rendering_logic, self.prediction_node)
         except BaseException:
@@ -163,6 +166,16 @@ class ExplainRun:
         for node in previous:
             if node is not None:
                 mrml_adapter.remove_output(node)
+
+    def _provenance(self, summary: dict, key: str) -> dict[str, str]:
+        """How the outputs were made, as node attributes (kept in saved scenes and MRBs)."""
+        from .. import __version__
+
+        settings, explained = self.settings, summary["methods"][key]
+        return {"Method": explained["title"], "Layer": explained["layer"], "Model": self.card.name,
+                "ModelFile": str(Path(settings.model).resolve()) if settings.model is not None else "bundled",
+                "Class": self.card.classes[self.class_index], "TargetScore": str(explained["target_score"]),
+                "Segment": self.segment_name, "Device": settings.device, "Version": __version__}  # fmt: skip
 
     def cancel(self) -> None:
         self._run.cancel()
