@@ -14,6 +14,8 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -36,7 +38,7 @@ POLL_MILLISECONDS = 200
 DOCUMENTATION = "https://github.com/SegHiResGradCAM/SlicerSegHiResGradCAM#readme"
 # Slicer 5.10 ships Python 3.12; Slicer 5.8 ships 3.9, on which the library does not import.
 MINIMUM_PYTHON = (3, 10)
-TOO_OLD = (
+TOO_OLD = (  # translated when shown
     "Seg-HiRes-Grad CAM needs Slicer 5.10 or newer (Python 3.10 or newer); this Slicer runs Python {version}. "
     "Install a current Slicer from download.slicer.org to use it."
 )
@@ -47,25 +49,25 @@ def pythonTooOld():
     itself stays importable there, so that the panel can say so."""
     if tuple(sys.version_info[:2]) >= MINIMUM_PYTHON:
         return None
-    return TOO_OLD.format(version=".".join(map(str, sys.version_info[:3])))
+    return _(TOO_OLD).format(version=".".join(map(str, sys.version_info[:3])))
 
 
 class SegHiResGradCAM(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Seg-HiRes-Grad CAM"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("Seg-HiRes-Grad CAM")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["SegHiResGradCAM developers (SegHiResGradCAM project)"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Explains what a segmentation network looked at when it segmented a chosen segment: "
             "computes a class activation map with Seg-HiRes-Grad CAM (Rheude, Wirtz, Wesarg, Kuijper: "
             "Leveraging CAM Algorithms for Explaining Medical Semantic Segmentation) or Seg-Grad CAM "
             "(Vinogradova, Dibrov, Myers, AAAI 2020) and overlays it on the CT in the CT's geometry. "
             "The network runs in a separate process (GPU when available), so Slicer stays responsive. "
-            f'See the <a href="{DOCUMENTATION}">documentation</a>.'
-        )
-        self.parent.acknowledgementText = (
+            'See the <a href="{documentation}">documentation</a>.'
+        ).format(documentation=DOCUMENTATION)
+        self.parent.acknowledgementText = _(
             "Seg-HiRes-Grad CAM builds on HiResCAM (Draelos and Carin) and Seg-Grad CAM (Vinogradova et al.)."
         )
         slicer.app.connect("startupCompleted()", registerSampleData)
@@ -88,9 +90,9 @@ def registerSampleData():
 def provenanceText(provenance):
     """How a heatmap was made, in one short paragraph for the panel."""
     if not provenance.get("Method"):
-        return "No provenance is recorded on this heatmap (made by an earlier version, or a cohort case)."
-    shown = [("Method", "method"), ("Layer", "layer"), ("Model", "model"), ("ModelFile", "model file"),
-             ("Class", "class"), ("Segment", "M"), ("TargetScore", "T"), ("Device", "device"),
+        return _("No provenance is recorded on this heatmap (made by an earlier version, or a cohort case).")
+    shown = [("Method", _("method")), ("Layer", _("layer")), ("Model", _("model")), ("ModelFile", _("model file")),
+             ("Class", _("class")), ("Segment", "M"), ("TargetScore", "T"), ("Device", _("device")),
              ("Version", "SegHiResGradCAM")]  # fmt: skip
     return "; ".join(f"{label}: {provenance[key]}" for key, label in shown if provenance.get(key))
 
@@ -278,7 +280,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         idle = self._run is None and not self._installing
         self.ui.applyButton.enabled = (ready and not self._installing) or self._run is not None  # running: Cancel
         self.ui.compareButton.enabled = ready and idle
-        self.ui.applyButton.toolTip = self._applyToolTip if ready else "Select the input CT"
+        self.ui.applyButton.toolTip = self._applyToolTip if ready else _("Select the input CT")
 
     # Model choice ------------------------------------------------------------------------
 
@@ -327,8 +329,8 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return None
         path = self._parameterNode.modelPath.strip()
         if not path:
-            what = "model card file" if kind == MODEL_CARD else "model folder"
-            raise ExplainInputError(f"Choose the {what}, or choose the bundled demo model.")
+            what = _("model card file") if kind == MODEL_CARD else _("model folder")
+            raise ExplainInputError(_("Choose the {what}, or choose the bundled demo model.").format(what=what))
         return Path(path)
 
     def _folds(self):
@@ -355,17 +357,20 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             model = self._modelPath()
             card = read_model_card(model, trust_bundle=self._trusted(), folds=self._folds())
         except Exception as error:  # a bad or unfinished choice: say why, keep the UI usable
-            self.ui.modelStatusLabel.text = f"Model not usable: {error}"
+            self.ui.modelStatusLabel.text = _("Model not usable: {error}").format(error=error)
             return
         self._fill(self.ui.targetClassComboBox, [(name, name) for name in card.target_classes], "targetClass")
         self._fill(self.ui.methodComboBox, [(self._remembered("method", DEFAULT_METHOD),) * 2], "method")
-        self._fill(self.ui.layerComboBox, [("recommended layer", "")], "layer")
+        self._fill(self.ui.layerComboBox, [(_("recommended layer"), "")], "layer")
         missing = self.logic.missingPackages(model)
         if missing:
-            self.ui.modelStatusLabel.text = (f"{card.name}: its layers and methods are read once {missing} "
-                                             "installed (Apply offers to install them).")  # fmt: skip
+            self.ui.modelStatusLabel.text = _(
+                "{model}: its layers and methods are read once {packages} installed (Apply offers to install them)."
+            ).format(model=card.name, packages=missing)
             return
-        self.ui.modelStatusLabel.text = f"{card.name}: reading its layers and methods in the background ..."
+        self.ui.modelStatusLabel.text = _("{model}: reading its layers and methods in the background ...").format(
+            model=card.name
+        )
         self._inspectionWanted = (model, self._trusted(), self._folds())  # asked at the next timer tick
         self._inspectionTimer.start()
 
@@ -384,7 +389,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             description = self._inspector.poll()
         except RuntimeError as error:
             self._inspectionTimer.stop()
-            self.ui.modelStatusLabel.text = f"Model not usable: {error}"
+            self.ui.modelStatusLabel.text = _("Model not usable: {error}").format(error=error)
             return
         if description is not None:
             self._inspectionTimer.stop()
@@ -399,19 +404,22 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         recommended = next((layer["name"] for layer in description["layers"] if layer["recommended"]), "")
         self._fill(self.ui.layerComboBox, layers, "layer", default=recommended)
         self._device = description.get("device")
-        self.ui.modelStatusLabel.text = (f"Model: {description['name']} ({len(description['layers'])} layers); "
-                                         f"runs on {self._deviceText()}")  # fmt: skip
+        self.ui.modelStatusLabel.text = _("Model: {model} ({count} layers); runs on {device}").format(
+            model=description["name"], count=len(description["layers"]), device=self._deviceText()
+        )
 
     def _deviceText(self):
         """Where a run will compute, as the inspection found the machine and the device choice says."""
         chosen = self.ui.deviceComboBox.currentText
         found = self._device or {}
         if chosen == "cpu" or (chosen == "auto" and found.get("kind") == "cpu"):
-            return "the CPU"
+            return _("the CPU")
         if chosen == "cuda" and found.get("kind") not in (None, "cuda"):
-            return "CUDA, which this computer does not have: the run will fail; choose auto or cpu"
-        name = found.get("name", "the GPU when there is one, else the CPU")
-        return f"{name} ({found['memory_gb']} GB)" if found.get("memory_gb") else name
+            return _("CUDA, which this computer does not have: the run will fail; choose auto or cpu")
+        name = found.get("name", _("the GPU when there is one, else the CPU"))
+        if found.get("memory_gb"):
+            return _("{name} ({memory} GB)").format(name=name, memory=found["memory_gb"])
+        return name
 
     def _remembered(self, parameter, default=""):
         return getattr(self._parameterNode, parameter) if self._parameterNode else default
@@ -478,15 +486,15 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         runs; any error reaches the user, and the UI stays idle."""
         if self._installing or self._run is not None:
             return  # a click that came through while packages install or a run starts
-        with slicer.util.tryWithErrorDisplay("Could not start the explanation."):
+        with slicer.util.tryWithErrorDisplay(_("Could not start the explanation.")):
             settings_list = [self._settings(method) for method in methods]
             if self.logic.missingPackages(settings_list[0].model) and not self._installPackages(settings_list[0].model):
-                self.ui.statusLabel.text = "Not started: the Python packages it needs were not installed."
+                self.ui.statusLabel.text = _("Not started: the Python packages it needs were not installed.")
                 return
             warning = self.logic.memoryWarning(settings_list[0])
             if warning:  # the run would be refused: say so now, with the estimate
-                self.ui.statusLabel.text = "Not started: the CT would not fit in memory."
-                slicer.util.warningDisplay(warning, windowTitle="Seg-HiRes-Grad CAM")
+                self.ui.statusLabel.text = _("Not started: the CT would not fit in memory.")
+                slicer.util.warningDisplay(warning, windowTitle=_("Seg-HiRes-Grad CAM"))
                 return
             self._runs, self._finished = settings_list, []
             self._startNext()
@@ -514,7 +522,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._installing = False
             self._checkCanApply()
         if installed:
-            self.ui.statusLabel.text = "Python packages installed."
+            self.ui.statusLabel.text = _("Python packages installed.")
             self.onModelChanged()  # the layers and methods can be read now
         return installed
 
@@ -528,8 +536,8 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._run, self._runs = None, []
             self._showIdle()
             raise
-        self.ui.applyButton.text = "Cancel"
-        self.ui.statusLabel.text = f"Starting on {self._deviceText()} ..."
+        self.ui.applyButton.text = _("Cancel")
+        self.ui.statusLabel.text = _("Starting on {device} ...").format(device=self._deviceText())
         self._checkCanApply()
         self._runTimer.start()
 
@@ -541,8 +549,8 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._appendLog(self._run.log)
         except Exception as error:
             logging.exception("Seg-HiRes-Grad CAM: the run failed")
-            self.cancelRuns(f"Failed: {error}")
-            slicer.util.errorDisplay(f"Explanation failed: {error}")
+            self.cancelRuns(_("Failed: {error}").format(error=error))
+            slicer.util.errorDisplay(_("Explanation failed: {error}").format(error=error))
             return
         self.ui.progressBar.value = int(100 * status.fraction)
         self.ui.statusLabel.text = status.message
@@ -554,14 +562,15 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if status.state == "failed":
             self._runs = []
             self.ui.logCollapsibleButton.collapsed = False
-            slicer.util.errorDisplay(f"Explanation failed: {status.message}", detailedText="\n".join(run.log))
+            slicer.util.errorDisplay(_("Explanation failed: {error}").format(error=status.message),
+                                     detailedText="\n".join(run.log))  # fmt: skip
             return
         if status.state == "finished":
             self._showAtlas(run)
             self._finished.append(run.heatmap_node)
             self.ui.resultSelector.setCurrentNode(run.heatmap_node)
             if self._runs:
-                with slicer.util.tryWithErrorDisplay("Could not start the next explanation."):
+                with slicer.util.tryWithErrorDisplay(_("Could not start the next explanation.")):
                     self._startNext()
             elif len(self._finished) == 2:
                 self.logic.showSideBySide(run.settings.volume_node, *self._finished)
@@ -604,8 +613,9 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node, volume = self._atlas[index]
         if slicer.mrmlScene.IsNodePresent(node):
             mrml_adapter.show_heatmap(node, volume)
-            self.ui.atlasLayerLabel.text = (
-                f"Layer {index + 1} of {len(self._atlas)}: {node.GetAttribute('SegHiResGradCAM.Layer')}"
+            layer = node.GetAttribute("SegHiResGradCAM.Layer")
+            self.ui.atlasLayerLabel.text = _("Layer {index} of {count}: {layer}").format(
+                index=index + 1, count=len(self._atlas), layer=layer
             )
 
     def _appendLog(self, lines):
@@ -614,17 +624,17 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._loggedLines = len(lines)
 
     def _showIdle(self):
-        self.ui.applyButton.text = "Apply"
+        self.ui.applyButton.text = _("Apply")
         self._checkCanApply()
 
-    def cancelRuns(self, message="Cancelled."):
+    def cancelRuns(self, message=None):
         """Kills the running computation's whole process tree, then removes its files."""
         self._runTimer.stop()
         self._runs = []
         if self._run is not None:
             run, self._run = self._run, None
             run.cancel()
-            self.ui.statusLabel.text = message
+            self.ui.statusLabel.text = message or _("Cancelled.")
         self._showIdle()
 
     # Cohort review ---------------------------------------------------------------------------
@@ -634,7 +644,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._review = None
         self._reviewedCase = None
-        self.ui.verdictComboBox.addItem("(not reviewed)", "")
+        self.ui.verdictComboBox.addItem(_("(not reviewed)"), "")
         for verdict in VERDICTS:
             self.ui.verdictComboBox.addItem(verdict, verdict)
         table = self.ui.cohortTable
@@ -662,12 +672,12 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._closeCohortReview()
             self._review = None
             self.ui.cohortTable.setRowCount(0)
-            self.ui.reviewProgressLabel.text = "Choose a folder made by 'seghiresgradcam cohort' (with results.csv)."
+            self.ui.reviewProgressLabel.text = _("Choose a folder made by 'seghiresgradcam cohort' (with results.csv).")
             return
         if self._review is not None and self._review.results == folder:
             return
         self._closeCohortReview()
-        with slicer.util.tryWithErrorDisplay("Could not open the cohort results."):
+        with slicer.util.tryWithErrorDisplay(_("Could not open the cohort results.")):
             self._review = CohortReview(folder)
             self._fillCohortTable()
 
@@ -701,7 +711,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 except (TypeError, ValueError):
                     item.setData(qt.Qt.DisplayRole, str(value))
                 if failure:
-                    item.setToolTip(f"Not reviewable: {failure}")
+                    item.setToolTip(_("Not reviewable: {reason}").format(reason=failure))
                 table.setItem(row, column, item)
         table.setSortingEnabled(True)
         self._selectCaseRow(self._reviewedCase)
@@ -733,9 +743,9 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if failure:  # nothing to show: the previous case goes, and no verdict can be given
             CohortReview.unload(slicer.mrmlScene)
             self._reviewedCase = None
-            self._showVerdictControls(f"{case} failed in the cohort run: {failure}")
+            self._showVerdictControls(_("{case} failed in the cohort run: {reason}").format(case=case, reason=failure))
             return
-        with slicer.util.tryWithErrorDisplay(f"Could not load case {case}.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not load case {case}.").format(case=case), waitCursor=True):
             self._reviewedCase = None
             self._showVerdictControls()
             self._review.load_case(slicer.mrmlScene, case)
@@ -775,7 +785,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = self.ui.verdictComboBox.currentIndex
         verdict = self.ui.verdictComboBox.itemData(index) if index >= 0 else ""
         note = self.ui.verdictNoteLineEdit.text
-        with slicer.util.tryWithErrorDisplay("Could not save the verdict."):
+        with slicer.util.tryWithErrorDisplay(_("Could not save the verdict.")):
             if verdict:
                 self._review.set_verdict(self._reviewedCase, verdict, note)
             elif self._reviewedCase in self._review.verdicts:  # cleared: the verdict and its note go
@@ -783,7 +793,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.verdictNoteLineEdit.text = note = ""
             self._fillCohortTable()
             if note.strip() and not verdict:
-                self.ui.reviewProgressLabel.text = "The note is saved with a verdict: choose one."
+                self.ui.reviewProgressLabel.text = _("The note is saved with a verdict: choose one.")
 
 
 class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
@@ -824,7 +834,7 @@ class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
         plan = dependencies.plan_for_model(model)
         return dependencies.install(
             plan,
-            confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "Seg-HiRes-Grad CAM: Python packages"),
+            confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, _("Seg-HiRes-Grad CAM: Python packages")),
             install_torch=self._installTorch,
             pip_install=slicer.util.pip_install,
             progress=progress,

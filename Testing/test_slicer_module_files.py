@@ -307,3 +307,27 @@ def test_contributors_are_given_as_name_and_organisation_and_help_links_the_docu
     for name in ast.literal_eval(contributors):
         assert name.count("(") == 1 and name.endswith(")") and not name.startswith("("), name
     assert "<a href=" in source and "DOCUMENTATION" in source
+
+
+def untranslated_strings(tree) -> list[str]:
+    """User-visible text in the widget that does not pass through Slicer's tr (imported as _):
+    literal or f-string values of .text/.toolTip, and literal messages of the dialogs."""
+    shown = {"text", "toolTip"}
+    dialogs = {"errorDisplay", "warningDisplay", "infoDisplay", "confirmOkCancelDisplay", "tryWithErrorDisplay"}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Attribute) and t.attr in shown for t in node.targets):
+            value = node.value
+            if isinstance(value, ast.JoinedStr) or (isinstance(value, ast.Constant) and value.value):
+                found.append(ast.unparse(node))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in dialogs:
+            literal = [arg for arg in node.args if isinstance(arg, ast.JoinedStr | ast.Constant)]
+            found += [ast.unparse(node)] if literal else []
+    return found
+
+
+def test_user_visible_strings_are_translatable():
+    """Slicer's i18n convention: text shown to the user goes through slicer.i18n's tr."""
+    assert untranslated_strings(MODULE_TREE) == []
+    negative = ast.parse('self.ui.statusLabel.text = f"Done: {x}"\nslicer.util.errorDisplay("Failed")')
+    assert len(untranslated_strings(negative)) == 2

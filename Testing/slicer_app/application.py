@@ -288,6 +288,9 @@ def install(monkeypatch, scene, launcher_folder: Path) -> Application:
     qt.SLOT_ERRORS.clear()
     monkeypatch.setattr(qt.QTimer, "ALL", [])
     monkeypatch.setattr(qt.QSettings, "STORE", {})
+    i18n = types.ModuleType("slicer.i18n")  # Slicer's: the application's translation; here, the text itself
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
     wrapper_module = types.ModuleType("slicer.parameterNodeWrapper")
     wrapper_module.parameterNodeWrapper = parameter_node.parameterNodeWrapper
     wrapper_module.Choice = parameter_node.Choice
@@ -295,10 +298,11 @@ def install(monkeypatch, scene, launcher_folder: Path) -> Application:
     for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
                 ScriptedLoadableModuleTest):  # fmt: skip
         setattr(scripted, cls.__name__, cls)
-    for name, module in (("qt", qt), ("ctk", ctk), ("slicer.parameterNodeWrapper", wrapper_module),
+    for name, module in (("qt", qt), ("ctk", ctk), ("slicer.i18n", i18n),
+                         ("slicer.parameterNodeWrapper", wrapper_module),
                          ("slicer.ScriptedLoadableModule", scripted)):  # fmt: skip
         monkeypatch.setitem(sys.modules, name, module)
-    for name, value in (("mrmlScene", scene), ("app", application), ("modules", application.modules),
+    for name, value in (("mrmlScene", scene), ("app", application), ("modules", application.modules), ("i18n", i18n),
                         ("parameterNodeWrapper", wrapper_module), ("ScriptedLoadableModule", scripted),
                         ("qMRMLNodeComboBox", mrml_widgets.qMRMLNodeComboBox),
                         ("qMRMLSegmentSelectorWidget", mrml_widgets.qMRMLSegmentSelectorWidget)):  # fmt: skip
