@@ -5,6 +5,7 @@ run goes on, and a CT under a parent transform."""
 import glob
 import tempfile
 
+import numpy as np
 import slicer
 import vtk
 
@@ -175,3 +176,58 @@ def test_first_use_without_torch_says_what_will_be_installed_and_installs_once(a
         assert application.errors == []
     finally:
         session.widget.cleanup()
+
+
+def test_apply_with_the_sample_explains_the_picked_tumour_segment(session, application):
+    """The flow of the README: the sample from Sample Data, its tumour segment as M."""
+    from mrml_scene import load_sample
+
+    volume, segmentation = load_sample(application.scene)
+    ui = session.ui
+    assert ui.inputVolumeSelector.currentNode() is volume
+    assert ui.applyButton.toolTip.startswith("Compute the heatmap in the background")  # the .ui's own text
+    ui.usePredictionCheckBox.click()
+    tumour = segmentation.GetSegmentation().GetSegmentIdBySegmentName("tumour")
+    ui.segmentSelector.user_choose(segmentation, tumour)
+    ui.applyButton.click()
+    finished(session, application)
+    assert application.errors == []
+    heat = ui.resultSelector.currentNode()
+    assert heat.GetName() == f"{volume.GetName()} - tumour - Seg-HiRes-Grad CAM"
+    assert "M: tumour;" in ui.provenanceLabel.text
+    heat_array = slicer.util.arrayFromVolume(heat)
+    inside = segment_mask(segmentation, tumour, volume)
+    assert heat_array[inside].sum() / heat_array.sum() > 0.5
+
+
+def segment_mask(segmentation, segment_id, volume) -> np.ndarray:
+    """The segment on the CT's voxel grid, as Slicer exports it."""
+    scene = volume.GetScene()
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segment_id)
+    assert slicer.vtkSlicerSegmentationsModuleLogic().ExportSegmentsToLabelmapNode(segmentation, ids, labelmap, volume)
+    mask = slicer.util.arrayFromVolume(labelmap) > 0
+    scene.RemoveNode(labelmap)
+    return mask
+
+
+def test_a_layer_atlas_is_browsed_with_its_slider(session, application):
+    phantom_volume(application.scene, shape=(64, 64, 20), spacing=(4.8, 4.8, 6.0))
+    ui = session.ui
+    ui.layerAtlasCheckBox.click()
+    ui.applyButton.click()
+    finished(session, application)
+    assert application.errors == []
+    assert ui.atlasLayerSlider.visible and ui.atlasLayerSlider.maximum >= 1
+    assert ui.atlasLayerSlider.value == ui.atlasLayerSlider.maximum  # the finest layer first
+    composites = [application.scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+                  for i in range(application.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]  # fmt: skip
+    red = next(node for node in composites if node.GetLayoutName() == "Red")
+    finest = red.GetForegroundVolumeID()
+    ui.atlasLayerSlider.user_drag(0)
+    assert ui.atlasLayerLabel.text.startswith("Layer 1 of ")
+    coarsest = application.scene.GetNodeByID(red.GetForegroundVolumeID())
+    assert coarsest.GetID() != finest and coarsest.GetAttribute("SegHiResGradCAM.Layer") in ui.atlasLayerLabel.text
+    session.close_scene()
+    assert not ui.atlasLayerSlider.visible
