@@ -231,3 +231,35 @@ def test_a_layer_atlas_is_browsed_with_its_slider(session, application):
     assert coarsest.GetID() != finest and coarsest.GetAttribute("SegHiResGradCAM.Layer") in ui.atlasLayerLabel.text
     session.close_scene()
     assert not ui.atlasLayerSlider.visible
+
+
+def test_a_segment_drawn_in_the_world_on_a_moved_ct_is_explained_where_it_lies(session, application):
+    """The CT is under a transform, its segmentation is not: M is taken where the segment
+    lies in the world, i.e. in the CT's own frame (the export resamples through both)."""
+    scene = application.scene
+    volume, case = phantom_volume(scene)
+    moved = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(0, 3, 40.0)
+    shift.SetElement(1, 3, -15.0)
+    moved.SetMatrixTransformToParent(shift)
+    volume.SetAndObserveTransformNodeID(moved.GetID())
+    # The tumour as it appears in the world: the CT's voxels placed by the CT's transform.
+    local = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(local)
+    world = vtk.vtkMatrix4x4()
+    vtk.vtkMatrix4x4.Multiply4x4(shift, local, world)
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    slicer.util.updateVolumeFromArray(labelmap, (case.labels == 2).astype(np.uint8))
+    labelmap.SetIJKToRASMatrix(world)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn in the world")
+    slicer.vtkSlicerSegmentationsModuleLogic().ImportLabelmapToSegmentationNode(labelmap, segmentation)
+    scene.RemoveNode(labelmap)
+    ui = session.ui
+    ui.usePredictionCheckBox.click()
+    ui.segmentSelector.user_choose(segmentation, segmentation.GetSegmentation().GetNthSegmentID(0))
+    ui.applyButton.click()
+    finished(session, application)
+    assert application.errors == []
+    heat_array = slicer.util.arrayFromVolume(ui.resultSelector.currentNode())
+    assert heat_array[case.labels == 2].sum() / heat_array.sum() > 0.5
