@@ -21,9 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "Testing"))
 
 from mrml_scene import load_sample, new_scene, render_red_slice, show_as_ct  # noqa: E402
-from slicer_app.application import ModuleSession, install, load_module_file  # noqa: E402
-
 from SegHiResGradCAMLib.mrml import mrml_adapter  # noqa: E402
+from slicer_app.application import ModuleSession, install, load_module_file  # noqa: E402
 
 
 def main() -> None:
