@@ -9,8 +9,10 @@ from slicer_app.application import ModuleSession, install, load_module_file
 
 @pytest.fixture
 def application(monkeypatch, tmp_path):
-    scene = new_scene()
-    app = install(monkeypatch, scene, tmp_path / "bin" if (tmp_path / "bin").mkdir() is None else None)
+    """slicer.app over a new scene; a slot that raised (PythonQt only prints it) fails the test."""
+    launcher_folder = tmp_path / "bin"
+    launcher_folder.mkdir()
+    app = install(monkeypatch, new_scene(), launcher_folder)
     yield app
     assert not qt.SLOT_ERRORS, "a slot raised:\n" + "\n".join(qt.SLOT_ERRORS)
 
