@@ -170,6 +170,23 @@ def model_grid_bytes(size, spacing, card) -> tuple[float, float]:
     return voxels, voxels * 4 * arrays
 
 
+def model_grid_memory_problem(size, spacing, card, name: str) -> str | None:
+    """Why a CT of ``size`` voxels at ``spacing`` mm would be refused for memory on the
+    model's grid (the pipeline's own guard, judged from the header), or None when it fits."""
+    from ..volumes.volume_io import MEMORY_LIMIT_VARIABLE, memory_limit_bytes
+
+    voxels, needed = model_grid_bytes(size, spacing, card)
+    limit = memory_limit_bytes()
+    if needed <= limit:
+        return None
+    return (
+        f"{name} on the grid of {card.name} would need about {needed / 2**30:.1f} GB ({voxels:.3g} voxels), more "
+        f"than the {limit / 2**30:.1f} GB a run may use (half of this computer's memory; the environment variable "
+        f"{MEMORY_LIMIT_VARIABLE} sets it). Crop the CT (Crop Volume module) or check the spacing in its header, "
+        "then try again."
+    )
+
+
 def check_network_memory(network, name: str) -> None:
     """Refuses a network whose weights alone (twice: built, then loaded) would not fit."""
     from ..volumes.volume_io import check_memory

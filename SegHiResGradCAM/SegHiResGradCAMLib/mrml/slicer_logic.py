@@ -188,21 +188,11 @@ class ExplainRun:
 def memory_warning(settings: ExplainSettings) -> str | None:
     """Why a run would be refused for memory, judged before it starts from the CT's header
     as the pipeline judges it (the CT on the model's grid); None when it fits."""
-    from ..models.card import model_grid_bytes
-    from ..volumes.volume_io import MEMORY_LIMIT_VARIABLE, memory_limit_bytes
+    from ..models.card import model_grid_memory_problem
 
     card = read_model_card(settings.model, trust_bundle=settings.trust_bundle, folds=settings.folds)
-    image = settings.volume_node.GetImageData()
-    voxels, needed = model_grid_bytes(image.GetDimensions(), settings.volume_node.GetSpacing(), card)
-    limit = memory_limit_bytes()
-    if needed <= limit:
-        return None
-    return (
-        f"{settings.volume_node.GetName()} on the grid of {card.name} would need about {needed / 2**30:.1f} GB "
-        f"({voxels:.3g} voxels), more than the {limit / 2**30:.1f} GB a run may use (half of this computer's "
-        f"memory; the environment variable {MEMORY_LIMIT_VARIABLE} sets it). Crop the CT (Crop Volume module) "
-        "or check the spacing in its header, then try again."
-    )
+    size, spacing = settings.volume_node.GetImageData().GetDimensions(), settings.volume_node.GetSpacing()
+    return model_grid_memory_problem(size, spacing, card, settings.volume_node.GetName())
 
 
 def model_arguments(model: Path | None, trust_bundle: bool, folds: list[str] | None) -> list[str]:
