@@ -482,14 +482,51 @@ def test_a_run_replaces_an_output_and_says_so_and_clears_a_killed_run_s_leftover
     assert not leftover.exists() and mine.exists()
 
 
-def test_a_label_map_with_several_labels_is_explained_as_its_nonzero_voxels_and_says_so(originals, tmp_path, capsys):
+def test_a_label_map_with_several_labels_is_explained_as_the_target_class_label_and_says_so(originals, tmp_path,
+                                                                                           capsys):  # fmt: skip
+    """KiTS label files hold kidney, tumour and cyst: every nonzero voxel would explain several
+    classes at once, so M is the target class's label (softmax class index = label value)."""
     folder = tmp_path / "case"
     prepare(originals, folder)
-    assert cli_main([str(value) for value in good(folder, mask=folder / "labels.nrrd")]) == 0
-    out = capsys.readouterr().out
-    assert "all nonzero voxels of labels.nrrd, which holds labels 1, 2" in out and "--mask-label" in out
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels.nrrd")))
+    for target, label in (("kidney", 1), ("tumour", 2)):
+        heat = folder / "out" / f"{target}.nrrd"
+        assert cli_main([str(v) for v in good(folder, mask=folder / "labels.nrrd", target_class=target, out=heat)]) == 0
+        out = capsys.readouterr().out
+        assert f"M: label {label} of labels.nrrd, the target class {target}'s index" in out and "--mask-label" in out
+        prediction_free = sitk.GetArrayFromImage(sitk.ReadImage(str(heat)))
+        assert prediction_free[labels == label].sum() > prediction_free[(labels != label) & (labels > 0)].sum()
     assert cli_main([str(value) for value in good(folder, mask=folder / "labels.nrrd", mask_label=1)]) == 0
     assert "the voxels of label 1 in labels.nrrd" in capsys.readouterr().out
+
+
+def test_a_label_map_that_does_not_hold_the_target_class_is_refused_with_its_labels(originals, tmp_path, capsys):
+    folder = tmp_path / "case"
+    prepare(originals, folder)
+    assert cli_main([str(value) for value in good(folder, mask=folder / "labels.nrrd", target_class="cyst")]) == 2
+    error = capsys.readouterr().err
+    assert "holds several labels (1, 2)" in error and "--mask-label N" in error
+    assert not (folder / "out" / "heat.nrrd").exists()
+
+
+def test_segment_names_in_a_seg_nrrd_header_choose_the_label(originals, tmp_path, capsys):
+    """A Slicer .seg.nrrd names its segments: the name decides, even when the label values
+    are not the model's class indices."""
+    folder = tmp_path / "case"
+    prepare(originals, folder)
+    labels = sitk.ReadImage(str(folder / "labels.nrrd"))
+    swapped = sitk.GetArrayFromImage(labels)
+    swapped = np.select([swapped == 1, swapped == 2], [2, 1], 0).astype(np.uint8)  # tumour 1, kidney 2
+    segmentation = sitk.GetImageFromArray(swapped)
+    segmentation.CopyInformation(labels)
+    for index, (name, value) in enumerate((("Tumor", 1), ("Kidney", 2))):
+        segmentation.SetMetaData(f"Segment{index}_Name", name)
+        segmentation.SetMetaData(f"Segment{index}_LabelValue", str(value))
+    sitk.WriteImage(segmentation, str(folder / "truth.seg.nrrd"))
+    assert cli_main([str(v) for v in good(folder, mask=folder / "truth.seg.nrrd", target_class="tumour")]) == 0
+    assert "M: label 1 ('Tumor') of truth.seg.nrrd" in capsys.readouterr().out
+    assert cli_main([str(v) for v in good(folder, mask=folder / "truth.seg.nrrd", target_class="cyst")]) == 2
+    assert "1 (Tumor), 2 (Kidney)" in capsys.readouterr().err
 
 
 def test_a_probability_map_is_explained_with_a_threshold(originals, tmp_path, capsys):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 from SegHiResGradCAMLib.volumes.volume_io import reorient
 
@@ -199,3 +200,12 @@ def test_demo_writes_the_case_heatmaps_and_figure_and_reuses_the_case(tmp_path):
     assert "in tumour" in first.stdout and "Making the synthetic" in first.stdout
     second = seghiresgradcam("demo", "--out", tmp_path, "--progress", "none")
     assert second.returncode == 0 and "Reusing the sample case" in second.stdout
+
+
+def test_version_prints_the_package_version(capsys):
+    import SegHiResGradCAMLib
+
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"seghiresgradcam {SegHiResGradCAMLib.__version__}"

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import ExplainCancelled, ExplainInputError, ExplainResourceError
 
 
@@ -274,6 +275,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seghiresgradcam", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     explain = commands.add_parser("explain", help="explain a segment of a CT and write the heatmap")
@@ -287,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     reading.add_argument("--mask-threshold", type=float, metavar="T",
                          help="M = the mask's voxels at or above T (for a probability map)")  # fmt: skip
     reading.add_argument("--mask-label", type=int, metavar="N",
-                         help="M = the mask's voxels of label N (default: every nonzero voxel)")  # fmt: skip
+                         help="M = the mask's voxels of label N (default: a mask of one label is M; of several, "
+                              "the target class's label where the mask says which: segment names in a .seg.nrrd, "
+                              "or a softmax model's class index; otherwise the run is refused)")  # fmt: skip
     explain.add_argument("--method", default="seg-hires-grad-cam", help="CAM method (see `methods`)")
     explain.add_argument("--layer", help="target layer, or a layer rule: last-before-head (the default) or "
                          "stage-below-finest (one resolution level deeper); see `layers`")  # fmt: skip

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from .errors import ExplainInputError
 from .models.card import model_grid_bytes
 from .models.formats import read_model_card
-from .volumes.label_maps import segment_voxels
+from .volumes.label_maps import TargetClass, segment_voxels
 from .volumes.outputs import OutputFiles
 from .volumes.preparation import check_looks_like_ct
 from .volumes.volume_io import check_memory, read_volume
@@ -36,7 +36,7 @@ class ExplainJob:
     metrics: bool = False  # also measure each map (localisation, deletion/insertion, randomisation)
     metrics_file: Path | None = None  # where to write the first method's metrics as JSON, if wanted
     mask_threshold: float | None = None  # M = mask voxels at or above this (for probability maps)
-    mask_label: int | None = None  # M = mask voxels of this label (default: every nonzero voxel)
+    mask_label: int | None = None  # M = mask voxels of this label (default: the target class's, see label_maps)
     trust_bundle: bool = False  # the model is a MONAI bundle the user trusts (its configuration can run code)
     folds: list[str] | None = None  # nnU-Net results folder: the folds to ensemble (default: all)
     signed: list[Path] | None = None  # also write each method's signed map S here (see signed_on_model_grid)
@@ -128,8 +128,9 @@ def run(job: ExplainJob) -> JobResult:
     notes = []
     mask_image = None
     if job.mask is not None:
+        target = TargetClass(class_index, card.classes[class_index], card.head == "softmax")
         mask_image, note = segment_voxels(read_volume(job.mask, "mask"), Path(job.mask).name, job.mask_threshold,
-                                          job.mask_label)  # fmt: skip
+                                          job.mask_label, target)  # fmt: skip
         notes += [note] if note else []
     from .cam.methods import get_method  # the first imports of torch: after the cheap checks
     from .cam.model_inspection import resolve_device

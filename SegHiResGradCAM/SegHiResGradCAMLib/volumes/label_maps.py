@@ -3,11 +3,16 @@
 A mask must be a label map. A probability map or the CT itself given by mistake would make
 M nearly the whole volume and the explanation silently wrong, so floating-point values
 need an explicit threshold, and image-like contents (negative values, many distinct values)
-are refused. A label map with several labels is explained as its nonzero voxels, and the
-run says so; ``label`` picks one of them.
+are refused. From a label map with several labels, M is the label of the target class where
+the mask says which one that is (segment names in a Slicer .seg.nrrd header, or, for a
+softmax model, label values that are the model's class indices), and the run says so;
+otherwise it is refused with its labels listed, since every nonzero voxel would explain
+several classes at once. ``label`` picks one explicitly.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -17,7 +22,60 @@ from ..errors import ExplainInputError
 MAX_LABELS = 64  # more distinct values than a segmentation has labels: an image, not a label map
 
 
-def segment_voxels(image: sitk.Image, name: str, threshold: float | None = None, label: int | None = None):
+@dataclass(frozen=True)
+class TargetClass:
+    """What a mask's labels are matched against: the model's class being explained."""
+
+    index: int  # the class's index among the model's outputs
+    name: str
+    softmax: bool  # a softmax head, whose class indices are the usual label values
+
+
+def _same_name(first: str, second: str) -> bool:
+    def normal(name: str) -> str:
+        return name.strip().lower().replace("tumor", "tumour")
+
+    return normal(first) == normal(second)
+
+
+def segment_names(image: sitk.Image) -> dict[int, str]:
+    """Label value -> segment name, from a Slicer .seg.nrrd header (SegmentN_Name and
+    SegmentN_LabelValue); empty for any other file."""
+    keys = set(image.GetMetaDataKeys())
+    names = {}
+    index = 0
+    while f"Segment{index}_Name" in keys:
+        value = image.GetMetaData(f"Segment{index}_LabelValue") if f"Segment{index}_LabelValue" in keys else ""
+        if value.strip().isdigit():
+            names[int(value)] = image.GetMetaData(f"Segment{index}_Name")
+        index += 1
+    return names
+
+
+def _label_of_target(image: sitk.Image, name: str, present: list[int], target: TargetClass | None):
+    """(label, note) for a mask with several labels and no explicit one; refuses when the
+    mask does not say which label is the target class."""
+    names = segment_names(image)
+    listed = ", ".join(f"{value} ({names[value]})" if value in names else str(value) for value in present)
+    if target is not None:
+        matching = [value for value in present if value in names and _same_name(names[value], target.name)]
+        others = f"its labels are {listed} (--mask-label N explains another)"
+        if len(matching) == 1:
+            label = matching[0]
+            return label, f"M: label {label} ('{names[label]}') of {name}, the segment named like the target; {others}"
+        if not names and target.softmax and target.index in present:
+            return target.index, (f"M: label {target.index} of {name}, the target class {target.name}'s index in "
+                                  f"the model; {others}")  # fmt: skip
+    wanted = f" for the class {target.name}" if target is not None else ""
+    raise ExplainInputError(
+        f"{name} holds several labels ({listed}) and does not say which one is the segment{wanted}: every nonzero "
+        "voxel would explain several classes at once. Choose one with --mask-label N, or give a mask with the segment "
+        "alone."
+    )
+
+
+def segment_voxels(image: sitk.Image, name: str, threshold: float | None = None, label: int | None = None,
+                   target: TargetClass | None = None):  # fmt: skip
     """(binary uint8 image on the mask's grid, a note for the user or None)."""
     values = sitk.GetArrayViewFromImage(image)
     if threshold is not None:
@@ -31,12 +89,11 @@ def segment_voxels(image: sitk.Image, name: str, threshold: float | None = None,
                     f"{name} has no voxel of label {label}; its labels are {', '.join(map(str, present)) or 'none'}."
                 )
             chosen, note = values == label, f"M: the voxels of label {label} in {name}"
+        elif len(present) > 1:
+            chosen_label, note = _label_of_target(image, name, present, target)
+            chosen = values == chosen_label
         else:
-            chosen = values != 0
-            note = None
-            if len(present) > 1:
-                note = (f"M: all nonzero voxels of {name}, which holds labels {', '.join(map(str, present))} "
-                        "(--mask-label N explains one)")  # fmt: skip
+            chosen, note = values != 0, None
     if not chosen.any():
         raise ExplainInputError(f"{name} selects no voxel: M would be empty. Give a mask with the segment in it.")
     binary = sitk.GetImageFromArray(chosen.astype(np.uint8))
