@@ -13,12 +13,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import ExplainInputError
-from .models.card import model_grid_bytes
+from .models.card import model_grid_memory_problem
 from .models.formats import read_model_card
 from .volumes.label_maps import TargetClass, segment_voxels
 from .volumes.outputs import OutputFiles
 from .volumes.preparation import check_looks_like_ct
-from .volumes.volume_io import check_memory, read_volume
+from .volumes.volume_io import read_volume
 
 
 @dataclass
@@ -150,12 +150,11 @@ def run(job: ExplainJob) -> JobResult:
 
 
 def check_model_grid_memory(ct: sitk.Image, card, name: str) -> None:
-    """Refuses a CT whose field of view on the model's grid would not fit in memory (say, a
-    header with a 3000 mm spacing), before anything is resampled."""
-    voxels, needed = model_grid_bytes(ct.GetSize(), ct.GetSpacing(), card)
-    spacing = [value if value > 0 else min(ct.GetSpacing()) for value in card.spacing]
-    check_memory(f"{name} on the model's grid ({voxels:.3g} voxels at {' x '.join(f'{v:g}' for v in spacing)} mm)",
-                 needed, "check the CT's spacing in its header, or crop the CT.")  # fmt: skip
+    """Refuses a CT whose field of view on the model's grid would not fit in memory, before
+    anything is resampled."""
+    problem = model_grid_memory_problem(ct.GetSize(), ct.GetSpacing(), card, name)
+    if problem:
+        raise ExplainInputError(problem)
 
 
 def _stage(outputs: OutputFiles, job: ExplainJob, result: JobResult) -> None:

@@ -87,7 +87,7 @@ def test_a_ct_too_large_for_memory_is_refused_before_the_run_with_the_estimate(s
     session.ui.applyButton.click()
     assert session.widget._run is None and work_folders() == []
     assert len(application.messages) == 1 and "GB" in application.messages[0]
-    assert "more than the 0.0 GB" in application.messages[0] and "Crop" in application.messages[0]
+    assert "more than the 0.0 GB" in application.messages[0] and "crop the CT" in application.messages[0]
     assert session.ui.statusLabel.text == "Not started: the CT would not fit in memory."
 
 

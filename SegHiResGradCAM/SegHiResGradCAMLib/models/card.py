@@ -171,20 +171,15 @@ def model_grid_bytes(size, spacing, card) -> tuple[float, float]:
 
 
 def model_grid_memory_problem(size, spacing, card, name: str) -> str | None:
-    """Why a CT of ``size`` voxels at ``spacing`` mm would be refused for memory on the
-    model's grid (the pipeline's own guard, judged from the header), or None when it fits."""
-    from ..volumes.volume_io import MEMORY_LIMIT_VARIABLE, memory_limit_bytes
+    """Why a CT of ``size`` voxels at ``spacing`` mm would not fit in memory on the model's
+    grid (say, a header with a 3000 mm spacing), judged from the header alone; None when it
+    fits. The pipeline refuses such a CT with it, and the Slicer module warns before a run."""
+    from ..volumes.volume_io import memory_problem
 
     voxels, needed = model_grid_bytes(size, spacing, card)
-    limit = memory_limit_bytes()
-    if needed <= limit:
-        return None
-    return (
-        f"{name} on the grid of {card.name} would need about {needed / 2**30:.1f} GB ({voxels:.3g} voxels), more "
-        f"than the {limit / 2**30:.1f} GB a run may use (half of this computer's memory; the environment variable "
-        f"{MEMORY_LIMIT_VARIABLE} sets it). Crop the CT (Crop Volume module) or check the spacing in its header, "
-        "then try again."
-    )
+    grid = " x ".join(f"{value if value > 0 else min(spacing):g}" for value in card.spacing)
+    return memory_problem(f"{name} on the model's grid ({voxels:.3g} voxels at {grid} mm)", needed,
+                          "check the CT's spacing in its header, or crop the CT.")  # fmt: skip
 
 
 def check_network_memory(network, name: str) -> None:

@@ -41,13 +41,21 @@ def memory_limit_bytes() -> int:
         return 8 * 2**30
 
 
-def check_memory(what: str, needed_bytes: float, advice: str) -> None:
+def memory_problem(what: str, needed_bytes: float, advice: str) -> str | None:
+    """Why ``needed_bytes`` would not fit in the memory one computation may use, or None."""
     limit = memory_limit_bytes()
-    if needed_bytes > limit:
-        raise ExplainInputError(
-            f"{what} would need about {needed_bytes / 2**30:.1f} GB of memory, more than the {limit / 2**30:.1f} GB "
-            f"this computation may use (half of this machine's memory; {MEMORY_LIMIT_VARIABLE} sets it): {advice}"
-        )
+    if needed_bytes <= limit:
+        return None
+    return (
+        f"{what} would need about {needed_bytes / 2**30:.1f} GB of memory, more than the {limit / 2**30:.1f} GB "
+        f"this computation may use (half of this machine's memory; {MEMORY_LIMIT_VARIABLE} sets it): {advice}"
+    )
+
+
+def check_memory(what: str, needed_bytes: float, advice: str) -> None:
+    problem = memory_problem(what, needed_bytes, advice)
+    if problem:
+        raise ExplainInputError(problem)
 
 
 def read_volume(path, what: str = "image") -> sitk.Image:
