@@ -146,8 +146,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setup(self):
         """Builds the UI; runs no process and imports nothing heavy (a test checks it)."""
         ScriptedLoadableModuleWidget.setup(self)
-        if pythonTooOld():  # one clear message instead of a half-built panel
-            self.ui = None
+        if pythonTooOld():  # one clear message instead of a half-built panel (self.ui stays None)
             message = qt.QLabel(pythonTooOld())
             message.wordWrap = True
             self.layout.addWidget(message)
@@ -258,7 +257,8 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateSegmentSelector()
         kind = self._parameterNode.modelKind
         if self._modelChoice is None or kind != self._modelChoice[0]:
-            path = self._modelEditor(kind).currentPath.strip() if self._modelEditor(kind) else ""
+            editor = self._modelEditor(kind)
+            path = editor.currentPath.strip() if editor is not None else ""
             if self._modelChoice is not None and path != self._parameterNode.modelPath:
                 self._parameterNode.modelPath = path  # comes back here, with the kind's own path
                 return

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "Testing"))
 
-from mrml_scene import load_sample, new_scene, render_red_slice, show_as_ct  # noqa: E402
+from mrml_scene import load_sample, matrix_of, new_scene, render_red_slice, show_as_ct  # noqa: E402
 from SegHiResGradCAMLib.mrml import mrml_adapter  # noqa: E402
 from slicer_app.application import ModuleSession, install, load_module_file  # noqa: E402
 
@@ -56,8 +56,7 @@ def main() -> None:
         outline.CreateDefaultDisplayNodes()
         outline.GetDisplayNode().SetAndObserveColorNodeID(labels.GetID())
         voxels = np.argwhere(slicer.util.arrayFromVolume(outline) > 0)[:, ::-1].mean(axis=0)
-        matrix = _ijk_to_ras(volume)
-        centre = (matrix @ np.append(voxels, 1))[:3]
+        centre = (matrix_of(volume) @ np.append(voxels, 1))[:3]
         panels = []
         for heatmap in shown:
             _remove_red_view(scene)  # each panel is rendered by a slice logic of its own
@@ -80,14 +79,6 @@ def _remove_red_view(scene) -> None:
         for node in nodes:
             if node.GetLayoutName() == "Red":
                 scene.RemoveNode(node)
-
-
-def _ijk_to_ras(node) -> np.ndarray:
-    import vtk
-
-    matrix = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(matrix)
-    return slicer.util.arrayFromVTKMatrix(matrix)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ LABEL_STYLES = {1: ("kidney", (0.85, 0.55, 0.25)), 2: ("tumour", (0.85, 0.15, 0.
 
 def is_results_folder(path: Path) -> bool:
     """Whether ``path`` is a folder that ``seghiresgradcam cohort`` wrote (it holds results.csv)."""
-    return Path(path).is_dir() and (Path(path) / "results.csv").is_file()
+    return (Path(path) / "results.csv").is_file()
 
 
 class CohortReview:
@@ -98,11 +98,6 @@ class CohortReview:
     @property
     def progress(self) -> str:
         return f"{sum(case in self.verdicts for case in self.cases)} of {len(self.cases)} reviewed"
-
-    def neighbour(self, case: str, step: int) -> str:
-        """The next (step 1) or previous (step -1) case, staying at the ends."""
-        index = min(max(self.cases.index(case) + step, 0), len(self.cases) - 1)
-        return self.cases[index]
 
     def set_verdict(self, case: str, verdict: str, note: str = "") -> None:
         if case not in self.cases:
