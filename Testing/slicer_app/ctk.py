@@ -76,15 +76,7 @@ class ctkCollapsibleButton(qt.QAbstractButton):
         self.checkable = True
         self._collapsed = False
 
-    @property
-    def collapsed(self) -> bool:
-        return self._collapsed
-
-    @collapsed.setter
-    def collapsed(self, collapsed: bool) -> None:
-        if bool(collapsed) != self._collapsed:
-            self._collapsed = bool(collapsed)
-            self.contentsCollapsed.emit(self._collapsed)
+    collapsed = qt.notifying_property("_collapsed", "contentsCollapsed", bool)
 
 
 class ctkCheckBox(qt.QCheckBox):

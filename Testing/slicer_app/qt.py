@@ -36,6 +36,19 @@ def _positional_count(slot) -> int | None:
     return count
 
 
+def notifying_property(attribute: str, signal: str, convert=lambda value: value):
+    """A Qt property whose setter stores the converted value and emits ``signal`` with it,
+    only when it changes (as Qt's setters do)."""
+
+    def set_value(self, value):
+        value = convert(value)
+        if value != getattr(self, attribute):
+            setattr(self, attribute, value)
+            getattr(self, signal).emit(value)
+
+    return builtins.property(lambda self: getattr(self, attribute), set_value)
+
+
 class Signal:
     """One signal of one object. PythonQt calls a Python slot with as many of the signal's
     arguments as the slot accepts; an exception in a slot is printed and does not reach
@@ -263,13 +276,7 @@ class QComboBox(QWidget):
         self._items: list[list] = []  # [text, data]
         self._index = -1
 
-    @builtins.property
-    def currentIndex(self) -> int:
-        return self._index
-
-    @currentIndex.setter
-    def currentIndex(self, index: int) -> None:
-        self.setCurrentIndex(index)
+    currentIndex = builtins.property(lambda self: self._index, lambda self, index: self.setCurrentIndex(index))
 
     def setCurrentIndex(self, index: int) -> None:
         index = index if 0 <= index < len(self._items) else -1
@@ -330,13 +337,7 @@ class QLineEdit(QWidget):
         self._text = ""
         self.placeholderText = ""
 
-    @builtins.property
-    def text(self) -> str:
-        return self._text
-
-    @text.setter
-    def text(self, text: str) -> None:
-        self.setText(text)
+    text = builtins.property(lambda self: self._text, lambda self, text: self.setText(text))
 
     def setText(self, text: str) -> None:
         text = str(text)
@@ -388,15 +389,7 @@ class QProgressBar(QWidget):
         super().__init__(parent)
         self.minimum, self.maximum, self._value = 0, 100, 0
 
-    @builtins.property
-    def value(self) -> int:
-        return self._value
-
-    @value.setter
-    def value(self, value: int) -> None:
-        if int(value) != self._value:
-            self._value = int(value)
-            self.valueChanged.emit(self._value)
+    value = notifying_property("_value", "valueChanged", int)
 
 
 class QSlider(QWidget):
