@@ -93,7 +93,7 @@ def provenanceText(provenance):
         return _("No provenance is recorded on this heatmap (made by an earlier version, or a cohort case).")
     shown = [("Method", _("method")), ("Layer", _("layer")), ("Model", _("model")), ("ModelFile", _("model file")),
              ("Class", _("class")), ("Segment", "M"), ("TargetScore", "T"), ("Device", _("device")),
-             ("Version", "SegHiResGradCAM")]  # fmt: skip
+             ("Version", "SegHiResGradCAM"), ("Warnings", _("warning"))]  # fmt: skip
     return "; ".join(f"{label}: {provenance[key]}" for key, label in shown if provenance.get(key))
 
 
@@ -566,6 +566,8 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                      detailedText="\n".join(run.log))  # fmt: skip
             return
         if status.state == "finished":
+            if run.warnings:  # the map is shown, and why not to trust it is said where the user looks
+                self.ui.statusLabel.text = _("Done, with a warning: {warnings}").format(warnings=" ".join(run.warnings))
             self._showAtlas(run)
             self._finished.append(run.heatmap_node)
             self.ui.resultSelector.setCurrentNode(run.heatmap_node)

@@ -23,7 +23,7 @@ ALLOWED = {
     "volumes": {"errors"},
     "models": {"errors", "cam", "volumes"},
     "mrml": {"errors", "models", "cam", "__init__"},  # torch-free parts only (see below); __init__: the version
-    "pipeline": {"errors", "cam", "models", "volumes"},
+    "pipeline": {"errors", "cam", "models", "volumes", "__init__"},  # __init__: the version in the record
     "demo": {"errors", "cam", "models", "volumes", "pipeline"},
     "cohort": {"errors", "cam", "models", "volumes", "pipeline", "demo"},
     "cli": {"errors", "cam", "models", "volumes", "pipeline", "demo", "cohort", "__init__"},  # __init__: --version

@@ -6,11 +6,12 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import ExplainCancelled, ExplainInputError, ExplainResourceError
+from .errors import ExplainCancelled, ExplainInputError, ExplainNoEvidence, ExplainResourceError
 
 
 class TerminalProgress:
@@ -100,8 +101,10 @@ def _explain(arguments) -> int:
         folds=arguments.folds,
         signed=[Path(arguments.signed)] if arguments.signed else None,
         progress=_progress(arguments),
+        command=arguments.command_line,
     )
     result = run(job)
+    _print_warnings(arguments, result.warnings)
     if layers:
         if arguments.progress != "json":
             print(f"layer atlas of {result.class_name} ({arguments.method}) at {', '.join(layers)}: heatmaps, "
@@ -118,11 +121,22 @@ def _explain(arguments) -> int:
             f"{arguments.method} of class {result.class_name} at layer {result.layer} on {result.device}: "
             f"T = {result.scores[arguments.method]:.4g}; heatmap written to {out}{replaced}"
         )
+        evidence = result.evidence[arguments.method]
+        print(f"mean {result.class_name} probability in M {evidence.mean_probability_in_target:.3f}, overlap of M "
+              f"with the prediction (Dice) {evidence.prediction_overlap:.3f}; evidence for the class "
+              f"{evidence.positive_evidence:.4g}, against {evidence.negative_evidence:.4g}")  # fmt: skip
         for note in result.notes:
             print(note)
         if arguments.metrics is not None:
             print_table(["metric", "value"], result.metrics[arguments.method].rows())
     return 0
+
+
+def _print_warnings(arguments, warnings: list[str]) -> None:
+    if isinstance(arguments.reporter, TerminalProgress):
+        arguments.reporter.end_line()
+    for warning in warnings:
+        print(f"seghiresgradcam: warning: {warning}", file=sys.stderr)
 
 
 def _format(value) -> str:
@@ -360,8 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(argument) for argument in argv]
     arguments = build_parser().parse_args(argv)
     arguments.reporter = None
+    arguments.command_line = shlex.join(["seghiresgradcam", *argv])
     try:
         return arguments.run(arguments)
     except BrokenPipeError:
@@ -369,6 +385,8 @@ def main(argv=None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except ExplainNoEvidence as error:
+        return _fail(arguments, str(error), 4)
     except ExplainInputError as error:
         return _fail(arguments, str(error), 2)
     except ExplainResourceError as error:

@@ -9,6 +9,11 @@ class ExplainInputError(ValueError):
     """The image, mask, class, layer or model cannot be explained as asked."""
 
 
+class ExplainNoEvidence(ExplainInputError):
+    """The computation ran, but its map has nothing in it (no positive evidence): writing it
+    normalised would show a meaningless picture."""
+
+
 class ExplainCancelled(Exception):
     """The user cancelled the computation; nothing partial is returned."""
 

@@ -4,14 +4,18 @@ in the CT's exact geometry."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from . import __version__
+from .cam.evidence import Evidence, check_has_evidence, dice, signed_masses
 from .errors import ExplainInputError
 from .models.card import model_grid_memory_problem
 from .models.formats import read_model_card
@@ -44,6 +48,7 @@ class ExplainJob:
     extra: dict = field(default_factory=dict)  # label -> (path, function(JobResult) -> str or bytes), written last
     progress: object = None  # callable(fraction, message)
     cancel: object = None
+    command: str = ""  # the command line that made the job, for the outputs' record
 
     def explanations(self) -> list[tuple[str, str, str | None]]:
         """(key, method, layer) of each explanation, in order; the outputs follow this order.
@@ -69,12 +74,18 @@ class JobResult:
     metrics: dict = field(default_factory=dict)  # key (method, or layer in an atlas) -> ExplanationMetrics
     explained: dict = field(default_factory=dict)  # key -> (method, layer) of that explanation
     notes: list[str] = field(default_factory=list)  # what the user should know about how the run read its input
+    evidence: dict = field(default_factory=dict)  # key -> Evidence (T, probability and overlap in M, masses)
+    warnings: list[str] = field(default_factory=list)  # reasons to distrust the maps (see cam.evidence)
+    record: dict = field(default_factory=dict)  # how the results were made (see provenance_record)
     replaced: list[Path] = field(default_factory=list)  # existing files the outputs replaced
 
     def summary(self) -> dict:
         from .cam.methods import METHODS
 
         return {
+            "record": self.record,
+            "warnings": self.warnings,
+            "evidence": {key: evidence.as_dict() for key, evidence in self.evidence.items()},
             "metrics": {name: metrics.as_dict() for name, metrics in self.metrics.items()},
             "device": self.device,
             "layer": self.layer,
@@ -90,6 +101,16 @@ class JobResult:
                 for key, score in self.scores.items()
             },
             "seconds": self.seconds,
+        }
+
+    def measured(self, key: str) -> dict:
+        """One explanation's numbers as the metrics file holds them: the metrics, the
+        evidence, the warnings and the record."""
+        return {
+            **self.metrics[key].as_dict(),
+            "evidence": self.evidence[key].as_dict(),
+            "warnings": self.warnings,
+            "record": {**self.record, "method": self.explained[key][0], "layer": self.explained[key][1]},
         }
 
 
@@ -127,11 +148,14 @@ def run(job: ExplainJob) -> JobResult:
     check_model_grid_memory(ct, card, Path(job.image).name)
     notes = []
     mask_image = None
+    mask_source = "the network's prediction"
     if job.mask is not None:
         target = TargetClass(class_index, card.classes[class_index], card.head == "softmax")
         mask_image, note = segment_voxels(read_volume(job.mask, "mask"), Path(job.mask).name, job.mask_threshold,
                                           job.mask_label, target)  # fmt: skip
         notes += [note] if note else []
+        mask_source = describe_mask(job)
+    record = provenance_record(job, card, card.classes[class_index], mask_source)
     from .cam.methods import get_method  # the first imports of torch: after the cheap checks
     from .cam.model_inspection import resolve_device
 
@@ -140,13 +164,60 @@ def run(job: ExplainJob) -> JobResult:
     device = resolve_device(job.device)
     try:
         result = _compute(job, card, class_index, ct, mask_image, device, started)
-        result.notes, result.ct = notes, ct
+        result.notes, result.ct, result.record = notes, ct, record
+        _label_outputs(result)
         _stage(outputs, job, result)
         result.replaced = outputs.commit()
     finally:
         outputs.discard()
     _report(job, 1.0, "done")
     return result
+
+
+def describe_mask(job: ExplainJob) -> str:
+    """Where M came from, in words, for the record."""
+    how = (f" (label {job.mask_label})" if job.mask_label is not None
+           else f" (values >= {job.mask_threshold:g})" if job.mask_threshold is not None else "")  # fmt: skip
+    return f"{Path(job.mask).resolve()}{how}"
+
+
+def files_digest(paths) -> str:
+    """One SHA-256 over the model's files (their names and contents), so that a result
+    names exactly the weights that made it."""
+    digest = hashlib.sha256()
+    for path in sorted({Path(path).resolve() for path in paths}):
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def provenance_record(job: ExplainJob, card, class_name: str, mask_source: str) -> dict[str, str]:
+    """How a run's results were made; every output carries it (JSON, and NRRD metadata)."""
+    return {"software": f"SegHiResGradCAM {__version__}",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": job.command, "image": str(Path(job.image).resolve()), "model": card.name,
+            "model_file": str(Path(job.model).resolve()) if job.model is not None else "bundled demo model",
+            "model_sha256": files_digest(card.input_files), "class": class_name, "mask": mask_source}  # fmt: skip
+
+
+def _label_outputs(result: JobResult) -> None:
+    """Every output volume carries the record, its evidence and the run's warnings."""
+    common = {**result.record, "warnings": " | ".join(result.warnings)}
+    for key, volumes in [(key, (result.heatmaps[key], result.signed.get(key))) for key in result.heatmaps]:
+        evidence = {name: f"{value:.6g}" for name, value in result.evidence[key].as_dict().items()}
+        for volume in volumes:
+            if volume is not None:
+                _set_metadata(volume, {**common, **evidence})
+    for volume in (result.prediction,):
+        if volume is not None:
+            _set_metadata(volume, common)
+
+
+def _set_metadata(volume: sitk.Image, entries: dict[str, str]) -> None:
+    for name, value in entries.items():
+        volume.SetMetaData(f"seghiresgradcam_{name}", " ".join(str(value).split()))
 
 
 def check_model_grid_memory(ct: sitk.Image, card, name: str) -> None:
@@ -167,7 +238,7 @@ def _stage(outputs: OutputFiles, job: ExplainJob, result: JobResult) -> None:
     if job.summary is not None:
         outputs.stage_text("summary", json.dumps(result.summary(), indent=2))
     if job.metrics_file is not None:
-        outputs.stage_text("metrics", json.dumps(result.metrics[job.explanations()[0][0]].as_dict(), indent=2) + "\n")
+        outputs.stage_text("metrics", json.dumps(result.measured(job.explanations()[0][0]), indent=2) + "\n")
     for label, (_, make) in job.extra.items():
         outputs.stage_text(label, make(result))
 
@@ -175,7 +246,9 @@ def _stage(outputs: OutputFiles, job: ExplainJob, result: JobResult) -> None:
 def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, started: float) -> JobResult:
     import torch
 
+    from .cam.methods import METHODS
     from .cam.metrics import explanation_metrics
+    from .cam.passes import class_probability
     from .cam.slices import slice_logits
     from .cam.sliding_window import sliding_window_logits
 
@@ -199,16 +272,18 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
                            progress=scaled(0.0, "inference"), cancel=job.cancel)  # fmt: skip
     logits = torch.from_numpy(card.to_network_axes(logits.numpy()))  # (classes, z, y, x)
     seconds["inference"] = time.perf_counter() - started
+    predicted = (logits.argmax(0) == class_index if card.head == "softmax" else logits[class_index] > 0).numpy()
     if mask_image is not None:
         mask = model_input.mask_to_model(mask_image)
     else:
-        predicted = logits.argmax(0) == class_index if card.head == "softmax" else logits[class_index] > 0
-        mask = predicted.numpy()
+        mask = predicted
         if not mask.any():
             raise ExplainInputError(
                 f"The network predicts no {card.classes[class_index]} voxel in this CT, so there is nothing to "
                 "explain: give a segment with --mask, or choose another class."
             )
+    probability = float(class_probability(logits[None].float(), class_index, card.head)[0].numpy()[mask].mean())
+    overlap = dice(mask, predicted)
     result = JobResult(str(device), "", class_index, card.classes[class_index], {})
     regions = anatomy_regions(card, class_index, logits, model_input, mask) if job.metrics else {}
     in_network_axes = card.volume_to_network_axes
@@ -222,6 +297,14 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
 
         heatmap, cam = explain_with(network, scaled(part * share, key))
         part += 1
+        result.evidence[key] = Evidence(cam.score, probability, overlap, *signed_masses(cam.raw))
+        for warning in result.evidence[key].warnings(result.class_name):
+            if warning not in result.warnings:
+                result.warnings.append(warning)
+        if job.layers and not heatmap.max() > 0:  # an atlas shows every layer; a layer without evidence is said
+            result.warnings.append(f"No positive evidence for {result.class_name} in M at layer {cam.layer}.")
+        else:
+            check_has_evidence(heatmap, METHODS[method].title, cam.layer, result.class_name, cam.score)
         normalized = heatmap / heatmap.max() if heatmap.max() > 0 else heatmap
         original = model_input.to_original(normalized.astype(np.float32))
         original.SetMetaData("seghiresgradcam_method", method)

@@ -263,3 +263,22 @@ def test_a_segment_drawn_in_the_world_on_a_moved_ct_is_explained_where_it_lies(s
     assert application.errors == []
     heat_array = slicer.util.arrayFromVolume(ui.resultSelector.currentNode())
     assert heat_array[case.labels == 2].sum() / heat_array.sum() > 0.5
+
+
+def test_a_segment_the_network_does_not_predict_is_explained_with_a_warning_in_the_status(session, application):
+    """A tumour segment of another patient (here: in front of the spine) still gives a
+    normal-looking map; the status and the result's provenance say why not to trust it."""
+    volume, case = phantom_volume(application.scene)
+    elsewhere = np.flip(case.labels == 2, axis=1)
+    assert elsewhere.any() and not (elsewhere & (case.labels > 0)).any()
+    segmentation, segment_id = segment_from_labels(application.scene, volume, elsewhere.astype(np.uint8), 1, "tumour")
+    ui = session.ui
+    ui.usePredictionCheckBox.click()
+    ui.segmentSelector.user_choose(segmentation, segment_id)
+    ui.applyButton.click()
+    status = finished(session, application)
+    assert application.errors == []
+    assert status.startswith("Done, with a warning:") and "does not predict M as tumour" in status
+    heat = ui.resultSelector.currentNode()
+    assert "does not predict M as tumour" in heat.GetAttribute("SegHiResGradCAM.Warnings")
+    assert "warning: " in ui.provenanceLabel.text

@@ -49,6 +49,7 @@ class ExplainRun:
         self.prediction_node = None
         self.metrics_node = None
         self.atlas_nodes: list = []  # a layer atlas's heatmaps, coarsest first (the last is heatmap_node)
+        self.warnings: list[str] = []  # reasons to distrust the map, from the run's summary
         self._import_failure: Status | None = None
         mrml_adapter.check_volume(settings.volume_node)
         if settings.atlas and settings.signed:
@@ -115,6 +116,7 @@ class ExplainRun:
         """Loads every result, or none: a failure part-way removes what was already added."""
         settings, work_dir = self.settings, self._run.work_dir
         summary = json.loads((work_dir / "summary.json").read_text())
+        self.warnings = list(summary.get("warnings", []))
         atlas = json.loads((work_dir / "atlas" / "atlas.json").read_text())["layers"] if settings.atlas else []
         key = atlas[-1]["layer"] if atlas else settings.method  # the finest layer is the atlas's main map
         title = summary["methods"][key]["title"]
@@ -175,7 +177,9 @@ class ExplainRun:
         return {"Method": explained["title"], "Layer": explained["layer"], "Model": self.card.name,
                 "ModelFile": str(Path(settings.model).resolve()) if settings.model is not None else "bundled",
                 "Class": self.card.classes[self.class_index], "TargetScore": str(explained["target_score"]),
-                "Segment": self.segment_name, "Device": settings.device, "Version": __version__}  # fmt: skip
+                "Segment": self.segment_name, "Device": settings.device, "Version": __version__,
+                "Warnings": " ".join(self.warnings), "ModelSHA256": summary["record"]["model_sha256"],
+                "Created": summary["record"]["created"]}  # fmt: skip
 
     def cancel(self) -> None:
         self._run.cancel()
