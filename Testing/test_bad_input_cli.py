@@ -62,6 +62,14 @@ def card(folder: Path, **changes) -> Path:
     return path
 
 
+def renamed_entry(folder: Path, key: str, new_key: str) -> Path:
+    path = folder / "model" / "card.json"
+    data = json.loads(path.read_text())
+    data[new_key] = data.pop(key)
+    path.write_text(json.dumps(data))
+    return path
+
+
 def image(folder: Path, name: str, array: np.ndarray, spacing=(5.0, 5.0, 6.0)) -> Path:
     """A file on the case CT's grid (the given spacing, its origin), holding ``array``."""
     picture = sitk.GetImageFromArray(array)
@@ -250,6 +258,31 @@ CASES = {
         lambda f: good(f, model=card(f, preprocessing__intensity__low="low")),
         2,
         "preprocessing.intensity.low must be a number",
+    ),
+    "misspelt card entry": (
+        lambda f: good(f, model=renamed_entry(f, "preprocessing", "preprocesing")),
+        2,
+        "unknown entry 'preprocesing'; did you mean 'preprocessing'",
+    ),
+    "misspelt nested card entry": (
+        lambda f: good(f, model=card(f, preprocessing__intensity__center=50)),
+        2,
+        "unknown entry 'preprocessing.intensity.center'; did you mean 'preprocessing.intensity.centre'",
+    ),
+    "card entry the reader does not know": (
+        lambda f: good(f, model=card(f, normalisation="zscore")),
+        2,
+        "unknown entry 'normalisation'; The card can hold name, ",
+    ),
+    "axis order of another dimension": (
+        lambda f: good(f, model=card(f, sliding_window__axis_order="xy")),
+        2,
+        "sliding_window.axis_order must be the network's array axis order, one of zyx, xyz; got 'xy'",
+    ),
+    "unknown blend": (
+        lambda f: good(f, model=card(f, sliding_window__blend="mean")),
+        2,
+        "sliding_window.blend must be",
     ),
     "no architecture": (lambda f: good(f, model=card(f, architecture=None)), 2, "architecture must be"),
     "architecture names code": (

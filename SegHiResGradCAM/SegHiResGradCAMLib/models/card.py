@@ -49,13 +49,14 @@ class ModelCard:
     default_layer: str | None
     extra: dict
     axis_order: str = "zyx"  # the network's array order: "zyx" (SimpleITK), "xyz" or "xy" (MONAI bundles)
+    blend: str = "gaussian"  # how overlapping windows are blended: "gaussian" or "constant" (MONAI's modes)
 
     @property
     def tiling(self):
         """How the network runs window by window (window sizes, overlap, blend and grid)."""
         from ..cam.sliding_window import Tiling
 
-        return Tiling(self.window, self.overlap)
+        return Tiling(self.window, self.overlap, self.blend)
 
     @property
     def prediction_labels(self) -> dict[int, int]:

@@ -7,6 +7,8 @@ and what it should hold; the weights must lie inside the card's folder.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 from pathlib import Path
 
@@ -15,6 +17,31 @@ from .card import Intensity, ModelCard, file_inside, read_json
 
 ORIENTATION_LETTERS = ({"L", "R"}, {"P", "A"}, {"S", "I"})
 HEADS = ("softmax", "sigmoid")
+BLENDS = ("gaussian", "constant")
+# The network's array axis order -> the card's internal name (a 2D network's "yx" is the identity).
+AXIS_ORDERS = {3: {"zyx": "zyx", "xyz": "xyz"}, 2: {"yx": "zyx", "xy": "xy"}}
+# Every entry a card may hold; None: its contents are free (the network's arguments, notes).
+KNOWN_ENTRIES = {"name": None, "description": None, "architecture": None, "kwargs": None, "weights": None,
+                 "head": None, "classes": None, "colours": None, "default_layer": None, "training": None,
+                 "validation": None,
+                 "preprocessing": {"orientation": None, "spacing": None,
+                                   "intensity": {"low": None, "high": None, "centre": None, "scale": None}},
+                 "sliding_window": {"size": None, "overlap": None, "blend": None, "axis_order": None}}  # fmt: skip
+
+
+def check_known_entries(card: dict, known: dict, name: str, prefix: str = "") -> None:
+    """Refuses an entry the reader would ignore (a misspelt or unsupported key), naming the
+    closest known one: an ignored entry would silently change the computation."""
+    for key, value in card.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
+            hint = f"did you mean {prefix + close[0]!r}? " if close else ""
+            raise ExplainInputError(
+                f"The model card {name}: unknown entry {prefix + key!r}; {hint}The card can hold "
+                f"{', '.join(prefix + entry for entry in known)} (see the README's model card section)."
+            )
+        if isinstance(known[key], dict) and isinstance(value, dict):
+            check_known_entries(value, known[key], name, f"{prefix}{key}.")
 
 
 class _Entries:
@@ -83,6 +110,7 @@ def read_card_json(path: Path) -> ModelCard:
     card = read_json(path)
     if not isinstance(card, dict):
         raise ExplainInputError(f"The model card {path.name} must be a JSON object (name, architecture, kwargs, ...).")
+    check_known_entries(card, KNOWN_ENTRIES, path.name)
     entries = _Entries(card, path.name)
     kwargs = entries.get("kwargs", 'an object of the network\'s arguments, e.g. {"spatial_dims": 3, ...}')
     if not isinstance(kwargs, dict):
@@ -132,10 +160,15 @@ def read_card_json(path: Path) -> ModelCard:
         overlap=overlap,
         default_layer=default_layer,
         extra={key: value for key, value in card.items() if key in ("training", "validation")},
+        blend=entries.text("sliding_window.blend", f"one of {', '.join(BLENDS)}", default="gaussian", choices=BLENDS),
     )
     if model_card.spatial_dims not in (2, 3) or len(model_card.window) != model_card.spatial_dims:
         raise ExplainInputError(
             f"The model card {path.name} describes a {model_card.spatial_dims}D network with a sliding window of "
             f"{len(model_card.window)} sizes: give one size per spatial axis ((y, x) for 2D, (z, y, x) for 3D)."
         )
-    return model_card
+    orders = AXIS_ORDERS[model_card.spatial_dims]
+    default_order = next(iter(orders))
+    order = entries.text("sliding_window.axis_order", f"the network's array axis order, one of {', '.join(orders)}",
+                         default=default_order, choices=orders)  # fmt: skip
+    return dataclasses.replace(model_card, axis_order=orders[order])
