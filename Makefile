@@ -2,6 +2,7 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+DEMO_INSTALLED := $(VENV)/.installed-demo
 SYSTEM_PYTHON ?= python3
 
 .PHONY: venv demo test lint bench bench-methods bench-layers clean
@@ -15,9 +16,17 @@ $(INSTALLED): pyproject.toml constraints.txt requirements-nnunet.txt
 	$(PYTHON) -m pip install --quiet --no-deps -c constraints.txt -r requirements-nnunet.txt
 	touch $(INSTALLED)
 
+# The demo needs only the package's own dependencies (PyTorch, MONAI, SimpleITK, SciPy,
+# Matplotlib), not the test, cohort, Ray, nnU-Net and Slicer extras.
+$(DEMO_INSTALLED): pyproject.toml constraints.txt
+	test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -c constraints.txt -e .
+	touch $(DEMO_INSTALLED)
+
 venv: $(INSTALLED)
 
-demo: $(INSTALLED)
+demo: $(DEMO_INSTALLED)
 	$(VENV)/bin/seghiresgradcam demo --out demo_output
 
 lint: $(INSTALLED)

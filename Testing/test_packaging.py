@@ -83,3 +83,29 @@ def test_the_recorded_version_is_the_package_s_version():
 
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     assert SegHiResGradCAMLib.__version__ == project["version"]
+
+
+def test_make_demo_installs_only_the_package_and_make_test_adds_the_extras(tmp_path):
+    """What the two commands would run in a fresh environment (make's dry run)."""
+    import subprocess
+
+    def planned(target):
+        return subprocess.run(["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout  # fmt: skip
+
+    demo = [line for line in planned("demo").splitlines() if "pip install" in line and "-e" in line]
+    assert len(demo) == 1 and demo[0].rstrip().endswith("-e .")  # no extras: no Ray, nnU-Net, slicer-core
+    assert "requirements-nnunet" not in planned("demo")
+    test = planned("test")
+    assert '-e ".[dev,nnunet,bundle,cohort,cluster]"' in test and "requirements-nnunet.txt" in test
+
+
+def test_no_file_points_to_a_planning_note_outside_the_repository():
+    """What the code relies on is written down here (README, docstrings), not in notes that
+    ship elsewhere."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    pointing = [name for name in tracked.split() if (ROOT / name).is_file() and name != "Testing/test_packaging.py"
+                and "DESIGN.md" in (ROOT / name).read_text(errors="ignore")]  # fmt: skip
+    assert pointing == []

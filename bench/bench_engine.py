@@ -2,7 +2,7 @@
 
 Prints, for each volume size and method, CAM time / no-grad forward time and peak memory
 / forward peak memory. Times are CPU (process) times of the two computations interleaved
-in one process, median of several pairs (DESIGN.md section 6); memory is the peak RSS of
+in one process, median of several pairs (see bench/measure.py); memory is the peak RSS of
 separate processes, each running one computation, counted above the RSS the process had
 just before it (model and input loaded), with the whole-process peaks beside it.
 

@@ -1,4 +1,4 @@
-"""Measuring on noisy shared machines (DESIGN.md section 6): CPU-time ratios of two
+"""Measuring on noisy shared machines, where wall times vary with the load: CPU-time ratios of two
 computations interleaved in one process, and peak RSS of a computation run alone in a
 fresh process."""
 

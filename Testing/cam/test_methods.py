@@ -1,4 +1,4 @@
-"""The further CAM methods (DESIGN.md section 2) against independent computations inside
+"""The further CAM methods (the README's method table) against independent computations inside
 the test, and properties that only a correct implementation has."""
 
 import numpy as np

@@ -14,6 +14,7 @@ import pytest
 from mrml_scene import new_scene, phantom_volume
 from SegHiResGradCAMLib.mrml.background import BackgroundRun, python_executable
 from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun, ExplainSettings, ModelInspector, layer_label
+from work_clock import wait_while_working
 
 LAUNCHER = """#!{python}
 # Like CTK's AppLauncher (PythonSlicer): run the real interpreter as a child, wait, and
@@ -52,11 +53,8 @@ def alive(pid: int) -> bool:
     return True
 
 
-def wait_for(condition, timeout=120.0):
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
+def wait_for(condition):
+    wait_while_working(condition, what="the background run's step")
 
 
 @pytest.mark.skipif(os.name == "nt", reason="the launcher script needs a POSIX shebang")
@@ -170,10 +168,8 @@ def test_undecodable_output_neither_stops_the_readers_nor_logs_from_their_thread
     try:
         child = BackgroundProcess([sys.executable, "-c", code], tmp_path, "test")
         lines = []
-        deadline = time.monotonic() + 60
-        while child.exit_code() is None and time.monotonic() < deadline:
-            lines += child.stdout_lines()
-            time.sleep(0.01)
+        wait_while_working(lambda: child.exit_code() is not None, what="the child",
+                           between=lambda: lines.extend(child.stdout_lines()))  # fmt: skip
         lines += child.stdout_lines()
     finally:
         LOGGER.removeHandler(handler)

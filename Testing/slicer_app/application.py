@@ -14,13 +14,14 @@ import importlib.util
 import os
 import stat
 import sys
-import time
 import types
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import slicer
 import slicer.util
+
+from work_clock import wait_while_working
 
 from . import ctk, mrml_widgets, parameter_node, qt
 
@@ -263,14 +264,10 @@ class Application(qt.QObject):
         return self.answers.pop(0) if self.answers else True
 
     # time -----------------------------------------------------------------------------------
-    def wait_until(self, condition, timeout: float = 120.0, what: str = "the condition") -> None:
-        """Lets time pass (timers fire, as in Slicer's event loop) until ``condition()``."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} did not happen within {timeout} s")
-            self.processEvents()
-            time.sleep(0.05)
+    def wait_until(self, condition, stall: float = 120.0, what: str = "the condition") -> None:
+        """Lets time pass (timers fire, as in Slicer's event loop) until ``condition()``; fails
+        when the background processes do no work for ``stall`` seconds (see work_clock)."""
+        wait_while_working(condition, stall, what, between=self.processEvents)
 
 
 def python_slicer_launcher(folder: Path) -> Path:

@@ -18,8 +18,8 @@ def nodes_named(scene, suffix):
     ]
 
 
-def finished(session, application, timeout=300):
-    application.wait_until(lambda: session.widget._run is None and not session.widget._runs, timeout, "the run")
+def finished(session, application):
+    application.wait_until(lambda: session.widget._run is None and not session.widget._runs, what="the run")
     return session.ui.statusLabel.text
 
 
@@ -94,7 +94,7 @@ def test_a_ct_too_large_for_memory_is_refused_before_the_run_with_the_estimate(s
 def test_compare_shows_both_methods_side_by_side(session, application):
     phantom_volume(application.scene)
     session.ui.compareButton.click()
-    finished(session, application, timeout=600)
+    finished(session, application)
     assert application.errors == []
     layout = application.layoutManager()
     assert layout.layout == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView

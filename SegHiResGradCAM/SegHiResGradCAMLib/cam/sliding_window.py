@@ -1,4 +1,4 @@
-"""Sliding-window inference and its exact attribution (DESIGN.md section 2).
+"""Sliding-window inference and its exact attribution.
 
 The blended logits are Y(v) = sum_w g_w(v) Y^w(v) / N(v) with N = sum_w g_w, on MONAI's
 window grid (same padding, scan interval, last-window placement and importance map as

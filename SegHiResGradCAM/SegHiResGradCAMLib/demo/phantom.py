@@ -3,8 +3,8 @@
 Deterministic by seed. Anatomy is drawn in patient coordinates (LPS, millimetres, origin
 at the centre of the abdomen at kidney level) and sampled on any axis-aligned grid, so that
 training data can be made directly at the model's spacing and demo cases at KiTS spacing.
-HU values and sizes follow DESIGN.md section 5. Labels: 0 background, 1 kidney, 2 tumour,
-3 cyst.
+HU values and sizes are those of contrast-enhanced (late arterial) KiTS CTs, set below.
+Labels: 0 background, 1 kidney, 2 tumour, 3 cyst.
 """
 
 from __future__ import annotations
