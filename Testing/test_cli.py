@@ -198,6 +198,10 @@ def test_demo_writes_the_case_heatmaps_and_figure_and_reuses_the_case(tmp_path):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "in tumour" in first.stdout and "Making the synthetic" in first.stdout
+    # The headline numbers come with their baselines and with what they do not show.
+    assert "randomised network" in first.stdout and "flat map" in first.stdout
+    assert "What it does not show" in first.stdout  # a random network also puts most heat in M at this layer
+    assert "Seg-Grad CAM's map does not depend on M here" in first.stdout
     second = seghiresgradcam("demo", "--out", tmp_path, "--progress", "none")
     assert second.returncode == 0 and "Reusing the sample case" in second.stdout
 

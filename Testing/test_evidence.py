@@ -4,6 +4,7 @@ positive evidence is refused; a target the network does not predict is warned ab
 place the map goes (printout, summary, metrics file, the file's metadata)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 
 SPACING = (6.0, 6.0, 6.0)
+BUNDLED = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "Resources" / "Models" / "kits_demo_unet.json"
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +140,59 @@ def test_a_segment_the_network_does_not_predict_is_warned_about(kits_like, capsy
     assert evidence["mean_probability_in_target"] < 0.1 and evidence["prediction_overlap"] == 0
     assert "The network does not predict M as tumour" in printed.err
     assert evidence["target_score"] < 0 and any("is not positive" in warning for warning in other["warnings"])
+
+
+def measured(folder, model, method, *extra):
+    code = cli_main(["explain", "--image", str(folder / "ct.nrrd"), "--model", str(model), "--target-class", "tumour",
+                     "--mask", str(folder / "tumour.nrrd"), "--method", method, "--out", str(folder / "heat.nrrd"),
+                     "--metrics", str(folder / "metrics.json"), "--progress", "none", *extra])  # fmt: skip
+    assert code == 0
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def randomised_card(folder) -> Path:
+    """The bundled model's card with its weights re-initialised (an untrained network)."""
+    from SegHiResGradCAMLib.cam.metrics import randomised_copy
+    from SegHiResGradCAMLib.models.formats import read_model_card
+
+    card = json.loads(BUNDLED.read_text())
+    torch.save(randomised_copy(read_model_card(BUNDLED).build_network(), seed=3).state_dict(), folder / "random.pt")
+    card["weights"] = "random.pt"
+    (folder / "random.json").write_text(json.dumps(card))
+    return folder / "random.json"
+
+
+def test_every_metric_comes_with_its_baseline_and_every_check_with_its_criterion(kits_like, capsys):
+    """At the default layer, next to the head, the heat in M is high whatever the weights: the
+    randomised network's own share is printed beside it. Seg-Grad CAM's map there does not
+    depend on M at all, and its check says so."""
+    hires = measured(kits_like, BUNDLED, "seg-hires-grad-cam")
+    printed = capsys.readouterr().out
+    assert hires["mass_in_target"] > 0.8 and hires["mass_in_target_randomised"] > 0.5
+    assert 0 < hires["mass_in_target_uniform"] < 0.05  # M is a small part of the image
+    assert hires["deletion_random"]["area"] > 0 and hires["insertion_random"]["area"] > 0
+    names = [check["name"] for check in hires["checks"]]
+    assert names == ["randomisation (inside M)", "heat in M beyond a random network", "deletion beyond random order",
+                     "insertion beyond random order", "dependence on M"]  # fmt: skip
+    checks = {check["name"]: check for check in hires["checks"]}
+    assert checks["dependence on M"]["passed"] and hires["dependence_on_target"] < 0.5
+    assert checks["randomisation (inside M)"]["value"] == hires["randomisation_similarity_in_target"]
+    assert checks["deletion beyond random order"]["passed"] == (hires["deletion"]["area"]
+                                                                 < hires["deletion_random"]["area"])  # fmt: skip
+    assert f"randomised network {100 * hires['mass_in_target_randomised']:.1f} %" in printed
+    assert "check: dependence on M" in printed and "pass (rank similarity with the map of M moved aside" in printed
+    grad = measured(kits_like, BUNDLED, "seg-grad-cam", "--measure", "dependence")
+    assert grad["dependence_on_target"] > 0.99 and grad["deletion"] is None
+    assert [check["passed"] for check in grad["checks"]] == [False]
+    assert "FAIL (rank similarity with the map of M moved aside below 0.9)" in capsys.readouterr().out
+
+
+def test_an_untrained_network_s_map_is_flagged_by_its_baselines(kits_like, capsys):
+    random_card = randomised_card(kits_like)
+    hires = measured(kits_like, random_card, "seg-hires-grad-cam", "--measure", "randomisation", "dependence")
+    capsys.readouterr()
+    checks = {check["name"]: check["passed"] for check in hires["checks"]}
+    # An untrained network localises no better than another untrained one.
+    assert hires["mass_in_target_randomised"] > 0.5 and not checks["heat in M beyond a random network"]
+    assert set(checks) == {"randomisation (inside M)", "heat in M beyond a random network", "dependence on M"}
+    assert hires["warnings"], "an untrained network does not predict the tumour"

@@ -25,7 +25,7 @@ ALLOWED = {
     "mrml": {"errors", "models", "cam", "__init__"},  # torch-free parts only (see below); __init__: the version
     "pipeline": {"errors", "cam", "models", "volumes", "__init__"},  # __init__: the version in the record
     "demo": {"errors", "cam", "models", "volumes", "pipeline"},
-    "cohort": {"errors", "cam", "models", "volumes", "pipeline", "demo"},
+    "cohort": {"errors", "cam", "models", "volumes", "pipeline", "demo", "__init__"},  # __init__: the version
     "cli": {"errors", "cam", "models", "volumes", "pipeline", "demo", "cohort", "__init__"},  # __init__: --version
     "errors": set(),
     "__init__": {"errors", "cam"},  # the public API, loaded lazily

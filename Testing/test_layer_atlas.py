@@ -93,8 +93,24 @@ def test_the_command_line_atlas_writes_a_heatmap_per_stage_with_metrics_a_table_
     printed = capsys.readouterr().out
     assert all(layer in printed for layer in stages) and "randomisation similarity" in printed
     printed_rows = {line.split()[0]: line.split() for line in printed.splitlines() if line.split()[:1] == ["model.1"]}
-    inside = table["layers"][-1]["metrics"]["randomisation_similarity_in_target"]
-    assert printed_rows["model.1"][-1] == f"{inside:.3f}"  # the similarity inside M, printed beside the whole one
+    finest = table["layers"][-1]["metrics"]
+    whole, inside = finest["randomisation_similarity"], finest["randomisation_similarity_in_target"]
+    cells = printed_rows["model.1"]
+    assert cells[cells.index(f"{whole:.3f}") + 1] == f"{inside:.3f}"  # inside M, printed beside the whole one
+    failed = [check["name"] for check in finest["checks"] if not check["passed"]]
+    assert " ".join(cells).endswith(", ".join(failed) or "-")  # and the checks the layer's map fails
+
+
+def test_an_atlas_without_metrics_is_only_the_maps(ct, capsys):
+    out = ct / "bare-atlas"
+    arguments = ["explain", "--image", str(ct / "ct.nii.gz"), "--target-class", "kidney", "--mask",
+                 str(ct / "kidney.nrrd"), "--layers", "atlas", "--measure", "none", "--out", str(out),
+                 "--progress", "none"]  # fmt: skip
+    assert cli_main(arguments) == 0
+    table = json.loads((out / "atlas.json").read_text())
+    assert [row["metrics"] for row in table["layers"]] == [None] * 3
+    assert all(row["evidence"]["target_score"] == row["target_score"] for row in table["layers"])
+    assert (out / "atlas.png").is_file() and "randomisation similarity" not in capsys.readouterr().out
 
 
 def test_an_atlas_with_a_layer_that_fails_writes_nothing(ct, capsys):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cam.metric_table import METRIC_GROUPS
 from .errors import ExplainCancelled, ExplainInputError, ExplainNoEvidence, ExplainResourceError
 
 
@@ -63,8 +64,11 @@ def _atlas(arguments, out: Path) -> tuple[list[str], list[Path], dict]:
 
     def table(result) -> str:
         rows = [{"layer": key, "method": result.explained[key][0], "target_score": result.scores[key],
-                 "metrics": result.metrics[key].as_dict()} for key in result.heatmaps]  # fmt: skip
-        return json.dumps({"class": result.class_name, "layers": rows}, indent=2) + "\n"
+                 "evidence": result.evidence[key].as_dict(),
+                 "metrics": result.metrics[key].as_dict() if key in result.metrics else None}
+                for key in result.heatmaps]  # fmt: skip
+        return json.dumps({"class": result.class_name, "record": result.record, "warnings": result.warnings,
+                           "layers": rows}, indent=2) + "\n"  # fmt: skip
 
     def figure(result) -> bytes:
         from .demo.run_demo import atlas_figure
@@ -75,11 +79,38 @@ def _atlas(arguments, out: Path) -> tuple[list[str], list[Path], dict]:
     return layers, [out / f"heatmap_{layer}.nrrd" for layer in layers], extra
 
 
+def _case_figure(arguments):
+    """The paper-style figure of the user's own case, with the ground truth when given."""
+
+    from .volumes.volume_io import read_volume
+
+    truth = read_volume(arguments.truth, "ground truth") if arguments.truth else None  # refused before the run
+
+    def figure(result) -> bytes:
+        import io
+
+        from .demo.run_demo import case_figure
+
+        buffer = io.BytesIO()
+        case_figure(buffer, result.ct, truth, result, f"{Path(arguments.image).name}: {result.class_name}, "
+                    f"layer {result.layer}")  # fmt: skip
+        return buffer.getvalue()
+
+    return figure
+
+
 def _explain(arguments) -> int:
     from .pipeline import ExplainJob, run
 
     out = Path(arguments.out)
     layers, heatmaps, extra = _atlas(arguments, out) if arguments.layers else (None, [out], {})
+    if arguments.per_component:
+        heatmaps, extra = [], {"components table": (out / "components.json", _components_table)}
+    if arguments.figure:
+        if layers:
+            raise ExplainInputError("--figure is made for one map: a layer atlas writes its own atlas.png.")
+        extra["figure"] = (Path(arguments.figure), _case_figure(arguments))
+    inputs = [Path(arguments.truth)] if arguments.truth else []
     job = ExplainJob(
         image=Path(arguments.image),
         target_class=arguments.target_class,
@@ -93,7 +124,8 @@ def _explain(arguments) -> int:
         device=arguments.device,
         prediction=Path(arguments.prediction) if arguments.prediction else None,
         summary=Path(arguments.summary) if arguments.summary else None,
-        metrics=arguments.metrics is not None or bool(layers),  # an atlas measures every layer
+        metrics=_measuring(arguments),
+        measure=tuple(group for group in arguments.measure or METRIC_GROUPS if group != "none"),
         metrics_file=Path(arguments.metrics) if arguments.metrics else None,
         mask_threshold=arguments.mask_threshold,
         mask_label=arguments.mask_label,
@@ -102,18 +134,27 @@ def _explain(arguments) -> int:
         signed=[Path(arguments.signed)] if arguments.signed else None,
         progress=_progress(arguments),
         command=arguments.command_line,
+        other_inputs=inputs,
+        per_component=out if arguments.per_component else None,
     )
     result = run(job)
     _print_warnings(arguments, result.warnings)
+    if arguments.per_component:
+        if arguments.progress != "json":
+            _print_components(result, out)
+        return 0
     if layers:
         if arguments.progress != "json":
             print(f"layer atlas of {result.class_name} ({arguments.method}) at {', '.join(layers)}: heatmaps, "
                   f"atlas.json and atlas.png written to {out}")  # fmt: skip
             # both similarities: near the head, the whole-image one mostly measures the map's support (README)
-            rows = [(key, f"{result.scores[key]:.4g}", f"{100 * result.metrics[key].mass_in_target:.1f} %",
-                     _format(result.metrics[key].randomisation_similarity),
-                     _format(result.metrics[key].randomisation_similarity_in_target)) for key in layers]  # fmt: skip
-            print_table(["layer", "T", "heat in M", "randomisation similarity", "in M"], rows)
+            if result.metrics:
+                rows = [(key, f"{result.scores[key]:.4g}", f"{100 * result.metrics[key].mass_in_target:.1f} %",
+                         _format(result.metrics[key].randomisation_similarity),
+                         _format(result.metrics[key].randomisation_similarity_in_target),
+                         ", ".join(check.name for check in result.metrics[key].checks if not check.passed) or "-")
+                        for key in layers]  # fmt: skip
+                print_table(["layer", "T", "heat in M", "randomisation similarity", "in M", "failed checks"], rows)
         return 0
     if arguments.progress != "json":
         replaced = "".join(f"; replaced {path}" for path in result.replaced)
@@ -130,6 +171,42 @@ def _explain(arguments) -> int:
         if arguments.metrics is not None:
             print_table(["metric", "value"], result.metrics[arguments.method].rows())
     return 0
+
+
+def component_rows(result) -> list[dict]:
+    """One row per connected component of M: its size and place, T, evidence and metrics."""
+    return [{"component": key, **result.components[key], "method": result.explained[key][0],
+             "layer": result.explained[key][1], "target_score": result.scores[key],
+             "evidence": result.evidence[key].as_dict(),
+             "metrics": result.metrics[key].as_dict() if key in result.metrics else None}
+            for key in result.heatmaps]  # fmt: skip
+
+
+def _components_table(result) -> str:
+    return json.dumps({"class": result.class_name, "record": result.record, "warnings": result.warnings,
+                       "components": component_rows(result)}, indent=2) + "\n"  # fmt: skip
+
+
+def _print_components(result, out: Path) -> None:
+    print(f"{len(result.heatmaps)} component(s) of M explained one by one ({result.class_name}, layer "
+          f"{result.layer}): heatmap_<component>.nrrd and components.json written to {out}")  # fmt: skip
+    rows = []
+    for row in component_rows(result):
+        evidence, measured = row["evidence"], row["metrics"] or {}
+        failed = ", ".join(check["name"] for check in measured.get("checks", []) if not check["passed"])
+        heat = f"{100 * measured['mass_in_target']:.1f} %" if measured else ""
+        rows.append((row["component"], f"{row['volume_ml']:.2f}", " ".join(f"{v:g}" for v in row["centre_lps_mm"]),
+                     f"{row['target_score']:.4g}", f"{evidence['mean_probability_in_target']:.3f}",
+                     f"{evidence['prediction_overlap']:.3f}", heat, failed or ("-" if measured else "")))  # fmt: skip
+    print_table(["component", "volume (ml)", "centre (LPS mm)", "T", "mean probability", "Dice with prediction",
+                 "heat in M", "failed checks"], rows)  # fmt: skip
+
+
+def _measuring(arguments) -> bool:
+    """An atlas measures every layer unless told --measure none; a single map when asked."""
+    if arguments.measure == ["none"]:
+        return False
+    return arguments.metrics is not None or bool(arguments.layers) or bool(arguments.measure)
 
 
 def _print_warnings(arguments, warnings: list[str]) -> None:
@@ -212,12 +289,51 @@ def _demo(arguments) -> int:
     print(f"device {summary['device']}, layer {summary['layer']}; inference {seconds['inference']:.1f} s, "
           f"total {seconds['total']:.1f} s; tumour Dice {summary['tumour_dice']:.3f}, kidney Dice "
           f"{summary['kidney_dice']:.3f}")  # fmt: skip
+    print("\nShare of each map's heat (on the CT's grid, against the ground truth):")
     print(f"{'method':22s} {'T':>10s} {'time':>7s} {'in tumour':>10s} {'in kidney':>10s} {'outside body':>13s}")
     for method, shares in summary["heat_shares"].items():
         tumour, kidney, outside = (100 * shares[key] for key in ("tumour", "kidney", "outside_body"))
         score = summary["target_score"][method]
         print(f"{method:22s} {score:10.4g} {seconds[method]:6.1f}s {tumour:9.1f}% {kidney:9.1f}% {outside:12.1f}%")
+    print("\nThe same beside its baselines, and the checks (on the model's grid, M = the predicted tumour):")
+    rows = []
+    for method, measured in summary["metrics"].items():
+        checks = {check["name"]: check for check in measured["checks"]}
+        randomisation, dependence = checks["randomisation (inside M)"], checks["dependence on M"]
+        rows.append((method, f"{100 * measured['mass_in_target']:.1f} %",
+                     f"{100 * measured['mass_in_target_randomised']:.1f} %",
+                     f"{100 * measured['mass_in_target_uniform']:.1f} %",
+                     f"{randomisation['value']:.2f} {'pass' if randomisation['passed'] else 'FAIL'}",
+                     f"{dependence['value']:.3f} {'pass' if dependence['passed'] else 'FAIL'}"))  # fmt: skip
+    print_table(["method", "heat in M", "randomised network", "flat map", "randomisation in M (< 0.5)",
+                 "same map for M moved aside (< 0.9)"], rows)  # fmt: skip
+    for line in demo_reading(summary["metrics"]):
+        print(line)
     return 0
+
+
+def demo_reading(metrics: dict) -> list[str]:
+    """What the demo's comparison shows and does not show, from its own numbers."""
+    from .cam.metrics import DEPENDENCE_LIMIT, RANDOMISATION_LIMIT
+
+    hires, grad = metrics["seg-hires-grad-cam"], metrics["seg-grad-cam"]
+    lines = [f"What this shows: Seg-HiRes-Grad CAM puts {100 * hires['mass_in_target']:.0f} % of its heat in M (the "
+             f"predicted tumour), Seg-Grad CAM {100 * grad['mass_in_target']:.0f} %."]  # fmt: skip
+    if hires["mass_in_target_randomised"] > 0.5:
+        lines.append(f"What it does not show: that the network learned to look there. At this layer, next to the "
+                     f"output, the map of a network with random weights also puts "
+                     f"{100 * hires['mass_in_target_randomised']:.0f} % of its heat in M: heat in M mostly says "
+                     "where M is.")  # fmt: skip
+    changed = hires["randomisation_similarity_in_target"] < RANDOMISATION_LIMIT
+    moves = hires["dependence_on_target"] < DEPENDENCE_LIMIT
+    lines.append(f"Inside M its pattern {'does' if changed else 'does not'} change with random weights (rank "
+                 f"similarity {hires['randomisation_similarity_in_target']:.2f}), and it "
+                 f"{'moves' if moves else 'does not move'} with M (similarity {hires['dependence_on_target']:.2f} "
+                 "with the map of M moved aside).")  # fmt: skip
+    if grad["dependence_on_target"] >= DEPENDENCE_LIMIT:
+        lines.append(f"Seg-Grad CAM's map does not depend on M here (similarity {grad['dependence_on_target']:.3f}): "
+                     "it shows the layer's features, not why M is tumour.")  # fmt: skip
+    return lines
 
 
 def _inspect(arguments) -> int:
@@ -241,11 +357,17 @@ def _cohort(arguments) -> int:
     settings = CohortSettings(model=arguments.model, target_class=arguments.target_class,
                               methods=tuple(arguments.methods), explain=arguments.explain, metrics=arguments.metrics,
                               device=arguments.device, trust_bundle=arguments.trust_bundle,
-                              folds=tuple(arguments.folds) if arguments.folds else None)  # fmt: skip
+                              folds=tuple(arguments.folds) if arguments.folds else None, layer=arguments.layer,
+                              mask_label=arguments.mask_label, command=arguments.command_line,
+                              measure=tuple(arguments.measure or METRIC_GROUPS),
+                              per_component=arguments.per_component)  # fmt: skip
     address = None if arguments.ray is None else (arguments.ray or "local")
-    summary = run_cohort(Path(arguments.cases), Path(arguments.out), settings, ray_address=address,
-                         workers=arguments.workers, gpus_per_case=arguments.gpus_per_case,
-                         retry_failed=arguments.retry_failed, progress=_progress(arguments))  # fmt: skip
+    try:
+        summary = run_cohort(Path(arguments.cases), Path(arguments.out), settings, ray_address=address,
+                             workers=arguments.workers, gpus_per_case=arguments.gpus_per_case,
+                             retry_failed=arguments.retry_failed, progress=_progress(arguments))  # fmt: skip
+    except KeyboardInterrupt:
+        return _fail(arguments, _kept_cases(Path(arguments.out)), 130, prefix="seghiresgradcam: ")
     line = (f"{summary.done} of {summary.cases} cases explained ({summary.computed} computed now, "
             f"{summary.failed} failed) in {summary.seconds:.0f} s; results in {arguments.out}/results.csv, "
             f"report.html")  # fmt: skip
@@ -257,6 +379,18 @@ def _cohort(arguments) -> int:
               "--retry-failed runs them again)", file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+def _kept_cases(results: Path) -> str:
+    """What a cancelled cohort leaves: its finished cases, named, and how to go on."""
+    from .cohort.case import finished_cases
+
+    kept = finished_cases(results)
+    named = ", ".join(kept[:10]) + (f" and {len(kept) - 10} more" if len(kept) > 10 else "")
+    if not kept:
+        return "cancelled; no case had finished, nothing was kept."
+    return (f"cancelled; the {len(kept)} finished case(s) were kept ({named}); the same command computes the "
+            "rest.")  # fmt: skip
 
 
 def _methods(arguments) -> int:
@@ -313,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a layer atlas: explain at each LAYER, or `atlas` for one layer per decoder stage; "
                          "--out is then a folder for heatmap_<layer>.nrrd, atlas.json (the metrics of every layer) "
                          "and atlas.png")  # fmt: skip
+    explain.add_argument("--per-component", action="store_true",
+                         help="explain each connected component of M on its own (several tumours): --out is then a "
+                         "folder for heatmap_component_<n>.nrrd (largest first) and components.json (size, "
+                         "centre, T, evidence and metrics of each)")  # fmt: skip
     explain.add_argument("--device", default="auto", choices=DEVICES)
     explain.add_argument("--out", required=True, help="heatmap file, written in the CT's geometry (0..1)")
     explain.add_argument("--prediction", help="also write the predicted label map here")
@@ -320,10 +458,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write the signed map S here (positive and negative evidence, not normalised; "
                          "values per model-grid voxel, so that on the model's grid they sum to T)")  # fmt: skip
     explain.add_argument("--summary", help="also write a JSON summary (T, layer, method title, times) here")
+    explain.add_argument("--figure", metavar="PNG",
+                         help="also write the paper-style figure of this case here: input, ground truth (--truth), "
+                         "prediction, M and the map through M's largest axial, coronal and sagittal cross-sections, "
+                         "200 dpi")  # fmt: skip
+    explain.add_argument("--truth", metavar="LABELS", help="the case's ground-truth label map, shown in --figure")
     explain.add_argument("--metrics", nargs="?", const="", metavar="JSON",
                          help="also measure the map (heat inside M, in other predicted classes and outside the "
                          "body; deletion and insertion areas; similarity after randomising the network): print a "
                          "table, and write JSON to the file if given. Costs about 25 more network passes.")  # fmt: skip
+    explain.add_argument("--measure", nargs="+", choices=[*METRIC_GROUPS, "none"], metavar="GROUP",
+                         help="which metrics (implies --metrics): localisation (free), faithfulness (deletion and "
+                         "insertion, about 22 passes, and 22 more once for their random-order baseline), "
+                         "randomisation (one explanation of a randomised network), dependence (one explanation of M "
+                         "moved aside); default all; `none` skips the metrics of a layer atlas")  # fmt: skip
     explain.add_argument("--progress", default="bar", choices=PROGRESS_STYLES)
     explain.set_defaults(run=_explain)
 
@@ -352,7 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--methods", nargs="+", default=["seg-hires-grad-cam", "seg-grad-cam"])
     cohort.add_argument("--explain", choices=["prediction", "truth"], default="prediction",
                         help="M: the network's prediction (default) or the ground truth of the class")  # fmt: skip
-    cohort.add_argument("--metrics", action="store_true", help="also deletion/insertion and the randomisation check")
+    cohort.add_argument("--metrics", action="store_true", help="also deletion/insertion, the randomisation check and "
+                        "the dependence on M, each with its baseline")  # fmt: skip
+    cohort.add_argument("--measure", nargs="+", choices=METRIC_GROUPS, metavar="GROUP",
+                        help="with --metrics: which metrics (default all; see explain --measure)")  # fmt: skip
+    cohort.add_argument("--layer", help="target layer or layer rule (default: the model's; see `layers`)")
+    cohort.add_argument("--per-component", action="store_true",
+                        help="a row per connected component of M (each tumour on its own) and method")  # fmt: skip
+    cohort.add_argument("--mask-label", type=int, metavar="N",
+                        help="with a mask column: M = the mask's voxels of label N")  # fmt: skip
     cohort.add_argument("--device", default="auto", choices=DEVICES)
     cohort.add_argument(
         "--ray",

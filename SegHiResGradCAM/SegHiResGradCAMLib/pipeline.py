@@ -15,7 +15,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
-from .cam.evidence import Evidence, check_has_evidence, dice, signed_masses
+from .cam.evidence import Evidence, check_has_evidence, dice, lesion_overlap, signed_masses
+from .cam.metric_table import METRIC_GROUPS
 from .errors import ExplainInputError
 from .models.card import model_grid_memory_problem
 from .models.formats import read_model_card
@@ -37,7 +38,8 @@ class ExplainJob:
     device: str = "auto"
     prediction: Path | None = None  # where to write the predicted label map, if wanted
     summary: Path | None = None  # where to write a JSON summary (method titles, T, layer, times)
-    metrics: bool = False  # also measure each map (localisation, deletion/insertion, randomisation)
+    metrics: bool = False  # also measure each map (localisation, deletion/insertion, randomisation, M)
+    measure: tuple[str, ...] = METRIC_GROUPS  # which metric groups, when measuring
     metrics_file: Path | None = None  # where to write the first method's metrics as JSON, if wanted
     mask_threshold: float | None = None  # M = mask voxels at or above this (for probability maps)
     mask_label: int | None = None  # M = mask voxels of this label (default: the target class's, see label_maps)
@@ -45,14 +47,19 @@ class ExplainJob:
     folds: list[str] | None = None  # nnU-Net results folder: the folds to ensemble (default: all)
     signed: list[Path] | None = None  # also write each method's signed map S here (see signed_on_model_grid)
     layers: list[str] | None = None  # a layer atlas: the first method at each of these layers, one output each
+    per_component: Path | None = None  # a folder: each method for each connected component of M
     extra: dict = field(default_factory=dict)  # label -> (path, function(JobResult) -> str or bytes), written last
     progress: object = None  # callable(fraction, message)
     cancel: object = None
     command: str = ""  # the command line that made the job, for the outputs' record
+    other_inputs: list[Path] = field(default_factory=list)  # more files the job reads (e.g. a figure's truth)
 
     def explanations(self) -> list[tuple[str, str, str | None]]:
         """(key, method, layer) of each explanation, in order; the outputs follow this order.
-        The key is the method, or in a layer atlas the layer."""
+        The key is the method, or in a layer atlas the layer. Per component, the explanations
+        are known once M is (``explanation_targets``): none here."""
+        if self.per_component:
+            return []
         if self.layers:
             return [(layer, self.methods[0], layer) for layer in self.layers]
         return [(method, method, self.layer) for method in self.methods]
@@ -77,6 +84,9 @@ class JobResult:
     evidence: dict = field(default_factory=dict)  # key -> Evidence (T, probability and overlap in M, masses)
     warnings: list[str] = field(default_factory=list)  # reasons to distrust the maps (see cam.evidence)
     record: dict = field(default_factory=dict)  # how the results were made (see provenance_record)
+    styles: dict = field(default_factory=dict)  # predicted label value -> (class name, colour), for figures
+    components: dict = field(default_factory=dict)  # per component of M: key -> size and centre
+    component_masks: dict = field(default_factory=dict)  # key -> the component on the CT's grid
     replaced: list[Path] = field(default_factory=list)  # existing files the outputs replaced
 
     def summary(self) -> dict:
@@ -127,13 +137,16 @@ def output_files(job: ExplainJob, card) -> OutputFiles:
     volumes = set(outputs) | {"prediction"}
     outputs |= {"prediction": job.prediction, "summary": job.summary, "metrics": job.metrics_file}
     outputs |= {label: path for label, (path, _) in job.extra.items()}
-    return OutputFiles(outputs, volumes, [job.image, job.mask, *card.input_files])
+    return OutputFiles(outputs, volumes, [job.image, job.mask, *card.input_files, *job.other_inputs])
 
 
 def run(job: ExplainJob) -> JobResult:
     """Runs the job. Every output is checked before the computation and written only once
     every result exists, under temporary names renamed into place at the end (nothing
     half-done, no input overwritten)."""
+    if job.per_component and (job.layers or job.signed is not None or job.metrics_file is not None):
+        raise ExplainInputError("Per component, the heatmaps and each component's numbers go to the folder "
+                                "(components.json): leave out --layers, --signed and a --metrics file.")  # fmt: skip
     count = len(job.explanations())
     if len(job.heatmaps) != count or (job.signed is not None and len(job.signed) != count):
         raise ExplainInputError("Give one output file per method (in a layer atlas: per layer).")
@@ -155,7 +168,6 @@ def run(job: ExplainJob) -> JobResult:
                                           job.mask_label, target)  # fmt: skip
         notes += [note] if note else []
         mask_source = describe_mask(job)
-    record = provenance_record(job, card, card.classes[class_index], mask_source)
     from .cam.methods import get_method  # the first imports of torch: after the cheap checks
     from .cam.model_inspection import resolve_device
 
@@ -164,7 +176,13 @@ def run(job: ExplainJob) -> JobResult:
     device = resolve_device(job.device)
     try:
         result = _compute(job, card, class_index, ct, mask_image, device, started)
-        result.notes, result.ct, result.record = notes, ct, record
+        # The model's files were read by now, so their digest names what made the result.
+        result.notes, result.ct = notes, ct
+        result.record = provenance_record(job, card, card.classes[class_index], mask_source)
+        if job.per_component:  # the components' files are known now; checked like every output
+            for key in result.heatmaps:
+                outputs.add(f"{key} heatmap", Path(job.per_component) / f"heatmap_{key}.nrrd", volume=True)
+            outputs.check()
         _label_outputs(result)
         _stage(outputs, job, result)
         result.replaced = outputs.commit()
@@ -229,7 +247,7 @@ def check_model_grid_memory(ct: sitk.Image, card, name: str) -> None:
 
 
 def _stage(outputs: OutputFiles, job: ExplainJob, result: JobResult) -> None:
-    for key, _, _ in job.explanations():
+    for key in result.heatmaps:
         outputs.stage_volume(f"{key} heatmap", result.heatmaps[key])
         if job.signed is not None:
             outputs.stage_volume(f"{key} signed map", result.signed[key])
@@ -258,11 +276,12 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
     if model_input.array.shape[0] != card.in_channels:
         raise ExplainInputError(f"The model expects {card.in_channels} input channels; a CT gives 1.")
     seconds["preparation"] = time.perf_counter() - started
-    share = 1.0 / (1 + len(job.explanations()) * (2 if job.metrics else 1))
+    share = 1.0 / (1 + len(job.explanations()) * (2 if job.metrics else 1))  # of the progress, per step
 
-    def scaled(first: float, label: str):
+    def scaled(first: float, label: str, width=None):
         def report(fraction: float, message: str) -> None:
-            _report(job, first + share * fraction * 0.95, f"{label} finished" if message == "done" else message)
+            done = first + (width or share) * fraction * 0.95
+            _report(job, done, f"{label} finished" if message == "done" else message)
 
         return report
 
@@ -282,22 +301,29 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
                 f"The network predicts no {card.classes[class_index]} voxel in this CT, so there is nothing to "
                 "explain: give a segment with --mask, or choose another class."
             )
-    probability = float(class_probability(logits[None].float(), class_index, card.head)[0].numpy()[mask].mean())
-    overlap = dice(mask, predicted)
-    result = JobResult(str(device), "", class_index, card.classes[class_index], {})
+    probabilities = class_probability(logits[None].float(), class_index, card.head)[0].numpy()
+    result = JobResult(str(device), "", class_index, card.classes[class_index], {}, styles=card.segment_styles)
     regions = anatomy_regions(card, class_index, logits, model_input, mask) if job.metrics else {}
     in_network_axes = card.volume_to_network_axes
-    part = 1
-    for key, method, layer in job.explanations():
+    random_curves = {}  # M's id -> random-order deletion and insertion (they depend on M, not on the map)
+    targets = explanation_targets(job, mask)
+    if job.per_component:
+        for key, _, _, target in targets:
+            result.components[key], result.component_masks[key] = component_row(model_input, target)
+    steps = len(targets) * (2 if job.metrics else 1)
+    step, first = (1 - share) / steps, share
+    for key, method, layer, target in targets:
         started = time.perf_counter()
 
-        def explain_with(net, progress=None, method=method, layer=layer):
-            return explain_on_model_grid(net, card, model_input.array, class_index, mask, method,
+        def explain_with(net, progress=None, method=method, layer=layer, target=target):
+            return explain_on_model_grid(net, card, model_input.array, class_index, target, method,
                                          layer or card.default_layer, device, progress, job.cancel)  # fmt: skip
 
-        heatmap, cam = explain_with(network, scaled(part * share, key))
-        part += 1
-        result.evidence[key] = Evidence(cam.score, probability, overlap, *signed_masses(cam.raw))
+        heatmap, cam = explain_with(network, scaled(first, key, step))
+        first += step
+        overlap = lesion_overlap(target, predicted) if job.per_component else dice(target, predicted)
+        result.evidence[key] = Evidence(cam.score, float(probabilities[target].mean()), overlap,
+                                        *signed_masses(cam.raw))  # fmt: skip
         for warning in result.evidence[key].warnings(result.class_name):
             if warning not in result.warnings:
                 result.warnings.append(warning)
@@ -313,26 +339,64 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
         original.SetMetaData("seghiresgradcam_layer", cam.layer)
         result.heatmaps[key] = original
         if job.signed is not None:
-            result.signed[key] = _signed_image(model_input, signed_on_model_grid(card, cam, mask), method, cam.score)
+            result.signed[key] = _signed_image(model_input, signed_on_model_grid(card, cam, target), method,
+                                               cam.score)  # fmt: skip
         result.scores[key] = cam.score
         result.explained[key] = (method, cam.layer)
         result.layer = cam.layer
         seconds[key] = time.perf_counter() - started
         if job.metrics:
             started = time.perf_counter()
-            _report(job, part * share, f"measuring {key}")
+            _report(job, first, f"measuring {key}")
             result.metrics[key] = explanation_metrics(
-                network, card.to_network_axes(model_input.array), class_index, in_network_axes(mask),
+                network, card.to_network_axes(model_input.array), class_index, in_network_axes(target),
                 in_network_axes(heatmap), {name: in_network_axes(region) for name, region in regions.items()},
                 card.head, card.tiling, slice_by_slice=card.spatial_dims == 2,
                 explain_again=lambda net, explain_with=explain_with: in_network_axes(explain_with(net)[0]),
+                explain_for=lambda moved, explain_with=explain_with: in_network_axes(
+                    explain_with(network, target=in_network_axes(moved))[0]),
+                measure=job.measure, random_curves=random_curves.get(id(target)),
             )  # fmt: skip
-            part += 1
+            measured = result.metrics[key]
+            if measured.deletion_random is not None:
+                random_curves[id(target)] = (measured.deletion_random, measured.insertion_random)
+            first += step
             seconds[f"{key} metrics"] = time.perf_counter() - started
     result.prediction = model_input.labels_on_original(logits.numpy(), card.head)
     result.segment = model_input.to_original(mask.astype(np.uint8), labels=True)
     result.seconds = seconds
     return result
+
+
+def explanation_targets(job: ExplainJob, mask: np.ndarray) -> list[tuple[str, str, str | None, np.ndarray]]:
+    """(key, method, layer, M) of each explanation. With ``per_component``, one per connected
+    component of M (26-connected, largest first, keys ``component_1``, ...) and method."""
+    if not job.per_component:
+        return [(key, method, layer, mask) for key, method, layer in job.explanations()]
+    from scipy import ndimage
+
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    sizes = ndimage.sum(mask, components, range(1, count + 1))
+    order = np.argsort(-np.asarray(sizes), kind="stable") + 1
+    targets = []
+    for rank, label in enumerate(order, 1):
+        component = components == label
+        for method in job.methods:  # one key per component and method: component_1, or component_1_<method>
+            suffix = f"_{method}" if len(job.methods) > 1 else ""
+            targets.append((f"component_{rank}{suffix}", method, job.layer, component))
+    return targets
+
+
+def component_row(model_input, component: np.ndarray) -> tuple[dict, sitk.Image]:
+    """A component's size and where it lies, measured on the CT's own grid (LPS mm), and the
+    component on that grid."""
+    on_ct = model_input.to_original(component.astype(np.uint8), labels=True)
+    voxels = sitk.GetArrayFromImage(on_ct) > 0
+    volume = float(voxels.sum() * np.prod(on_ct.GetSpacing())) / 1000.0
+    centre = np.argwhere(voxels).mean(0)[::-1] if voxels.any() else np.zeros(3)
+    centre_mm = on_ct.TransformContinuousIndexToPhysicalPoint(centre.tolist())
+    row = {"voxels_on_ct": int(voxels.sum()), "volume_ml": volume, "centre_lps_mm": [round(v, 1) for v in centre_mm]}
+    return row, on_ct
 
 
 def _signed_image(model_input, signed: np.ndarray, method: str, score: float) -> sitk.Image:

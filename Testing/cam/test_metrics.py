@@ -7,12 +7,14 @@ import torch
 from monai.networks.nets import BasicUNet
 from torch import nn
 
+from conftest import bias_free_cnn
 from SegHiResGradCAMLib import ExplainInputError, explain, explain_layers, explanation_metrics
-from SegHiResGradCAMLib.cam.metric_table import metric_rows
+from SegHiResGradCAMLib.cam.metric_table import failed_checks, metric_rows
 from SegHiResGradCAMLib.cam.metrics import (
     body_mask,
     faithfulness_curves,
     localisation,
+    moved_aside,
     probability_target,
     randomised_copy,
     rank_similarity,
@@ -30,7 +32,8 @@ def test_localisation_of_a_known_map():
     assert localisation(heatmap, kidney).peak_in_target is True
     assert localisation(np.zeros((2, 3)), target).mass_in_target == 0.0
     rows = dict(metric_rows(metrics.as_dict()))
-    assert rows["heat mass inside M"] == "30.0 %" and rows["heat mass in kidney"] == "70.0 %"
+    # M holds 3 of the 6 voxels: a flat map would put half its heat there.
+    assert rows["heat mass inside M"] == "30.0 % (flat map 50.0 %)" and rows["heat mass in kidney"] == "70.0 %"
     with pytest.raises(ExplainInputError, match="same grid"):
         localisation(heatmap, target[:, :2])
 
@@ -121,6 +124,7 @@ def test_randomised_copy_changes_the_copy_only_and_rank_similarity_by_hand():
     assert rank_similarity([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert rank_similarity([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert rank_similarity([1, 2, 3, 4], [1, 1, 1, 1]) == 0.0
+    assert rank_similarity([2, 2, 2], [5, 5, 5]) == 1.0  # constant maps rank alike
 
 
 def test_explanation_metrics_of_a_trained_evidence_network_pass_the_sanity_check():
@@ -169,3 +173,70 @@ def test_fused_layers_are_the_mean_or_max_of_normalised_maps():
     assert mean.layer == "upcat_1+upcat_2+down_2" and mean.heatmap.shape == (32, 32)
     with pytest.raises(ExplainInputError, match="fusion rule"):
         explain_layers(model, image, 1, layers, mask, rule="sum")
+
+
+def test_the_checks_flag_what_the_evidence_network_shows_and_what_a_blind_map_hides():
+    """Every number is measured with its baseline, and the comparisons become pass/fail flags.
+    The evidence network's class-1 logit is the same everywhere, computed from one fixed
+    region: Seg-HiRes-Grad CAM finds that region, beats random order on deletion and
+    insertion and changes when the weights are random; but whatever M is, the evidence is
+    the same region, so the map does not depend on M, and the check says so. A map that is
+    the image itself passes nothing that needs the network."""
+    evidence = torch.zeros(24, 24, dtype=torch.bool)
+    evidence[3:8, 14:20] = True
+    image = torch.full((1, 24, 24), 0.2)
+    image[0, evidence] = 1.0
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), EvidenceNetwork(evidence))
+    with torch.no_grad():
+        model[0].weight.abs_()
+    mask = np.zeros((24, 24), dtype=bool)
+    mask[16:22, 2:8] = True
+
+    def hires(network=model, target=mask):
+        return explain(network, image, 1, target, layer="1", method="seg-hires-grad-cam").heatmap
+
+    metrics = explanation_metrics(model, image, 1, mask, hires(), fractions=np.linspace(0, 0.1, 6), baseline=0.0,
+                                  explain_again=hires, explain_for=lambda moved: hires(target=moved))  # fmt: skip
+    assert metrics.mass_in_target_uniform == pytest.approx(36 / 576)
+    assert (
+        metrics.deletion.area < metrics.deletion_random.area and metrics.insertion.area > metrics.insertion_random.area
+    )
+    assert metrics.dependence_on_target == pytest.approx(1.0)
+    assert failed_checks(metrics.as_dict()) == ["heat in M beyond a random network", "dependence on M"]
+    rows = dict(metric_rows(metrics.as_dict()))
+    assert rows["check: dependence on M"].startswith("FAIL (rank similarity with the map of M moved aside below 0.9")
+    assert rows["check: deletion beyond random order"].startswith("pass (below random order's ")
+    assert "random order " in rows["deletion area (lower is better)"]
+    blind = explanation_metrics(model, image, 1, mask, image[0].numpy(), fractions=[0, 0.1],
+                                explain_again=lambda network: image[0].numpy())  # fmt: skip
+    assert "randomisation (inside M)" in failed_checks(blind.as_dict())
+
+
+def test_a_local_network_s_map_moves_with_m_and_passes_the_dependence_check():
+    torch.manual_seed(0)
+    model = bias_free_cnn(2, classes=2)
+    image = torch.rand(1, 32, 32)
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[4:10, 6:12] = True
+
+    def hires(target):
+        return explain(model, image, 1, target, layer="8", method="seg-hires-grad-cam").heatmap
+
+    metrics = explanation_metrics(model, image, 1, mask, hires(mask), measure=("dependence",), explain_for=hires)
+    assert metrics.deletion is None and metrics.randomisation_similarity is None  # not asked for
+    assert metrics.dependence_on_target < 0.5
+    assert [check.name for check in metrics.checks] == ["dependence on M"] and metrics.checks[0].passed
+    with pytest.raises(ExplainInputError, match="choose from localisation, faithfulness"):
+        explanation_metrics(model, image, 1, mask, hires(mask), measure=("speed",))
+
+
+def test_m_moved_aside_keeps_its_shape_and_leaves_its_place():
+    mask = np.zeros((10, 20), dtype=bool)
+    mask[2:6, 3:7] = True
+    moved = moved_aside(mask)
+    assert moved.sum() == mask.sum() and not (moved & mask).any()
+    rows, columns = np.nonzero(moved)
+    assert (rows.min(), columns.min()) in {(2, 7), (6, 3)}  # moved by its own extent along one axis
+    assert moved_aside(np.ones((4, 4), dtype=bool)) is None
+    assert moved_aside(np.zeros((4, 4), dtype=bool)) is None

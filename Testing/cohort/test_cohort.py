@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from SegHiResGradCAMLib.cohort.case import CohortSettings
 from SegHiResGradCAMLib.cohort.run import run_cohort
 from SegHiResGradCAMLib.demo.phantom import Grid, write_cohort
 from SegHiResGradCAMLib.volumes.outputs import PARTIAL_PREFIX
+from work_clock import wait_while_working
 
 SEEDS = (3, 4, 5, 6, 8, 10)
 SPACING = (6.0, 6.0, 9.0)
@@ -99,12 +99,12 @@ def run_in_background(arguments: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_for(condition, timeout=300.0):
-    deadline = time.time() + timeout
-    while not (found := condition()):
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.1)
-    return found
+def wait_for(condition):
+    return wait_while_working(condition, what="the cohort's step")
+
+
+def exit_code(process: subprocess.Popen) -> int:
+    return wait_while_working(lambda: process.poll() is not None and (process.returncode,), what="the cohort")[0]
 
 
 def test_a_ray_worker_killed_in_the_middle_of_a_case_is_retried(cohorts, model, tmp_path):
@@ -118,7 +118,7 @@ def test_a_ray_worker_killed_in_the_middle_of_a_case_is_retried(cohorts, model, 
     )
     victim = int(partial.name[len(PARTIAL_PREFIX) :].split("-", 1)[0])
     os.kill(victim, signal.SIGKILL)
-    assert process.wait(timeout=600) == 0, (tmp_path / "log.txt").read_text()[-3000:]
+    assert exit_code(process) == 0, (tmp_path / "log.txt").read_text()[-3000:]
     folders = sorted(path.name for path in (results / "cases").iterdir())
     assert folders == [f"case_{seed:05d}" for seed in SEEDS]  # every case once, no leftovers
     assert_same_table(reference, table(results))
@@ -181,10 +181,85 @@ def test_the_report_has_every_section_and_an_embedded_image_for_every_plot(cohor
     page = (Path(sources["kits"]).parent / "in-process" / "report.html").read_text()
     parser = Sections()
     parser.feed(page)
-    assert list(parser.images) == ["summary", "distributions", "paired", "suspicious", "failures"]
-    assert len(parser.images["distributions"]) >= 3  # heat in M, outside the body, Dice
+    assert list(parser.images) == ["summary", "distributions", "checks", "paired", "suspicious", "failures"]
+    assert len(parser.images["distributions"]) == 3  # heat in M, outside the body, Dice (once, not per method)
     assert len(parser.images["paired"]) >= 2  # one scatter per paired measure
     assert len(parser.images["suspicious"]) == len(SEEDS)  # each case's figure
     for images in parser.images.values():
         assert all(src.startswith("data:image/png;base64,") and len(src) > 1000 for src in images)
     assert "HiRes better" in page and "6 cases explained, 0 failed" in page
+
+
+def test_a_measured_cohort_s_report_records_how_it_was_made_and_marks_what_fails(model, tmp_path, capsys):
+    """Metrics beside their baselines, the inside-M similarity with its criterion, the maps
+    that fail a check, the record (version, command, weights' digest, class, layer, M), links
+    to each case's files, and a case without ground truth listed, not ranked."""
+    dataset = write_cohort(tmp_path / "data", SEEDS[:3], "csv", GRID)
+    lines = dataset.read_text().splitlines()
+    lines[3] = ",".join(lines[3].split(",")[:2]) + ","  # the last case has no ground truth
+    dataset.write_text("\n".join(lines) + "\n")
+    results = tmp_path / "results"
+    arguments = ["cohort", "--cases", str(dataset), "--out", str(results), "--model", str(model), "--target-class",
+                 "kidney", "--metrics", "--measure", "randomisation", "dependence", "--layer", "model.1.submodule",
+                 "--progress", "none"]  # fmt: skip
+    assert cli_main(arguments) == 0, capsys.readouterr().err
+    rows = pandas.read_csv(results / "results.csv")
+    assert set(rows["layer"]) == {"model.1.submodule"}  # not the default layer (model.1)
+    for column in ("heat_in_m_randomised", "randomisation_similarity_in_m", "dependence_on_m", "mean_probability_in_m",
+                   "prediction_overlap"):  # fmt: skip
+        assert rows[column].notna().all(), column
+    assert rows["deletion_area"].isna().all()  # not asked for
+    page = (results / "report.html").read_text()
+    parser = Sections()
+    parser.feed(page)
+    assert len(parser.images["distributions"]) == 5  # heat in M, outside body, inside-M similarity, dependence, Dice
+    for part in (
+        "SegHiResGradCAM 0.1.0",
+        "seghiresgradcam cohort --cases",
+        "--layer model.1.submodule",
+        str(rows["model_sha256"].iloc[0]),
+        "Dice</th><td>of the predicted kidney against the ground truth",
+        "no ground truth: not ranked",
+        'href="cases/case_00003/figure.png"',
+        "randomisation, dependence",
+    ):
+        assert part in page, part
+    failing = rows[rows["failed_checks"].notna()]
+    for _, row in failing.iterrows():
+        assert row["failed_checks"] in page
+    no_truth = page.index("no ground truth: not ranked")
+    assert page.index("<td>1</td><td>") < no_truth  # the ranked cases come first
+
+
+def test_ctrl_c_keeps_the_finished_cases_names_them_and_leaves_no_partial_case(model, tmp_path):
+    dataset = write_cohort(tmp_path / "data", SEEDS, "kits", GRID)
+    results = tmp_path / "results"
+    log = tmp_path / "log.txt"
+    process = run_in_background(["--cases", str(dataset), "--out", str(results), *model_options(model)], log)
+    wait_for(lambda: len(list((results / "cases").glob("case_*/rows.json"))) >= 2 if results.exists() else False)
+    os.killpg(process.pid, signal.SIGINT)
+    assert exit_code(process) == 130
+    kept = sorted(path.parent.name for path in (results / "cases").glob("case_*/rows.json"))
+    message = log.read_text()
+    assert f"the {len(kept)} finished case(s) were kept ({', '.join(kept)})" in message, message
+    assert "Traceback" not in message
+    assert sorted(path.name for path in (results / "cases").iterdir()) == kept  # no partial case folder
+
+
+def test_per_component_gives_a_row_for_each_kidney_of_each_case(model, tmp_path, capsys):
+    dataset = write_cohort(tmp_path / "data", SEEDS[:2], "kits", GRID)
+    results = tmp_path / "results"
+    arguments = ["cohort", "--cases", str(dataset), "--out", str(results), *model_options(model), "--per-component",
+                 "--progress", "none"]  # fmt: skip
+    assert cli_main(arguments) == 0, capsys.readouterr().err
+    rows = pandas.read_csv(results / "results.csv")
+    for case, group in rows.groupby("case"):
+        counted = group.groupby("method")["component"].apply(sorted).to_dict()
+        assert counted == {"seg-grad-cam": [1, 2], "seg-hires-grad-cam": [1, 2]}, case  # two kidneys, two methods
+        hires = group[group["method"] == "seg-hires-grad-cam"].sort_values("component")
+        assert hires["volume_ml"].iloc[0] >= hires["volume_ml"].iloc[1]
+        assert ((hires["heat_in_m"] > 0) & (hires["heat_in_m"] <= 1)).all()
+        for component in (1, 2):
+            assert (results / "cases" / case / f"heatmap_component_{component}_seg-hires-grad-cam.nrrd").is_file()
+    page = (results / "report.html").read_text()
+    assert ", component 2 " in page and "HiRes better" in page

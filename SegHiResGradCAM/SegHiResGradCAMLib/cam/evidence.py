@@ -23,7 +23,8 @@ import numpy as np
 
 from ..errors import ExplainNoEvidence
 
-# A segment whose mean class probability is below this is not predicted as the class.
+# A segment whose mean class probability is below this, and half of which or more the network
+# does not predict, is not predicted as the class.
 PROBABILITY_WARNING = 0.5
 # A segment whose overlap with the network's prediction of the class is below this (Dice).
 OVERLAP_WARNING = 0.1
@@ -49,7 +50,10 @@ class Evidence:
                 f"evidence against {class_name}, so the map shows what little speaks for it, not why M is "
                 f"{class_name}."
             )
-        if self.mean_probability_in_target < PROBABILITY_WARNING or self.prediction_overlap < OVERLAP_WARNING:
+        # Either M barely overlaps the prediction, or the network gives M a low probability and
+        # predicts little of it (with several classes, argmax can win at a probability below 0.5).
+        weakly = self.mean_probability_in_target < PROBABILITY_WARNING and self.prediction_overlap < 0.5
+        if self.prediction_overlap < OVERLAP_WARNING or weakly:
             found.append(
                 f"The network does not predict M as {class_name}: mean {class_name} probability in M "
                 f"{self.mean_probability_in_target:.2f}, overlap with its prediction (Dice) "
@@ -72,6 +76,16 @@ def dice(first: np.ndarray, second: np.ndarray) -> float:
     first, second = np.asarray(first, dtype=bool), np.asarray(second, dtype=bool)
     total = int(first.sum()) + int(second.sum())
     return 1.0 if total == 0 else 2.0 * int((first & second).sum()) / total
+
+
+def lesion_overlap(component: np.ndarray, predicted: np.ndarray) -> float:
+    """Dice of one component of M with the predicted components that touch it (a lesion-wise
+    overlap: the rest of the prediction belongs to other lesions)."""
+    from scipy import ndimage
+
+    labelled, _ = ndimage.label(predicted, structure=np.ones((3,) * np.ndim(predicted)))
+    touching = np.setdiff1d(np.unique(labelled[np.asarray(component, dtype=bool)]), [0])
+    return dice(component, np.isin(labelled, touching))
 
 
 def signed_masses(raw: np.ndarray) -> tuple[float, float]:

@@ -13,6 +13,14 @@
   is fixed by M (a layer just before the output, where G is zero away from M whatever the
   weights) stays similar; the similarity over M's voxels alone shows whether the pattern
   inside M changed.
+- Dependence on M: the rank similarity between the map and the map of the same target
+  with M moved aside by its own extent. A map that explains M must move with it; a map
+  that stays (Seg-Grad CAM near the head, whose channel weights barely change with M)
+  shows the network's features, not why M is the class.
+
+Every number has its baseline beside it: heat in M for the randomised network and for a
+flat map (M's share of the voxels), deletion and insertion for voxels in random order.
+``checks`` turns the comparisons into pass/fail flags, each with its criterion.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import torch
 from scipy import ndimage, stats
 
 from ..errors import ExplainInputError
-from .metric_table import metric_rows
+from .metric_table import METRIC_GROUPS, metric_rows
 from .model_inspection import evaluation_mode
 from .passes import class_probability, run_network
 from .slices import slice_logits
@@ -37,6 +45,9 @@ from .sliding_window import sliding_window_logits
 # evidence is; pass other fractions for other targets.
 DEFAULT_FRACTIONS = tuple(np.round(np.linspace(0.0, 0.05, 11), 6))
 BLUR_SIGMA_VOXELS = 5.0
+# Criteria of the pass/fail checks (Spearman rank correlations).
+RANDOMISATION_LIMIT = 0.5  # inside M: a map of what the network learned must change when its weights are random
+DEPENDENCE_LIMIT = 0.9  # a map of M must differ from the map of M moved aside
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,14 @@ class Curve:
     fractions: list[float]
     scores: list[float]  # P at each fraction
     area: float  # trapezoidal area over the fractions, divided by their range
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float
+    criterion: str
+    passed: bool
 
 
 @dataclass
@@ -55,6 +74,12 @@ class ExplanationMetrics:
     insertion: Curve | None = None
     randomisation_similarity: float | None = None
     randomisation_similarity_in_target: float | None = None  # the same, over M's voxels only
+    mass_in_target_uniform: float | None = None  # baseline: a flat map (M's share of the voxels)
+    mass_in_target_randomised: float | None = None  # baseline: the map of the randomised network
+    deletion_random: Curve | None = None  # baseline: the voxels removed in random order
+    insertion_random: Curve | None = None
+    dependence_on_target: float | None = None  # similarity with the map of M moved aside
+    checks: list[Check] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -96,6 +121,7 @@ def localisation(heatmap, target_mask, regions: dict[str, np.ndarray] | None = N
         mass_in_target=mass_share(heatmap, target_mask),
         peak_in_target=peak_inside(heatmap, target_mask),
         mass_in_regions={name: mass_share(heatmap, region) for name, region in (regions or {}).items()},
+        mass_in_target_uniform=float(target_mask.mean()),
     )
 
 
@@ -190,10 +216,13 @@ def randomised_copy(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def rank_similarity(first: np.ndarray, second: np.ndarray) -> float:
-    """Spearman rank correlation of two maps (0 when either is constant)."""
+    """Spearman rank correlation of two maps: 1 when both are constant (they rank alike, so a
+    sanity check must not pass on them), 0 when only one is."""
     first, second = np.asarray(first, dtype=np.float64).ravel(), np.asarray(second, dtype=np.float64).ravel()
     if first.size != second.size:
         raise ExplainInputError("The two maps have different sizes.")
+    if first.size == 0 or (np.ptp(first) == 0 and np.ptp(second) == 0):
+        return 1.0
     if np.ptp(first) == 0 or np.ptp(second) == 0:
         return 0.0
     return float(stats.spearmanr(first, second).statistic)
@@ -205,6 +234,68 @@ def _check_same_shape(heatmap: np.ndarray, region, what: str) -> None:
             f"The {what} has shape {tuple(np.shape(region))} but the heatmap is {tuple(np.shape(heatmap))}: "
             "put both on the same grid."
         )
+
+
+def moved_aside(mask) -> np.ndarray | None:
+    """M moved along the axis with the most room by its own extent (so that the two do not
+    overlap) or as far as the image allows; None when it cannot move at all."""
+    mask = np.asarray(mask, dtype=bool)
+    positions = np.argwhere(mask)
+    if positions.size == 0:
+        return None
+    low, high = positions.min(0), positions.max(0) + 1
+    best = None
+    for axis, size in enumerate(mask.shape):
+        extent = high[axis] - low[axis]
+        for step in (extent, -extent):
+            room = size - high[axis] if step > 0 else low[axis]
+            shift = int(np.sign(step) * min(abs(step), room))
+            if shift and (best is None or abs(shift) > abs(best[1])):
+                best = (axis, shift)
+    if best is None:
+        return None
+    axis, shift = best
+    moved = np.zeros_like(mask)
+    source = [slice(None)] * mask.ndim
+    target = [slice(None)] * mask.ndim
+    source[axis] = slice(max(0, -shift), mask.shape[axis] - max(0, shift))
+    target[axis] = slice(max(0, shift), mask.shape[axis] - max(0, -shift))
+    moved[tuple(target)] = mask[tuple(source)]
+    return moved
+
+
+def sanity_checks(metrics: ExplanationMetrics) -> list[Check]:
+    """Pass/fail flags, each with its criterion, for every comparison measured."""
+    checks = []
+    # Inside M, where the map's support near the head does not give it away; over the whole
+    # image when the map has no heat in M to compare.
+    inside = metrics.mass_in_target > 0
+    similarity = metrics.randomisation_similarity_in_target if inside else metrics.randomisation_similarity
+    if similarity is not None:
+        checks.append(Check(f"randomisation ({'inside M' if inside else 'whole image'})", similarity,
+                            f"rank similarity with the randomised network's map below {RANDOMISATION_LIMIT}",
+                            similarity < RANDOMISATION_LIMIT))  # fmt: skip
+    if metrics.mass_in_target_randomised is not None:
+        checks.append(Check("heat in M beyond a random network", metrics.mass_in_target,
+                            f"above the randomised network's {100 * metrics.mass_in_target_randomised:.1f} %",
+                            metrics.mass_in_target > metrics.mass_in_target_randomised))  # fmt: skip
+    if metrics.deletion is not None and metrics.deletion_random is not None:
+        checks.append(Check("deletion beyond random order", metrics.deletion.area,
+                            f"below random order's {metrics.deletion_random.area:.4f}",
+                            metrics.deletion.area < metrics.deletion_random.area))  # fmt: skip
+        checks.append(Check("insertion beyond random order", metrics.insertion.area,
+                            f"above random order's {metrics.insertion_random.area:.4f}",
+                            metrics.insertion.area > metrics.insertion_random.area))  # fmt: skip
+    if metrics.dependence_on_target is not None:
+        checks.append(Check("dependence on M", metrics.dependence_on_target,
+                            f"rank similarity with the map of M moved aside below {DEPENDENCE_LIMIT}",
+                            metrics.dependence_on_target < DEPENDENCE_LIMIT))  # fmt: skip
+    return checks
+
+
+def random_order(shape, seed: int = 0) -> np.ndarray:
+    """A map that ranks the voxels in a random order: the baseline of deletion and insertion."""
+    return np.random.default_rng(seed).random(shape)
 
 
 def explanation_metrics(
@@ -221,23 +312,42 @@ def explanation_metrics(
     baseline="blur",
     explain_again: Callable[[torch.nn.Module], np.ndarray] | None = None,
     slice_by_slice: bool = False,
+    explain_for: Callable[[np.ndarray], np.ndarray] | None = None,
+    measure=METRIC_GROUPS,
+    random_curves: tuple[Curve, Curve] | None = None,
 ) -> ExplanationMetrics:
-    """All metrics of one heatmap on the network's input grid.
+    """All metrics of one heatmap on the network's input grid, with their baselines and checks.
 
     ``image`` (C, *spatial) and ``mask``, ``heatmap`` and ``regions`` (*spatial) share the
     grid. ``window``/``overlap``: run the network as it is run for the map. With
     ``explain_again(network) -> heatmap`` (the same method, layer and target on another
-    network), the randomisation sanity check is added. ``slice_by_slice``: a 2D network
-    on a volume (see ``slices``).
+    network), the randomisation sanity check is added; with ``explain_for(mask) ->
+    heatmap`` (the same network for another M), the dependence on M. ``measure``: which of
+    ``METRIC_GROUPS``. ``random_curves``: the random-order deletion and insertion curves
+    when already measured for this image and M (they do not depend on the map).
+    ``slice_by_slice``: a 2D network on a volume (see ``slices``).
     """
+    unknown = set(measure) - set(METRIC_GROUPS)
+    if unknown:
+        raise ExplainInputError(f"Unknown metrics {sorted(unknown)}: choose from {', '.join(METRIC_GROUPS)}.")
     metrics = localisation(heatmap, mask, regions)
-    score = probability_target(model, target_class, mask, head, window, overlap, slice_by_slice)
-    metrics.deletion, metrics.insertion = faithfulness_curves(
-        score, image, heatmap, fractions, baseline, batch_size=1 if window is not None else 4
-    )
-    if explain_again is not None:
+    if "faithfulness" in measure:
+        score = probability_target(model, target_class, mask, head, window, overlap, slice_by_slice)
+        batch_size = 1 if window is not None else 4
+
+        def curves(ranking):
+            return faithfulness_curves(score, image, ranking, fractions, baseline, batch_size=batch_size)
+
+        metrics.deletion, metrics.insertion = curves(heatmap)
+        metrics.deletion_random, metrics.insertion_random = random_curves or curves(random_order(np.shape(heatmap)))
+    if explain_again is not None and "randomisation" in measure:
         randomised = np.asarray(explain_again(randomised_copy(model)))
         metrics.randomisation_similarity = rank_similarity(heatmap, randomised)
         inside = np.asarray(mask, dtype=bool)
         metrics.randomisation_similarity_in_target = rank_similarity(np.asarray(heatmap)[inside], randomised[inside])
+        metrics.mass_in_target_randomised = mass_share(randomised, inside)
+    moved = moved_aside(mask) if explain_for is not None and "dependence" in measure else None
+    if moved is not None:
+        metrics.dependence_on_target = rank_similarity(heatmap, np.asarray(explain_for(moved)))
+    metrics.checks = sanity_checks(metrics)
     return metrics

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cam.metric_table import METRIC_GROUPS, failed_checks
 from ..errors import ExplainInputError
 from ..volumes.outputs import partial_path
 from .datasets import CohortCase
@@ -38,6 +39,11 @@ class CohortSettings:
     trust_bundle: bool = False
     folds: tuple[str, ...] | None = None
     torch_threads: int | None = None  # torch's threads in the process that runs the case
+    layer: str | None = None  # the layer or layer rule (None: the model's default)
+    mask_label: int | None = None  # with a mask column: M = the mask's voxels of this label
+    measure: tuple[str, ...] = METRIC_GROUPS  # which metric groups, with metrics
+    command: str = ""  # the command line that made the cohort, for the report's record
+    per_component: bool = False  # a row per connected component of M (several tumours) and method
     extra: dict = field(default_factory=dict)
 
 
@@ -48,6 +54,13 @@ def case_folder(results: Path, name: str) -> Path:
 def finished_rows(results: Path, name: str) -> list[dict] | None:
     rows = case_folder(results, name) / ROWS
     return json.loads(rows.read_text()) if rows.is_file() else None
+
+
+def finished_cases(results: Path) -> list[str]:
+    """The names of the cases whose results are complete, in name order."""
+    cases = Path(results) / "cases"
+    found = cases.glob(f"*/{ROWS}") if cases.is_dir() else []
+    return sorted(path.parent.name for path in found if not path.parent.name.startswith("."))  # not a partial one
 
 
 def failure(results: Path, name: str) -> dict | None:
@@ -85,6 +98,9 @@ def run_case(case: CohortCase, settings: CohortSettings, results: Path) -> list[
         partial_failure.write_text(json.dumps(record))
         os.replace(partial_failure, failed)
         return [record]
+    except BaseException:  # Ctrl-C: the unfinished case leaves nothing
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> list[dict]:
@@ -104,15 +120,17 @@ def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> l
     started = time.perf_counter()
     card = read_model_card(settings.model, trust_bundle=settings.trust_bundle, folds=settings.folds)
     class_index = card.class_index(settings.target_class)
-    mask, label = case.mask, None
+    mask, label = case.mask, settings.mask_label if case.mask is not None else None
     if mask is None and settings.explain == "truth":
         if case.truth is None:
             raise ExplainInputError(f"Case {case.name} has no ground truth to explain (--explain truth).")
         mask, label = case.truth, class_index  # truth labels are the model's class indices
+    heatmaps = [] if settings.per_component else [folder / f"heatmap_{method}.nrrd" for method in settings.methods]
     job = ExplainJob(image=case.image, target_class=str(class_index), methods=list(settings.methods),
-                     heatmaps=[folder / f"heatmap_{method}.nrrd" for method in settings.methods], model=settings.model,
+                     heatmaps=heatmaps, model=settings.model, per_component=folder if settings.per_component else None,
                      mask=mask, mask_label=label, device=settings.device, prediction=folder / "prediction.nrrd",
-                     metrics=settings.metrics, trust_bundle=settings.trust_bundle,
+                     metrics=settings.metrics, trust_bundle=settings.trust_bundle, layer=settings.layer,
+                     measure=settings.measure, command=settings.command,
                      folds=list(settings.folds) if settings.folds else None)  # fmt: skip
     result = run(job)
     sitk.WriteImage(result.segment, str(folder / "segment.nrrd"), useCompression=True)  # M, for the review
@@ -125,23 +143,47 @@ def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> l
                 f"{case.name}: {card.classes[class_index]}")  # fmt: skip
     seconds = time.perf_counter() - started
     rows = []
-    for method in settings.methods:
-        heat = sitk.GetArrayFromImage(result.heatmaps[method])
-        row = {"case": case.name, "method": method, "title": METHODS[method].title, "status": "done", "error": "",
-               **_inputs(case),
+    for key, (method, _) in result.explained.items():
+        heat = sitk.GetArrayFromImage(result.heatmaps[key])
+        component = {}
+        if settings.per_component:  # heat in M is heat in this component
+            segment = sitk.GetArrayFromImage(result.component_masks[key]) > 0
+            component = {"component": int(key.split("_")[1]), **result.components[key]}
+        row = {"case": case.name, "method": method, **component, "title": METHODS[method].title, "status": "done",
+               "error": "", **_inputs(case),
                "class": card.classes[class_index], "layer": result.layer, "device": result.device,
-               "target_score": result.scores[method], "heat_in_m": mass_share(heat, segment),
+               "target_score": result.scores[key], "heat_in_m": mass_share(heat, segment),
                "heat_outside_body": mass_share(heat, ~body), "peak_in_m": bool(heat.max() > 0 and
                segment.flat[int(np.argmax(heat))]), "seconds_case": seconds,
-               "seconds_method": result.seconds.get(method, 0.0), **quality}  # fmt: skip
-        if method in result.metrics:
-            measured = result.metrics[method].as_dict()
-            row |= {"deletion_area": (measured.get("deletion") or {}).get("area"),
-                    "insertion_area": (measured.get("insertion") or {}).get("area"),
-                    "randomisation_similarity": measured.get("randomisation_similarity"),
-                    "randomisation_similarity_in_m": measured.get("randomisation_similarity_in_target")}  # fmt: skip
+               "seconds_method": result.seconds.get(key, 0.0), **quality,
+               **_evidence_columns(result.evidence[key]), "warnings": " ".join(result.warnings),
+               "software": result.record["software"], "model_sha256": result.record["model_sha256"],
+               "mask_source": result.record["mask"]}  # fmt: skip
+        if key in result.metrics:
+            row |= _metric_columns(result.metrics[key].as_dict())
         rows.append(row)
     return rows
+
+
+def _evidence_columns(evidence) -> dict:
+    return {"mean_probability_in_m": evidence.mean_probability_in_target, "prediction_overlap":
+            evidence.prediction_overlap, "positive_evidence": evidence.positive_evidence,
+            "negative_evidence": evidence.negative_evidence}  # fmt: skip
+
+
+def _metric_columns(measured: dict) -> dict:
+    """A map's metrics, each beside its baseline, and the checks it failed."""
+
+    def area(curve):
+        return (measured.get(curve) or {}).get("area")
+
+    return {"deletion_area": area("deletion"), "deletion_area_random": area("deletion_random"),
+            "insertion_area": area("insertion"), "insertion_area_random": area("insertion_random"),
+            "heat_in_m_randomised": measured.get("mass_in_target_randomised"),
+            "randomisation_similarity": measured.get("randomisation_similarity"),
+            "randomisation_similarity_in_m": measured.get("randomisation_similarity_in_target"),
+            "dependence_on_m": measured.get("dependence_on_target"),
+            "failed_checks": "; ".join(failed_checks(measured))}  # fmt: skip
 
 
 def _inputs(case: CohortCase) -> dict:

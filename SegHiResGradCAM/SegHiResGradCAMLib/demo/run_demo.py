@@ -17,6 +17,7 @@ from ..volumes.volume_io import reorient, write_volume
 from .phantom import case_images, make_case
 
 DEMO_METHODS = ("seg-grad-cam", "seg-hires-grad-cam")
+DEMO_MEASURES = ("localisation", "randomisation", "dependence")
 
 
 def sample_case(folder: Path, seed: int, say=print) -> tuple[Path, Path]:
@@ -45,8 +46,10 @@ def run_demo(out: Path, seed: int = 7, device: str = "auto", progress=None, say=
     out.mkdir(parents=True, exist_ok=True)
     ct_path, truth_path = sample_case(out, seed, say)
     heatmap_paths = [out / f"heatmap_{method}.nrrd" for method in DEMO_METHODS]
+    # The two cheap checks (two more explanations per method) say what heat in M can and cannot mean.
     job = ExplainJob(image=ct_path, target_class="tumour", methods=list(DEMO_METHODS), heatmaps=heatmap_paths,
-                     device=device, prediction=out / "prediction.nrrd", progress=progress)  # fmt: skip
+                     device=device, prediction=out / "prediction.nrrd", progress=progress, metrics=True,
+                     measure=DEMO_MEASURES, command="seghiresgradcam demo")  # fmt: skip
     result = run(job)
 
     truth_image = sitk.ReadImage(str(truth_path))
@@ -62,6 +65,8 @@ def run_demo(out: Path, seed: int = 7, device: str = "auto", progress=None, say=
         "seconds": {**result.seconds, "total": time.perf_counter() - started},
         "target_score": result.scores,
         "heat_shares": {method: heat_shares(heat, truth, body) for method, heat in heatmaps.items()},
+        "metrics": {method: result.metrics[method].as_dict() for method in DEMO_METHODS},
+        "warnings": result.warnings,
         "tumour_dice": _dice(prediction == 2, truth == 2),
         "kidney_dice": _dice(prediction == 1, truth == 1),
     }
@@ -116,19 +121,25 @@ def atlas_figure(ct: sitk.Image, result, title: str) -> bytes:
     return buffer.getvalue()
 
 
-def case_figure(path: Path, ct: sitk.Image, truth: sitk.Image | None, result, title: str) -> None:
-    """The paper-style figure of a pipeline result, on the axial slice through the middle of
-    M's largest part, zoomed on the labels with a 50 mm margin."""
+def case_figure(target, ct: sitk.Image, truth: sitk.Image | None, result, title: str) -> None:
+    """The paper-style figure of a pipeline result (``target``: a path or a file object): the
+    input, the ground truth when given, the prediction, M and each method, through M's largest
+    cross-section in the axial, coronal and sagittal views, zoomed with a 50 mm margin."""
     from ..cam.methods import METHODS
-    from .figures import paper_figure
+    from .figures import case_views_figure
 
-    (hu, truth, prediction, segment), centre, view = _slice_view(ct, truth, result)
-    paper_figure(
-        path,
-        np.clip(hu[centre][view], -160, 240),
-        truth[centre][view],
-        prediction[centre][view],
-        segment[centre][view].astype(bool),
-        {METHODS[method].title: _lps(heat)[centre][view] for method, heat in result.heatmaps.items()},
-        title=f"{title} (axial slice {centre})",
-    )
+    lps_ct = reorient(ct, "LPS")
+    labels = {"Ground truth": _lps(truth)} if truth is not None else {}
+    labels["Prediction"] = _lps(result.prediction)
+    axes_sign = {0: (2, 1.0), 1: (1, -1.0), 2: (0, -1.0)}  # array axis -> (LPS coordinate, sign to S, A or R)
+
+    def position(axis: int, index: int) -> float:
+        point = [0, 0, 0]
+        point[2 - axis] = index
+        coordinate, sign = axes_sign[axis]
+        return sign * lps_ct.TransformIndexToPhysicalPoint(point)[coordinate]
+
+    heatmaps = {METHODS[result.explained[key][0]].title if key == result.explained[key][0] else key: _lps(heat)
+                for key, heat in result.heatmaps.items()}  # fmt: skip
+    case_views_figure(target, sitk.GetArrayFromImage(lps_ct), lps_ct.GetSpacing(), position, labels,
+                      _lps(result.segment) > 0, heatmaps, result.styles, title)  # fmt: skip

@@ -39,6 +39,11 @@ class ExplainSettings:
     volume_rendering_logic: object = None  # show the heatmap in 3D with this (Slicer's volume rendering logic)
 
 
+# What a layer atlas measures at each layer unless the user asks for every metric: the cheap
+# checks (two more explanations per layer), not deletion and insertion (about 44 passes).
+ATLAS_MEASURES = ("localisation", "randomisation", "dependence")
+
+
 class ExplainRun:
     """One background computation; poll() until its state is not "running"."""
 
@@ -76,8 +81,10 @@ class ExplainRun:
             arguments += ["--from-prediction"]
         if settings.with_prediction:
             arguments += ["--prediction", "prediction.nrrd"]
-        if settings.with_metrics and not settings.atlas:  # an atlas measures every layer anyway
+        if settings.with_metrics and not settings.atlas:
             arguments += ["--metrics", "metrics.json"]
+        if settings.atlas and not settings.with_metrics:  # the slider's numbers, without the costly curves
+            arguments += ["--measure", *ATLAS_MEASURES]
         if settings.signed:
             arguments += ["--signed", "signed.nrrd"]
         arguments += model_arguments(settings.model, settings.trust_bundle, settings.folds)

@@ -85,6 +85,12 @@ class OutputFiles:
         self._staged: dict[str, Path] = {}
         self._created_folders: list[Path] = []
 
+    def add(self, label: str, path: Path, volume: bool = False) -> None:
+        """One more output, known only once the computation has run (check again before staging)."""
+        self.outputs[label] = Path(path)
+        if volume:
+            self.volumes.add(label)
+
     def check(self) -> None:
         """Refuses, before anything runs, outputs that would overwrite an input or each other,
         or that cannot be written: a folder, an unsupported format, an unwritable folder."""

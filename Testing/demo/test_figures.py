@@ -1,0 +1,56 @@
+"""The case figure: views as a radiologist reads them, through M's largest cross-sections,
+written at 200 dpi for the user's own case."""
+
+import struct
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SegHiResGradCAMLib.cli import main as cli_main
+from SegHiResGradCAMLib.demo.figures import VIEWS, largest_cross_section, view_aspect, view_slice
+from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
+from SegHiResGradCAMLib.volumes.volume_io import reorient
+
+
+def test_each_view_puts_the_patient_s_right_anterior_and_superior_where_its_letters_say():
+    """A voxel at the patient's right, front and top (LPS: smallest x, smallest y, largest z)."""
+    volume = np.zeros((5, 6, 7))
+    volume[4, 0, 0] = 1  # (z, y, x)
+    for name, axis, (left, _, top, _), _, _ in VIEWS:
+        index = {0: 4, 1: 0, 2: 0}[axis]
+        picture = view_slice(volume, axis, index)
+        row, column = np.argwhere(picture == 1)[0]
+        assert left in "RA" and column == 0, name  # right (axial, coronal) or anterior (sagittal) on the left
+        assert row == 0 and top in "AS", name  # anterior (axial) or superior (coronal, sagittal) on top
+    assert view_aspect((0.8, 0.8, 3.0), 1) == pytest.approx(3.75)  # a 3 mm slice is drawn 3.75 times as tall
+
+
+def test_the_views_go_through_m_s_largest_cross_section():
+    segment = np.zeros((10, 10, 10), dtype=bool)
+    segment[2:4, 1:9, 1:9] = True  # a wide slab on slices 2-3
+    segment[6, 4:6, 4:6] = True
+    segment[2, :, :] |= True
+    assert largest_cross_section(segment, 0) == 2
+    assert largest_cross_section(segment, 1) in range(1, 9)
+
+
+def test_explain_writes_the_paper_figure_of_the_user_s_case_at_200_dpi(tmp_path):
+    ct, labels = case_images(make_case(21, Grid.centred((128, 128, 40), (2.4, 2.4, 3.0))))
+    sitk.WriteImage(reorient(ct, "IPL"), str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(labels, str(tmp_path / "truth.nrrd"))
+    code = cli_main(["explain", "--image", str(tmp_path / "ct.nii.gz"), "--target-class", "tumour",
+                     "--from-prediction", "--truth", str(tmp_path / "truth.nrrd"), "--figure",
+                     str(tmp_path / "figure.png"), "--out", str(tmp_path / "heat.nrrd"),
+                     "--progress", "none"])  # fmt: skip
+    assert code == 0
+    png = (tmp_path / "figure.png").read_bytes()
+    width, height = struct.unpack(">II", png[16:24])
+    # Five columns (input, truth, prediction, M, the map) and three views of 2.2 inches at 200 dpi.
+    assert width == pytest.approx(5 * 2.2 * 200, rel=0.01) and height >= 3 * 2.2 * 200
+    pixels_per_metre = struct.unpack(">II", png[png.index(b"pHYs") + 4 : png.index(b"pHYs") + 12])
+    assert pixels_per_metre[0] == round(200 / 0.0254)
+    code = cli_main(["explain", "--image", str(tmp_path / "ct.nii.gz"), "--target-class", "tumour",
+                     "--from-prediction", "--layers", "atlas", "--figure", str(tmp_path / "atlas_figure.png"),
+                     "--out", str(tmp_path / "atlas"), "--progress", "none"])  # fmt: skip
+    assert code == 2 and not (tmp_path / "atlas").exists()

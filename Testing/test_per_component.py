@@ -1,0 +1,69 @@
+"""Each tumour on its own: --per-component explains every connected component of M
+separately, largest first, with a row each."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from conftest import bias_free_model_card
+from SegHiResGradCAMLib.cli import main as cli_main
+from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
+
+SPACING = (6.0, 6.0, 6.0)
+
+
+@pytest.fixture(scope="module")
+def two_kidneys(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("components")
+    ct, labels = case_images(make_case(3, Grid.centred((40, 48, 20), SPACING)))
+    sitk.WriteImage(ct, str(folder / "ct.nrrd"))
+    kidneys = sitk.Cast(labels > 0, sitk.sitkUInt8)
+    _, count = ndimage.label(sitk.GetArrayFromImage(kidneys), structure=np.ones((3, 3, 3)))
+    assert count == 2, "the case has a left and a right kidney, apart"
+    sitk.WriteImage(kidneys, str(folder / "kidneys.nrrd"))
+    return folder, bias_free_model_card(folder, SPACING)
+
+
+def explain(folder, card, out, *extra):
+    return cli_main(["explain", "--image", str(folder / "ct.nrrd"), "--model", str(card), "--target-class", "kidney",
+                     "--mask", str(folder / "kidneys.nrrd"), "--out", str(out), "--progress", "none",
+                     *extra])  # fmt: skip
+
+
+def test_each_component_is_explained_alone_and_their_targets_add_up_to_the_whole(two_kidneys, capsys):
+    folder, card = two_kidneys
+    assert explain(folder, card, folder / "whole.nrrd", "--summary", str(folder / "whole.json")) == 0
+    whole = json.loads((folder / "whole.json").read_text())["methods"]["seg-hires-grad-cam"]["target_score"]
+    out = folder / "components"
+    assert explain(folder, card, out, "--per-component", "--measure", "dependence") == 0
+    printed = capsys.readouterr().out
+    table = json.loads((out / "components.json").read_text())
+    rows = table["components"]
+    assert [row["component"] for row in rows] == ["component_1", "component_2"]
+    assert rows[0]["volume_ml"] >= rows[1]["volume_ml"] > 0  # largest first
+    kidneys = sitk.ReadImage(str(folder / "kidneys.nrrd"))
+    total_ml = sitk.GetArrayFromImage(kidneys).sum() * np.prod(kidneys.GetSpacing()) / 1000
+    assert rows[0]["volume_ml"] + rows[1]["volume_ml"] == pytest.approx(total_ml, rel=0.02)
+    # T is a sum over M, so the components' T add up to the whole segment's.
+    assert rows[0]["target_score"] + rows[1]["target_score"] == pytest.approx(whole, rel=1e-4)
+    assert all(row["metrics"]["dependence_on_target"] is not None for row in rows)
+    labelled, _ = ndimage.label(sitk.GetArrayFromImage(kidneys), structure=np.ones((3, 3, 3)))
+    for row in rows:
+        heat = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"heatmap_{row['component']}.nrrd")))
+        assert heat.shape == labelled.shape and heat.max() == pytest.approx(1.0)
+        centre = np.array(kidneys.TransformPhysicalPointToIndex(row["centre_lps_mm"]))[::-1]
+        own = labelled[tuple(centre)]  # the component the row's centre lies in
+        assert own > 0
+        # Its heat lies on its own kidney, not on the other one.
+        assert heat[labelled == own].sum() > 5 * heat[(labelled > 0) & (labelled != own)].sum()
+    assert "component_1" in printed and "volume (ml)" in printed
+
+
+def test_per_component_refuses_what_it_cannot_write(two_kidneys, capsys):
+    folder, card = two_kidneys
+    code = explain(folder, card, folder / "refused", "--per-component", "--signed", str(folder / "s.nrrd"))
+    assert code == 2 and "leave out --layers, --signed" in capsys.readouterr().err
+    assert not (folder / "refused").exists()
