@@ -118,6 +118,7 @@ class SegHiResGradCAMParameterNode:
     signedMap: bool = False
     showIn3D: bool = False
     layerAtlas: bool = False
+    perComponent: bool = False
     replacePrevious: bool = True
 
 
@@ -464,6 +465,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             replace_previous=self.ui.replaceCheckBox.checked,
             signed=self.ui.signedCheckBox.checked,
             atlas=self.ui.layerAtlasCheckBox.checked,
+            per_component=self.ui.perComponentCheckBox.checked,
             volume_rendering_logic=slicer.modules.volumerendering.logic() if self.ui.show3DCheckBox.checked else None,
         )
 
@@ -615,10 +617,14 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node, volume = self._atlas[index]
         if slicer.mrmlScene.IsNodePresent(node):
             mrml_adapter.show_heatmap(node, volume)
-            layer = node.GetAttribute("SegHiResGradCAM.Layer")
-            self.ui.atlasLayerLabel.text = _("Layer {index} of {count}: {layer}").format(
-                index=index + 1, count=len(self._atlas), layer=layer
-            )
+            if node.GetAttribute("SegHiResGradCAM.Component"):
+                self.ui.atlasLayerLabel.text = _("Part {index} of {count}: {volume} ml").format(
+                    index=index + 1, count=len(self._atlas), volume=node.GetAttribute("SegHiResGradCAM.VolumeMl")
+                )
+            else:
+                self.ui.atlasLayerLabel.text = _("Layer {index} of {count}: {layer}").format(
+                    index=index + 1, count=len(self._atlas), layer=node.GetAttribute("SegHiResGradCAM.Layer")
+                )
 
     def _appendLog(self, lines):
         for line in lines[self._loggedLines :]:

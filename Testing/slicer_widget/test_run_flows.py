@@ -282,3 +282,28 @@ def test_a_segment_the_network_does_not_predict_is_explained_with_a_warning_in_t
     heat = ui.resultSelector.currentNode()
     assert "does not predict M as tumour" in heat.GetAttribute("SegHiResGradCAM.Warnings")
     assert "warning: " in ui.provenanceLabel.text
+
+
+def test_each_kidney_on_its_own_is_browsed_with_the_slider(session, application):
+    """Two kidneys as one segment: a heatmap per part (largest first), a table row per part,
+    and the slider walks the parts."""
+    volume, case = phantom_volume(application.scene, shape=(64, 64, 20), spacing=(4.8, 4.8, 6.0))
+    segmentation, segment_id = segment_from_labels(application.scene, volume, (case.labels > 0).astype(np.uint8), 1,
+                                                   "kidneys")  # fmt: skip
+    ui = session.ui
+    ui.usePredictionCheckBox.click()
+    ui.segmentSelector.user_choose(segmentation, segment_id)
+    ui.targetClassComboBox.user_choose("kidney")
+    ui.perComponentCheckBox.click()
+    ui.applyButton.click()
+    finished(session, application)
+    assert application.errors == []
+    parts = [node for node in nodes_named(application.scene, "Seg-HiRes-Grad CAM")
+             + nodes_named(application.scene, "part 2")]  # fmt: skip
+    assert len(parts) == 2 and ui.atlasLayerSlider.visible and ui.atlasLayerSlider.maximum == 1
+    volumes = [float(node.GetAttribute("SegHiResGradCAM.VolumeMl")) for node in parts]
+    assert volumes[0] >= volumes[1] > 0
+    table = nodes_named(application.scene, " - metrics")[0].GetTable()
+    assert table.GetNumberOfRows() == 2 and table.GetColumnName(1) == "volume (ml)"
+    ui.atlasLayerSlider.user_drag(1)
+    assert ui.atlasLayerLabel.text == f"Part 2 of 2: {parts[1].GetAttribute('SegHiResGradCAM.VolumeMl')} ml"

@@ -12,7 +12,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cam.metric_table import metric_rows
+from ..cam.evidence import Evidence
+from ..cam.metric_table import METRIC_GROUPS, metric_rows
 from ..errors import ExplainInputError
 from ..models.formats import read_model_card
 from . import mrml_adapter
@@ -36,6 +37,7 @@ class ExplainSettings:
     replace_previous: bool = False  # replace this module's earlier output of the same name
     signed: bool = False  # also load the signed map S (diverging colours centred on 0)
     atlas: bool = False  # a layer atlas: one heatmap per decoder stage, with every layer's metrics
+    per_component: bool = False  # one heatmap per connected part of the segment, largest first
     volume_rendering_logic: object = None  # show the heatmap in 3D with this (Slicer's volume rendering logic)
 
 
@@ -59,6 +61,9 @@ class ExplainRun:
         mrml_adapter.check_volume(settings.volume_node)
         if settings.atlas and settings.signed:
             raise ExplainInputError("The signed map is made for one layer: untick it for the layer atlas.")
+        if settings.per_component and (settings.atlas or settings.signed):
+            raise ExplainInputError("Each part on its own is made at one layer, without the signed map: untick the "
+                                    "layer atlas and the signed map, or the parts.")  # fmt: skip
         # Refuses a missing or unreadable card, or an untrusted bundle, before any work.
         card = read_model_card(settings.model, trust_bundle=settings.trust_bundle, folds=settings.folds)
         self.class_index = card.class_index(settings.target_class)
@@ -70,6 +75,7 @@ class ExplainRun:
         settings = self.settings
         mrml_adapter.export_volume(settings.volume_node, work_dir / "ct.nrrd")
         out = ["--layers", "atlas", "--out", "atlas"] if settings.atlas else ["--out", "heatmap.nrrd"]
+        out = ["--per-component", "--out", "components"] if settings.per_component else out
         arguments = ["explain", "--image", "ct.nrrd", "--target-class", str(self.class_index),
                      "--method", settings.method, "--device", settings.device, *out,
                      "--summary", "summary.json"]  # fmt: skip
@@ -81,8 +87,10 @@ class ExplainRun:
             arguments += ["--from-prediction"]
         if settings.with_prediction:
             arguments += ["--prediction", "prediction.nrrd"]
-        if settings.with_metrics and not settings.atlas:
+        if settings.with_metrics and not (settings.atlas or settings.per_component):
             arguments += ["--metrics", "metrics.json"]
+        if settings.with_metrics and settings.per_component:  # each part's numbers go to components.json
+            arguments += ["--measure", *METRIC_GROUPS]
         if settings.atlas and not settings.with_metrics:  # the slider's numbers, without the costly curves
             arguments += ["--measure", *ATLAS_MEASURES]
         if settings.signed:
@@ -125,12 +133,15 @@ class ExplainRun:
         summary = json.loads((work_dir / "summary.json").read_text())
         self.warnings = list(summary.get("warnings", []))
         atlas = json.loads((work_dir / "atlas" / "atlas.json").read_text())["layers"] if settings.atlas else []
+        parts = self._parts(work_dir)
         key = atlas[-1]["layer"] if atlas else settings.method  # the finest layer is the atlas's main map
+        key = parts[0]["component"] if parts else key  # the largest part is the main map
         title = summary["methods"][key]["title"]
         name = mrml_adapter.output_name(settings.volume_node, self.segment_name, title)
         scene = settings.volume_node.GetScene()
         prediction_name = f"{settings.volume_node.GetName()} - prediction"
         outputs = (name, f"{name} - metrics", f"{name} - signed", *(f"{name} at {row['layer']}" for row in atlas),
+                   *(f"{name} part {number}" for number in range(2, len(parts) + 1)),
                    *((prediction_name,) if settings.with_prediction else ()))  # fmt: skip
         previous = []
         if settings.replace_previous:
@@ -141,8 +152,11 @@ class ExplainRun:
                                                   settings.volume_node, f"{name} at {row['layer']}")  # fmt: skip
                 self.atlas_nodes.append(node)
             main_file = work_dir / "atlas" / f"heatmap_{key}.nrrd" if atlas else work_dir / "heatmap.nrrd"
+            main_file = work_dir / "components" / f"heatmap_{key}.nrrd" if parts else main_file
             self.heatmap_node = mrml_adapter.import_heatmap(main_file, settings.volume_node, name)
-            if atlas:
+            if parts:
+                self._import_parts(parts, name)
+            elif atlas:
                 self.atlas_nodes.append(self.heatmap_node)
                 layer_rows = {row["layer"]: metric_rows(row["metrics"]) for row in atlas}
                 self.metrics_node = mrml_adapter.import_layer_table(layer_rows, self.heatmap_node,
@@ -161,8 +175,12 @@ class ExplainRun:
             for node in {*self.atlas_nodes, self.heatmap_node, self.metrics_node, self.prediction_node,
                          self.signed_node} - {None}:  # fmt: skip
                 mrml_adapter.record_provenance(node, provenance, settings.volume_node)
-            for node, row in zip(self.atlas_nodes, atlas, strict=True):
+            for node, row in zip(self.atlas_nodes, atlas, strict=False):
                 node.SetAttribute(mrml_adapter.PROVENANCE + "Layer", row["layer"])
+            for node, row in zip(self.atlas_nodes, parts, strict=False):
+                for attribute, value in (("Component", row["component"]), ("VolumeMl", f"{row['volume_ml']:.2f}"),
+                                         ("TargetScore", str(row["target_score"]))):  # fmt: skip
+                    node.SetAttribute(mrml_adapter.PROVENANCE + attribute, value)
             if settings.volume_rendering_logic is not None:
                 mrml_adapter.show_in_3d(self.heatmap_node, settings.volume_rendering_logic, self.prediction_node)
         except BaseException:
@@ -175,6 +193,22 @@ class ExplainRun:
         for node in previous:
             if node is not None:
                 mrml_adapter.remove_output(node)
+
+    def _parts(self, work_dir: Path) -> list[dict]:
+        """The rows of components.json (one per part of the segment), or none."""
+        if not self.settings.per_component:
+            return []
+        return json.loads((work_dir / "components" / "components.json").read_text())["components"]
+
+    def _import_parts(self, parts: list[dict], name: str) -> None:
+        """The other parts' heatmaps (the largest is the main one) and a table of every part."""
+        work_dir, volume = self._run.work_dir, self.settings.volume_node
+        self.atlas_nodes.append(self.heatmap_node)
+        for number, row in enumerate(parts[1:], 2):
+            path = work_dir / "components" / f"heatmap_{row['component']}.nrrd"
+            self.atlas_nodes.append(mrml_adapter.import_heatmap(path, volume, f"{name} part {number}"))
+        rows = {f"part {number}": part_rows(row) for number, row in enumerate(parts, 1)}
+        self.metrics_node = mrml_adapter.import_layer_table(rows, self.heatmap_node, f"{name} - metrics")
 
     def _provenance(self, summary: dict, key: str) -> dict[str, str]:
         """How the outputs were made, as node attributes (kept in saved scenes and MRBs)."""
@@ -194,6 +228,14 @@ class ExplainRun:
     def wait(self, timeout: float | None = None) -> Status:
         self._run.wait(timeout)
         return self.poll()
+
+
+def part_rows(row: dict) -> list[tuple[str, str]]:
+    """One part of the segment as (column, value) pairs: its size, place, T, evidence and metrics."""
+    evidence = Evidence(**row["evidence"])
+    centre = ", ".join(f"{value:g}" for value in row["centre_lps_mm"])
+    measured = metric_rows(row["metrics"]) if row["metrics"] else []
+    return [("volume (ml)", f"{row['volume_ml']:.2f}"), ("centre (LPS mm)", centre), *evidence.rows(), *measured]
 
 
 def memory_warning(settings: ExplainSettings) -> str | None:
