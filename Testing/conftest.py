@@ -112,6 +112,20 @@ def bias_free_model_card(folder, spacing, window=(16, 32, 32), seed=0):
     return path
 
 
+def write_small_case(folder, spacing=(6.0, 6.0, 6.0)):
+    """A small synthetic CT (ct.nrrd) and its kidneys with tumour and cyst as one mask
+    (kidney.nrrd), stored on a grid of ``spacing`` (a bias-free model card's grid); returns
+    the folder."""
+    import SimpleITK as sitk
+
+    from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
+
+    ct, labels = case_images(make_case(3, Grid.centred((40, 48, 20), spacing)))
+    sitk.WriteImage(ct, str(folder / "ct.nrrd"))
+    sitk.WriteImage(sitk.Cast(labels > 0, sitk.sitkUInt8), str(folder / "kidney.nrrd"))
+    return folder
+
+
 @pytest.fixture(autouse=True, scope="session")
 def private_temporary_folder(tmp_path_factory):
     """Temporary files of this test run only (this process's and its children's), so that the

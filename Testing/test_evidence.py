@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import bias_free_model_card
+from conftest import bias_free_model_card, write_small_case
 from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 
@@ -21,10 +21,7 @@ BUNDLED = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "Resources" 
 
 @pytest.fixture(scope="module")
 def small_case(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("evidence")
-    ct, labels = case_images(make_case(3, Grid.centred((40, 48, 20), SPACING)))
-    sitk.WriteImage(ct, str(folder / "ct.nrrd"))
-    sitk.WriteImage(sitk.Cast(labels > 0, sitk.sitkUInt8), str(folder / "kidney.nrrd"))
+    folder = write_small_case(tmp_path_factory.mktemp("evidence"), SPACING)
     return folder
 
 

@@ -8,28 +8,24 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from conftest import bias_free_model_card
+from conftest import bias_free_model_card, write_small_case
 from SegHiResGradCAMLib.cli import main as cli_main
-from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 
 SPACING = (6.0, 6.0, 6.0)
 
 
 @pytest.fixture(scope="module")
 def two_kidneys(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("components")
-    ct, labels = case_images(make_case(3, Grid.centred((40, 48, 20), SPACING)))
-    sitk.WriteImage(ct, str(folder / "ct.nrrd"))
-    kidneys = sitk.Cast(labels > 0, sitk.sitkUInt8)
+    folder = write_small_case(tmp_path_factory.mktemp("components"), SPACING)
+    kidneys = sitk.ReadImage(str(folder / "kidney.nrrd"))
     _, count = ndimage.label(sitk.GetArrayFromImage(kidneys), structure=np.ones((3, 3, 3)))
     assert count == 2, "the case has a left and a right kidney, apart"
-    sitk.WriteImage(kidneys, str(folder / "kidneys.nrrd"))
     return folder, bias_free_model_card(folder, SPACING)
 
 
 def explain(folder, card, out, *extra):
     return cli_main(["explain", "--image", str(folder / "ct.nrrd"), "--model", str(card), "--target-class", "kidney",
-                     "--mask", str(folder / "kidneys.nrrd"), "--out", str(out), "--progress", "none",
+                     "--mask", str(folder / "kidney.nrrd"), "--out", str(out), "--progress", "none",
                      *extra])  # fmt: skip
 
 
@@ -44,7 +40,7 @@ def test_each_component_is_explained_alone_and_their_targets_add_up_to_the_whole
     rows = table["components"]
     assert [row["component"] for row in rows] == ["component_1", "component_2"]
     assert rows[0]["volume_ml"] >= rows[1]["volume_ml"] > 0  # largest first
-    kidneys = sitk.ReadImage(str(folder / "kidneys.nrrd"))
+    kidneys = sitk.ReadImage(str(folder / "kidney.nrrd"))
     total_ml = sitk.GetArrayFromImage(kidneys).sum() * np.prod(kidneys.GetSpacing()) / 1000
     assert rows[0]["volume_ml"] + rows[1]["volume_ml"] == pytest.approx(total_ml, rel=0.02)
     # T is a sum over M, so the components' T add up to the whole segment's.

@@ -9,19 +9,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import bias_free_model_card
+from conftest import bias_free_model_card, write_small_case
 from SegHiResGradCAMLib.cli import main as cli_main
-from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 
 SPACING = (6.0, 6.0, 6.0)  # (x, y, z) mm: the CT below is stored on the model card's grid
 
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("signed")
-    ct, labels = case_images(make_case(3, Grid.centred((40, 48, 20), SPACING)))
-    sitk.WriteImage(ct, str(folder / "ct.nrrd"))
-    sitk.WriteImage(sitk.Cast(labels > 0, sitk.sitkUInt8), str(folder / "kidney.nrrd"))
+    folder = write_small_case(tmp_path_factory.mktemp("signed"), SPACING)
     return folder, bias_free_model_card(folder, SPACING)
 
 

@@ -127,9 +127,8 @@ def test_randomised_copy_changes_the_copy_only_and_rank_similarity_by_hand():
     assert rank_similarity([2, 2, 2], [5, 5, 5]) == 1.0  # constant maps rank alike
 
 
-def test_explanation_metrics_of_a_trained_evidence_network_pass_the_sanity_check():
-    """Against the evidence network, HiRes finds the evidence; a map that ignores the
-    network (the image itself) would be unchanged by randomisation."""
+def evidence_case():
+    """(evidence region, image, a conv layer of positive weights before the evidence network, M)."""
     evidence = torch.zeros(24, 24, dtype=torch.bool)
     evidence[3:8, 14:20] = True
     image = torch.full((1, 24, 24), 0.2)
@@ -140,6 +139,13 @@ def test_explanation_metrics_of_a_trained_evidence_network_pass_the_sanity_check
         model[0].weight.abs_()
     mask = np.zeros((24, 24), dtype=bool)
     mask[16:22, 2:8] = True
+    return evidence, image, model, mask
+
+
+def test_explanation_metrics_of_a_trained_evidence_network_pass_the_sanity_check():
+    """Against the evidence network, HiRes finds the evidence; a map that ignores the
+    network (the image itself) would be unchanged by randomisation."""
+    evidence, image, model, mask = evidence_case()
     result = explain(model, image, 1, mask, layer="1", method="seg-hires-grad-cam")
 
     def hires_of(network):
@@ -182,16 +188,7 @@ def test_the_checks_flag_what_the_evidence_network_shows_and_what_a_blind_map_hi
     insertion and changes when the weights are random; but whatever M is, the evidence is
     the same region, so the map does not depend on M, and the check says so. A map that is
     the image itself passes nothing that needs the network."""
-    evidence = torch.zeros(24, 24, dtype=torch.bool)
-    evidence[3:8, 14:20] = True
-    image = torch.full((1, 24, 24), 0.2)
-    image[0, evidence] = 1.0
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), EvidenceNetwork(evidence))
-    with torch.no_grad():
-        model[0].weight.abs_()
-    mask = np.zeros((24, 24), dtype=bool)
-    mask[16:22, 2:8] = True
+    _, image, model, mask = evidence_case()
 
     def hires(network=model, target=mask):
         return explain(network, image, 1, target, layer="1", method="seg-hires-grad-cam").heatmap
