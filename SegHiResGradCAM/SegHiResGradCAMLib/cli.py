@@ -464,9 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "200 dpi")  # fmt: skip
     explain.add_argument("--truth", metavar="LABELS", help="the case's ground-truth label map, shown in --figure")
     explain.add_argument("--metrics", nargs="?", const="", metavar="JSON",
-                         help="also measure the map (heat inside M, in other predicted classes and outside the "
-                         "body; deletion and insertion areas; similarity after randomising the network): print a "
-                         "table, and write JSON to the file if given. Costs about 25 more network passes.")  # fmt: skip
+                         help="also measure the map, each number beside its baseline (heat inside M, in other "
+                         "predicted classes and outside the body; deletion and insertion areas; similarity after "
+                         "randomising the network; dependence on M) with pass/fail checks: print a table, and write "
+                         "JSON to the file if given. Costs about 45 more passes over the windows that reach M and two "
+                         "explanations; --measure chooses less.")  # fmt: skip
     explain.add_argument("--measure", nargs="+", choices=[*METRIC_GROUPS, "none"], metavar="GROUP",
                          help="which metrics (implies --metrics): localisation (free), faithfulness (deletion and "
                          "insertion, about 22 passes, and 22 more once for their random-order baseline), "
