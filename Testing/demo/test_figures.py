@@ -54,3 +54,14 @@ def test_explain_writes_the_paper_figure_of_the_user_s_case_at_200_dpi(tmp_path)
                      "--from-prediction", "--layers", "atlas", "--figure", str(tmp_path / "atlas_figure.png"),
                      "--out", str(tmp_path / "atlas"), "--progress", "none"])  # fmt: skip
     assert code == 2 and not (tmp_path / "atlas").exists()
+
+
+def test_classes_without_colours_of_their_own_get_distinct_ones_in_the_figure():
+    from SegHiResGradCAMLib.demo.figures import distinct_styles
+
+    grey = {1: ("kidney", (0.5, 0.5, 0.5)), 2: ("tumour", (0.5, 0.5, 0.5))}
+    shown = distinct_styles(grey)
+    assert [name for name, _ in shown.values()] == ["kidney", "tumour"]
+    assert shown[1][1] != shown[2][1]
+    own = {1: ("kidney", (0.8, 0.5, 0.2)), 2: ("tumour", (0.8, 0.1, 0.2))}
+    assert distinct_styles(own) == own  # a model's own colours are kept

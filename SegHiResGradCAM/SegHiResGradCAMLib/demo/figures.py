@@ -121,6 +121,17 @@ def view_box(mask: np.ndarray, margin: tuple[int, int]) -> tuple[slice, slice]:
             slice(max(columns.min() - margin[1], 0), columns.max() + 1 + margin[1]))  # fmt: skip
 
 
+def distinct_styles(styles: dict) -> dict:
+    """The classes' colours, or a palette of distinct ones when the model gives them all the
+    same colour (a card without colours): a legend must tell the classes apart."""
+    if len({tuple(colour) for _, colour in styles.values()}) == len(styles):
+        return styles
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10"].colors
+    return {value: (name, palette[number % len(palette)]) for number, (value, (name, _)) in enumerate(styles.items())}
+
+
 def _styled_overlay(labels: np.ndarray, styles: dict) -> np.ndarray:
     rgba = np.zeros((*labels.shape, 4))
     for value, (_, colour) in styles.items():
@@ -148,6 +159,7 @@ def case_views_figure(target, hu, spacing_xyz, positions, labels: dict, segment,
     figure, axes = plt.subplots(len(VIEWS), len(columns), figsize=(PANEL_INCHES * len(columns),
                                 PANEL_INCHES * len(VIEWS) + 0.9), squeeze=False, constrained_layout=True)  # fmt: skip
     heat_image = None
+    styles = distinct_styles(styles)
     spacing = {0: spacing_xyz[2], 1: spacing_xyz[1], 2: spacing_xyz[0]}  # array axis -> mm
     for row, (view, axis, letters, world, _) in enumerate(VIEWS):
         index = largest_cross_section(segment, axis)
