@@ -19,11 +19,6 @@ import SimpleITK as sitk
 from ..errors import ExplainInputError
 from .outputs import partial_path
 
-_LETTERS = {(0, 1): "L", (0, -1): "R", (1, 1): "P", (1, -1): "A", (2, 1): "S", (2, -1): "I"}
-_AXIS_OF = {letter: axis for (axis, _), letter in _LETTERS.items()}
-_SIGN_OF = {letter: sign for (_, sign), letter in _LETTERS.items()}
-
-
 READABLE = "a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file"
 MEMORY_LIMIT_VARIABLE = "SEGHIRESGRADCAM_MEMORY_LIMIT_GB"
 WORKING_BYTES_PER_VOXEL = 12  # the stored voxel, a float32 working copy, a float32 map back on the CT grid
@@ -162,23 +157,18 @@ def write_volume(image: sitk.Image, path) -> None:
 
 
 def orientation_code(image: sitk.Image) -> str:
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    code = ""
-    for column in direction.T:
-        axis = int(np.argmax(np.abs(column)))
-        code += _LETTERS[(axis, int(np.sign(column[axis])))]
-    return code
+    """The letters the index axes point to (LPS: x towards the patient's left, ...), each axis
+    given the nearest anatomical direction, never two the same (SimpleITK's DICOM rule)."""
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
 
 
 def reorient(image: sitk.Image, code: str) -> sitk.Image:
     """The same voxels with index axes permuted and flipped to point towards ``code``
-    (exact: no interpolation; origin and direction follow)."""
-    current = orientation_code(image)
-    order = [next(i for i, letter in enumerate(current) if _AXIS_OF[letter] == _AXIS_OF[wanted]) for wanted in code]
-    permuted = sitk.PermuteAxes(image, order) if order != [0, 1, 2] else image
-    current = orientation_code(permuted)
-    flips = [_SIGN_OF[have] != _SIGN_OF[wanted] for have, wanted in zip(current, code, strict=True)]
-    return sitk.Flip(permuted, flips) if any(flips) else permuted
+    (exact: no interpolation; origin and direction follow), for any direction, oblique
+    about several axes and left-handed included."""
+    if orientation_code(image) == code:
+        return image
+    return sitk.DICOMOrient(image, code)
 
 
 def rotated(image: sitk.Image, degrees: tuple[float, float, float], labels: bool = False) -> sitk.Image:
