@@ -19,6 +19,7 @@ from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.cohort.case import CohortSettings
 from SegHiResGradCAMLib.cohort.run import run_cohort
 from SegHiResGradCAMLib.demo.phantom import Grid, write_cohort
+from SegHiResGradCAMLib.errors import ExplainInputError
 from SegHiResGradCAMLib.volumes.outputs import PARTIAL_PREFIX
 from work_clock import wait_while_working
 
@@ -263,3 +264,26 @@ def test_per_component_gives_a_row_for_each_kidney_of_each_case(model, tmp_path,
             assert (results / "cases" / case / f"heatmap_component_{component}_seg-hires-grad-cam.nrrd").is_file()
     page = (results / "report.html").read_text()
     assert ", component 2 " in page and "HiRes better" in page
+
+
+def test_an_nnunet_raw_dataset_in_nrrd_is_found_by_its_declared_file_ending(cohorts, settings, tmp_path):
+    import json
+
+    import SimpleITK as sitk
+
+    sources, reference = cohorts
+    dataset = tmp_path / "Dataset001_Nrrd"
+    for folder in ("imagesTs", "labelsTs"):
+        (dataset / folder).mkdir(parents=True)
+        for path in (Path(sources["nnunet"]) / folder).iterdir():
+            name = path.name.replace(".nii.gz", ".nrrd")
+            sitk.WriteImage(sitk.ReadImage(str(path)), str(dataset / folder / name))
+    (dataset / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nrrd",
+                                                      "labels": {"background": 0, "kidney": 1}}))  # fmt: skip
+    summary = run_cohort(dataset, tmp_path / "results", dataclasses.replace(settings, methods=("seg-hires-grad-cam",)))
+    assert summary.layout == "nnunet" and summary.done == len(SEEDS)
+    hires = reference[reference["method"] == "seg-hires-grad-cam"].reset_index(drop=True)
+    assert_same_table(hires, table(tmp_path / "results"))
+    (dataset / "dataset.json").write_text(json.dumps({"file_ending": "nrrd"}))
+    with pytest.raises(ExplainInputError, match="file_ending must be a file ending"):
+        run_cohort(dataset, tmp_path / "again", settings)

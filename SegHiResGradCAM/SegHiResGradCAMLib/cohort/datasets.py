@@ -1,14 +1,16 @@
 """Which cases a cohort holds: the KiTS layout, the nnU-Net raw layout, or a CSV list.
 
 - KiTS: ``case_XXXXX/imaging.nii.gz`` with an optional ``segmentation.nii.gz``;
-- nnU-Net raw: ``imagesTr|imagesTs/<case>_0000.nii.gz`` with optional
-  ``labelsTr|labelsTs/<case>.nii.gz``;
+- nnU-Net raw: ``imagesTr|imagesTs/<case>_0000<file_ending>`` with optional
+  ``labelsTr|labelsTs/<case><file_ending>``, the file ending as ``dataset.json`` declares
+  (``.nii.gz`` when it has none);
 - CSV: columns ``case,image[,truth][,mask]``, paths relative to the CSV's folder.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,8 @@ from ..errors import ExplainInputError
 
 LAYOUTS = (
     "the KiTS layout (case_XXXXX/imaging.nii.gz, optional segmentation.nii.gz), the nnU-Net raw layout "
-    "(imagesTr or imagesTs/<case>_0000.nii.gz, optional labelsTr or labelsTs/<case>.nii.gz), or a CSV file with "
+    "(imagesTr or imagesTs/<case>_0000.nii.gz, optional labelsTr or labelsTs/<case>.nii.gz; another file ending "
+    "as dataset.json's file_ending says), or a CSV file with "
     "the columns case,image[,truth][,mask]"
 )
 CASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # also a safe folder name
@@ -51,14 +54,30 @@ def _kits_case(folder: Path) -> CohortCase:
     return CohortCase(folder.name, folder / "imaging.nii.gz", truth if truth.is_file() else None)
 
 
+def file_ending(dataset: Path) -> str:
+    """The image file ending an nnU-Net raw dataset declares in its dataset.json."""
+    description = dataset / "dataset.json"
+    if not description.is_file():
+        return ".nii.gz"
+    try:
+        ending = json.loads(description.read_text()).get("file_ending", ".nii.gz")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+        raise ExplainInputError(f"Cannot read {description} ({error}): it must be nnU-Net's dataset.json.") from None
+    if not isinstance(ending, str) or not ending.startswith(".") or "/" in ending:
+        raise ExplainInputError(f"{description}: file_ending must be a file ending such as \".nii.gz\"; got "
+                                f"{ending!r}.")  # fmt: skip
+    return ending
+
+
 def _nnunet_cases(images: Path) -> list[CohortCase]:
     labels = images.parent / images.name.replace("images", "labels")
+    ending = file_ending(images.parent)
     cases = []
-    for image in sorted(images.glob("*_0000.nii.gz")):
-        name = image.name[: -len("_0000.nii.gz")]
+    for image in sorted(images.glob(f"*_0000{ending}")):
+        name = image.name[: -len(f"_0000{ending}")]
         if any(images.glob(f"{name}_0001.*")):
             raise ExplainInputError(f"Case {name} has several input channels; only single-CT cases are supported.")
-        truth = labels / f"{name}.nii.gz"
+        truth = labels / f"{name}{ending}"
         cases.append(CohortCase(name, image, truth if truth.is_file() else None))
     return cases
 
