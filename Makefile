@@ -5,11 +5,11 @@ INSTALLED := $(VENV)/.installed
 DEMO_INSTALLED := $(VENV)/.installed-demo
 SYSTEM_PYTHON ?= python3
 
-.PHONY: venv demo test lint bench bench-methods bench-layers clean
+.PHONY: venv demo test test-oldest lint bench bench-methods bench-layers clean
 
 # nnU-Net (for its results folders and their tests) goes in without its declared dependencies,
 # which would replace PyTorch: see requirements-nnunet.txt.
-$(INSTALLED): pyproject.toml constraints.txt requirements-nnunet.txt
+$(INSTALLED): pyproject.toml constraints.txt requirements-nnunet.txt SegHiResGradCAM/SegHiResGradCAMLib/requirements.txt
 	test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -c constraints.txt -e ".[dev,nnunet,bundle,cohort,cluster]"
@@ -18,7 +18,7 @@ $(INSTALLED): pyproject.toml constraints.txt requirements-nnunet.txt
 
 # The demo needs only the package's own dependencies (PyTorch, MONAI, SimpleITK, SciPy,
 # Matplotlib), not the test, cohort, Ray, nnU-Net and Slicer extras.
-$(DEMO_INSTALLED): pyproject.toml constraints.txt
+$(DEMO_INSTALLED): pyproject.toml constraints.txt SegHiResGradCAM/SegHiResGradCAMLib/requirements.txt
 	test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -c constraints.txt -e .
@@ -36,6 +36,16 @@ lint: $(INSTALLED)
 test: lint
 	$(PYTHON) -m pytest -q
 
+# The lowest declared versions (requirements.txt's minimums, pinned) and the quick tests; not
+# part of `make test` (another 1.5 GB environment).
+OLDEST := .venv-oldest
+test-oldest:
+	test -x $(OLDEST)/bin/python || $(SYSTEM_PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
+	sed -n 's/^\([A-Za-z0-9_.-]*\)>=/\1==/p' SegHiResGradCAM/SegHiResGradCAMLib/requirements.txt > $(OLDEST)/oldest.txt
+	$(OLDEST)/bin/python -m pip install --quiet -c $(OLDEST)/oldest.txt -e ".[dev]"
+	$(OLDEST)/bin/python -m pytest -q Testing/cam Testing/volumes Testing/test_signed_map.py Testing/test_evidence.py
+
 bench: $(INSTALLED)
 	$(PYTHON) bench/bench_engine.py
 
@@ -47,4 +57,4 @@ bench-layers: $(INSTALLED)
 	$(PYTHON) bench/bench_layers.py --cases 20
 
 clean:
-	rm -rf $(VENV) demo_output
+	rm -rf $(VENV) $(OLDEST) demo_output

@@ -25,6 +25,8 @@ def test_every_resource_file_is_packaged_by_the_module_cmake_file():
     lines = [line.strip() for line in block.splitlines()[1:]]
     listed = {line.replace("${MODULE_NAME}", "SegHiResGradCAM") for line in lines if line}
     present = {path.relative_to(MODULE).as_posix() for path in (MODULE / "Resources").rglob("*") if path.is_file()}
+    library = (path for path in (MODULE / "SegHiResGradCAMLib").rglob("*") if "__pycache__" not in path.parts)
+    present |= {path.relative_to(MODULE).as_posix() for path in library if path.is_file() and path.suffix != ".py"}
     assert listed == present
 
 
@@ -109,3 +111,28 @@ def test_no_file_points_to_a_planning_note_outside_the_repository():
     pointing = [name for name in tracked.split() if (ROOT / name).is_file() and name != "Testing/test_packaging.py"
                 and "DESIGN.md" in (ROOT / name).read_text(errors="ignore")]  # fmt: skip
     assert pointing == []
+
+
+# APIs the code calls, and the release that introduced each: the declared minimum must be at least that.
+NEWER_APIS = {"torch": {"safe_globals": "2.5", "torch.OutOfMemoryError": "2.5"},
+              "numpy": {"np.trapezoid": "2.0", "np._core": "2.0"}}  # fmt: skip
+
+
+def test_declared_minimum_versions_cover_the_apis_the_code_calls_and_are_declared_once():
+    from importlib.metadata import requires
+
+    from SegHiResGradCAMLib.mrml.dependencies import declared_minimums
+
+    def version(text):
+        return tuple(int(part) for part in text.split("."))
+
+    source = "\n".join(path.read_text() for path in (MODULE / "SegHiResGradCAMLib").rglob("*.py"))
+    minimums = declared_minimums()
+    for package, apis in NEWER_APIS.items():
+        for api, introduced in apis.items():
+            if api in source:
+                assert version(minimums[package]) >= version(introduced), f"{api} needs {package} {introduced}"
+    # The installed package declares exactly these: pyproject.toml reads the same file (the
+    # Slicer install plan's side is checked in mrml/test_dependencies.py).
+    declared = {line.split(">=")[0]: line.split(">=")[1] for line in requires("seghiresgradcam") if ";" not in line}
+    assert declared == minimums

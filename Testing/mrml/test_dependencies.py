@@ -36,7 +36,7 @@ def test_nothing_to_install_when_every_package_is_there_in_a_working_version():
 
 def test_missing_torch_is_installed_first_through_the_pytorch_extension():
     plan = plan_installs(versions_from({key: value for key, value in WORKING.items() if key != "torch"}))
-    assert [(step.installer, step.arguments) for step in plan] == [("pytorch", (">=2.3",))]
+    assert [(step.installer, step.arguments) for step in plan] == [("pytorch", (">=2.5",))]
     assert plan[0].reasons == ("torch is not installed",)
 
 
@@ -45,9 +45,9 @@ def test_too_old_and_missing_packages_go_into_one_pip_call_after_pytorch():
     del table["scipy"]
     plan = plan_installs(versions_from(table))
     assert [step.installer for step in plan] == ["pytorch", "pip"]
-    assert plan[0].reasons == ("torch 2.1.0 is older than 2.3",)
-    assert plan[1].arguments == ("monai>=1.3", "scipy>=1.10")
-    assert plan[1].reasons == ("monai 1.2.0 is older than 1.3", "scipy is not installed")
+    assert plan[0].reasons == ("torch 2.1.0 is older than 2.5",)
+    assert plan[1].arguments == ("monai>=1.5", "scipy>=1.13")
+    assert plan[1].reasons == ("monai 1.2.0 is older than 1.5", "scipy is not installed")
 
 
 def test_nnunet_adds_its_plain_dependencies_then_its_own_packages_without_theirs():
@@ -80,8 +80,8 @@ def test_the_dialog_lists_what_is_missing_and_what_will_be_installed():
     plan = plan_installs(versions_from({"numpy": "2.0"}), nnunet=False)
     text = dependencies.describe(plan)
     assert "torch is not installed" in text and "monai is not installed" in text
-    assert "PyTorch >=2.3, by the PyTorch extension" in text
-    assert "pip install monai>=1.3 SimpleITK>=2.3 scipy>=1.10" in text
+    assert "PyTorch >=2.5, by the PyTorch extension" in text
+    assert "pip install monai>=1.5 SimpleITK>=2.4 scipy>=1.13" in text
     assert "nothing is changed" in text
 
 
@@ -122,7 +122,7 @@ def test_accepting_installs_in_the_planned_order_after_asking_once():
     expected = [("pytorch", step.arguments[0]) if step.installer == "pytorch" else ("pip", step.arguments)
                 for step in plan]  # fmt: skip
     assert installers.calls == expected
-    assert installers.calls[0] == ("pytorch", ">=2.3") and installers.calls[-1][1][0] == "--no-deps"
+    assert installers.calls[0] == ("pytorch", ">=2.5") and installers.calls[-1][1][0] == "--no-deps"
 
 
 def test_nothing_missing_asks_nothing():
@@ -134,7 +134,7 @@ def test_a_failed_pytorch_install_stops_before_pip():
     installers = Installers(torch_installed=None)
     with pytest.raises(RuntimeError, match="PyTorch was not installed"):
         run_install(plan_installs(versions_from({})), installers)
-    assert installers.calls == [("pytorch", ">=2.3")]
+    assert installers.calls == [("pytorch", ">=2.5")]
 
 
 RELEASES = [("2.13.0+cpu", (2, 13, 0)), ("1.6rc1", (1, 6)), ("v0.4.4", (0, 4, 4)), ("10.0", (10, 0)), ("nonsense", ())]
@@ -148,14 +148,17 @@ def test_release_numbers_compare_numerically(version, expected):
 
 def test_installed_versions_are_read_without_importing():
     """On this machine torch is installed (the test suite needs it), a made-up package is not."""
-    assert release(installed_version(CORE[0])) >= release("2.3")
+    assert release(installed_version(CORE[0])) >= release("2.5")
     assert installed_version(dependencies.Requirement("no-such-package-x", "no_such_package_x")) is None
 
 
 def test_the_lists_match_the_project_s_own_install_files():
     """One truth: what Slicer installs is what `make` installs and CI tests."""
+    from importlib.metadata import requires
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {re.split(r"[<>=]", item)[0]: item for item in project["dependencies"]}
+    # The installed package's dependencies (pyproject.toml reads them from the package's requirements.txt).
+    declared = {re.split(r"[<>=]", item)[0]: item for item in requires("seghiresgradcam") if ";" not in item}
     wanted = {declared[name] for name in declared if name != "matplotlib"}  # only the demo's figures need it
     assert {requirement.specifier for requirement in CORE} == wanted
     assert [requirement.distribution for requirement in NNUNET_PLAIN] == project["optional-dependencies"]["nnunet"]

@@ -37,15 +37,21 @@ class Requirement:
         return f"{self.distribution}>={self.minimum}" if self.minimum else self.distribution
 
 
-# What the explanation pipeline imports (pyproject.toml's dependencies, minus matplotlib,
-# which only the demo's figures use).
-CORE = (
-    Requirement(TORCH, "torch", "2.3"),
-    Requirement("numpy", "numpy", "1.24"),
-    Requirement("monai", "monai", "1.3"),
-    Requirement("SimpleITK", "SimpleITK", "2.3"),
-    Requirement("scipy", "scipy", "1.10"),
-)
+def declared_minimums() -> dict[str, str]:
+    """Distribution -> lowest version, from the package's requirements.txt (pyproject.toml
+    reads the same file, so the two never disagree)."""
+    lines = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text().splitlines()
+    found = (re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9.]*)\s*", line) for line in lines)
+    return {match[1]: match[2] for match in found if match}
+
+
+# What the explanation pipeline imports (the package's dependencies, minus matplotlib, which
+# only the demo's figures use).
+CORE = tuple(
+    Requirement(name, module, declared_minimums()[name])
+    for name, module in ((TORCH, "torch"), ("numpy", "numpy"), ("monai", "monai"), ("SimpleITK", "SimpleITK"),
+                         ("scipy", "scipy"))
+)  # fmt: skip
 # nnU-Net results folders only: nnU-Net's plain dependencies (the `nnunet` extra) ...
 NNUNET_PLAIN = tuple(
     Requirement(name, module)
