@@ -2,8 +2,8 @@
 
 import json
 import pickle
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +14,13 @@ from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 from SegHiResGradCAMLib.volumes.volume_io import reorient
 
-COMMAND = shutil.which("seghiresgradcam") or str(Path(__file__).resolve().parents[1] / ".venv/bin/seghiresgradcam")
+# The command as this interpreter runs it, in any environment (not a path into the source tree).
+COMMAND = [sys.executable, "-m", "SegHiResGradCAMLib.cli"]
 BUNDLED = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "Resources" / "Models" / "kits_demo_unet.json"
 
 
 def seghiresgradcam(*arguments):
-    return subprocess.run([COMMAND, *map(str, arguments)], capture_output=True, text=True)
+    return subprocess.run([*COMMAND, *map(str, arguments)], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,13 @@ ALLOWED = {
     "cam": {"errors"},
     "volumes": {"errors"},
     "models": {"errors", "cam", "volumes"},
-    "mrml": {"errors", "models", "cam", "__init__"},  # torch-free parts only (see below); __init__: the version
+    "mrml": {
+        "errors",
+        "models",
+        "cam",
+        "volumes",
+        "__init__",
+    },  # torch-free parts only (see below); __init__: the version
     "pipeline": {"errors", "cam", "models", "volumes", "__init__"},  # __init__: the version in the record
     "demo": {"errors", "cam", "models", "volumes", "pipeline"},
     "cohort": {"errors", "cam", "models", "volumes", "pipeline", "demo", "__init__"},  # __init__: the version

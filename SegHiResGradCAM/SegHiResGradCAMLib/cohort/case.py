@@ -11,8 +11,6 @@ is computed again; one that failed leaves ``cases/<case>.failed.json`` with its 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,7 @@ import numpy as np
 
 from ..cam.metric_table import METRIC_GROUPS, failed_checks
 from ..errors import ExplainInputError
-from ..volumes.outputs import partial_path
+from ..volumes.outputs import write_atomically
 from .datasets import CohortCase
 
 ROWS = "rows.json"
@@ -73,19 +71,19 @@ def run_case(case: CohortCase, settings: CohortSettings, results: Path) -> list[
     done = finished_rows(results, case.name)
     if done is not None:
         return done
-    cases = Path(results) / "cases"
-    partial = partial_path(case_folder(results, case.name))
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    failed = cases / f"{case.name}{FAILED}"
-    try:
-        rows = _explain_case(case, settings, partial)
+    failed = Path(results) / "cases" / f"{case.name}{FAILED}"
+    rows = []
+
+    def build(partial: Path) -> None:
+        partial.mkdir(parents=True)
+        rows.extend(_explain_case(case, settings, partial))
         (partial / ROWS).write_text(json.dumps(rows, indent=1))
-        os.replace(partial, case_folder(results, case.name))  # the case appears whole, or not at all
+
+    try:
+        write_atomically(case_folder(results, case.name), build)  # the case appears whole, or not at all
         failed.unlink(missing_ok=True)
         return rows
-    except Exception as error:
-        shutil.rmtree(partial, ignore_errors=True)
+    except Exception as error:  # Ctrl-C and other interruptions leave nothing (write_atomically)
         message = str(error) if isinstance(error, ExplainInputError | OSError) else f"{type(error).__name__}: {error}"
         record = {
             "case": case.name,
@@ -94,13 +92,8 @@ def run_case(case: CohortCase, settings: CohortSettings, results: Path) -> list[
             "image": str(Path(case.image).resolve()),
             "truth": str(Path(case.truth).resolve()) if case.truth else "",
         }
-        partial_failure = partial_path(failed)
-        partial_failure.write_text(json.dumps(record))
-        os.replace(partial_failure, failed)
+        write_atomically(failed, lambda partial: partial.write_text(json.dumps(record)))
         return [record]
-    except BaseException:  # Ctrl-C: the unfinished case leaves nothing
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
 
 
 def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> list[dict]:

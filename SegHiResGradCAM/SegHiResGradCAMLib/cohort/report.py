@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from .. import __version__
 from ..cam.metrics import DEPENDENCE_LIMIT, RANDOMISATION_LIMIT
-from ..volumes.outputs import partial_path
+from ..volumes.outputs import write_atomically
 from .case import case_folder
 
 HIRES, GRAD_CAM = "seg-hires-grad-cam", "seg-grad-cam"
@@ -255,7 +254,5 @@ figure{{overflow-x:auto}} figure img{{max-width:none}}</style>
 </body></html>
 """
     path = results / "report.html"
-    partial = partial_path(path)
-    partial.write_text(page)
-    os.replace(partial, path)
+    write_atomically(path, lambda partial: partial.write_text(page))
     return path

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ExplainInputError
-from ..volumes.outputs import partial_path, remove_stale_partials
+from ..volumes.outputs import remove_stale_partials, write_atomically
 from .case import CohortSettings, failure, finished_rows, run_case
 from .datasets import find_cases
 
@@ -109,9 +109,7 @@ def write_tables(results: Path, rows: list[dict]) -> None:
     table = pandas.DataFrame(rows)
     for name, write in (("results.csv", lambda path: table.to_csv(path, index=False)),
                         ("results.parquet", lambda path: table.to_parquet(path, index=False))):  # fmt: skip
-        partial = partial_path(results / name)
-        write(partial)
-        os.replace(partial, results / name)
+        write_atomically(results / name, write)
 
 
 class _Tracker:

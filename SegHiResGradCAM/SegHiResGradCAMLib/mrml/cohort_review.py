@@ -23,6 +23,7 @@ import slicer
 import vtk
 
 from ..errors import ExplainInputError
+from ..volumes.outputs import write_atomically
 from . import mrml_adapter
 
 VERDICTS = ("explanation plausible", "explanation implausible", "segmentation wrong", "unsure")
@@ -114,15 +115,15 @@ class CohortReview:
             self._write_review()
 
     def _write_review(self) -> None:
-        path = self.results / REVIEW_FILE
-        partial = path.with_name(f".partial-{os.getpid()}-{REVIEW_FILE}")
-        with partial.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=REVIEW_COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.verdicts[case] for case in self.cases if case in self.verdicts)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
+        def write(partial: Path) -> None:
+            with partial.open("w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=REVIEW_COLUMNS)
+                writer.writeheader()
+                writer.writerows(self.verdicts[case] for case in self.cases if case in self.verdicts)
+                file.flush()
+                os.fsync(file.fileno())
+
+        write_atomically(self.results / REVIEW_FILE, write)
 
     # The scene --------------------------------------------------------------------------------
 

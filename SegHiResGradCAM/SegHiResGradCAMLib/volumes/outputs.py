@@ -60,6 +60,22 @@ def partial_path(target: Path) -> Path:
     return target.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{target.name}")
 
 
+def write_atomically(path: Path, write) -> None:
+    """``write(partial)`` writes the file (or folder) under its partial name next to ``path``,
+    which is then renamed into place: ``path`` is whole or untouched, and a failure leaves
+    nothing behind."""
+    path = Path(path)
+    partial = partial_path(path)
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+
+
 def remove_stale_partials(folder: Path) -> None:
     """Removes the partial files and folders in ``folder`` whose process is gone."""
     if not folder.is_dir():

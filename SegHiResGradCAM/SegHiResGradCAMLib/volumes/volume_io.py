@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import ExplainInputError
-from .outputs import partial_path
+from .outputs import write_atomically
 
 READABLE = "a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file"
 MEMORY_LIMIT_VARIABLE = "SEGHIRESGRADCAM_MEMORY_LIMIT_GB"
@@ -148,12 +148,7 @@ def write_volume(image: sitk.Image, path) -> None:
     never leaves a half-written file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(path)
-    try:
-        sitk.WriteImage(image, str(partial), useCompression=True)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(path, lambda partial: sitk.WriteImage(image, str(partial), useCompression=True))
 
 
 def orientation_code(image: sitk.Image) -> str:
