@@ -25,15 +25,49 @@ WORKING_BYTES_PER_VOXEL = 12  # the stored voxel, a float32 working copy, a floa
 ORTHOGONAL_TOLERANCE = 1e-4
 
 
+UNKNOWN_MEMORY_BYTES = 8 * 2**30  # assumed when the operating system does not say
+
+
 def memory_limit_bytes() -> int:
     """How much memory one computation may plan to use: half the machine's physical memory,
     or SEGHIRESGRADCAM_MEMORY_LIMIT_GB when set."""
     if os.environ.get(MEMORY_LIMIT_VARIABLE):
         return int(float(os.environ[MEMORY_LIMIT_VARIABLE]) * 2**30)
+    return (physical_memory_bytes() or 2 * UNKNOWN_MEMORY_BYTES) // 2
+
+
+def physical_memory_bytes() -> int | None:
+    """The machine's physical memory, as the operating system reports it: psutil where it is
+    installed, else POSIX sysconf, else the Windows API; None when none of them answers."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    except (ValueError, OSError, AttributeError):  # no sysconf (Windows)
-        return 8 * 2**30
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf: Windows
+        return windows_physical_memory()
+
+
+def windows_physical_memory() -> int | None:
+    """ullTotalPhys from kernel32's GlobalMemoryStatusEx (None off Windows)."""
+    import ctypes
+
+    class MemoryStatus(ctypes.Structure):
+        _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong),
+                    ("ullTotalPhys", ctypes.c_ulonglong), ("ullAvailPhys", ctypes.c_ulonglong),
+                    ("ullTotalPageFile", ctypes.c_ulonglong), ("ullAvailPageFile", ctypes.c_ulonglong),
+                    ("ullTotalVirtual", ctypes.c_ulonglong), ("ullAvailVirtual", ctypes.c_ulonglong),
+                    ("ullAvailExtendedVirtual", ctypes.c_ulonglong)]  # fmt: skip
+
+    kernel = getattr(getattr(ctypes, "windll", None), "kernel32", None)
+    if kernel is None:
+        return None
+    status = MemoryStatus()
+    status.dwLength = ctypes.sizeof(MemoryStatus)
+    return int(status.ullTotalPhys) if kernel.GlobalMemoryStatusEx(ctypes.byref(status)) else None
 
 
 def memory_problem(what: str, needed_bytes: float, advice: str) -> str | None:
