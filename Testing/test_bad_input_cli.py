@@ -24,7 +24,7 @@ from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 from SegHiResGradCAMLib.volumes import outputs as outputs_module
 from SegHiResGradCAMLib.volumes.outputs import PARTIAL_PREFIX
 
-BUNDLED = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "Resources" / "Models"
+BUNDLED = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "SegHiResGradCAMLib" / "resources" / "Models"
 OUTPUT_OPTIONS = ("--out", "--prediction", "--summary", "--metrics", "--signed")
 
 

@@ -12,11 +12,12 @@ import SimpleITK as sitk
 
 from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
+from SegHiResGradCAMLib.models.formats import BUNDLED_MODEL
 from SegHiResGradCAMLib.volumes.volume_io import reorient
 
 # The command as this interpreter runs it, in any environment (not a path into the source tree).
 COMMAND = [sys.executable, "-m", "SegHiResGradCAMLib.cli"]
-BUNDLED = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "Resources" / "Models" / "kits_demo_unet.json"
+BUNDLED = BUNDLED_MODEL
 
 
 def seghiresgradcam(*arguments):

@@ -14,9 +14,10 @@ import torch
 from conftest import bias_free_model_card, write_small_case
 from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
+from SegHiResGradCAMLib.models.formats import BUNDLED_MODEL
 
 SPACING = (6.0, 6.0, 6.0)
-BUNDLED = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "Resources" / "Models" / "kits_demo_unet.json"
+BUNDLED = BUNDLED_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from SegHiResGradCAMLib.cam.sliding_window import sliding_window_logits
 from SegHiResGradCAMLib.demo.phantom import Grid, make_case
 from SegHiResGradCAMLib.models.card import Intensity
 
-OUTPUT = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "Resources" / "Models"
+OUTPUT = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "SegHiResGradCAMLib" / "resources" / "Models"
 NAME = "kits_demo_unet"
 # No residual units: the layer after the last skip connection feeds one transposed
 # convolution without normalisation, so gradients there stay local to the segment.

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from matplotlib import colormaps
 
-PATH = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "Resources" / "ColorTables" / "SegHiResGradCAMHeat.txt"
+PATH = (
+    Path(__file__).resolve().parents[1]
+    / "SegHiResGradCAM"
+    / "SegHiResGradCAMLib"
+    / "resources"
+    / "ColorTables"
+    / "SegHiResGradCAMHeat.txt"
+)
 
 
 def main() -> None:

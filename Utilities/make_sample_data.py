@@ -1,4 +1,4 @@
-"""Makes the Sample Data case shipped with the extension (SegHiResGradCAM/Resources/SampleData):
+"""Makes the Sample Data case shipped with the extension (SegHiResGradCAM/SegHiResGradCAMLib/resources/SampleData):
 a synthetic KiTS-like CT (NRRD, int16 HU), its ground truth as a Slicer segmentation
 (.seg.nrrd with kidney, tumour and cyst segments, written by MRML's own storage node), a
 thumbnail, and the manifest with each file's SHA256 that Sample Data verifies.

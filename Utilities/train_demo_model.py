@@ -2,7 +2,7 @@
 
 Runs on the CPU within the time budget (default 28 minutes on 2 cores), validates on 10
 held-out seeds with the same sliding-window inference the product uses, and writes the
-weights and the model card to SegHiResGradCAM/Resources/Models/.
+weights and the model card to SegHiResGradCAM/SegHiResGradCAMLib/resources/Models/.
 
     .venv/bin/python Utilities/train_demo_model.py [--minutes 28] [--seed 0]
 """

@@ -110,7 +110,7 @@ def test_inside_slicer_without_pythonslicer_nothing_starts_a_second_slicer(monke
 def test_model_inspection_runs_once_per_model_version(tmp_path):
     """Methods and layers come from a background process; the same model file is not
     inspected again until it changes."""
-    bundled = Path(__file__).resolve().parents[2] / "SegHiResGradCAM" / "Resources" / "Models"
+    bundled = Path(__file__).resolve().parents[2] / "SegHiResGradCAM" / "SegHiResGradCAMLib" / "resources" / "Models"
     card = tmp_path / "card.json"
     card.write_text((bundled / "kits_demo_unet.json").read_text())
     (tmp_path / "kits_demo_unet.pt").write_bytes((bundled / "kits_demo_unet.pt").read_bytes())

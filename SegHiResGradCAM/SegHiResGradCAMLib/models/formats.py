@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 from .card import ModelCard
@@ -9,7 +10,7 @@ from .card_json import read_card_json
 from .monai_bundle import is_bundle, read_bundle
 from .nnunet_folder import is_nnunet_folder, read_nnunet_folder
 
-BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "kits_demo_unet.json"
+BUNDLED_MODEL = Path(str(files("SegHiResGradCAMLib") / "resources" / "Models" / "kits_demo_unet.json"))
 
 
 def read_model_card(path=None, trust_bundle: bool = False, folds=None) -> ModelCard:

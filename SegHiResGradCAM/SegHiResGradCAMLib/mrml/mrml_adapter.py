@@ -8,6 +8,7 @@ either returned to the caller or removed before an error propagates.
 from __future__ import annotations
 
 import contextlib
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import vtk
 
 from ..errors import ExplainInputError
 
-RESOURCES = Path(__file__).resolve().parents[2] / "Resources"
+RESOURCES = Path(str(files("SegHiResGradCAMLib") / "resources"))  # data shipped inside the package
 HEAT_COLOUR_TABLE = RESOURCES / "ColorTables" / "SegHiResGradCAMHeat.txt"
 HEAT_COLOUR_NODE_NAME = "SegHiResGradCAM heat"
 SIGNED_COLOUR_NODE_NAME = "SegHiResGradCAM signed"

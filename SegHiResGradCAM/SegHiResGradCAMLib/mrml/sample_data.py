@@ -1,7 +1,7 @@
 """The synthetic KiTS-like sample case that the module offers in Slicer's Sample Data module.
 
 The case (a CT and its ground-truth kidney/tumour/cyst segmentation) ships with the
-extension under Resources/SampleData, so nothing is downloaded: Sample Data copies the
+extension in the package (SegHiResGradCAMLib/resources/SampleData), so nothing is downloaded: Sample Data copies the
 files from the extension folder (file:// URIs) into its cache and checks their SHA256,
 exactly as it does for hosted samples. Utilities/make_sample_data.py makes the files from
 the phantom and writes their checksums into the manifest read here.
@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
-SAMPLE_FOLDER = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
+SAMPLE_FOLDER = Path(str(files("SegHiResGradCAMLib") / "resources" / "SampleData"))
 MANIFEST = "KiTSLikeCT.json"
 CATEGORY = "Seg-HiRes-Grad CAM"
 

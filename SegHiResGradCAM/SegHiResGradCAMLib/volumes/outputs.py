@@ -13,8 +13,6 @@ import os
 import shutil
 from pathlib import Path
 
-import SimpleITK as sitk
-
 from ..errors import ExplainInputError
 
 PARTIAL_PREFIX = ".seghiresgradcam-partial-"
@@ -150,7 +148,9 @@ class OutputFiles:
         self._staged[label] = partial
         return partial
 
-    def stage_volume(self, label: str, image: sitk.Image) -> None:
+    def stage_volume(self, label: str, image) -> None:
+        import SimpleITK as sitk  # here: the Slicer module's writers use this file without loading SimpleITK
+
         sitk.WriteImage(image, str(self._partial(label)), useCompression=True)
 
     def stage_text(self, label: str, content: str | bytes) -> None:
