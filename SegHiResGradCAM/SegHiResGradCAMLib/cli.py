@@ -136,6 +136,7 @@ def _explain(arguments) -> int:
         command=arguments.command_line,
         other_inputs=inputs,
         per_component=out if arguments.per_component else None,
+        series=arguments.series,
     )
     result = run(job)
     _print_warnings(arguments, result.warnings)
@@ -427,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     explain = commands.add_parser("explain", help="explain a segment of a CT and write the heatmap")
-    explain.add_argument("--image", required=True, help="the CT (NIfTI, NRRD, MHA: anything SimpleITK reads)")
+    explain.add_argument("--image", required=True, help="the CT: a volume file (NIfTI, NRRD, MHA: anything SimpleITK "
+                         "reads) or a DICOM series (its folder, or one of its files)")  # fmt: skip
+    explain.add_argument("--series", metavar="UID", help="the DICOM series to explain when the folder holds several")
     _add_model_options(explain)
     explain.add_argument("--target-class", required=True, help="output class, by name or index")
     which = explain.add_mutually_exclusive_group(required=True)

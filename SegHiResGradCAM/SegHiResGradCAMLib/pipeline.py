@@ -23,7 +23,7 @@ from .models.formats import read_model_card
 from .volumes.label_maps import TargetClass, segment_voxels
 from .volumes.outputs import OutputFiles
 from .volumes.preparation import check_looks_like_ct
-from .volumes.volume_io import read_volume
+from .volumes.volume_io import read_ct, read_volume
 
 
 @dataclass
@@ -52,6 +52,7 @@ class ExplainJob:
     progress: object = None  # callable(fraction, message)
     cancel: object = None
     command: str = ""  # the command line that made the job, for the outputs' record
+    series: str | None = None  # the DICOM series to read when ``image`` is a folder of several
     other_inputs: list[Path] = field(default_factory=list)  # more files the job reads (e.g. a figure's truth)
 
     def explanations(self) -> list[tuple[str, str, str | None]]:
@@ -155,11 +156,10 @@ def run(job: ExplainJob) -> JobResult:
     class_index = card.class_index(job.target_class)
     outputs = output_files(job, card)
     outputs.check()
-    ct = read_volume(job.image, "CT")
+    ct, notes = read_ct(job.image, job.series)
     check_looks_like_ct(ct, Path(job.image).name)
     card = card.resolved()  # a bundle's evaluated configuration (its window, spacing)
     check_model_grid_memory(ct, card, Path(job.image).name)
-    notes = []
     mask_image = None
     mask_source = "the network's prediction"
     if job.mask is not None:

@@ -236,7 +236,9 @@ def test_ctrl_c_keeps_the_finished_cases_names_them_and_leaves_no_partial_case(m
     dataset = write_cohort(tmp_path / "data", SEEDS, "kits", GRID)
     results = tmp_path / "results"
     log = tmp_path / "log.txt"
-    process = run_in_background(["--cases", str(dataset), "--out", str(results), *model_options(model)], log)
+    # With --metrics a case takes several seconds, so the interrupt lands while cases remain.
+    process = run_in_background(["--cases", str(dataset), "--out", str(results), *model_options(model), "--metrics"],
+                                log)  # fmt: skip
     wait_for(lambda: len(list((results / "cases").glob("case_*/rows.json"))) >= 2 if results.exists() else False)
     os.killpg(process.pid, signal.SIGINT)
     assert exit_code(process) == 130

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import ExplainInputError
+from .dicom import is_dicom_file
 from .outputs import write_atomically
 
 READABLE = "a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file"
@@ -87,11 +88,32 @@ def check_memory(what: str, needed_bytes: float, advice: str) -> None:
         raise ExplainInputError(problem)
 
 
+def read_ct(path, series: str | None = None) -> tuple[sitk.Image, list[str]]:
+    """The CT from a volume file or a DICOM series (a folder, or a file of it; ``series``
+    picks one of several), and notes on what the reading left out."""
+    path = Path(path)
+    if path.is_dir() or (path.is_file() and is_dicom_file(path)):
+        from .dicom import read_dicom_series
+
+        def check(size, pixel_id) -> None:
+            stored_bytes = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], pixel_id)).itemsize
+            needed = float(np.prod(size, dtype=np.float64)) * (stored_bytes + WORKING_BYTES_PER_VOXEL)
+            check_memory(f"The DICOM series ({' x '.join(map(str, size))} voxels)", needed, "crop it first.")
+
+        return read_dicom_series(path, series, check)
+    if series is not None:
+        raise ExplainInputError(f"--series chooses a DICOM series, but {path.name} is not DICOM: leave it out.")
+    return read_volume(path, "CT"), []
+
+
 def read_volume(path, what: str = "image") -> sitk.Image:
     """A 3D scalar volume from any file SimpleITK reads (NIfTI, NRRD, MHA, ...). The header
     is read first: an image too large for memory, with a sheared grid, or whose compressed
     or raw data is truncated or corrupt is refused before its voxels are read."""
     path = Path(path)
+    if path.is_dir():
+        raise ExplainInputError(f"The {what} {path} is a folder: give a volume file (a CT may also be a DICOM "
+                                "series folder).")  # fmt: skip
     if not path.is_file():
         raise ExplainInputError(f"The {what} file {path} does not exist.")
     reader = sitk.ImageFileReader()
