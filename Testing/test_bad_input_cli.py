@@ -557,9 +557,9 @@ def test_segment_names_in_a_seg_nrrd_header_choose_the_label(originals, tmp_path
         segmentation.SetMetaData(f"Segment{index}_LabelValue", str(value))
     sitk.WriteImage(segmentation, str(folder / "truth.seg.nrrd"))
     assert cli_main([str(v) for v in good(folder, mask=folder / "truth.seg.nrrd", target_class="tumour")]) == 0
-    assert "M: label 1 ('Tumor') of truth.seg.nrrd" in capsys.readouterr().out
+    assert "M: the segment 'Tumor' of truth.seg.nrrd, named like the target" in capsys.readouterr().out
     assert cli_main([str(v) for v in good(folder, mask=folder / "truth.seg.nrrd", target_class="cyst")]) == 2
-    assert "1 (Tumor), 2 (Kidney)" in capsys.readouterr().err
+    assert "holds the segments 'Tumor', 'Kidney': choose one with --segment NAME" in capsys.readouterr().err
 
 
 def test_a_probability_map_is_explained_with_a_threshold(originals, tmp_path, capsys):

@@ -137,6 +137,7 @@ def _explain(arguments) -> int:
         other_inputs=inputs,
         per_component=out if arguments.per_component else None,
         series=arguments.series,
+        segment=arguments.segment,
     )
     result = run(job)
     _print_warnings(arguments, result.warnings)
@@ -437,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--mask", help="label map whose nonzero voxels are the segment M (any grid)")
     which.add_argument("--from-prediction", action="store_true", help="M = the network's own prediction")
     reading = explain.add_mutually_exclusive_group()
+    reading.add_argument("--segment", metavar="NAME",
+                         help="M = the segment of this name in a Slicer segmentation file (--mask case.seg.nrrd; "
+                         "overlapping segments included); without it, a .seg.nrrd gives its only segment or the one "
+                         "named like the target class")  # fmt: skip
     reading.add_argument("--mask-threshold", type=float, metavar="T",
                          help="M = the mask's voxels at or above T (for a probability map)")  # fmt: skip
     reading.add_argument("--mask-label", type=int, metavar="N",

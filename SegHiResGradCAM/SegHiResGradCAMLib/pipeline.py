@@ -23,6 +23,7 @@ from .models.formats import read_model_card
 from .volumes.label_maps import TargetClass, segment_voxels
 from .volumes.outputs import OutputFiles
 from .volumes.preparation import check_looks_like_ct
+from .volumes.segmentation_file import is_segmentation_file, read_segment
 from .volumes.volume_io import read_ct, read_volume
 
 
@@ -53,6 +54,7 @@ class ExplainJob:
     cancel: object = None
     command: str = ""  # the command line that made the job, for the outputs' record
     series: str | None = None  # the DICOM series to read when ``image`` is a folder of several
+    segment: str | None = None  # the segment of a Slicer segmentation file (.seg.nrrd) that is M, by name
     other_inputs: list[Path] = field(default_factory=list)  # more files the job reads (e.g. a figure's truth)
 
     def explanations(self) -> list[tuple[str, str, str | None]]:
@@ -163,9 +165,7 @@ def run(job: ExplainJob) -> JobResult:
     mask_image = None
     mask_source = "the network's prediction"
     if job.mask is not None:
-        target = TargetClass(class_index, card.classes[class_index], card.head == "softmax")
-        mask_image, note = segment_voxels(read_volume(job.mask, "mask"), Path(job.mask).name, job.mask_threshold,
-                                          job.mask_label, target)  # fmt: skip
+        mask_image, note = read_mask(job, TargetClass(class_index, card.classes[class_index], card.head == "softmax"))
         notes += [note] if note else []
         mask_source = describe_mask(job)
     from .cam.methods import get_method  # the first imports of torch: after the cheap checks
@@ -192,9 +192,31 @@ def run(job: ExplainJob) -> JobResult:
     return result
 
 
+def read_mask(job: ExplainJob, target: TargetClass):
+    """(M as a binary image on the mask's grid, a note or None): a segment of a Slicer
+    segmentation file by name (slicerio, layers included), else a label map's voxels."""
+    by_name = job.segment is not None or (is_segmentation_file(job.mask) and job.mask_label is None
+                                          and job.mask_threshold is None and slicerio_installed())  # fmt: skip
+    if by_name:
+        if not is_segmentation_file(job.mask):
+            raise ExplainInputError(f"--segment chooses a segment of a Slicer segmentation (.seg.nrrd); "
+                                    f"{Path(job.mask).name} is not one: use --mask-label N for a label "
+                                    "map.")  # fmt: skip
+        return read_segment(job.mask, job.segment, target.name)
+    return segment_voxels(read_volume(job.mask, "mask"), Path(job.mask).name, job.mask_threshold, job.mask_label,
+                          target)  # fmt: skip
+
+
+def slicerio_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("slicerio") is not None
+
+
 def describe_mask(job: ExplainJob) -> str:
     """Where M came from, in words, for the record."""
-    how = (f" (label {job.mask_label})" if job.mask_label is not None
+    how = (f" (segment '{job.segment}')" if job.segment is not None
+           else f" (label {job.mask_label})" if job.mask_label is not None
            else f" (values >= {job.mask_threshold:g})" if job.mask_threshold is not None else "")  # fmt: skip
     return f"{Path(job.mask).resolve()}{how}"
 

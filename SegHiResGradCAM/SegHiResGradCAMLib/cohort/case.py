@@ -123,7 +123,7 @@ def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> l
                      heatmaps=heatmaps, model=settings.model, per_component=folder if settings.per_component else None,
                      mask=mask, mask_label=label, device=settings.device, prediction=folder / "prediction.nrrd",
                      metrics=settings.metrics, trust_bundle=settings.trust_bundle, layer=settings.layer,
-                     measure=settings.measure, command=settings.command, series=case.series,
+                     measure=settings.measure, command=settings.command, series=case.series, segment=case.segment,
                      folds=list(settings.folds) if settings.folds else None)  # fmt: skip
     result = run(job)
     sitk.WriteImage(result.segment, str(folder / "segment.nrrd"), useCompression=True)  # M, for the review

@@ -4,8 +4,9 @@
 - nnU-Net raw: ``imagesTr|imagesTs/<case>_0000<file_ending>`` with optional
   ``labelsTr|labelsTs/<case><file_ending>``, the file ending as ``dataset.json`` declares
   (``.nii.gz`` when it has none);
-- CSV: columns ``case,image[,truth][,mask][,series]``, paths relative to the CSV's folder; an
-  image may be a DICOM series (a folder, or a file of it; ``series`` picks one of several).
+- CSV: columns ``case,image[,truth][,mask][,series][,segment]``, paths relative to the CSV's
+  folder; an image may be a DICOM series (a folder, or a file of it; ``series`` picks one of
+  several); ``segment`` names the segment of a .seg.nrrd mask.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class CohortCase:
     truth: Path | None = None  # ground-truth label map (values: the model's class indices)
     mask: Path | None = None  # a segment to explain instead of the prediction or the truth
     series: str | None = None  # the DICOM series, when the image is a folder of several
+    segment: str | None = None  # the segment of a .seg.nrrd mask, by name
 
 
 def find_cases(dataset: Path) -> tuple[str, list[CohortCase]]:
@@ -97,7 +99,7 @@ def _from_csv(path: Path) -> list[CohortCase]:
         return path.parent / row[column] if row.get(column) else None
 
     return [CohortCase(row["case"], path.parent / row["image"], optional(row, "truth"), optional(row, "mask"),
-                       row.get("series") or None) for row in rows]  # fmt: skip
+                       row.get("series") or None, row.get("segment") or None) for row in rows]  # fmt: skip
 
 
 def _check(cases: list[CohortCase], dataset: Path) -> list[CohortCase]:
