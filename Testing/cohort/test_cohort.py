@@ -26,7 +26,7 @@ from work_clock import wait_while_working
 SEEDS = (3, 4, 5, 6, 8, 10)
 SPACING = (6.0, 6.0, 9.0)
 GRID = Grid.centred((64, 64, 16), SPACING)  # small CTs: a few windows each
-COMPARED = ["target_score", "heat_in_m", "heat_outside_body", "peak_in_m", "dice", "surface_distance_mm"]
+COMPARED = ["target_score", "heat_in_m", "heat_outside_body", "peak_in_m", "dice", "surface_dice", "hd95_mm"]
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +182,10 @@ def test_the_report_has_every_section_and_an_embedded_image_for_every_plot(cohor
     page = (Path(sources["kits"]).parent / "in-process" / "report.html").read_text()
     parser = Sections()
     parser.feed(page)
-    assert list(parser.images) == ["summary", "distributions", "checks", "paired", "suspicious", "failures"]
-    assert len(parser.images["distributions"]) == 3  # heat in M, outside the body, Dice (once, not per method)
+    assert list(parser.images) == ["summary", "distributions", "quality", "checks", "paired", "suspicious", "failures"]
+    assert len(parser.images["distributions"]) == 3  # heat in M, outside the body, quality (once, not per method)
+    # The bias-free model's classes (background, kidney, tumour) allow no KiTS region with cysts.
+    assert "<td>kidney</td><td>" in page and "<td>KiTS mass</td>" not in page
     assert len(parser.images["paired"]) >= 2  # one scatter per paired measure
     assert len(parser.images["suspicious"]) == len(SEEDS)  # each case's figure
     for images in parser.images.values():

@@ -131,7 +131,7 @@ def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> l
     truth = read_volume(case.truth, "truth") if case.truth is not None else None
     # Every map here is on the CT's grid.
     segment, body = sitk.GetArrayFromImage(result.segment) > 0, body_mask(sitk.GetArrayFromImage(ct))
-    quality = _segmentation_quality(result.prediction, truth, class_index, card) if truth is not None else {}
+    quality = _quality(result.prediction, truth, card, class_index) if truth is not None else {}
     case_figure(folder / "figure.png", ct, _on_grid(truth, ct) if truth is not None else None, result,
                 f"{case.name}: {card.classes[class_index]}")  # fmt: skip
     seconds = time.perf_counter() - started
@@ -193,23 +193,12 @@ def _on_grid(image, reference):
     return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
 
 
-def _segmentation_quality(prediction, truth, class_index: int, card) -> dict:
-    """Dice and the mean symmetric surface distance (mm) of the predicted class."""
-    import SimpleITK as sitk
-    from scipy import ndimage
+def _quality(prediction, truth, card, class_index: int) -> dict:
+    """The segmentation's quality per class and KiTS region (``quality``), and the explained
+    class's Dice, surface Dice and HD95 as ``dice``, ``surface_dice``, ``hd95_mm``."""
+    from .quality import class_column, segmentation_quality
 
-    label = next((value for value, index in card.prediction_labels.items() if index == class_index), class_index)
-    predicted = sitk.GetArrayFromImage(prediction) == label
-    expected = sitk.GetArrayFromImage(_on_grid(truth, prediction)) == class_index
-    total = predicted.sum() + expected.sum()
-    dice = float(2 * (predicted & expected).sum() / total) if total else 1.0
-    if not predicted.any() or not expected.any():
-        return {"dice": dice, "surface_distance_mm": None}
-    spacing = prediction.GetSpacing()[::-1]
-
-    def surface(region):
-        return region & ~ndimage.binary_erosion(region)
-
-    to_expected = ndimage.distance_transform_edt(~surface(expected), sampling=spacing)[surface(predicted)]
-    to_predicted = ndimage.distance_transform_edt(~surface(predicted), sampling=spacing)[surface(expected)]
-    return {"dice": dice, "surface_distance_mm": float(np.concatenate([to_expected, to_predicted]).mean())}
+    columns = segmentation_quality(prediction, truth, card)
+    name = class_column(card.classes[class_index])
+    return {"dice": columns[f"dice_{name}"], "surface_dice": columns[f"surface_dice_{name}"],
+            "hd95_mm": columns[f"hd95_mm_{name}"], **columns}  # fmt: skip

@@ -83,18 +83,45 @@ def _distributions(rows, methods) -> str:
         axis.set_xticks(range(1, len(boxes) + 1), labels, rotation=20, fontsize=8)
         axis.set_title(title, fontsize=10)
         parts.append(_png(figure))
-    dice = list({row["case"]: row["dice"] for row in rows if row.get("dice") is not None}.values())  # once a case
-    if dice:
-        figure, axis = plt.subplots(figsize=(2.4, 3.2), constrained_layout=True)
-        axis.boxplot(dice, showmeans=True)
-        axis.set_xticks([1], ["segmentation"])
-        axis.set_title(f"Dice of the predicted {rows[0].get('class', 'class')}", fontsize=10)
+    quality = _quality_columns(rows)
+    if quality:  # the segmentation's quality: once a case, whatever the method
+        per_case = {row["case"]: row for row in rows if row.get("status") == "done"}
+        figure, axis = plt.subplots(figsize=(1.6 + 0.9 * len(quality), 3.4), constrained_layout=True)
+        axis.boxplot([[row[column] for row in per_case.values() if row.get(column) is not None] or [np.nan]
+                      for column in quality], showmeans=True)  # fmt: skip
+        axis.set_xticks(range(1, len(quality) + 1), [column.replace("_kits_", " KiTS ") for column in quality],
+                        rotation=30, fontsize=7)  # fmt: skip
+        axis.set_title("segmentation quality (Dice, surface Dice)", fontsize=10)
         parts.append(_png(figure))
     if not parts:
         return "<p>No measurements.</p>"
     return ("<p>Grey: the baseline of the box to its left (heat in M of the randomised network's map; deletion and "
             "insertion with the voxels in random order). Dashed red: a check's criterion (below it passes).</p>\n"
             + "\n".join(parts))  # fmt: skip
+
+
+def _quality_columns(rows) -> list[str]:
+    """The per-class and KiTS-region Dice and surface Dice columns the rows hold."""
+    found = {key for row in rows for key in row if key.startswith(("dice_", "surface_dice_"))}
+    return sorted(found, key=lambda column: (column.startswith("surface"), "_kits_" in column, column))
+
+
+def _quality_table(rows) -> str:
+    """Mean Dice, surface Dice and HD95 per class and KiTS region over the cases."""
+    per_case = [row for row in {row["case"]: row for row in rows if row.get("status") == "done"}.values()]
+    regions = sorted({key[len("dice_") :] for row in per_case for key in row if key.startswith("dice_")})
+    if not regions:
+        return "<p>No ground truth: no segmentation quality.</p>"
+    lines = []
+    for region in regions:
+        cells = [html.escape(region.replace("kits_", "KiTS "))]
+        for metric in ("dice", "surface_dice", "hd95_mm"):
+            values = [row[f"{metric}_{region}"] for row in per_case if row.get(f"{metric}_{region}") is not None]
+            cells.append(f"{np.mean(values):.3f} ({len(values)})" if values else "-")
+        lines.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    return ("<table><tr><th>class or KiTS region</th><th>Dice</th><th>surface Dice</th><th>HD95 (mm)</th></tr>"
+            + "".join(lines) + "</table><p>Means over the cases (how many had a value). KiTS regions: kidney and "
+            "masses, masses (tumour and cyst), tumour, with the challenge's surface Dice tolerances.</p>")  # fmt: skip
 
 
 def _failing(rows) -> str:
@@ -238,6 +265,9 @@ figure{{overflow-x:auto}} figure img{{max-width:none}}</style>
 </section>
 <section id="distributions"><h2>Per-method distributions, beside their baselines</h2>
 {_distributions(rows, methods)}
+</section>
+<section id="quality"><h2>Segmentation quality</h2>
+{_quality_table(rows)}
 </section>
 <section id="checks"><h2>Maps that fail a check or carry a warning</h2>
 {_failing(rows)}

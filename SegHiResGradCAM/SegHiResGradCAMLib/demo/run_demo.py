@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from ..cam.evidence import dice
 from ..cam.metrics import body_mask, mass_share
 from ..pipeline import ExplainJob, run
 from ..volumes.volume_io import reorient, write_volume
@@ -67,15 +68,10 @@ def run_demo(out: Path, seed: int = 7, device: str = "auto", progress=None, say=
         "heat_shares": {method: heat_shares(heat, truth, body) for method, heat in heatmaps.items()},
         "metrics": {method: result.metrics[method].as_dict() for method in DEMO_METHODS},
         "warnings": result.warnings,
-        "tumour_dice": _dice(prediction == 2, truth == 2),
-        "kidney_dice": _dice(prediction == 1, truth == 1),
+        "tumour_dice": dice(prediction == 2, truth == 2),
+        "kidney_dice": dice(prediction == 1, truth == 1),
     }
     return summary
-
-
-def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    total = prediction.sum() + truth.sum()
-    return float(2 * (prediction & truth).sum() / total) if total else 1.0
 
 
 def _lps(image: sitk.Image) -> np.ndarray:
