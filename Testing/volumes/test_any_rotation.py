@@ -63,3 +63,20 @@ def test_a_compound_oblique_ct_is_explained_with_its_heat_on_m(kits_like, angles
     values, inside = sitk.GetArrayFromImage(heat), sitk.GetArrayFromImage(mask) > 0
     near = ndimage.binary_dilation(inside, iterations=3)
     assert values[near].sum() >= 0.95 * values.sum()  # the map lies where M is, on the rotated grid
+
+
+def test_a_cohort_of_an_oblique_ct_puts_its_heat_on_m(kits_like, tmp_path):
+    from SegHiResGradCAMLib.cohort.case import CohortSettings
+    from SegHiResGradCAMLib.cohort.run import run_cohort
+
+    _, ct, tumour = kits_like
+    stored, mask = rotated(ct, (30, 30, 30)), rotated(tumour, (30, 30, 30), labels=True)
+    sitk.WriteImage(stored, str(tmp_path / "ct.nrrd"))
+    sitk.WriteImage(mask, str(tmp_path / "tumour.nrrd"))
+    (tmp_path / "cases.csv").write_text("case,image,mask\noblique,ct.nrrd,tumour.nrrd\n")
+    summary = run_cohort(tmp_path / "cases.csv", tmp_path / "results", CohortSettings(methods=("seg-hires-grad-cam",)))
+    assert summary.failed == 0
+    heat = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "results" / "cases" / "oblique" /
+                                                     "heatmap_seg-hires-grad-cam.nrrd")))  # fmt: skip
+    near = ndimage.binary_dilation(sitk.GetArrayFromImage(mask) > 0, iterations=3)
+    assert heat[near].sum() >= 0.95 * heat.sum()
