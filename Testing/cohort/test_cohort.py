@@ -95,9 +95,17 @@ def model_options(model: Path) -> list[str]:
     return ["--model", str(model), "--target-class", "kidney", "--explain", "truth"]
 
 
+def as_from_a_shell() -> None:
+    """The child's Ctrl-C as a shell would leave it: an earlier test's Ray runtime blocks
+    SIGINT in this process's threads, and a blocked signal mask is inherited."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run_in_background(arguments: list[str], log: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "SegHiResGradCAMLib.cli", "cohort", *arguments, "--progress", "none"]
-    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=as_from_a_shell)  # fmt: skip
 
 
 def wait_for(condition):
@@ -243,7 +251,7 @@ def test_ctrl_c_keeps_the_finished_cases_names_them_and_leaves_no_partial_case(m
                                 log)  # fmt: skip
     wait_for(lambda: len(list((results / "cases").glob("case_*/rows.json"))) >= 2 if results.exists() else False)
     os.killpg(process.pid, signal.SIGINT)
-    assert exit_code(process) == 130
+    assert exit_code(process) == 130, log.read_text()[-3000:]
     kept = sorted(path.parent.name for path in (results / "cases").glob("case_*/rows.json"))
     message = log.read_text()
     assert f"the {len(kept)} finished case(s) were kept ({', '.join(kept)})" in message, message
