@@ -48,7 +48,7 @@ def originals(tmp_path_factory):
 def card(folder: Path, **changes) -> Path:
     """The model folder's card with entries changed (None removes one)."""
     path = folder / "model" / "card.json"
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     for key, value in changes.items():
         target, *rest = key.split("__")
         holder = data
@@ -64,7 +64,7 @@ def card(folder: Path, **changes) -> Path:
 
 def renamed_entry(folder: Path, key: str, new_key: str) -> Path:
     path = folder / "model" / "card.json"
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     data[new_key] = data.pop(key)
     path.write_text(json.dumps(data))
     return path

@@ -92,7 +92,7 @@ def test_explain_takes_a_layer_rule_for_a_layer(kits_like_case, tmp_path):
                           "--from-prediction", "--layer", "stage-below-finest", "--out", tmp_path / "heat.nii.gz",
                           "--summary", tmp_path / "summary.json", "--progress", "none")  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert json.loads((tmp_path / "summary.json").read_text())["layer"] == "model.1.submodule.1"
+    assert json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))["layer"] == "model.1.submodule.1"
 
 
 def test_methods_lists_every_registered_method_with_its_cost():
@@ -114,7 +114,7 @@ def test_metrics_of_a_method_that_explains_a_crop_around_m(kits_like_case, tmp_p
                           tmp_path / "heat.nrrd", "--metrics", tmp_path / "metrics.json",
                           "--progress", "none")  # fmt: skip
     assert run.returncode == 0, run.stderr
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
     assert set(metrics["mass_in_regions"]) == {"in kidney (predicted)", "in cyst (predicted)", "outside body"}
     assert metrics["mass_in_target"] + sum(metrics["mass_in_regions"].values()) <= 1 + 1e-6
     assert len(metrics["deletion"]["scores"]) == len(metrics["insertion"]["scores"]) == 11
@@ -128,10 +128,10 @@ def test_metrics_of_a_method_that_explains_a_crop_around_m(kits_like_case, tmp_p
 
 def bad_model_files(folder: Path) -> dict:
     truncated = folder / "truncated.json"
-    truncated.write_text(BUNDLED.read_text()[:200])
+    truncated.write_text(BUNDLED.read_text(encoding="utf-8")[:200])
     damaged_weights = folder / "damaged" / "model.json"
     damaged_weights.parent.mkdir()
-    card = json.loads(BUNDLED.read_text())
+    card = json.loads(BUNDLED.read_text(encoding="utf-8"))
     (damaged_weights.parent / "weights.pt").write_bytes((BUNDLED.parent / card["weights"]).read_bytes()[:5000])
     card["weights"] = "weights.pt"
     damaged_weights.write_text(json.dumps(card))
@@ -146,7 +146,7 @@ class Payload:
 def test_a_weights_file_that_would_run_code_is_refused_without_running_it(tmp_path):
     marker = Path("/tmp/seghiresgradcam-payload-ran")
     marker.unlink(missing_ok=True)
-    card = json.loads(BUNDLED.read_text())
+    card = json.loads(BUNDLED.read_text(encoding="utf-8"))
     with open(tmp_path / "evil.pt", "wb") as handle:
         pickle.dump({"model.0.conv.weight": Payload()}, handle)
     card["weights"] = "evil.pt"
@@ -161,7 +161,7 @@ def test_a_torchscript_model_is_refused_with_how_to_export_an_eager_one(tmp_path
     import torch
     from monai.networks.nets import UNet
 
-    card = json.loads(BUNDLED.read_text())
+    card = json.loads(BUNDLED.read_text(encoding="utf-8"))
     network = UNet(**card["kwargs"]).eval()
     torch.jit.save(torch.jit.script(network), str(tmp_path / "compiled.pt"))
     card["weights"] = "compiled.pt"

@@ -62,7 +62,7 @@ def test_a_target_against_the_class_is_warned_about_wherever_the_map_goes(small_
                    str(small_case / "signed.nrrd"))  # fmt: skip
     printed = capsys.readouterr()
     assert code == 0, printed.err
-    summary = json.loads((small_case / "summary.json").read_text())
+    summary = json.loads((small_case / "summary.json").read_text(encoding="utf-8"))
     evidence = summary["evidence"]["seg-hires-grad-cam"]
     assert evidence["target_score"] < 0 < evidence["positive_evidence"] < evidence["negative_evidence"]
     # For this bias-free network S sums to T (see test_signed_map): the masses are S's two parts.
@@ -70,7 +70,7 @@ def test_a_target_against_the_class_is_warned_about_wherever_the_map_goes(small_
                                                                                          rel=1e-4)  # fmt: skip
     assert "warning: T = " in printed.err and "is not positive" in printed.err
     assert any("is not positive" in warning for warning in summary["warnings"])
-    metrics = json.loads((small_case / "metrics.json").read_text())
+    metrics = json.loads((small_case / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["warnings"] == summary["warnings"] and metrics["evidence"] == evidence
     for name in ("heat.nrrd", "signed.nrrd"):
         written = sitk.ReadImage(str(small_case / name))
@@ -85,7 +85,7 @@ def test_the_record_says_how_the_result_was_made(small_case, capsys):
     card = card_with_head(small_case, 1, lambda weights: weights.abs())
     assert explain(small_case, card, "kidney", "--prediction", str(small_case / "prediction.nrrd")) == 0
     capsys.readouterr()
-    record = json.loads((small_case / "summary.json").read_text())["record"]
+    record = json.loads((small_case / "summary.json").read_text(encoding="utf-8"))["record"]
     assert record["class"] == "kidney" and record["mask"] == str((small_case / "kidney.nrrd").resolve())
     assert record["command"].startswith("seghiresgradcam explain --image ") and "--target-class kidney" in record[
         "command"]  # fmt: skip
@@ -101,7 +101,10 @@ def test_the_record_says_how_the_result_was_made(small_case, capsys):
     # Other weights, another digest.
     card_with_head(small_case, 1, lambda weights: 2 * weights.abs())
     assert explain(small_case, card, "kidney") == 0
-    assert json.loads((small_case / "summary.json").read_text())["record"]["model_sha256"] != record["model_sha256"]
+    assert (
+        json.loads((small_case / "summary.json").read_text(encoding="utf-8"))["record"]["model_sha256"]
+        != record["model_sha256"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +130,7 @@ def test_a_segment_the_network_does_not_predict_is_warned_about(kits_like, capsy
                          str(kits_like / "summary.json"), "--progress", "none"])  # fmt: skip
         printed = capsys.readouterr()
         assert code == 0, printed.err
-        return json.loads((kits_like / "summary.json").read_text()), printed
+        return json.loads((kits_like / "summary.json").read_text(encoding="utf-8")), printed
 
     own, printed = run("tumour.nrrd")
     assert own["warnings"] == [] and "warning" not in printed.err
@@ -145,7 +148,7 @@ def measured(folder, model, method, *extra):
                      "--mask", str(folder / "tumour.nrrd"), "--method", method, "--out", str(folder / "heat.nrrd"),
                      "--metrics", str(folder / "metrics.json"), "--progress", "none", *extra])  # fmt: skip
     assert code == 0
-    return json.loads((folder / "metrics.json").read_text())
+    return json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
 
 
 def randomised_card(folder) -> Path:
@@ -153,7 +156,7 @@ def randomised_card(folder) -> Path:
     from SegHiResGradCAMLib.cam.metrics import randomised_copy
     from SegHiResGradCAMLib.models.formats import read_model_card
 
-    card = json.loads(BUNDLED.read_text())
+    card = json.loads(BUNDLED.read_text(encoding="utf-8"))
     torch.save(randomised_copy(read_model_card(BUNDLED).build_network(), seed=3).state_dict(), folder / "random.pt")
     card["weights"] = "random.pt"
     (folder / "random.json").write_text(json.dumps(card))

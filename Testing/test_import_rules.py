@@ -49,7 +49,7 @@ def imported_modules(path: Path, library_modules: set[str]) -> set[str]:
     own = module_name(path)
     package = own if path.name == "__init__.py" else own.rsplit(".", 1)[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             candidates = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -80,7 +80,7 @@ def test_every_file_lives_in_a_known_room():
     assert rooms == set(ALLOWED), rooms ^ set(ALLOWED)
     for room in ROOMS:
         init = LIBRARY / room / "__init__.py"
-        tree = ast.parse(init.read_text())
+        tree = ast.parse(init.read_text(encoding="utf-8"))
         assert ast.get_docstring(tree), f"{room}/__init__.py says what the room holds"
         assert not [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)], (
             f"{room}/__init__.py imports nothing, so importing one file of the room loads no other"

@@ -83,7 +83,7 @@ def test_the_command_line_atlas_writes_a_heatmap_per_stage_with_metrics_a_table_
         heat = sitk.ReadImage(str(out / f"heatmap_{layer}.nrrd"))
         assert heat.GetSize() == reference.GetSize() and heat.GetOrigin() == pytest.approx(reference.GetOrigin())
         assert heat.GetMetaData("seghiresgradcam_layer") == layer
-    table = json.loads((out / "atlas.json").read_text())
+    table = json.loads((out / "atlas.json").read_text(encoding="utf-8"))
     assert [row["layer"] for row in table["layers"]] == stages and table["class"] == "kidney"
     for row in table["layers"]:
         assert 0 <= row["metrics"]["mass_in_target"] <= 1 and row["metrics"]["randomisation_similarity"] is not None
@@ -107,7 +107,7 @@ def test_an_atlas_without_metrics_is_only_the_maps(ct, capsys):
                  str(ct / "kidney.nrrd"), "--layers", "atlas", "--measure", "none", "--out", str(out),
                  "--progress", "none"]  # fmt: skip
     assert cli_main(arguments) == 0
-    table = json.loads((out / "atlas.json").read_text())
+    table = json.loads((out / "atlas.json").read_text(encoding="utf-8"))
     assert [row["metrics"] for row in table["layers"]] == [None] * 3
     assert all(row["evidence"]["target_score"] == row["target_score"] for row in table["layers"])
     assert (out / "atlas.png").is_file() and "randomisation similarity" not in capsys.readouterr().out

@@ -10,7 +10,7 @@ MODULE = ROOT / "SegHiResGradCAM"
 
 
 def test_every_core_file_is_packaged_by_the_module_cmake_file():
-    listed = set(re.findall(r"\$\{MODULE_NAME\}Lib/(\S+\.py)", (MODULE / "CMakeLists.txt").read_text()))
+    listed = set(re.findall(r"\$\{MODULE_NAME\}Lib/(\S+\.py)", (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")))
     present = {
         path.relative_to(MODULE / "SegHiResGradCAMLib").as_posix()
         for path in (MODULE / "SegHiResGradCAMLib").rglob("*.py")
@@ -19,7 +19,7 @@ def test_every_core_file_is_packaged_by_the_module_cmake_file():
 
 
 def test_every_resource_file_is_packaged_by_the_module_cmake_file():
-    cmake = (MODULE / "CMakeLists.txt").read_text()
+    cmake = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     start = cmake.index("set(MODULE_PYTHON_RESOURCES")
     block = cmake[start : cmake.index(")", start)]
     lines = [line.strip() for line in block.splitlines()[1:]]
@@ -31,22 +31,22 @@ def test_every_resource_file_is_packaged_by_the_module_cmake_file():
 
 
 def test_the_module_self_test_is_registered_under_testing_python():
-    cmake = (MODULE / "Testing" / "Python" / "CMakeLists.txt").read_text()
+    cmake = (MODULE / "Testing" / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = re.findall(r"slicer_add_python_unittest\(SCRIPT (\S+)\)", cmake)
     assert scripts, "no self-test registered"
     for script in scripts:
         path = Path(script.replace("${CMAKE_CURRENT_SOURCE_DIR}", str(MODULE / "Testing" / "Python"))
                     .replace("${MODULE_NAME}", "SegHiResGradCAM")).resolve()  # fmt: skip
         # Slicer's runUnitTest imports the script by name and runs its test case classes.
-        classes = [node for node in ast.parse(path.read_text()).body if isinstance(node, ast.ClassDef)]
+        classes = [node for node in ast.parse(path.read_text(encoding="utf-8")).body if isinstance(node, ast.ClassDef)]
         bases = {base.id for node in classes for base in node.bases if isinstance(base, ast.Name)}
         assert "ScriptedLoadableModuleTest" in bases
-    assert "add_subdirectory(Testing)" in (MODULE / "CMakeLists.txt").read_text()
-    assert "add_subdirectory(Python)" in (MODULE / "Testing" / "CMakeLists.txt").read_text()
+    assert "add_subdirectory(Testing)" in (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "add_subdirectory(Python)" in (MODULE / "Testing" / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
 def test_the_slicer_module_file_imports_nothing_heavy_at_start_up():
-    tree = ast.parse((MODULE / "SegHiResGradCAM.py").read_text())
+    tree = ast.parse((MODULE / "SegHiResGradCAM.py").read_text(encoding="utf-8"))
     top_level = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
     names = {alias.name for node in top_level if isinstance(node, ast.Import) for alias in node.names}
     names |= {node.module for node in top_level if isinstance(node, ast.ImportFrom)}
@@ -54,7 +54,7 @@ def test_the_slicer_module_file_imports_nothing_heavy_at_start_up():
 
 
 def test_the_extension_declares_its_pytorch_dependency_and_icon():
-    cmake = (ROOT / "CMakeLists.txt").read_text()
+    cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"project\(SegHiResGradCAM\)", cmake)
     assert re.search(r'set\(EXTENSION_DEPENDS "PyTorch"\)', cmake)
     assert "add_subdirectory(SegHiResGradCAM)" in cmake
@@ -63,7 +63,7 @@ def test_the_extension_declares_its_pytorch_dependency_and_icon():
 
 
 def test_the_readme_python_example_runs(capsys):
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
     exec(compile(blocks[0], "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "upcat_1" in printed and "(recommended)" in printed and "seg-hires-grad-cam" in printed
@@ -71,7 +71,7 @@ def test_the_readme_python_example_runs(capsys):
 
 def test_the_extensions_index_entry_names_category_repository_and_pytorch():
 
-    entry = json.loads((ROOT / "SegHiResGradCAM.json").read_text())
+    entry = json.loads((ROOT / "SegHiResGradCAM.json").read_text(encoding="utf-8"))
     assert entry["category"] == "Segmentation"
     assert entry["scm_url"].endswith(".git")
     assert entry["build_dependencies"] == ["PyTorch"]
@@ -83,7 +83,9 @@ def test_the_recorded_version_is_the_package_s_version():
 
     import SegHiResGradCAMLib
 
-    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))[
+        "project"
+    ]
     assert SegHiResGradCAMLib.__version__ == project["version"]
 
 
@@ -126,7 +128,7 @@ def test_declared_minimum_versions_cover_the_apis_the_code_calls_and_are_declare
     def version(text):
         return tuple(int(part) for part in text.split("."))
 
-    source = "\n".join(path.read_text() for path in (MODULE / "SegHiResGradCAMLib").rglob("*.py"))
+    source = "\n".join(path.read_text(encoding="utf-8") for path in (MODULE / "SegHiResGradCAMLib").rglob("*.py"))
     minimums = declared_minimums()
     for package, apis in NEWER_APIS.items():
         for api, introduced in apis.items():

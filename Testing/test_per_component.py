@@ -32,11 +32,13 @@ def explain(folder, card, out, *extra):
 def test_each_component_is_explained_alone_and_their_targets_add_up_to_the_whole(two_kidneys, capsys):
     folder, card = two_kidneys
     assert explain(folder, card, folder / "whole.nrrd", "--summary", str(folder / "whole.json")) == 0
-    whole = json.loads((folder / "whole.json").read_text())["methods"]["seg-hires-grad-cam"]["target_score"]
+    whole = json.loads((folder / "whole.json").read_text(encoding="utf-8"))["methods"]["seg-hires-grad-cam"][
+        "target_score"
+    ]
     out = folder / "components"
     assert explain(folder, card, out, "--per-component", "--measure", "dependence") == 0
     printed = capsys.readouterr().out
-    table = json.loads((out / "components.json").read_text())
+    table = json.loads((out / "components.json").read_text(encoding="utf-8"))
     rows = table["components"]
     assert [row["component"] for row in rows] == ["component_1", "component_2"]
     assert rows[0]["volume_ml"] >= rows[1]["volume_ml"] > 0  # largest first

@@ -28,7 +28,7 @@ def explain_signed(folder, card, method):
                      "--progress", "none"])  # fmt: skip
     assert code == 0
     signed = sitk.ReadImage(str(folder / "signed.nrrd"))
-    score = json.loads((folder / "summary.json").read_text())["methods"][method]["target_score"]
+    score = json.loads((folder / "summary.json").read_text(encoding="utf-8"))["methods"][method]["target_score"]
     return signed, score
 
 

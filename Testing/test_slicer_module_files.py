@@ -88,7 +88,7 @@ def bound_widgets() -> dict[str, tuple[str, str]]:
     return bound
 
 
-MODULE_TREE = ast.parse(MODULE_FILE.read_text())
+MODULE_TREE = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
 
 
 def module_class(name: str) -> ast.ClassDef:
@@ -140,7 +140,7 @@ def annotation_kind(annotation: ast.expr) -> str:
 
 def test_every_ui_name_the_widget_uses_is_declared_with_a_fitting_class():
     widgets = declared_widgets()
-    source = MODULE_FILE.read_text()
+    source = MODULE_FILE.read_text(encoding="utf-8")
     uses = re_uses(source)
     assert len(uses) > 20
     for name, member in uses:
@@ -288,7 +288,7 @@ def test_the_extensions_index_entry_follows_the_catalog_schema_and_the_index_sty
     category, scm_url; no other keys than these; the index's own files use two-space indent,
     sorted keys and a one-line build_dependencies list."""
     path = MODULE.parent / "SegHiResGradCAM.json"
-    entry = json.loads(path.read_text())
+    entry = json.loads(path.read_text(encoding="utf-8"))
     allowed = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
                "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int}  # fmt: skip
     assert {"$schema", "category", "scm_url"} <= set(entry)
@@ -296,7 +296,7 @@ def test_the_extensions_index_entry_follows_the_catalog_schema_and_the_index_sty
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
     assert list(entry) == sorted(entry)
     expected = json.dumps(entry, indent=2).replace('[\n    "PyTorch"\n  ]', '["PyTorch"]') + "\n"
-    assert path.read_text() == expected
+    assert path.read_text(encoding="utf-8") == expected
 
 
 def test_contributors_are_given_as_name_and_organisation_and_help_links_the_documentation():

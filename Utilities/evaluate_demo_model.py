@@ -49,7 +49,7 @@ def evaluate_into_card(card_path=OUTPUT / f"{NAME}.json") -> dict:
         "dice_on_the_ct_grid": ct_grid_dice(card, network, VALIDATION_SEEDS),
         "ct_grid": "512 x 512 x 60 at 0.78 x 0.78 x 3 mm, through the preprocessing and its inverse",
     }
-    data = json.loads(card_path.read_text())
+    data = json.loads(card_path.read_text(encoding="utf-8"))
     data["validation"] = validation
     card_path.write_text(json.dumps(data, indent=2) + "\n")
     return validation

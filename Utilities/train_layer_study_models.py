@@ -53,7 +53,7 @@ def nnunet_architecture(out: Path) -> dict:
     if not plans_file.exists():
         subprocess.run([sys.executable, str(ROOT / "Testing" / "models" / "nnunet_results.py"), str(folder)],
                        check=True, capture_output=True)  # fmt: skip
-    return json.loads(plans_file.read_text())["configurations"]["3d_fullres"]["architecture"]
+    return json.loads(plans_file.read_text(encoding="utf-8"))["configurations"]["3d_fullres"]["architecture"]
 
 
 def build_plain_conv_unet(architecture: dict, classes: int):
@@ -66,14 +66,14 @@ def build_plain_conv_unet(architecture: dict, classes: int):
 
 def load_plain_conv_unet(out: Path = DEFAULT_OUT):
     """The trained PlainConvUNet and its record (weights loaded with weights_only=True)."""
-    record = json.loads((out / "plainconvunet.json").read_text())
+    record = json.loads((out / "plainconvunet.json").read_text(encoding="utf-8"))
     network = build_plain_conv_unet(record["architecture"], record["classes"])
     network.load_state_dict(torch.load(out / "plainconvunet.pt", weights_only=True))
     return network.eval(), record
 
 
 def demo_card() -> dict:
-    return json.loads((OUTPUT / f"{NAME}.json").read_text())
+    return json.loads((OUTPUT / f"{NAME}.json").read_text(encoding="utf-8"))
 
 
 def build(arch: str, out: Path):
@@ -105,7 +105,9 @@ def main() -> None:
     arguments.out.mkdir(parents=True, exist_ok=True)
     for arch in arguments.arch:
         record_file = arguments.out / f"{arch}.json"
-        rounds = json.loads(record_file.read_text())["training"]["rounds"] if record_file.exists() else []
+        rounds = (
+            json.loads(record_file.read_text(encoding="utf-8"))["training"]["rounds"] if record_file.exists() else []
+        )
         if rounds and not (arguments.retrain or arguments.resume):
             print(f"{arch}: already trained ({record_file}); --resume trains it more, --retrain again")
             continue

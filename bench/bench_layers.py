@@ -140,7 +140,7 @@ def report(out: Path) -> None:
     for arch in ARCHITECTURES:
         path = out / f"per_case_{arch}.json"
         if path.exists():
-            text, selections[arch] = summarise(arch, json.loads(path.read_text()))
+            text, selections[arch] = summarise(arch, json.loads(path.read_text(encoding="utf-8")))
             sections.append(text)
     agreement = [
         "| architecture | criterion | criterion in M | " + " | ".join(LAYER_RULES) + " |",

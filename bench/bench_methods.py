@@ -93,7 +93,7 @@ def main() -> None:
     out = Path(arguments.out)
     out.mkdir(parents=True, exist_ok=True)
     if arguments.report_only:
-        report(json.loads((out / "per_case.json").read_text()), out)
+        report(json.loads((out / "per_case.json").read_text(encoding="utf-8")), out)
         return
     torch.manual_seed(0)
     card = read_model_card()

@@ -126,5 +126,5 @@ def test_the_command_runs_a_2d_model_slice_by_slice_on_a_ct(two_d_model_and_case
     assert heat[tumour_slices].max() == pytest.approx(1.0, abs=1e-3)
     assert not heat[~tumour_slices].any()  # slices without M get no heat
     if method == "seg-hires-grad-cam":
-        metrics = json.loads((tmp_path / "metrics.json").read_text())
+        metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
         assert 0 <= metrics["mass_in_target"] <= 1 and len(metrics["deletion"]["scores"]) == 11

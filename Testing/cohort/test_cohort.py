@@ -96,8 +96,9 @@ def model_options(model: Path) -> list[str]:
 
 
 def as_from_a_shell() -> None:
-    """The child's Ctrl-C as a shell would leave it: an earlier test's Ray runtime blocks
-    SIGINT in this process's threads, and a blocked signal mask is inherited."""
+    """The child's Ctrl-C as an interactive shell leaves it: a test run started in the
+    background (``make test &``, some CI runners) ignores SIGINT, and an ignored signal stays
+    ignored across exec, so the cohort would never see the interrupt."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -127,7 +128,7 @@ def test_a_ray_worker_killed_in_the_middle_of_a_case_is_retried(cohorts, model, 
     )
     victim = int(partial.name[len(PARTIAL_PREFIX) :].split("-", 1)[0])
     os.kill(victim, signal.SIGKILL)
-    assert exit_code(process) == 0, (tmp_path / "log.txt").read_text()[-3000:]
+    assert exit_code(process) == 0, (tmp_path / "log.txt").read_text(encoding="utf-8")[-3000:]
     folders = sorted(path.name for path in (results / "cases").iterdir())
     assert folders == [f"case_{seed:05d}" for seed in SEEDS]  # every case once, no leftovers
     assert_same_table(reference, table(results))
@@ -187,7 +188,7 @@ class Sections(html.parser.HTMLParser):
 
 def test_the_report_has_every_section_and_an_embedded_image_for_every_plot(cohorts):
     sources, _ = cohorts
-    page = (Path(sources["kits"]).parent / "in-process" / "report.html").read_text()
+    page = (Path(sources["kits"]).parent / "in-process" / "report.html").read_text(encoding="utf-8")
     parser = Sections()
     parser.feed(page)
     assert list(parser.images) == ["summary", "distributions", "quality", "checks", "paired", "suspicious", "failures"]
@@ -206,7 +207,7 @@ def test_a_measured_cohort_s_report_records_how_it_was_made_and_marks_what_fails
     that fail a check, the record (version, command, weights' digest, class, layer, M), links
     to each case's files, and a case without ground truth listed, not ranked."""
     dataset = write_cohort(tmp_path / "data", SEEDS[:3], "csv", GRID)
-    lines = dataset.read_text().splitlines()
+    lines = dataset.read_text(encoding="utf-8").splitlines()
     lines[3] = ",".join(lines[3].split(",")[:2]) + ","  # the last case has no ground truth
     dataset.write_text("\n".join(lines) + "\n")
     results = tmp_path / "results"
@@ -220,7 +221,7 @@ def test_a_measured_cohort_s_report_records_how_it_was_made_and_marks_what_fails
                    "prediction_overlap"):  # fmt: skip
         assert rows[column].notna().all(), column
     assert rows["deletion_area"].isna().all()  # not asked for
-    page = (results / "report.html").read_text()
+    page = (results / "report.html").read_text(encoding="utf-8")
     parser = Sections()
     parser.feed(page)
     assert len(parser.images["distributions"]) == 5  # heat in M, outside body, inside-M similarity, dependence, Dice
@@ -251,9 +252,9 @@ def test_ctrl_c_keeps_the_finished_cases_names_them_and_leaves_no_partial_case(m
                                 log)  # fmt: skip
     wait_for(lambda: len(list((results / "cases").glob("case_*/rows.json"))) >= 2 if results.exists() else False)
     os.killpg(process.pid, signal.SIGINT)
-    assert exit_code(process) == 130, log.read_text()[-3000:]
+    assert exit_code(process) == 130, log.read_text(encoding="utf-8")[-3000:]
     kept = sorted(path.parent.name for path in (results / "cases").glob("case_*/rows.json"))
-    message = log.read_text()
+    message = log.read_text(encoding="utf-8")
     assert f"the {len(kept)} finished case(s) were kept ({', '.join(kept)})" in message, message
     assert "Traceback" not in message
     assert sorted(path.name for path in (results / "cases").iterdir()) == kept  # no partial case folder
@@ -274,7 +275,7 @@ def test_per_component_gives_a_row_for_each_kidney_of_each_case(model, tmp_path,
         assert ((hires["heat_in_m"] > 0) & (hires["heat_in_m"] <= 1)).all()
         for component in (1, 2):
             assert (results / "cases" / case / f"heatmap_component_{component}_seg-hires-grad-cam.nrrd").is_file()
-    page = (results / "report.html").read_text()
+    page = (results / "report.html").read_text(encoding="utf-8")
     assert ", component 2 " in page and "HiRes better" in page
 
 

@@ -55,7 +55,7 @@ def write_raw_dataset(raw: Path) -> None:
 
 
 def adjust_plans(plans_file: Path) -> None:
-    plans = json.loads(plans_file.read_text())
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
     plans["configurations"]["3d_fullres"]["patch_size"] = PATCH_3D
     for name, features in FEATURES.items():
         arch = plans["configurations"][name]["architecture"]["arch_kwargs"]
@@ -89,12 +89,12 @@ def main(root: Path) -> None:
     os.environ["nnUNet_n_proc_DA"] = "0"  # noqa: SIM112
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    dataset_json = json.loads((root / "raw" / DATASET / "dataset.json").read_text())
+    dataset_json = json.loads((root / "raw" / DATASET / "dataset.json").read_text(encoding="utf-8"))
     torch.manual_seed(0)  # the same weights on every run (augmentation draws from numpy and random)
     np.random.seed(0)
     random.seed(0)
     for configuration, fold in TRAINED:
-        plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+        plans = json.loads((preprocessed / "nnUNetPlans.json").read_text(encoding="utf-8"))
         plans["continue_training"] = False
         trainer = nnUNetTrainer(plans, configuration, fold, dataset_json, device=torch.device("cpu"))
         trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 1, 2, 1

@@ -25,7 +25,9 @@ def heatmap(folder, card_path, name):
                      "kidney", "--mask", str(folder / "kidney.nrrd"), "--out", str(folder / f"{name}.nrrd"),
                      "--summary", str(folder / f"{name}.json"), "--progress", "none"])  # fmt: skip
     assert code == 0
-    score = json.loads((folder / f"{name}.json").read_text())["methods"]["seg-hires-grad-cam"]["target_score"]
+    score = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))["methods"]["seg-hires-grad-cam"][
+        "target_score"
+    ]
     return sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{name}.nrrd"))), score
 
 
@@ -37,7 +39,7 @@ def test_a_network_that_reads_its_arrays_x_first_is_explained_like_its_z_first_t
     state = torch.load(tmp_path / "bias_free.pt", weights_only=True)
     torch.save({key: value.permute(0, 1, 4, 3, 2).contiguous() for key, value in state.items()},
                tmp_path / "bias_free.pt")  # fmt: skip
-    card = json.loads(card_path.read_text())
+    card = json.loads(card_path.read_text(encoding="utf-8"))
     card["sliding_window"] |= {"size": [32, 32, 16], "axis_order": "xyz"}
     card_path.write_text(json.dumps(card))
     transposed, transposed_score = heatmap(case, card_path, "xyz")
@@ -51,7 +53,7 @@ def test_a_network_that_reads_its_arrays_x_first_is_explained_like_its_z_first_t
 def test_constant_blending_is_used_when_the_card_asks_for_it(case, tmp_path):
     card_path = bias_free_model_card(tmp_path, SPACING, window=(16, 32, 32))
     _, gaussian = heatmap(case, card_path, "gaussian")
-    card = json.loads(card_path.read_text())
+    card = json.loads(card_path.read_text(encoding="utf-8"))
     card["sliding_window"]["blend"] = "constant"
     card_path.write_text(json.dumps(card))
     _, constant = heatmap(case, card_path, "constant")

@@ -85,8 +85,8 @@ def test_region_based_card_names_the_regions_as_nnunet_does(fullres):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     card = read_model_card(fullres)
-    plans = json.loads((fullres / "plans.json").read_text())
-    dataset = json.loads((fullres / "dataset.json").read_text())
+    plans = json.loads((fullres / "plans.json").read_text(encoding="utf-8"))
+    dataset = json.loads((fullres / "dataset.json").read_text(encoding="utf-8"))
     label_manager = PlansManager(plans).get_label_manager(dataset)
     assert card.head == "sigmoid" and card.classes == ("kidney", "masses", "tumor")
     assert [tuple(np.atleast_1d(r)) for r in label_manager.foreground_regions] == card.nnunet.regions
@@ -182,7 +182,7 @@ def test_ensemble_explanation_is_the_mean_of_the_fold_explanations(fullres, case
                      "tumor", "--mask", str(tmp_path / "tumour.nii.gz"), "--out", str(out), "--summary", str(summary),
                      "--prediction", str(tmp_path / "prediction.nrrd"), "--progress", "none"])  # fmt: skip
     assert code == 0
-    score = json.loads(summary.read_text())["methods"]["seg-hires-grad-cam"]["target_score"]
+    score = json.loads(summary.read_text(encoding="utf-8"))["methods"]["seg-hires-grad-cam"]["target_score"]
     assert score == pytest.approx(cam.score, rel=1e-4)
     normalized = heatmap / heatmap.max() if heatmap.max() > 0 else heatmap
     written = sitk.ReadImage(str(out))
@@ -230,7 +230,7 @@ def test_refusals_say_what_is_wrong(fullres, tmp_path):
 def test_plans_cannot_name_code_to_import(fullres, tmp_path):
     folder = tmp_path / fullres.name
     shutil.copytree(fullres, folder)
-    plans = json.loads((folder / "plans.json").read_text())
+    plans = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
     for name in ("subprocess.Popen", "dynamic_network_architectures.architectures.unet.torch.load"):
         plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = name
         (folder / "plans.json").write_text(json.dumps(plans))
@@ -312,7 +312,7 @@ def test_reorienting_reader_matches_nnunet_file_prediction(fullres, case, tmp_pa
     assert sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(ct.GetDirection()) != "RAS"
     folder = tmp_path / fullres.name
     shutil.copytree(fullres, folder)
-    plans = json.loads((folder / "plans.json").read_text())
+    plans = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
     plans["image_reader_writer"] = "SimpleITKIOWithReorient"
     (folder / "plans.json").write_text(json.dumps(plans))
     sitk.WriteImage(ct, str(tmp_path / "case_0000.nii.gz"))

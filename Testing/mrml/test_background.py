@@ -43,7 +43,9 @@ def alive(pid: int) -> bool:
     status = Path(f"/proc/{pid}/status")
     if status.is_file():
         try:
-            return "\nState:\tZ" not in status.read_text() and "\nState:\tX" not in status.read_text()
+            return "\nState:\tZ" not in status.read_text(encoding="utf-8") and "\nState:\tX" not in status.read_text(
+                encoding="utf-8"
+            )
         except OSError:
             return False
     try:
@@ -65,7 +67,7 @@ def test_cancel_ends_the_launcher_and_its_interpreter_then_removes_the_work_fold
     run = ExplainRun(ExplainSettings(volume, "kidney", with_metrics=True), python=str(script))
     work_dir = run._run.work_dir
     wait_for(pid_file.exists)
-    child = int(pid_file.read_text())
+    child = int(pid_file.read_text(encoding="utf-8"))
     # Cancel while the interpreter computes (it has reported progress past the import of torch).
     wait_for(lambda: run.poll().fraction > 0 or run.poll().state != "running")
     assert run.poll().state == "running" and alive(run._run.pid) and alive(child)
@@ -112,7 +114,7 @@ def test_model_inspection_runs_once_per_model_version(tmp_path):
     inspected again until it changes."""
     bundled = Path(__file__).resolve().parents[2] / "SegHiResGradCAM" / "SegHiResGradCAMLib" / "resources" / "Models"
     card = tmp_path / "card.json"
-    card.write_text((bundled / "kits_demo_unet.json").read_text())
+    card.write_text((bundled / "kits_demo_unet.json").read_text(encoding="utf-8"))
     (tmp_path / "kits_demo_unet.pt").write_bytes((bundled / "kits_demo_unet.pt").read_bytes())
     inspector = ModelInspector()
     assert inspector.request(card) is None and inspector.busy
@@ -125,7 +127,7 @@ def test_model_inspection_runs_once_per_model_version(tmp_path):
     labels = [layer_label(layer) for layer in description["layers"]]
     marked = [label for label in labels if "(" in label]  # what the layer selector marks
     assert marked == ["model.1.submodule.1 (stage-below-finest)", "model.1 (recommended)"]
-    card.write_text(card.read_text().replace("KiTS-like demo 3D U-Net", "renamed"))
+    card.write_text(card.read_text(encoding="utf-8").replace("KiTS-like demo 3D U-Net", "renamed"))
     os.utime(card, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert inspector.request(card) is None  # changed file: inspected again
     wait_for(lambda: inspector.poll() is not None or not inspector.busy)

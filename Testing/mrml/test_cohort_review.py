@@ -92,6 +92,6 @@ def test_a_corrupt_review_file_is_refused_and_left_as_it_is(results, tmp_path):
     try:
         with pytest.raises(ExplainInputError, match=r"review.csv is damaged.*left as it is"):
             CohortReview(results)
-        assert (results / "review.csv").read_text() == damaged
+        assert (results / "review.csv").read_text(encoding="utf-8") == damaged
     finally:
         (results / "review.csv").unlink()

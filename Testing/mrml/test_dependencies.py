@@ -156,13 +156,13 @@ def test_the_lists_match_the_project_s_own_install_files():
     """One truth: what Slicer installs is what `make` installs and CI tests."""
     from importlib.metadata import requires
 
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     # The installed package's dependencies (pyproject.toml reads them from the package's requirements.txt).
     declared = {re.split(r"[<>=]", item)[0]: item for item in requires("seghiresgradcam") if ";" not in item}
     wanted = {declared[name] for name in declared if name != "matplotlib"}  # only the demo's figures need it
     assert {requirement.specifier for requirement in CORE} == wanted
     assert [requirement.distribution for requirement in NNUNET_PLAIN] == project["optional-dependencies"]["nnunet"]
-    lines = [line.strip() for line in (ROOT / "requirements-nnunet.txt").read_text().splitlines()]
+    lines = [line.strip() for line in (ROOT / "requirements-nnunet.txt").read_text(encoding="utf-8").splitlines()]
     pinned = [line for line in lines if line and not line.startswith("#")]
     assert [line.split("==")[0] for line in pinned] == [requirement.distribution for requirement in NNUNET_OWN]
     for line, requirement in zip(pinned, NNUNET_OWN, strict=True):  # the tested versions meet the minimums

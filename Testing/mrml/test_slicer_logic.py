@@ -50,7 +50,7 @@ def test_heatmap_node_has_the_ct_geometry_display_and_place(direction, tmp_path)
     display = heat.GetDisplayNode()
     assert display.GetColorNode().GetName() == mrml_adapter.HEAT_COLOUR_NODE_NAME
     # The colour node holds the shipped table's entries, index by index (name, RGBA in 0..255).
-    table, entries = display.GetColorNode(), mrml_adapter.HEAT_COLOUR_TABLE.read_text().splitlines()
+    table, entries = display.GetColorNode(), mrml_adapter.HEAT_COLOUR_TABLE.read_text(encoding="utf-8").splitlines()
     entries = [line.split() for line in entries if line and not line.startswith("#")]
     assert table.GetNumberOfColors() == len(entries)
     for index, name, *rgba in (entries[0], entries[len(entries) // 2], entries[-1]):
@@ -168,7 +168,7 @@ def hostile_model(folder, **changes):
     bundled = Path(mrml_adapter.RESOURCES) / "Models"
     folder.mkdir(exist_ok=True)
     shutil.copy(bundled / "kits_demo_unet.pt", folder / "kits_demo_unet.pt")
-    card = json.loads((bundled / "kits_demo_unet.json").read_text()) | changes
+    card = json.loads((bundled / "kits_demo_unet.json").read_text(encoding="utf-8")) | changes
     (folder / "card.json").write_text(json.dumps(card))
     return folder / "card.json"
 

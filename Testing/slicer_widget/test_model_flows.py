@@ -23,7 +23,7 @@ def card_copy(tmp_path) -> Path:
     for source in BUNDLED_MODEL.parent.glob(f"{BUNDLED_MODEL.stem}.*"):
         shutil.copy(source, folder / source.name)
     card = folder / BUNDLED_MODEL.name
-    card.write_text(card.read_text().replace('"name": "', '"name": "my copy of ', 1))
+    card.write_text(card.read_text(encoding="utf-8").replace('"name": "', '"name": "my copy of ', 1))
     return card
 
 

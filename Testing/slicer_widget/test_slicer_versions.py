@@ -41,7 +41,7 @@ def annotations_evaluated_at_import(tree: ast.Module):
 
 
 def test_the_module_file_imports_on_python_3_9():
-    source = MODULE_FILE.read_text()
+    source = MODULE_FILE.read_text(encoding="utf-8")
     tree = ast.parse(source, feature_version=(3, 9))  # no syntax newer than 3.9
     assert "from __future__ import annotations" not in source
     unions = [ast.unparse(a) for a in annotations_evaluated_at_import(tree)
@@ -56,6 +56,7 @@ def test_the_module_file_imports_on_python_3_9():
 
 def test_the_extension_refuses_to_build_for_a_slicer_older_than_5_10():
     guard = re.search(
-        r'if\(Slicer_REQUIRED_PYTHON_VERSION VERSION_LESS "([\d.]+)"\)\s*message\(FATAL_ERROR', CMAKE_FILE.read_text()
+        r'if\(Slicer_REQUIRED_PYTHON_VERSION VERSION_LESS "([\d.]+)"\)\s*message\(FATAL_ERROR',
+        CMAKE_FILE.read_text(encoding="utf-8"),
     )
     assert guard and guard.group(1) == "3.10"

@@ -20,9 +20,9 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path):
 
     with pytest.raises(OSError, match="disk full"):
         write_atomically(target, failing)
-    assert target.read_text() == "old" and [path.name for path in tmp_path.iterdir()] == ["table.csv"]
+    assert target.read_text(encoding="utf-8") == "old" and [path.name for path in tmp_path.iterdir()] == ["table.csv"]
     write_atomically(target, lambda partial: partial.write_text("new"))
-    assert target.read_text() == "new" and not list(tmp_path.glob(f"{PARTIAL_PREFIX}*"))
+    assert target.read_text(encoding="utf-8") == "new" and not list(tmp_path.glob(f"{PARTIAL_PREFIX}*"))
 
 
 def test_a_folder_is_written_whole_or_not_at_all(tmp_path):
@@ -40,7 +40,7 @@ def test_every_writer_renames_through_the_one_helper():
     """No module but the outputs module renames files into place itself."""
     renaming = []
     for path in LIBRARY.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Attribute) and node.attr in ("replace", "rename") and getattr(
                     node.value, "id", None) == "os":  # fmt: skip
                 renaming.append(path.relative_to(LIBRARY).as_posix())

@@ -44,7 +44,7 @@ def test_a_segment_is_chosen_by_name_from_overlapping_segments(case, capsys):
     folder, coarse = case
     assert explain(folder, "--segment", "tumor") == 0
     capsys.readouterr()
-    record = json.loads((folder / "summary.json").read_text())["record"]
+    record = json.loads((folder / "summary.json").read_text(encoding="utf-8"))["record"]
     assert record["mask"].endswith("case.seg.nrrd (segment 'tumor')")
     heat = sitk.ReadImage(str(folder / "heat.nrrd"))
     tumour = sitk.Resample(sitk.Equal(coarse, 2), heat, sitk.Transform(), sitk.sitkNearestNeighbor)

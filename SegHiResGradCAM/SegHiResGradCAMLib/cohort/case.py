@@ -51,7 +51,7 @@ def case_folder(results: Path, name: str) -> Path:
 
 def finished_rows(results: Path, name: str) -> list[dict] | None:
     rows = case_folder(results, name) / ROWS
-    return json.loads(rows.read_text()) if rows.is_file() else None
+    return json.loads(rows.read_text(encoding="utf-8")) if rows.is_file() else None
 
 
 def finished_cases(results: Path) -> list[str]:
@@ -63,7 +63,7 @@ def finished_cases(results: Path) -> list[str]:
 
 def failure(results: Path, name: str) -> dict | None:
     path = Path(results) / "cases" / f"{name}{FAILED}"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def run_case(case: CohortCase, settings: CohortSettings, results: Path) -> list[dict]:

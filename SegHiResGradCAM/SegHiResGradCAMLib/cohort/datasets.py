@@ -64,7 +64,7 @@ def file_ending(dataset: Path) -> str:
     if not description.is_file():
         return ".nii.gz"
     try:
-        ending = json.loads(description.read_text()).get("file_ending", ".nii.gz")
+        ending = json.loads(description.read_text(encoding="utf-8")).get("file_ending", ".nii.gz")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
         raise ExplainInputError(f"Cannot read {description} ({error}): it must be nnU-Net's dataset.json.") from None
     if not isinstance(ending, str) or not ending.startswith(".") or "/" in ending:

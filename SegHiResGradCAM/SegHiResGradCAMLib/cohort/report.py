@@ -284,5 +284,5 @@ figure{{overflow-x:auto}} figure img{{max-width:none}}</style>
 </body></html>
 """
     path = results / "report.html"
-    write_atomically(path, lambda partial: partial.write_text(page))
+    write_atomically(path, lambda partial: partial.write_text(page, encoding="utf-8"))
     return path

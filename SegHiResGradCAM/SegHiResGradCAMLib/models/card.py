@@ -210,7 +210,7 @@ def file_inside(folder: Path, name, what: str) -> Path:
 def read_json(path: Path) -> dict:
     """A model format's JSON file, with a clear error when it is not JSON."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ExplainInputError(f"{path} is not valid JSON ({error}).") from None
 

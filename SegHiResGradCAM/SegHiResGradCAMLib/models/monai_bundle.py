@@ -60,7 +60,7 @@ def read_config_file(path: Path) -> dict:
     except ImportError:
         raise ExplainInputError(f"{path.name} is YAML: install PyYAML (pip install pyyaml) to read it.") from None
     try:
-        content = yaml.safe_load(path.read_text())
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ExplainInputError(f"{path} is not valid YAML ({error}).") from None
     if not isinstance(content, dict):
@@ -221,7 +221,7 @@ def _transforms(section) -> list[dict]:
 def _metadata(folder: Path) -> dict:
     path = file_inside(folder, "configs/metadata.json", f"The bundle {folder.name}'s metadata")
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ExplainInputError(f"{path} is not valid JSON.") from None
 

@@ -111,7 +111,7 @@ def _group_alive(group: int) -> bool:
         return True
     for stat in proc.glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = stat.read_text(encoding="utf-8").rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue  # the process ended while being read
         state, process_group = fields[0], int(fields[2])

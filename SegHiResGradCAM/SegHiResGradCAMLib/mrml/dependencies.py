@@ -40,7 +40,7 @@ class Requirement:
 def declared_minimums() -> dict[str, str]:
     """Distribution -> lowest version, from the package's requirements.txt (pyproject.toml
     reads the same file, so the two never disagree)."""
-    lines = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text().splitlines()
+    lines = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text(encoding="utf-8").splitlines()
     found = (re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9.]*)\s*", line) for line in lines)
     return {match[1]: match[2] for match in found if match}
 

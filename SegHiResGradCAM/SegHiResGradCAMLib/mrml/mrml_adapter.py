@@ -106,7 +106,7 @@ def heat_colour_node(scene):
     """The extension's heat colour table, added to the scene once."""
 
     def entries():
-        lines = HEAT_COLOUR_TABLE.read_text().splitlines()
+        lines = HEAT_COLOUR_TABLE.read_text(encoding="utf-8").splitlines()
         rows = [line.split() for line in lines if line and not line.startswith("#")]
         return [(name, *(int(value) / 255 for value in rgba)) for _, name, *rgba in rows]
 

@@ -50,7 +50,7 @@ def file_checksum(path) -> str:
 
 
 def read_sample_case(folder: Path = SAMPLE_FOLDER) -> SampleCase:
-    data = json.loads((Path(folder) / MANIFEST).read_text())
+    data = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
     return SampleCase(
         name=data["name"],
         seed=int(data["seed"]),

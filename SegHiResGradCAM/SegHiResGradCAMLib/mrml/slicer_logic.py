@@ -130,9 +130,13 @@ class ExplainRun:
     def _import_results(self) -> None:
         """Loads every result, or none: a failure part-way removes what was already added."""
         settings, work_dir = self.settings, self._run.work_dir
-        summary = json.loads((work_dir / "summary.json").read_text())
+        summary = json.loads((work_dir / "summary.json").read_text(encoding="utf-8"))
         self.warnings = list(summary.get("warnings", []))
-        atlas = json.loads((work_dir / "atlas" / "atlas.json").read_text())["layers"] if settings.atlas else []
+        atlas = (
+            json.loads((work_dir / "atlas" / "atlas.json").read_text(encoding="utf-8"))["layers"]
+            if settings.atlas
+            else []
+        )
         parts = self._parts(work_dir)
         key = atlas[-1]["layer"] if atlas else settings.method  # the finest layer is the atlas's main map
         key = parts[0]["component"] if parts else key  # the largest part is the main map
@@ -162,7 +166,7 @@ class ExplainRun:
                 self.metrics_node = mrml_adapter.import_layer_table(layer_rows, self.heatmap_node,
                                                                     f"{name} - metrics")  # fmt: skip
             elif settings.with_metrics:
-                rows = metric_rows(json.loads((work_dir / "metrics.json").read_text()))
+                rows = metric_rows(json.loads((work_dir / "metrics.json").read_text(encoding="utf-8")))
                 self.metrics_node = mrml_adapter.import_metrics_table(rows, self.heatmap_node, f"{name} - metrics")
             if settings.with_prediction:
                 self.prediction_node = mrml_adapter.import_prediction(
@@ -198,7 +202,7 @@ class ExplainRun:
         """The rows of components.json (one per part of the segment), or none."""
         if not self.settings.per_component:
             return []
-        return json.loads((work_dir / "components" / "components.json").read_text())["components"]
+        return json.loads((work_dir / "components" / "components.json").read_text(encoding="utf-8"))["components"]
 
     def _import_parts(self, parts: list[dict], name: str) -> None:
         """The other parts' heatmaps (the largest is the main one) and a table of every part."""
