@@ -61,8 +61,11 @@ def partial_path(target: Path) -> Path:
 def write_atomically(path: Path, write) -> None:
     """``write(partial)`` writes the file (or folder) under its partial name next to ``path``,
     which is then renamed into place: ``path`` is whole or untouched, and a failure leaves
-    nothing behind."""
-    path = Path(path)
+    nothing behind. A link is written through (its target replaced, the link kept); a device,
+    pipe or socket is never replaced by a file."""
+    if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+        raise ExplainInputError(f"{path} is not a regular file (a device, a pipe or a socket): give a file's path.")
+    path = Path(os.path.realpath(path))
     partial = partial_path(path)
     try:
         write(partial)
@@ -93,7 +96,9 @@ class OutputFiles:
     are volume files; ``inputs``: files the run reads, which no output may be."""
 
     def __init__(self, outputs: dict[str, Path], volumes: set[str], inputs: list[Path]):
-        self.outputs = {label: Path(path) for label, path in outputs.items() if path is not None}
+        self.given = {label: Path(path) for label, path in outputs.items() if path is not None}
+        # A link is written through: its target is replaced, the link stays a link.
+        self.outputs = {label: Path(os.path.realpath(path)) for label, path in self.given.items()}
         self.volumes = volumes
         self.inputs = [Path(path) for path in inputs if path is not None]
         self._staged: dict[str, Path] = {}
@@ -101,7 +106,8 @@ class OutputFiles:
 
     def add(self, label: str, path: Path, volume: bool = False) -> None:
         """One more output, known only once the computation has run (check again before staging)."""
-        self.outputs[label] = Path(path)
+        self.given[label] = Path(path)
+        self.outputs[label] = Path(os.path.realpath(path))
         if volume:
             self.volumes.add(label)
 
@@ -109,6 +115,12 @@ class OutputFiles:
         """Refuses, before anything runs, outputs that would overwrite an input or each other,
         or that cannot be written: a folder, an unsupported format, an unwritable folder."""
         seen: dict[Path, str] = {}
+        for label, given in self.given.items():
+            if os.path.exists(given) and not (os.path.isfile(given) or os.path.isdir(given)):
+                raise ExplainInputError(
+                    f"The {label} path {given} is not a regular file (a device, a pipe or a socket, or a link to one): "
+                    "give the path of a file to write."
+                )
         for label, path in self.outputs.items():
             for source in self.inputs:
                 if _same_file(path, source):
