@@ -135,7 +135,7 @@ def read_volume(path, what: str = "image") -> sitk.Image:
     needed = voxels * (stored_bytes + WORKING_BYTES_PER_VOXEL)
     check_memory(f"{path.name} ({' x '.join(map(str, size))} voxels)", needed, "crop or downsample the image first.")
     _check_orthogonal(reader.GetDirection(), path.name)
-    _check_complete(path, voxels * stored_bytes)
+    _check_complete(path, voxels * (nifti_bytes_per_voxel(path) or stored_bytes))
     try:
         with _native_messages_kept():
             return reader.Execute()
@@ -175,6 +175,27 @@ def _check_orthogonal(direction, name: str) -> None:
             "be put back on it exactly. Resample it onto an orthogonal grid first (e.g. Slicer's Resample Scalar "
             "Volume, or the scanner's reformatted series)."
         )
+
+
+def nifti_bytes_per_voxel(path: Path) -> float | None:
+    """Bytes per voxel as a NIfTI file stores them (its header's bitpix), or None for another
+    format. A reader may give more: a uint16 CT with a rescale intercept (as dcm2niix writes
+    them) is read as float32, but its file holds two bytes a voxel."""
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        with gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb") as stream:
+            header = stream.read(16 + 72)
+    except (EOFError, OSError, zlib.error):
+        return None  # the completeness check says what is wrong
+    for order in ("<", ">"):
+        size = int.from_bytes(header[:4], "little" if order == "<" else "big")
+        if size == 348 and len(header) >= 74:  # NIfTI-1: bitpix at byte 72
+            return int.from_bytes(header[72:74], "little" if order == "<" else "big") / 8
+        if size == 540 and len(header) >= 16:  # NIfTI-2: bitpix at byte 14
+            return int.from_bytes(header[14:16], "little" if order == "<" else "big") / 8
+    return None
 
 
 def _check_complete(path: Path, voxel_bytes: float) -> None:
