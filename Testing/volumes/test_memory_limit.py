@@ -5,6 +5,9 @@ import os
 import sys
 import types
 
+import pytest
+
+from SegHiResGradCAMLib.errors import ExplainInputError
 from SegHiResGradCAMLib.volumes import volume_io
 
 
@@ -41,3 +44,12 @@ def test_without_sysconf_the_windows_api_is_asked_not_a_fixed_guess(monkeypatch)
     assert volume_io.memory_limit_bytes() == 32 * 2**30
     monkeypatch.delattr(ctypes, "windll")  # neither sysconf nor Windows: the stated assumption
     assert volume_io.memory_limit_bytes() == volume_io.UNKNOWN_MEMORY_BYTES
+
+
+@pytest.mark.parametrize("given", ["lots", "nan", "inf", "0", "-4"])
+def test_a_memory_limit_that_is_no_positive_number_is_refused_with_what_to_do(monkeypatch, given):
+    monkeypatch.setenv(volume_io.MEMORY_LIMIT_VARIABLE, given)
+    with pytest.raises(ExplainInputError, match=f"must be a positive number of GB, e.g. 8; got '{given}'"):
+        volume_io.memory_limit_bytes()
+    monkeypatch.setenv(volume_io.MEMORY_LIMIT_VARIABLE, "2.5")
+    assert volume_io.memory_limit_bytes() == int(2.5 * 2**30)

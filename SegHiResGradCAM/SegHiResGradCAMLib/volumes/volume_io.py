@@ -33,7 +33,15 @@ def memory_limit_bytes() -> int:
     """How much memory one computation may plan to use: half the machine's physical memory,
     or SEGHIRESGRADCAM_MEMORY_LIMIT_GB when set."""
     if os.environ.get(MEMORY_LIMIT_VARIABLE):
-        return int(float(os.environ[MEMORY_LIMIT_VARIABLE]) * 2**30)
+        given = os.environ[MEMORY_LIMIT_VARIABLE]
+        try:
+            gigabytes = float(given)
+        except ValueError:
+            gigabytes = float("nan")
+        if not (np.isfinite(gigabytes) and gigabytes > 0):
+            raise ExplainInputError(f"{MEMORY_LIMIT_VARIABLE} must be a positive number of GB, e.g. 8; got {given!r}. "
+                                    "Unset it to use half of this machine's memory.")  # fmt: skip
+        return int(gigabytes * 2**30)
     return (physical_memory_bytes() or 2 * UNKNOWN_MEMORY_BYTES) // 2
 
 
