@@ -245,14 +245,15 @@ def provenance_record(job: ExplainJob, card, class_name: str, mask_source: str) 
 def _label_outputs(result: JobResult) -> None:
     """Every output volume carries the record, its evidence and the run's warnings."""
     common = {**result.record, "warnings": " | ".join(result.warnings)}
-    for key, volumes in [(key, (result.heatmaps[key], result.signed.get(key))) for key in result.heatmaps]:
-        evidence = {name: f"{value:.6g}" for name, value in result.evidence[key].as_dict().items()}
-        for volume in volumes:
+    for key, heatmap in result.heatmaps.items():
+        # T is already there, at the precision each map needs (the signed map's sums to it).
+        evidence = {name: f"{value:.6g}" for name, value in result.evidence[key].as_dict().items()
+                    if name != "target_score"}  # fmt: skip
+        for volume in (heatmap, result.signed.get(key)):
             if volume is not None:
                 _set_metadata(volume, {**common, **evidence})
-    for volume in (result.prediction,):
-        if volume is not None:
-            _set_metadata(volume, common)
+    if result.prediction is not None:
+        _set_metadata(result.prediction, common)
 
 
 def _set_metadata(volume: sitk.Image, entries: dict[str, str]) -> None:

@@ -27,12 +27,16 @@ def test_each_view_puts_the_patient_s_right_anterior_and_superior_where_its_lett
 
 
 def test_the_views_go_through_m_s_largest_cross_section():
-    segment = np.zeros((10, 10, 10), dtype=bool)
-    segment[2:4, 1:9, 1:9] = True  # a wide slab on slices 2-3
-    segment[6, 4:6, 4:6] = True
-    segment[2, :, :] |= True
-    assert largest_cross_section(segment, 0) == 2
-    assert largest_cross_section(segment, 1) in range(1, 9)
+    """A cone along z (widest at slice 7), thinner along y at row 3: each view picks the slice
+    where M is widest, not its first or middle one."""
+    segment = np.zeros((10, 12, 12), dtype=bool)
+    for z in range(2, 8):
+        radius = z - 1
+        segment[z, 3, 6 - radius : 6 + radius] = True
+        segment[z, 2:5, 6] = True
+    assert largest_cross_section(segment, 0) == 7
+    assert largest_cross_section(segment, 1) == 3
+    assert largest_cross_section(segment, 2) == 6
 
 
 def test_explain_writes_the_paper_figure_of_the_user_s_case_at_200_dpi(tmp_path):

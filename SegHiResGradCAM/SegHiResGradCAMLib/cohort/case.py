@@ -196,9 +196,10 @@ def _on_grid(image, reference):
 def _quality(prediction, truth, card, class_index: int) -> dict:
     """The segmentation's quality per class and KiTS region (``quality``), and the explained
     class's Dice, surface Dice and HD95 as ``dice``, ``surface_dice``, ``hd95_mm``."""
-    from .quality import class_column, segmentation_quality
+    from ..volumes.label_maps import class_name_key
+    from .quality import segmentation_quality
 
     columns = segmentation_quality(prediction, truth, card)
-    name = class_column(card.classes[class_index])
+    name = class_name_key(card.classes[class_index])
     return {"dice": columns[f"dice_{name}"], "surface_dice": columns[f"surface_dice_{name}"],
             "hd95_mm": columns[f"hd95_mm_{name}"], **columns}  # fmt: skip

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from ..volumes.label_maps import class_name_key
+
 # KiTS hierarchical evaluation classes: the class names each region joins, and the surface
 # Dice tolerance in mm.
 KITS_REGIONS = {
@@ -22,11 +24,6 @@ KITS_REGIONS = {
     "tumour": (("tumour",), 1.1498198361434828),
 }
 DEFAULT_TOLERANCE_MM = 1.0  # the surface Dice tolerance of a class outside KiTS's regions
-
-
-def class_column(name: str) -> str:
-    """A class name as it appears in column names (lower case, "tumor" as "tumour")."""
-    return name.strip().lower().replace("tumor", "tumour")
 
 
 def region_scores(predicted: np.ndarray, expected: np.ndarray, spacing_zyx, tolerance_mm: float) -> dict:
@@ -59,14 +56,14 @@ def segmentation_quality(prediction: sitk.Image, truth: sitk.Image, card) -> dic
     predicted_labels, expected_labels = sitk.GetArrayFromImage(prediction), sitk.GetArrayFromImage(truth)
     spacing = prediction.GetSpacing()[::-1]
     label_of = {index: value for value, index in card.prediction_labels.items()}
-    names = {class_column(name): index for index, name in enumerate(card.classes)}
+    names = {class_name_key(name): index for index, name in enumerate(card.classes)}
     columns = {}
     for index, name in enumerate(card.classes):
         if index not in label_of:
             continue  # the background of a softmax model
         scores = region_scores(predicted_labels == label_of[index], expected_labels == index, spacing,
                                DEFAULT_TOLERANCE_MM)  # fmt: skip
-        columns |= {f"{metric}_{class_column(name)}": value for metric, value in scores.items()}
+        columns |= {f"{metric}_{class_name_key(name)}": value for metric, value in scores.items()}
     for region, (members, tolerance) in KITS_REGIONS.items():
         if not all(member in names and names[member] in label_of for member in members):
             continue

@@ -31,11 +31,13 @@ class TargetClass:
     softmax: bool  # a softmax head, whose class indices are the usual label values
 
 
-def _same_name(first: str, second: str) -> bool:
-    def normal(name: str) -> str:
-        return name.strip().lower().replace("tumor", "tumour")
+def class_name_key(name: str) -> str:
+    """A class or segment name as compared and shown in columns: lower case, "tumor" as "tumour"."""
+    return name.strip().lower().replace("tumor", "tumour")
 
-    return normal(first) == normal(second)
+
+def same_class_name(first: str, second: str) -> bool:
+    return class_name_key(first) == class_name_key(second)
 
 
 def segment_names(image: sitk.Image) -> dict[int, str]:
@@ -58,7 +60,7 @@ def _label_of_target(image: sitk.Image, name: str, present: list[int], target: T
     names = segment_names(image)
     listed = ", ".join(f"{value} ({names[value]})" if value in names else str(value) for value in present)
     if target is not None:
-        matching = [value for value in present if value in names and _same_name(names[value], target.name)]
+        matching = [value for value in present if value in names and same_class_name(names[value], target.name)]
         others = f"its labels are {listed} (--mask-label N explains another)"
         if len(matching) == 1:
             label = matching[0]

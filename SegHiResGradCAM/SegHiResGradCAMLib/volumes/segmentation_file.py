@@ -15,16 +15,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import ExplainInputError
+from .label_maps import same_class_name
 
 SLICERIO_ADVICE = "Reading .seg.nrrd files needs slicerio: pip install 'seghiresgradcam[segmentation]'."
 
 
 def is_segmentation_file(path) -> bool:
     return Path(path).name.lower().endswith(".seg.nrrd")
-
-
-def _same_name(first: str, second: str) -> bool:
-    return first.strip().lower().replace("tumor", "tumour") == second.strip().lower().replace("tumor", "tumour")
 
 
 def read_segment(path, segment: str | None, target_name: str | None = None) -> tuple[sitk.Image, str | None]:
@@ -42,13 +39,15 @@ def read_segment(path, segment: str | None, target_name: str | None = None) -> t
     listed = ", ".join(f"'{name}'" for name in names) or "none"
     note = None
     if segment is not None:
-        chosen = [name for name in names if name == segment] or [name for name in names if _same_name(name, segment)]
+        chosen = [name for name in names if name == segment] or [
+            name for name in names if same_class_name(name, segment)
+        ]
         if not chosen:
             raise ExplainInputError(f"{path.name} has no segment named '{segment}'; its segments are {listed}.")
     elif len(names) == 1:
         chosen = names
     else:
-        chosen = [name for name in names if target_name is not None and _same_name(name, target_name)]
+        chosen = [name for name in names if target_name is not None and same_class_name(name, target_name)]
         if len(chosen) != 1:
             raise ExplainInputError(f"{path.name} holds the segments {listed}: choose one with --segment NAME.")
         note = f"M: the segment '{chosen[0]}' of {path.name}, named like the target; its segments are {listed}"
