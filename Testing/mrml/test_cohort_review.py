@@ -95,3 +95,53 @@ def test_a_corrupt_review_file_is_refused_and_left_as_it_is(results, tmp_path):
         assert (results / "review.csv").read_text(encoding="utf-8") == damaged
     finally:
         (results / "review.csv").unlink()
+
+
+def copy_of(results, tmp_path):
+    import shutil
+
+    return shutil.copytree(results, tmp_path / "results")
+
+
+def other_cases_reviewed(folder):
+    """A review.csv from a larger cohort run earlier into this folder."""
+    (folder / "review.csv").write_text("case,verdict,note,reviewed_at\ncase_00099,unsure,seen before,2026-01-01\n",
+                                       encoding="utf-8")  # fmt: skip
+
+
+def latin1_table(folder):
+    table = folder / "results.csv"
+    table.write_bytes(table.read_bytes().replace(b"case_00003", "case_\xe900003".encode("latin-1")))
+
+
+def table_without_cases(folder):
+    (folder / "results.csv").write_text("name,score\nx,1\n", encoding="utf-8")
+
+
+def save_a_verdict(folder):
+    CohortReview(folder).set_verdict("case_00003", "explanation plausible")
+    return CohortReview(folder).verdicts
+
+
+# name -> (what is done to a copy of the results, the message of the refusal to open it; None: it opens, a
+# verdict is saved, and every verdict is kept)
+REVIEW_CASES = {
+    "a verdict saved beside verdicts of cases not in results.csv": (other_cases_reviewed, None),
+    "a results.csv that is not UTF-8": (latin1_table, r"results.csv cannot be read .*UTF-8 table"),
+    "a results.csv without a case column": (table_without_cases, "has no case column"),
+}
+
+
+@pytest.mark.parametrize("case", list(REVIEW_CASES))
+def test_review_of_damaged_or_foreign_results_says_what_is_wrong_and_keeps_every_verdict(case, results, tmp_path):
+    folder = copy_of(results, tmp_path)
+    damage, message = REVIEW_CASES[case]
+    damage(folder)
+    before = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    if message is not None:
+        with pytest.raises(ExplainInputError, match=message):
+            save_a_verdict(folder)
+        assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
+        return
+    verdicts = save_a_verdict(folder)
+    assert set(verdicts) == {"case_00003", "case_00099"} and verdicts["case_00099"]["note"] == "seen before"

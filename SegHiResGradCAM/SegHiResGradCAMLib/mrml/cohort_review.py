@@ -47,8 +47,15 @@ class CohortReview:
             raise ExplainInputError(
                 f"{self.results} has no results.csv: open a folder made by 'seghiresgradcam cohort'."
             )
-        with table.open(newline="") as file:
-            self.rows = list(csv.DictReader(file))
+        try:
+            with table.open(newline="", encoding="utf-8") as file:
+                self.rows = list(csv.DictReader(file))
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            raise ExplainInputError(f"{table} cannot be read ({' '.join(str(error).split())[:200]}): it must be the "
+                                    "UTF-8 table 'seghiresgradcam cohort' wrote; run the cohort again into this "
+                                    "folder to rewrite it.") from None  # fmt: skip
+        if not self.rows or "case" not in self.rows[0]:
+            raise ExplainInputError(f"{table} has no case column: open a folder made by 'seghiresgradcam cohort'.")
         self.cases = list(dict.fromkeys(row["case"] for row in self.rows))
         self.verdicts = self._read_review()
 
@@ -57,7 +64,7 @@ class CohortReview:
         if not path.is_file():
             return {}
         try:
-            with path.open(newline="") as file:
+            with path.open(newline="", encoding="utf-8") as file:
                 reader = csv.DictReader(file)
                 rows = list(reader)
                 columns = tuple(reader.fieldnames or ())
@@ -115,11 +122,16 @@ class CohortReview:
             self._write_review()
 
     def _write_review(self) -> None:
+        # Verdicts of cases that are not in this results.csv (a cohort run again on fewer cases)
+        # are kept, after the table's cases.
+        order = [case for case in self.cases if case in self.verdicts]
+        order += sorted(case for case in self.verdicts if case not in self.cases)
+
         def write(partial: Path) -> None:
-            with partial.open("w", newline="") as file:
+            with partial.open("w", newline="", encoding="utf-8") as file:
                 writer = csv.DictWriter(file, fieldnames=REVIEW_COLUMNS)
                 writer.writeheader()
-                writer.writerows(self.verdicts[case] for case in self.cases if case in self.verdicts)
+                writer.writerows(self.verdicts[case] for case in order)
                 file.flush()
                 os.fsync(file.fileno())
 
