@@ -341,3 +341,31 @@ def test_a_ct_that_is_not_nifti_is_given_to_the_bundle_as_the_same_image(las_ct,
         predictions[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{name}-labels.nrrd")))
     assert (predictions["nifti"] == predictions["nrrd"]).mean() >= 0.999
     assert not list(Path(tempfile.gettempdir()).glob("seghiresgradcam-bundle-*"))
+
+
+def test_network_arguments_given_as_references_and_expressions_are_evaluated_as_monai_does(small_ct, tmp_path):
+    """``"spatial_dims": "@spatial_dims"`` and ``"$..."`` expressions are ordinary in MONAI
+    configs: the run reads the evaluated values and explains as the literal bundle does."""
+    network = {**SPLEEN["network_def"], "spatial_dims": "@spatial_dims", "in_channels": "$1",
+               "out_channels": "@classes"}  # fmt: skip
+    literal = write_bundle(tmp_path / "literal", SPLEEN, "json")
+    referring = write_bundle(tmp_path / "referring", SPLEEN, "json")
+    (referring / "configs" / "inference.json").write_text(
+        json.dumps({**SPLEEN, "spatial_dims": 3, "classes": 2, "network_def": network})
+    )
+    maps = []
+    for bundle in (literal, referring):
+        out = tmp_path / bundle.name / "heat.nrrd"
+        arguments = ["explain", "--image", str(small_ct / "ct.nii.gz"), "--model", str(bundle), "--trust-bundle",
+                     "--target-class", "1", "--from-prediction", "--out", str(out), "--progress", "none"]  # fmt: skip
+        assert cli_main(arguments) == 0
+        maps.append(sitk.GetArrayFromImage(sitk.ReadImage(str(out))))
+    np.testing.assert_array_equal(maps[0], maps[1])
+
+
+def test_a_network_def_that_is_not_a_torch_network_is_refused_naming_what_it_is(small_ct, capsys):
+    config = {**SPLEEN, "network_def": {"_target_": "ScaleIntensity", "minv": 0.0, "maxv": 1.0}}
+    bundle = write_bundle(small_ct / "not_a_network", SPLEEN, "json")
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    message = refused(small_ct, bundle, capsys)
+    assert "network_def" in message and "ScaleIntensity" in message and "not a torch network" in message

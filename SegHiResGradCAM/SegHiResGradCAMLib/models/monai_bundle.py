@@ -87,8 +87,23 @@ class BundleCard(ModelCard):
         """A configuration entry evaluated by MONAI (the bundle was trusted to get here)."""
         return _evaluate(str(self.path), self.path.stat().st_mtime_ns, item)
 
+    @property
+    def in_channels(self) -> int:
+        return int(_literal(self.kwargs.get("in_channels", 1), 1))
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(_literal(self.kwargs.get("spatial_dims", 3), 3))
+
     def resolved(self) -> BundleCard:
-        """The card with the window, overlap and model spacing the configuration computes."""
+        """The card with the window, overlap, model spacing and network arguments (references
+        and expressions evaluated) the configuration computes."""
+        kwargs = {key: self.parsed(f"network_def#{key}") if _literal(value, None) is None else value
+                  for key, value in self.kwargs.items()}  # fmt: skip
+        for key in ("spatial_dims", "in_channels", "out_channels"):
+            if key in kwargs and not isinstance(kwargs[key], int):
+                raise ExplainInputError(f"The bundle's network_def#{key} must be a whole number; it evaluates to "
+                                        f"{kwargs[key]!r}.")  # fmt: skip
         inferer = self.parsed("inferer")
         if type(inferer).__name__ != "SlidingWindowInferer":
             raise ExplainInputError(
@@ -103,7 +118,7 @@ class BundleCard(ModelCard):
                     if type(transform).__name__ == "Spacingd"]  # fmt: skip
         spacing = spacings[0] if spacings and len(spacings[0]) == 3 else (0.0, 0.0, 0.0)  # 0: unknown, the CT's
         return dataclasses.replace(self, window=window, overlap=float(inferer.overlap), spacing=spacing,
-                                   axis_order="xyz" if len(window) == 3 else "xy")  # fmt: skip
+                                   axis_order="xyz" if len(window) == 3 else "xy", kwargs=kwargs)  # fmt: skip
 
     @property
     def tiling(self):
@@ -121,7 +136,12 @@ class BundleCard(ModelCard):
         )
 
     def build_network(self):
+        import torch
+
         network = self.parsed("network_def")
+        if not isinstance(network, torch.nn.Module):
+            raise ExplainInputError(f"The bundle's network_def is a {type(network).__name__}, not a torch network "
+                                    "(torch.nn.Module): it must build the network the weights belong to.")  # fmt: skip
         return self._with_weights(network)
 
     def prepare_input(self, ct, path=None):
