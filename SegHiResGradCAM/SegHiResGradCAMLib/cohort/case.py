@@ -3,14 +3,20 @@ metrics, and Dice and surface distance against the truth; its folder appears onl
 the whole case has succeeded.
 
 ``cases/<case>/`` holds a heatmap per method, the prediction, the paper-style figure and
-``rows.json`` (one row per method). It is built under its partial name (``volumes.outputs.partial_path``) and
-renamed when complete, so a case that was interrupted leaves no folder under its name and
-is computed again; one that failed leaves ``cases/<case>.failed.json`` with its error.
+``rows.json`` (one row per method) and ``inputs.json`` (the identity of the files that made
+it: ``input_identity``). It is built under its partial name (``volumes.outputs.partial_path``)
+and renamed when complete, so a case that was interrupted leaves no folder under its name and
+is computed again; one that failed leaves ``failed/<case>.json`` with its error and the same
+identity. A record that cannot be read (damaged, cut short) counts as no record: the case is
+computed again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +29,9 @@ from ..volumes.outputs import write_atomically
 from .datasets import CohortCase
 
 ROWS = "rows.json"
-FAILED = ".failed.json"
+INPUTS = "inputs.json"
+FAILED_FOLDER = "failed"  # beside cases/, so that no case name can collide with a failure record
+HEAD_BYTES = 1 << 16  # the part of a file hashed for its identity: the header and the first voxels
 
 
 @dataclass(frozen=True)
@@ -49,9 +57,23 @@ def case_folder(results: Path, name: str) -> Path:
     return Path(results) / "cases" / name
 
 
+def _read_record(path: Path, kind: type):
+    """A JSON record of ``kind``, or None when it is absent or cannot be read (damaged, cut short)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return record if isinstance(record, kind) else None
+
+
 def finished_rows(results: Path, name: str) -> list[dict] | None:
-    rows = case_folder(results, name) / ROWS
-    return json.loads(rows.read_text(encoding="utf-8")) if rows.is_file() else None
+    rows = _read_record(case_folder(results, name) / ROWS, list)
+    return rows if rows and all(isinstance(row, dict) for row in rows) else None
+
+
+def finished_inputs(results: Path, name: str) -> dict | None:
+    """The identity of the inputs that made a finished case (None: unknown)."""
+    return _read_record(case_folder(results, name) / INPUTS, dict)
 
 
 def finished_cases(results: Path) -> list[str]:
@@ -61,39 +83,76 @@ def finished_cases(results: Path) -> list[str]:
     return sorted(path.parent.name for path in found if not path.parent.name.startswith("."))  # not a partial one
 
 
+def failure_path(results: Path, name: str) -> Path:
+    return Path(results) / FAILED_FOLDER / f"{name}.json"
+
+
 def failure(results: Path, name: str) -> dict | None:
-    path = Path(results) / "cases" / f"{name}{FAILED}"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    record = _read_record(failure_path(results, name), dict)
+    return record if record is not None and record.get("case") == name else None
 
 
-def run_case(case: CohortCase, settings: CohortSettings, results: Path) -> list[dict]:
-    """The case's rows; computed once: a finished case is read back, never recomputed."""
+def file_identity(path: Path | None) -> dict | None:
+    """What tells a file apart from a replaced one: its resolved path, size, modification
+    time and a hash of its first 64 KiB (a folder, such as a DICOM series: its files' names,
+    sizes and times)."""
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        if path.is_dir():
+            listing = sorted((str(item.relative_to(path)), item.stat().st_size, item.stat().st_mtime_ns)
+                             for item in path.rglob("*") if item.is_file())  # fmt: skip
+            return {"path": str(path.resolve()), "listing": hashlib.sha256(repr(listing).encode()).hexdigest()}
+        status = path.stat()
+        with path.open("rb") as stream:
+            head = hashlib.sha256(stream.read(HEAD_BYTES)).hexdigest()
+    except OSError:
+        return {"path": str(path), "missing": True}
+    return {"path": str(path.resolve()), "size": status.st_size, "mtime_ns": status.st_mtime_ns, "head": head}
+
+
+def input_identity(case: CohortCase, model_digest: str) -> dict:
+    """The identity of everything a case's results depend on besides the settings."""
+    return {"image": file_identity(case.image), "truth": file_identity(case.truth), "mask": file_identity(case.mask),
+            "series": case.series, "segment": case.segment, "model_sha256": model_digest}  # fmt: skip
+
+
+def run_case(case: CohortCase, settings: CohortSettings, results: Path, identity: dict | None = None) -> list[dict]:
+    """The case's rows, computed once: a finished case made from the same inputs (``identity``)
+    is read back, never recomputed; one made from other inputs, or whose record is damaged,
+    is replaced."""
     done = finished_rows(results, case.name)
-    if done is not None:
+    if done is not None and finished_inputs(results, case.name) == identity:
         return done
-    failed = Path(results) / "cases" / f"{case.name}{FAILED}"
+    failed = failure_path(results, case.name)
     rows = []
 
     def build(partial: Path) -> None:
+        if case.problem:
+            raise ExplainInputError(case.problem)
         partial.mkdir(parents=True)
         rows.extend(_explain_case(case, settings, partial))
-        (partial / ROWS).write_text(json.dumps(rows, indent=1))
+        (partial / INPUTS).write_text(json.dumps(identity), encoding="utf-8")
+        (partial / ROWS).write_text(json.dumps(rows, indent=1), encoding="utf-8")  # last: it marks the case done
 
+    folder = case_folder(results, case.name)
     try:
-        write_atomically(case_folder(results, case.name), build)  # the case appears whole, or not at all
+        if os.path.lexists(folder):  # results of other inputs, or a damaged record: replaced
+            shutil.rmtree(folder) if folder.is_dir() and not folder.is_symlink() else folder.unlink()
+        write_atomically(folder, build)  # the case appears whole, or not at all
         failed.unlink(missing_ok=True)
         return rows
     except Exception as error:  # Ctrl-C and other interruptions leave nothing (write_atomically)
+        done = finished_rows(results, case.name)
+        if done is not None and finished_inputs(results, case.name) == identity:
+            return done  # another run into the same folder finished this case meanwhile
         message = str(error) if isinstance(error, ExplainInputError | OSError) else f"{type(error).__name__}: {error}"
-        record = {
-            "case": case.name,
-            "status": "failed",
-            "error": " ".join(message.split())[:500],
-            "image": str(Path(case.image).resolve()),
-            "truth": str(Path(case.truth).resolve()) if case.truth else "",
-        }
-        write_atomically(failed, lambda partial: partial.write_text(json.dumps(record)))
-        return [record]
+        record = {"case": case.name, "status": "failed", "error": " ".join(message.split())[:500], **_inputs(case),
+                  "inputs": identity}  # fmt: skip
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(failed, lambda partial: partial.write_text(json.dumps(record), encoding="utf-8"))
+        return [{key: value for key, value in record.items() if key != "inputs"}]
 
 
 def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> list[dict]:
@@ -181,7 +240,7 @@ def _metric_columns(measured: dict) -> dict:
 
 def _inputs(case: CohortCase) -> dict:
     """Where the case's files are, for the review in Slicer."""
-    return {"image": str(Path(case.image).resolve()), "truth": str(Path(case.truth).resolve()) if case.truth else ""}
+    return {"image": os.path.realpath(case.image), "truth": os.path.realpath(case.truth) if case.truth else ""}
 
 
 def _on_grid(image, reference):

@@ -4,15 +4,22 @@
 - nnU-Net raw: ``imagesTr|imagesTs/<case>_0000<file_ending>`` with optional
   ``labelsTr|labelsTs/<case><file_ending>``, the file ending as ``dataset.json`` declares
   (``.nii.gz`` when it has none);
-- CSV: columns ``case,image[,truth][,mask][,series][,segment]``, paths relative to the CSV's
-  folder; an image may be a DICOM series (a folder, or a file of it; ``series`` picks one of
-  several); ``segment`` names the segment of a .seg.nrrd mask.
+- CSV: columns ``case,image[,truth][,mask][,series][,segment]``, separated by commas (or
+  semicolons, as Excel writes them in some locales), UTF-8 with or without a byte-order mark;
+  relative paths are relative to the CSV's folder, and a path may point anywhere (an absolute
+  path, ``../``); an image may be a DICOM series (a folder, or a file of it; ``series`` picks
+  one of several); ``segment`` names the segment of a .seg.nrrd mask.
+
+Every case folder of the KiTS layout is a case: one whose CT is missing, a folder, or a broken
+link carries its ``problem`` and becomes an error row instead of vanishing from the table.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +43,7 @@ class CohortCase:
     mask: Path | None = None  # a segment to explain instead of the prediction or the truth
     series: str | None = None  # the DICOM series, when the image is a folder of several
     segment: str | None = None  # the segment of a .seg.nrrd mask, by name
+    problem: str = ""  # why the case cannot be run (its row says so), "" when it can
 
 
 def find_cases(dataset: Path) -> tuple[str, list[CohortCase]]:
@@ -44,7 +52,7 @@ def find_cases(dataset: Path) -> tuple[str, list[CohortCase]]:
     if dataset.is_file() and dataset.suffix.lower() == ".csv":
         return "csv", _check(_from_csv(dataset), dataset)
     if dataset.is_dir():
-        kits = sorted(folder for folder in dataset.glob("case_*") if (folder / "imaging.nii.gz").is_file())
+        kits = sorted(folder for folder in dataset.glob("case_*") if folder.is_dir())
         if kits:
             return "kits", _check([_kits_case(folder) for folder in kits], dataset)
         images = [folder for folder in (dataset / "imagesTr", dataset / "imagesTs") if folder.is_dir()]
@@ -54,8 +62,31 @@ def find_cases(dataset: Path) -> tuple[str, list[CohortCase]]:
 
 
 def _kits_case(folder: Path) -> CohortCase:
-    truth = folder / "segmentation.nii.gz"
-    return CohortCase(folder.name, folder / "imaging.nii.gz", truth if truth.is_file() else None)
+    image, truth = folder / "imaging.nii.gz", folder / "segmentation.nii.gz"
+    problem = _not_a_file(image, "CT") or _not_a_file(truth, "ground truth", optional=True)
+    if not os.path.lexists(image):
+        held = sorted(path.name for path in folder.iterdir())[:6]
+        problem = (f"{folder.name} has no imaging.nii.gz (it holds {', '.join(held) or 'nothing'}): the KiTS layout "
+                   "names a case's CT imaging.nii.gz")  # fmt: skip
+    return CohortCase(folder.name, image, truth if truth.is_file() else None, problem=problem)
+
+
+def _not_a_file(path: Path, role: str, optional: bool = False) -> str:
+    """Why ``path`` cannot be read as the case's file ("" when it can, or when an optional
+    file is simply absent)."""
+    if path.is_file() or (optional and not os.path.lexists(path)):
+        return ""
+    where = f"{path.parent.name}/{path.name}"
+    if path.is_dir():
+        return f"{where} is a folder, not the case's {role} file"
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return f"{where} is a link that loops back on itself: point it at the case's {role} file"
+        return f"{where} is a link to {os.readlink(path)}, which does not exist: point it at the case's {role} file"
+    return "" if not os.path.lexists(path) else f"{where} is not a regular file: give the case's {role} as a file"
 
 
 def file_ending(dataset: Path) -> str:
@@ -86,14 +117,32 @@ def _nnunet_cases(images: Path) -> list[CohortCase]:
     return cases
 
 
+CSV_COLUMNS = "case,image[,truth][,mask][,series][,segment]"
+
+
 def _from_csv(path: Path) -> list[CohortCase]:
     try:
-        with path.open(newline="") as file:
-            rows = list(csv.DictReader(file))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        text = path.read_text(encoding="utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte-order mark
+    except UnicodeDecodeError:
+        raise ExplainInputError(f'{path.name} is not UTF-8 text: save it as "CSV UTF-8".') from None
+    except OSError as error:
+        raise ExplainInputError(f"Cannot read {path.name} ({error.strerror or error}).") from None
+    header = text.partition("\n")[0]
+    delimiter = ";" if ";" in header and "," not in header else ","
+    try:
+        rows = list(csv.DictReader(text.splitlines(), delimiter=delimiter))
+    except csv.Error as error:
         raise ExplainInputError(f"Cannot read {path.name} as a CSV file ({error}).") from None
-    if not rows or not {"case", "image"} <= set(rows[0]):
-        raise ExplainInputError(f"{path.name} needs the columns case,image[,truth][,mask].")
+    columns = [column.strip() for column in header.split(delimiter)]
+    if not {"case", "image"} <= set(columns):
+        raise ExplainInputError(f"{path.name} needs the columns {CSV_COLUMNS}, separated by commas, in its first "
+                                f"line; its first line is {header[:80]!r}.")  # fmt: skip
+    rows = [{(key or "").strip(): (value or "").strip() for key, value in row.items()} for row in rows]
+    for number, row in enumerate(rows, start=2):
+        for column in ("case", "image"):
+            if not row.get(column):
+                raise ExplainInputError(f"{path.name}, line {number}: the {column} column is empty; every row needs a "
+                                        "case name and an image.")  # fmt: skip
 
     def optional(row, column):
         return path.parent / row[column] if row.get(column) else None
