@@ -139,6 +139,22 @@ def pickled_code(folder: Path) -> Path:
     return card(folder)
 
 
+def inflated_weights(folder: Path) -> Path:
+    """The weights with an extra 64 MB tensor of zeros, every record deflated: a small file
+    that unpacks to far more than the network's weights."""
+    import io
+    import zipfile
+
+    path = folder / "model" / "kits_demo_unet.pt"
+    state = torch.load(path, weights_only=True)
+    buffer = io.BytesIO()
+    torch.save({**state, "padding": torch.zeros(16 * 2**20)}, buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as stored, zipfile.ZipFile(path, "w") as deflated:
+        for record in stored.infolist():
+            deflated.writestr(record.filename, stored.read(record), compress_type=zipfile.ZIP_DEFLATED)
+    return card(folder)
+
+
 def second_card(folder: Path) -> Path:
     shutil.copy(folder / "model" / "card.json", folder / "model" / "other.json")
     return folder / "model"
@@ -330,6 +346,26 @@ CASES = {
     ),
     "weights that would run code": (lambda f: good(f, model=pickled_code(f)), 2, "never code"),
     "a network too large for memory": (lambda f: good(f, model=big_network_card(f)), 2, "GB of memory"),
+    "a sliding window of 2048 cubed": (
+        lambda f: good(f, model=card(f, sliding_window__size=[2048, 2048, 2048])),
+        2,
+        r"one window of 2048 x 2048 x 2048 voxels \(.* GB of activations.*give a smaller sliding window",
+    ),
+    "a sliding window of one voxel": (
+        lambda f: good(f, model=card(f, sliding_window__size=[1, 1, 1])),
+        2,
+        r"the network cannot run on a window of 1 x 1 x 1 voxels .*give a larger sliding window",
+    ),
+    "a class named twice": (
+        lambda f: good(f, model=card(f, classes=["background", "tumour", "tumour", "cyst"])),
+        2,
+        "names the class 'tumour' more than once",
+    ),
+    "weights that unpack to far more than the network": (
+        lambda f: good(f, model=inflated_weights(f)),
+        2,
+        r"kits_demo_unet.pt unpacks to \d+ MB, but the network it should fit has .* MB of weights",
+    ),
     "a folder with two cards": (lambda f: good(f, model=second_card(f)), 2, "exactly one model card"),
     "an untrusted bundle": (lambda f: good(f, model=bundle(f)), 2, "can run arbitrary Python"),
     "an nnU-Net folder without dataset.json": (

@@ -5,6 +5,7 @@ another)."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -359,3 +360,65 @@ def test_a_segment_outside_the_region_nnunet_keeps_is_refused(fullres, case):
     assert prepared.mask_to_model(sitk.Equal(labels, 2)).any()  # the real tumour is found
     with pytest.raises(ExplainInputError, match="no voxel inside the region nnU-Net keeps"):
         prepared.mask_to_model(sitk.Equal(labels, 99))
+
+
+def patch_of_1024_cubed(plans, dataset):
+    plans["configurations"]["3d_fullres"]["patch_size"] = [1024, 1024, 1024]
+
+
+def zero_spacing(plans, dataset):
+    plans["configurations"]["3d_fullres"]["spacing"] = [0, 6.0, 6.0]
+
+
+def inheriting_from_itself(plans, dataset):
+    plans["configurations"]["3d_fullres"]["inherits_from"] = "3d_fullres"
+
+
+def label_as_text(plans, dataset):
+    dataset["labels"]["tumor"] = "two"
+
+
+def ignore_label_far_away(plans, dataset):
+    dataset["labels"] = {"background": 0, "kidney": 1, "tumor": 2, "ignore": 99}
+
+
+# name -> (what is changed in plans.json and dataset.json, what the one line says)
+PLANS_CASES = {
+    "a patch of 1024 cubed": (patch_of_1024_cubed, r"patch: one window of 1024 x 1024 x 1024 voxels"),
+    "a spacing of 0": (zero_spacing, r"configurations.3d_fullres.spacing must be 3 positive numbers.*\[0, 6.0, 6.0\]"),
+    "a configuration that inherits from itself": (
+        inheriting_from_itself,
+        r"configurations.3d_fullres.inherits_from makes a loop \(3d_fullres -> 3d_fullres\)",
+    ),
+    "a label given as text": (label_as_text, r"dataset.json: labels.tumor must be a label value.*'two'"),
+    "an ignore label that is not the next value": (
+        ignore_label_far_away,
+        r"labels.ignore must be the value after the "
+        r"last class \(3\).*got 99",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PLANS_CASES))
+def test_bad_plans_values_are_refused_in_one_line_naming_the_entry(name, fullres, case, tmp_path, capsys):
+    folder = tmp_path / "results" / fullres.name
+    shutil.copytree(fullres, folder)
+    plans, dataset = (
+        json.loads((folder / file).read_text(encoding="utf-8")) for file in ("plans.json", "dataset.json")
+    )
+    change, message = PLANS_CASES[name]
+    change(plans, dataset)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    sitk.WriteImage(case[0], str(tmp_path / "ct.nrrd"))
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    out = tmp_path / "out" / "heat.nrrd"
+    capsys.readouterr()
+    code = cli_main(["explain", "--image", str(tmp_path / "ct.nrrd"), "--model", str(folder), "--target-class",
+                     "tumor", "--from-prediction", "--out", str(out), "--progress", "none"])  # fmt: skip
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert re.search(message, lines[0]), lines[0]
+    assert not out.parent.exists()
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before

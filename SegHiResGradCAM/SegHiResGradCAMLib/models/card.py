@@ -51,6 +51,16 @@ class ModelCard:
     axis_order: str = "zyx"  # the network's array order: "zyx" (SimpleITK), "xyz" or "xy" (MONAI bundles)
     blend: str = "gaussian"  # how overlapping windows are blended: "gaussian" or "constant" (MONAI's modes)
 
+    def __post_init__(self):
+        from ..volumes.label_maps import class_name_key
+
+        keys = [class_name_key(name) for name in self.classes]
+        repeated = sorted({name for name, key in zip(self.classes, keys, strict=True) if keys.count(key) > 1})
+        if repeated:
+            raise ExplainInputError(f"{self.path.name} names the class {repeated[0]!r} more than once (classes "
+                                    f"{list(self.classes)}): a class name must say which output channel it is; "
+                                    "give each class its own name.")  # fmt: skip
+
     @property
     def tiling(self):
         """How the network runs window by window (window sizes, overlap, blend and grid)."""
@@ -123,7 +133,9 @@ class ModelCard:
             message = f"Model card {self.path.name}: the network arguments do not fit: {error}."
             raise ExplainInputError(message) from None
         check_network_memory(probe, self.path.name)
-        return self._with_weights(architecture(**self.kwargs))
+        check_window_fits(probe, self.window, self.in_channels, f"Model card {self.path.name}")
+        weights_bytes = sum(tensor.numel() * tensor.element_size() for tensor in probe.state_dict().values())
+        return self._with_weights(architecture(**self.kwargs), weights_bytes)
 
     def resolved(self) -> ModelCard:
         """The card with what only the computation can know filled in (a MONAI bundle's
@@ -148,8 +160,8 @@ class ModelCard:
         """The same for a (z, y, x) array without channels (masks, heatmaps)."""
         return self.to_network_axes(np.asarray(volume)[None])[0]
 
-    def _with_weights(self, network):
-        state = load_weights(self.weights)
+    def _with_weights(self, network, expected_bytes: float | None = None):
+        state = load_weights(self.weights, expected_bytes)
         try:
             network.load_state_dict(state)
         except RuntimeError as error:
@@ -192,6 +204,37 @@ def check_network_memory(network, name: str) -> None:
                  "check its channel numbers; this machine cannot hold it.")  # fmt: skip
 
 
+def check_window_fits(probe, window, in_channels: int, name: str) -> None:
+    """Runs the network on meta tensors over one window (shapes only: no memory, no
+    arithmetic): refuses a window the network cannot take (smaller than its downsampling or
+    its normalisation allows) and one whose activations and their gradients would not fit in
+    memory, before any real tensor is made."""
+    import torch
+
+    from ..volumes.volume_io import check_memory
+
+    sizes = []
+
+    def record(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel() * output.element_size())
+
+    handles = [module.register_forward_hook(record) for module in probe.modules() if not any(module.children())]
+    shown = " x ".join(map(str, window))
+    try:
+        with torch.no_grad():
+            probe(torch.empty((1, in_channels, *window), device="meta"))
+    except (RuntimeError, ValueError, AssertionError, IndexError, TypeError) as error:
+        raise ExplainInputError(f"{name}: the network cannot run on a window of {shown} voxels "
+                                f"({first_line(error, 160)}): give a larger sliding window.") from None  # fmt: skip
+    finally:
+        for handle in handles:
+            handle.remove()
+    activations = float(sum(sizes))
+    check_memory(f"{name}: one window of {shown} voxels ({activations / 2**30:.1f} GB of activations, as much again "
+                 "for their gradients)", 2 * activations, "give a smaller sliding window.")  # fmt: skip
+
+
 def file_inside(folder: Path, name, what: str) -> Path:
     """``folder / name`` with links resolved, refused unless it lies inside ``folder``: a
     model's files never send the program anywhere else on the disk."""
@@ -215,11 +258,13 @@ def read_json(path: Path) -> dict:
         raise ExplainInputError(f"{path} is not valid JSON ({error}).") from None
 
 
-def load_weights(path: Path) -> dict:
-    """A state dict from an untrusted file: tensors and plain containers only."""
+def load_weights(path: Path, expected_bytes: float | None = None) -> dict:
+    """A state dict from an untrusted file: tensors and plain containers only; with
+    ``expected_bytes`` (the network's weights), a file whose tensor data is much larger is
+    refused before it is loaded."""
     import torch
 
-    state = load_untrusted(path)
+    state = load_untrusted(path, expected_bytes=expected_bytes)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
@@ -227,10 +272,11 @@ def load_weights(path: Path) -> dict:
     return state
 
 
-def load_untrusted(path: Path, plain_types: tuple = ()):
+def load_untrusted(path: Path, plain_types: tuple = (), expected_bytes: float | None = None):
     """torch.load with weights_only=True: tensors, containers and ``plain_types`` only, so
     that unpickling can never run code; damaged files and compiled models are refused
-    with what to do."""
+    with what to do, and so is a file whose records would unpack to more than memory holds
+    (or, with ``expected_bytes``, to more than twice the network's weights)."""
     import pickle
     import zipfile
 
@@ -238,6 +284,7 @@ def load_untrusted(path: Path, plain_types: tuple = ()):
 
     if not path.is_file():
         raise ExplainInputError(f"The weights file {path} does not exist: check the model's files.")
+    _check_unpacked_size(path, expected_bytes)
     if _is_torchscript(path):
         raise ExplainInputError(
             f"{path.name} is a TorchScript (compiled) model: a CAM needs hooks inside an eager network, which "
@@ -252,8 +299,39 @@ def load_untrusted(path: Path, plain_types: tuple = ()):
     except unpickling_errors as error:
         raise ExplainInputError(
             f"Cannot load weights from {path.name}: the file is damaged or holds more than tensors and plain "
-            f"values ({first_line(error, 160)}). Only tensors are loaded, never code."
+            f"values ({_unpickling_reason(error)}). Only tensors are loaded, never code."
         ) from None
+
+
+def _unpickling_reason(error: Exception) -> str:
+    """torch's reason in one whole sentence, without its advice to load unsafely (never given)."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    sentences = [part.strip() for part in text.replace("\n", " ").split(". ") if part.strip()]
+    safe = [part for part in sentences if "weights_only" not in part and "safe_globals" not in part.lower()]
+    reason = (safe or [type(error).__name__])[0].rstrip(".")
+    return reason if len(reason) <= 200 else reason[:200].rsplit(" ", 1)[0] + " ..."
+
+
+def _check_unpacked_size(path: Path, expected_bytes: float | None) -> None:
+    """The sizes the archive's records declare, checked before torch reads (and allocates) them."""
+    import zipfile
+
+    from ..volumes.volume_io import check_memory
+
+    if not zipfile.is_zipfile(path):
+        return  # the legacy format: torch.load reads it record by record as it goes
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = float(sum(record.file_size for record in archive.infolist()))
+    except (zipfile.BadZipFile, OSError):
+        return  # damaged: torch.load says so below
+    if expected_bytes is not None and unpacked > 2 * expected_bytes + 2**20:
+        raise ExplainInputError(f"{path.name} unpacks to {unpacked / 2**20:.0f} MB, but the network it should fit "
+                                f"has {expected_bytes / 2**20:.1f} MB of weights: it is not this network's weights "
+                                "file (or it is inflated on purpose); it was not loaded.")  # fmt: skip
+    check_memory(f"{path.name} ({unpacked / 2**30:.1f} GB unpacked)", unpacked, "it cannot be loaded here.")
 
 
 def _is_torchscript(path: Path) -> bool:

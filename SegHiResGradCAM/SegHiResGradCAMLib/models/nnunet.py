@@ -44,7 +44,7 @@ from torch import nn
 from ..cam.sliding_window import Tiling, WindowGrid, symmetric_padding
 from ..errors import ExplainInputError, first_line
 from ..volumes.preparation import nonempty_segment, segment_on_grid
-from .card import load_untrusted
+from .card import check_window_fits, load_untrusted
 from .ensemble import FoldEnsemble
 from .nnunet_plans import INSTALL_ADVICE, TILE_STEP, NnUNetModel
 
@@ -72,6 +72,13 @@ def build_network(model: NnUNetModel) -> nn.Module:
 
     channels = determine_num_input_channels(plans_manager, configuration, model.dataset_json)
     heads = plans_manager.get_label_manager(model.dataset_json).num_segmentation_heads
+    with torch.device("meta"):  # shapes only: the patch is checked before anything real is made
+        probe = get_network_from_plans(
+            configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
+            configuration.network_arch_init_kwargs_req_import, channels, heads, allow_init=False,
+            deep_supervision=False,
+        )  # fmt: skip
+    check_window_fits(probe, tuple(configuration.patch_size), channels, f"{model.folder.name}/plans.json's patch")
     members = []
     for fold, checkpoint in zip(model.folds, model.checkpoints, strict=True):
         network = get_network_from_plans(

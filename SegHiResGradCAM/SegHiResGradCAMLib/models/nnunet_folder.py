@@ -79,6 +79,7 @@ def read_nnunet_folder(folder: Path, folds=None):
     checkpoints, chosen = _fold_checkpoints(folder, folds)
     configuration_name = folder.name.split("__")[-1]
     configuration = _configuration(plans, configuration_name, folder)
+    _check_values(configuration, dataset_json, folder, configuration_name)
     if configuration.get("previous_stage") is not None:
         raise ExplainInputError(
             f"{folder.name} is the second stage of a cascade, whose input includes the first stage's "
@@ -142,16 +143,60 @@ def _configuration_folder(folder: Path) -> Path:
     return folder
 
 
-def _configuration(plans: dict, name: str, folder: Path) -> dict:
+def _configuration(plans: dict, name: str, folder: Path, chain: tuple[str, ...] = ()) -> dict:
     """A configuration with what it inherits (as nnU-Net's PlansManager resolves it)."""
     configurations = plans.get("configurations", {})
-    if name not in configurations:
-        raise ExplainInputError(
-            f"{folder.name}/plans.json has no configuration {name!r} (it has {', '.join(configurations) or 'none'})."
-        )
+    if not isinstance(configurations, dict) or name not in configurations:
+        names = ", ".join(configurations) if isinstance(configurations, dict) else ""
+        raise ExplainInputError(f"{folder.name}/plans.json has no configuration {name!r} (it has {names or 'none'}).")
+    if name in chain:
+        loop = " -> ".join([*chain, name])
+        raise ExplainInputError(f"{folder.name}/plans.json: configurations.{chain[-1]}.inherits_from makes a loop "
+                                f"({loop}): a configuration cannot inherit from itself.")  # fmt: skip
+    if not isinstance(configurations[name], dict):
+        raise ExplainInputError(f"{folder.name}/plans.json: configurations.{name} must be an object.")
     configuration = dict(configurations[name])
     parent = configuration.pop("inherits_from", None)
-    return {**_configuration(plans, parent, folder), **configuration} if parent else configuration
+    return {**_configuration(plans, parent, folder, (*chain, name)), **configuration} if parent else configuration
+
+
+def _whole(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_values(configuration: dict, dataset_json: dict, folder: Path, name: str) -> None:
+    """The plans' and dataset.json's values this program and nnU-Net rely on, each checked
+    with one line naming the entry (nnU-Net itself would fail with an assertion or a
+    division by zero)."""
+    where = f"{folder.name}/plans.json: configurations.{name}"
+    patch = configuration.get("patch_size")
+    if not isinstance(patch, list) or len(patch) not in (2, 3) or not all(_whole(size, 1) for size in patch):
+        raise ExplainInputError(f"{where}.patch_size must be 2 or 3 whole numbers of voxels; got {patch!r}.")
+    spacing = configuration.get("spacing")
+    if (
+        not isinstance(spacing, list)
+        or len(spacing) != len(patch)
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1e4 for v in spacing)
+    ):
+        raise ExplainInputError(f"{where}.spacing must be {len(patch)} positive numbers in mm, one per patch axis; "
+                                f"got {spacing!r}.")  # fmt: skip
+    labels = dataset_json.get("labels") if isinstance(dataset_json, dict) else None
+    where = f"{folder.name}/dataset.json: labels"
+    if not isinstance(labels, dict) or "background" not in labels:
+        raise ExplainInputError(f"{where} must be an object of label names and values, starting with background.")
+    for label, value in labels.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(_whole(v) for v in values):
+            raise ExplainInputError(f"{where}.{label} must be a label value (a whole number from 0) or a list of "
+                                    f"them; got {value!r}.")  # fmt: skip
+    plain = sorted(value for label, value in labels.items() if label != "ignore" and not isinstance(value, list))
+    if not any(isinstance(value, list) for value in labels.values()) and plain != list(range(len(plain))):
+        raise ExplainInputError(f"{where}: the values must be 0, 1, 2, ... without gaps or repeats, as nnU-Net "
+                                f"requires; got {plain}.")  # fmt: skip
+    ignore = labels.get("ignore")
+    if ignore is not None and not isinstance(ignore, list) and plain and ignore != max(plain) + 1:
+        raise ExplainInputError(f"{where}.ignore must be the value after the last class ({max(plain) + 1}), as "
+                                f"nnU-Net requires; got {ignore}.")  # fmt: skip
 
 
 def _fold_checkpoints(folder: Path, folds) -> tuple[tuple[Path, ...], tuple[str, ...]]:
