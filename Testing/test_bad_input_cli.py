@@ -8,7 +8,9 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ import torch
 
 from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
+from SegHiResGradCAMLib.errors import ExplainInputError
 from SegHiResGradCAMLib.volumes import outputs as outputs_module
 from SegHiResGradCAMLib.volumes.outputs import PARTIAL_PREFIX
 
@@ -153,6 +156,28 @@ def inflated_weights(folder: Path) -> Path:
         for record in stored.infolist():
             deflated.writestr(record.filename, stored.read(record), compress_type=zipfile.ZIP_DEFLATED)
     return card(folder)
+
+
+def looped_link(folder: Path) -> Path:
+    (folder / "loop-a.nii.gz").symlink_to(folder / "loop-b.nii.gz")
+    (folder / "loop-b.nii.gz").symlink_to(folder / "loop-a.nii.gz")
+    return folder / "loop-a.nii.gz"
+
+
+def dangling_link(folder: Path) -> Path:
+    (folder / "link.nii.gz").symlink_to(folder / "gone.nii.gz")
+    return folder / "link.nii.gz"
+
+
+def fifo(folder: Path) -> Path:
+    """What ``--image <(zcat ct.nii.gz)`` gives: a pipe (nothing writes to it, so reading would hang)."""
+    os.mkfifo(folder / "piped")
+    return folder / "piped"
+
+
+def jpeg_as_nifti(folder: Path) -> Path:
+    (folder / "photo.nii.gz").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(4000))
+    return folder / "photo.nii.gz"
 
 
 def second_card(folder: Path) -> Path:
@@ -344,7 +369,11 @@ CASES = {
         2,
         "Cannot load weights",
     ),
-    "weights that would run code": (lambda f: good(f, model=pickled_code(f)), 2, "never code"),
+    "weights that would run code": (
+        lambda f: good(f, model=pickled_code(f)),
+        2,
+        r"\(Trying to load unsupported GLOBAL \w+\.system whose module \w+ is blocked\)\. .*never code",
+    ),
     "a network too large for memory": (lambda f: good(f, model=big_network_card(f)), 2, "GB of memory"),
     "a sliding window of 2048 cubed": (
         lambda f: good(f, model=card(f, sliding_window__size=[2048, 2048, 2048])),
@@ -376,6 +405,24 @@ CASES = {
     "a model that does not exist": (lambda f: good(f, model=f / "nothing.json"), 2, "does not exist"),
     # Images.
     "missing CT": (lambda f: good(f, image=f / "none.nii.gz"), 2, "does not exist"),
+    "CT that is a link loop": (lambda f: good(f, image=looped_link(f)), 2, "is a link that loops back on itself"),
+    "CT that is a link to nothing": (
+        lambda f: good(f, image=dangling_link(f)),
+        2,
+        r"is a link to .*gone.nii.gz, which does not exist",
+    ),
+    "CT that is a pipe (process substitution)": (lambda f: good(f, image=fifo(f)), 2, "is a pipe or a device"),
+    "a JPEG renamed .nii.gz": (lambda f: good(f, image=jpeg_as_nifti(f)), 2, "holds a JPEG image, not the volume"),
+    "a header with a zero spacing": (
+        lambda f: good(f, image=nrrd_header(f, "flat.nrrd", "16 16 16", "(0,0,0) (0,5,0) (0,0,6)")),
+        2,
+        r"header gives a voxel spacing of 0 x 5 x 6 mm \(zero or undefined along x\)",
+    ),
+    "a CT without bone or contrast": (
+        lambda f: good(f, image=image(f, "soft.nrrd", np.linspace(-1000, 40, 20 * 64 * 64).reshape(20, 64, 64))),
+        2,
+        r"its highest value is 40, where a CT's bone or contrast reaches above 100\): give the CT",
+    ),
     "CT that is text": (
         lambda f: (f / "ct.txt").write_text("hello") and good(f, image=f / "ct.txt"),
         2,
@@ -448,6 +495,16 @@ CASES = {
     ),
     "a threshold above every value": (lambda f: good(f, mask_threshold=5.0), 2, "selects no voxel"),
     "a mask outside the CT": (lambda f: good(f, mask=far_mask(f)), 2, "no voxel inside the CT"),
+    "a threshold that is not a number": (
+        lambda f: good(f, mask_threshold="nan"),
+        2,
+        r"--mask-threshold must be a finite number .*got NaN",
+    ),
+    "out given as a folder with a slash": (
+        lambda f: good(f, out=f"{f / 'results'}/"),
+        2,
+        r"--out .*results/ is a folder \(it ends in '/'\): give a file name",
+    ),
     "a missing mask": (lambda f: good(f, mask=f / "none.nrrd"), 2, "does not exist"),
     "a damaged mask": (lambda f: good(f, mask=truncated(f, "cut-mask.nrrd", "kidney.nrrd", 0.3)), 2, "damaged"),
     # Other arguments.
@@ -509,6 +566,7 @@ def test_bad_input_one_line_exit_code_no_output_inputs_unchanged(case, originals
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("seghiresgradcam: error: ") and "Traceback" not in captured.err
     assert re.search(message, lines[0]), lines[0]
+    assert "weights_only" not in lines[0], "never suggest loading weights unsafely"
     assert [path for path in outputs if path.exists()] == []
     assert not list(folder.rglob(f"{PARTIAL_PREFIX}*"))
     assert fingerprints(folder) == before and fingerprints(BUNDLED) == bundled_before
@@ -647,11 +705,119 @@ def test_listing_layers_into_a_closed_pipe_ends_quietly():
     assert completed.returncode == 1
 
 
-def test_an_error_after_the_progress_bar_starts_on_a_line_of_its_own(originals, tmp_path, capsys):
+def test_an_error_after_the_progress_bar_starts_on_a_line_of_its_own(originals, tmp_path, capsys, monkeypatch):
+    """An error raised while the bar is drawn (after inference: the explanation refuses)."""
+    from SegHiResGradCAMLib import pipeline
+
+    def refusing(*arguments, **options):
+        raise ExplainInputError("the explanation refused this case")
+
+    monkeypatch.setattr(pipeline, "explain_on_model_grid", refusing)
     folder = tmp_path / "case"
     prepare(originals, folder)
-    arguments = [*[str(value) for value in good(folder, layer="no.such.layer")][:-2], "--progress", "bar"]
+    arguments = [*[str(value) for value in good(folder)][:-2], "--progress", "bar"]
     assert cli_main(arguments) == 2
     err = capsys.readouterr().err
-    assert "\nseghiresgradcam: error: " in err and "no layer named 'no.such.layer'" in err
+    assert "inference" in err and "\nseghiresgradcam: error: the explanation refused this case" in err
     assert err.rstrip("\n").splitlines()[-1].startswith("seghiresgradcam: error: ")
+
+
+def inference_must_not_run(*arguments, **options):
+    raise AssertionError("inference ran before the refusal")
+
+
+def off_path_card(folder: Path) -> Path:
+    """A DynUNet with deep-supervision heads, which its output (in eval mode) does not use."""
+    from monai.networks.nets import DynUNet
+
+    kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": 4, "kernel_size": [3, 3, 3], "strides": [1, 2, 2],
+              "upsample_kernel_size": [2, 2], "deep_supervision": True, "deep_supr_num": 1}  # fmt: skip
+    torch.save(DynUNet(**kwargs).state_dict(), folder / "model" / "dyn.pt")
+    return card(folder, architecture="DynUNet", kwargs=kwargs, weights="dyn.pt", sliding_window__size=[16, 32, 32],
+                default_layer=None)  # fmt: skip
+
+
+# name -> (arguments for the case folder, what the one line says); each refused before inference runs
+BEFORE_INFERENCE = {
+    "an unknown layer": (lambda f: good(f, layer="no.such.layer"), "no layer named 'no.such.layer'"),
+    "a layer off the output path": (
+        lambda f: good(f, model=off_path_card(f), layer="deep_supervision_heads.0"),
+        "The output does not depend on layer 'deep_supervision_heads.0'",
+    ),
+    "a mask outside the CT": (lambda f: good(f, mask=far_mask(f)), "no voxel inside the CT"),
+}
+
+
+@pytest.mark.parametrize("case", list(BEFORE_INFERENCE))
+def test_what_would_fail_after_inference_is_refused_before_it(case, originals, tmp_path, capsys, monkeypatch):
+    from SegHiResGradCAMLib.cam import sliding_window
+
+    monkeypatch.setattr(sliding_window, "sliding_window_logits", inference_must_not_run)
+    folder = tmp_path / "case"
+    prepare(originals, folder)
+    make_arguments, message = BEFORE_INFERENCE[case]
+    capsys.readouterr()
+    assert cli_main([str(value) for value in make_arguments(folder)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), lines
+
+
+def cli_process(arguments: list) -> list[str]:
+    return [sys.executable, "-m", "SegHiResGradCAMLib.cli", *[str(value) for value in arguments]]
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.name.startswith(PARTIAL_PREFIX) or path.parent.name == "out"]
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does_leaving_no_output(originals, tmp_path):
+    """kill, timeout, docker stop and SLURM send SIGTERM: the run stops, says so in one line,
+    exits 143 and leaves no partial output."""
+    folder = tmp_path / "case"
+    prepare(originals, folder)
+    arguments = [*good(folder, prediction=folder / "out" / "labels.nrrd", metrics=True)[:-2], "--progress", "json"]
+    process = subprocess.Popen(cli_process(arguments), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:  # wait until the computation runs
+            if json.loads(line)["fraction"] > 0:
+                break
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err
+    assert err.strip().splitlines() == ["seghiresgradcam: terminated (SIGTERM); no output was written."]
+    assert leftovers(folder) == [] and not (folder / "out").exists()
+
+
+def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(originals, tmp_path):
+    """Run as a process whose files may not grow past 4 KiB (a write fails as on a full disk):
+    ITK's many-line report becomes one line, and nothing is left behind."""
+    folder = tmp_path / "case"
+    prepare(originals, folder)
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    done = subprocess.run(cli_process(good(folder)), capture_output=True, text=True, preexec_fn=small_files,
+                          timeout=600)  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert re.search(r"Cannot write the .*heatmap \(.*MB free on its disk\); nothing was written", lines[0]), lines
+    assert leftovers(folder) == [] and not (folder / "out").exists()
+
+
+def test_a_non_ascii_path_under_a_non_utf8_locale_is_refused_at_once(originals, tmp_path):
+    """With LC_ALL=C and Python's UTF-8 mode off, a non-ASCII argument arrives undecodable and
+    ITK would abort the process (SIGABRT) after the whole computation: refused first."""
+    folder = tmp_path / "case"
+    prepare(originals, folder)
+    environment = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    started = time.perf_counter()
+    done = subprocess.run(cli_process(good(folder, out=folder / "Ergebnisse-ü" / "heat.nrrd")), capture_output=True,
+                          env=environment, timeout=600)  # fmt: skip
+    err = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1, err
+    assert "locale is not UTF-8. Run it with LC_ALL=C.UTF-8" in err[0]
+    assert time.perf_counter() - started < 60 and not list(folder.glob("Ergebnisse*"))

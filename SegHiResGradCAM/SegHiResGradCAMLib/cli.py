@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -102,6 +105,7 @@ def _case_figure(arguments):
 def _explain(arguments) -> int:
     from .pipeline import ExplainJob, run
 
+    _check_explain_arguments(arguments)
     out = Path(arguments.out)
     layers, heatmaps, extra = _atlas(arguments, out) if arguments.layers else (None, [out], {})
     if arguments.per_component:
@@ -352,6 +356,22 @@ def _inspect(arguments) -> int:
     return 0
 
 
+def _check_explain_arguments(arguments) -> None:
+    """What argparse lets through but no run can use: a threshold that is not a number, a file
+    output given as a folder (a trailing slash, which the path would silently drop)."""
+    threshold = arguments.mask_threshold
+    if threshold is not None and not math.isfinite(threshold):
+        raise ExplainInputError(f"--mask-threshold must be a finite number between the mask's values; got "
+                                f"{'NaN' if math.isnan(threshold) else threshold}.")  # fmt: skip
+    folder_out = bool(arguments.layers or arguments.per_component)
+    files = {"--out": None if folder_out else arguments.out, "--prediction": arguments.prediction,
+             "--summary": arguments.summary, "--metrics": arguments.metrics, "--figure": arguments.figure}  # fmt: skip
+    for option, value in files.items():
+        if value and str(value).endswith(("/", os.sep)):
+            raise ExplainInputError(f"{option} {value} is a folder (it ends in '/'): give a file name, e.g. "
+                                    f"{value}{'heat.nrrd' if option == '--out' else 'file'}.")  # fmt: skip
+
+
 def _cohort(arguments) -> int:
     from .cohort.case import CohortSettings
     from .cohort.run import run_cohort
@@ -369,7 +389,8 @@ def _cohort(arguments) -> int:
                              workers=arguments.workers, gpus_per_case=arguments.gpus_per_case,
                              retry_failed=arguments.retry_failed, progress=_progress(arguments))  # fmt: skip
     except KeyboardInterrupt:
-        return _fail(arguments, _kept_cases(Path(arguments.out)), 130, prefix="seghiresgradcam: ")
+        code = 143 if arguments.terminated() else 130  # SIGTERM's and Ctrl-C's usual exit codes
+        return _fail(arguments, _kept_cases(Path(arguments.out)), code, prefix="seghiresgradcam: ")
     line = (f"{summary.done} of {summary.cases} cases explained ({summary.computed} computed now, "
             f"{summary.failed} failed) in {summary.seconds:.0f} s; results in {arguments.out}/results.csv, "
             f"report.html")  # fmt: skip
@@ -548,7 +569,16 @@ def main(argv=None) -> int:
     arguments.reporter = None
     arguments.command_line = shlex.join(["seghiresgradcam", *argv])
     try:
-        return arguments.run(arguments)
+        _check_encodable(argv)
+        with _terminate_as_interrupt() as terminated:
+            arguments.terminated = terminated
+            try:
+                return arguments.run(arguments)
+            except KeyboardInterrupt:
+                if terminated():
+                    return _fail(arguments, "terminated (SIGTERM); no output was written.", 143,
+                                 prefix="seghiresgradcam: ")  # fmt: skip
+                raise
     except BrokenPipeError:
         # The reader of our output went away (``layers --json | head``): stop quietly.
         with contextlib.suppress(OSError):
@@ -567,6 +597,39 @@ def main(argv=None) -> int:
     except OSError as error:
         where = f" ({error.filename})" if error.filename else ""
         return _fail(arguments, f"{error.strerror or error}{where}", 1)
+
+
+def _check_encodable(argv: list[str]) -> None:
+    """Under a locale that is not UTF-8 (LANG=C with Python's UTF-8 mode off) a non-ASCII
+    argument arrives undecodable, and ITK would abort the process when given it as a path:
+    refused at once, with the fix."""
+    for argument in argv:
+        try:
+            argument.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = argument.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            raise ExplainInputError(f"{shown!r} holds characters this process cannot pass on: its locale is not "
+                                    "UTF-8. Run it with LC_ALL=C.UTF-8 (or PYTHONUTF8=1).") from None  # fmt: skip
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (kill, timeout, docker stop, SLURM) ends a run as Ctrl-C does: every partial
+    output is removed and finished cohort cases are kept. Yields whether it arrived."""
+    received = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def interrupt(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield lambda: bool(received)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(arguments, message: str, code: int, prefix: str = "seghiresgradcam: error: ") -> int:

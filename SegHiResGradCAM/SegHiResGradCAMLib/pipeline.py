@@ -24,7 +24,7 @@ from .volumes.label_maps import TargetClass, segment_voxels
 from .volumes.outputs import OutputFiles
 from .volumes.preparation import check_looks_like_ct
 from .volumes.segmentation_file import is_segmentation_file, read_segment
-from .volumes.volume_io import read_ct, read_volume
+from .volumes.volume_io import check_readable_path, read_ct, read_volume
 
 
 @dataclass
@@ -154,6 +154,9 @@ def run(job: ExplainJob) -> JobResult:
     if len(job.heatmaps) != count or (job.signed is not None and len(job.signed) != count):
         raise ExplainInputError("Give one output file per method (in a layer atlas: per layer).")
     started = time.perf_counter()
+    for path, what in ((job.image, "CT"), (job.mask, "mask")):
+        if path is not None:
+            check_readable_path(path, what)  # before the outputs are compared with the inputs
     card = read_model_card(job.model, trust_bundle=job.trust_bundle, folds=job.folds)
     class_index = card.class_index(job.target_class)
     outputs = output_files(job, card)
@@ -298,6 +301,9 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
     model_input = card.prepare_input(ct, job.image)
     if model_input.array.shape[0] != card.in_channels:
         raise ExplainInputError(f"The model expects {card.in_channels} input channels; a CT gives 1.")
+    # What would be refused after inference is refused before it (minutes on a large CT).
+    given_mask = model_input.mask_to_model(mask_image) if mask_image is not None else None
+    check_layers(network, card, job)
     seconds["preparation"] = time.perf_counter() - started
     share = 1.0 / (1 + len(job.explanations()) * (2 if job.metrics else 1))  # of the progress, per step
 
@@ -315,8 +321,8 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
     logits = torch.from_numpy(card.to_network_axes(logits.numpy()))  # (classes, z, y, x)
     seconds["inference"] = time.perf_counter() - started
     predicted = (logits.argmax(0) == class_index if card.head == "softmax" else logits[class_index] > 0).numpy()
-    if mask_image is not None:
-        mask = model_input.mask_to_model(mask_image)
+    if given_mask is not None:
+        mask = given_mask
     else:
         mask = predicted
         if not mask.any():
@@ -446,6 +452,45 @@ def region_of_interest(mask: np.ndarray, window, multiple: int | None = None) ->
         start = int(np.clip((first + last - wanted) // 2, 0, mask.shape[axis] - wanted))
         box.append(slice(start, start + wanted))
     return tuple(box)
+
+
+def check_layers(network, card, job: ExplainJob) -> None:
+    """Each layer the job names must exist and lie on the path to the output (as ``layers``
+    lists them), judged on one window of zeros."""
+    from .cam.model_inspection import LAYER_RULES, find_layer, list_layers
+    from .models.ensemble import ensemble_members
+
+    named = {layer or card.default_layer for _, _, layer in job.explanations()} - {None} - set(LAYER_RULES)
+    if not named:
+        return
+    import torch
+
+    member = ensemble_members(network)[0]
+    shape = (card.in_channels, *card.window)  # the window is in the network's own axis order
+    explainable = {info.name for info in list_layers(member, shape)}
+    for name in sorted(named - explainable):
+        module = find_layer(member, name, torch.zeros((1, *shape)))  # an unknown name: its message lists the layers
+        if not _reaches_output(member, module, shape):
+            raise ExplainInputError(f"The output does not depend on layer {name!r} (no path from it to the "
+                                    "segmentation output): choose one that `layers` lists.")  # fmt: skip
+
+
+def _reaches_output(network, module, shape) -> bool:
+    """Whether the network's output has a gradient path back to ``module``'s output."""
+    import torch
+
+    captured = []
+    handle = module.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
+    try:
+        with torch.enable_grad():
+            output = network(torch.zeros((1, *shape)))
+            output = output[0] if isinstance(output, list | tuple) else output
+            activations = [value for value in captured if isinstance(value, torch.Tensor) and value.requires_grad]
+            if not activations:
+                return False
+            return torch.autograd.grad(output.sum(), activations[0], allow_unused=True)[0] is not None
+    finally:
+        handle.remove()
 
 
 def explain_on_model_grid(network, card, array, class_index, mask, method, layer, device, progress=None, cancel=None):

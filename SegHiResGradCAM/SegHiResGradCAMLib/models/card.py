@@ -304,14 +304,13 @@ def load_untrusted(path: Path, plain_types: tuple = (), expected_bytes: float | 
 
 
 def _unpickling_reason(error: Exception) -> str:
-    """torch's reason in one whole sentence, without its advice to load unsafely (never given)."""
-    text = str(error)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1]
-    sentences = [part.strip() for part in text.replace("\n", " ").split(". ") if part.strip()]
-    safe = [part for part in sentences if "weights_only" not in part and "safe_globals" not in part.lower()]
-    reason = (safe or [type(error).__name__])[0].rstrip(".")
-    return reason if len(reason) <= 200 else reason[:200].rsplit(" ", 1)[0] + " ..."
+    """torch's reason in one whole sentence (which global it refused, say), without its advice
+    to load the file unsafely, which is never given."""
+    paragraphs = [" ".join(part.split()) for part in str(error).split("\n\n") if part.strip()]
+    useful = [part for part in paragraphs if "weights_only" not in part and "safe_globals" not in part]
+    sentence = (useful or paragraphs[:1] or [type(error).__name__])[0]
+    sentence = sentence.split(". ")[0].rstrip(".") if "weights_only" not in sentence else "Weights only load failed"
+    return sentence if len(sentence) <= 200 else sentence[:200].rsplit(" ", 1)[0] + " ..."
 
 
 def _check_unpacked_size(path: Path, expected_bytes: float | None) -> None:

@@ -9,6 +9,7 @@ writing into that folder removes those whose process is gone (``remove_stale_par
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ PARTIAL_PREFIX = ".seghiresgradcam-partial-"
 # Single-file formats only: a header with a separate data file (.nhdr, .mhd) names its data
 # file, which a rename of the header would not carry along.
 VOLUME_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")
+DISK_NEARLY_FULL = 64 * 2**20  # bytes free below which a failed write is put down to a full disk
 
 
 def _suffix_supported(path: Path) -> bool:
@@ -75,6 +77,20 @@ def write_atomically(path: Path, write) -> None:
             shutil.rmtree(partial, ignore_errors=True)
         else:
             partial.unlink(missing_ok=True)
+
+
+def write_failure(path: Path, label: str, report: str) -> OSError:
+    """A writer's failure as one line: the last line of its report, and the disk's free space
+    (nothing tells a full disk apart in ITK's report)."""
+    lines = [line.strip() for line in report.splitlines() if line.strip()]
+    detail = lines[-1].split(": ", 1)[-1] if lines else "the writer failed"
+    try:
+        free = shutil.disk_usage(_nearest_existing(Path(path).parent)).free
+    except OSError:
+        free = 0
+    code = errno.ENOSPC if free < DISK_NEARLY_FULL else errno.EIO
+    return OSError(code, f"Cannot write the {label} ({detail}; {free / 2**20:.0f} MB free on its disk); nothing was "
+                         "written", str(path))  # fmt: skip
 
 
 def remove_stale_partials(folder: Path) -> None:
@@ -163,14 +179,18 @@ class OutputFiles:
     def stage_volume(self, label: str, image) -> None:
         import SimpleITK as sitk  # here: the Slicer module's writers use this file without loading SimpleITK
 
-        sitk.WriteImage(image, str(self._partial(label)), useCompression=True)
+        partial = self._partial(label)
+        try:
+            sitk.WriteImage(image, str(partial), useCompression=True)
+        except RuntimeError as error:  # ITK's many-line report; a full disk is the usual cause
+            raise write_failure(self.outputs[label], label, str(error)) from None
 
     def stage_text(self, label: str, content: str | bytes) -> None:
         partial = self._partial(label)
         if isinstance(content, bytes):
             partial.write_bytes(content)
         else:
-            partial.write_text(content)
+            partial.write_text(content, encoding="utf-8")
 
     def commit(self) -> list[Path]:
         """Renames every staged file into place; returns the files that were replaced."""

@@ -57,11 +57,12 @@ def check_looks_like_ct(image: sitk.Image, name: str) -> None:
     statistics = sitk.MinimumMaximumImageFilter()
     statistics.Execute(image)
     low, high = statistics.GetMinimum(), statistics.GetMaximum()
-    if low > -300 or high < 100 or high - low < 400:
-        raise ExplainInputError(
-            f"{name} does not look like a CT in Hounsfield units (values {low:g} to {high:g}; a CT has air near "
-            "-1000 and tissue above 0): give the CT image itself, not a label map or another modality."
-        )
+    reasons = ([f"its lowest value is {low:g}, where a CT's air is near -1000 (below -300)"] if low > -300 else []) + (
+        [f"its highest value is {high:g}, where a CT's bone or contrast reaches above 100"] if high < 100 else []) + (
+        [f"its values span {high - low:g}, where a CT's span at least 400"] if high - low < 400 else [])  # fmt: skip
+    if reasons:
+        raise ExplainInputError(f"{name} does not look like a CT in Hounsfield units ({'; '.join(reasons)}): give the "
+                                "CT image itself, not a label map or another modality.")  # fmt: skip
 
 
 def to_model_grid(ct: sitk.Image, card) -> ModelInput:

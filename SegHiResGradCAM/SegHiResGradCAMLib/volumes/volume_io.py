@@ -7,6 +7,7 @@ L/R (+x/-x in LPS), P/A (+y/-y), S/I (+z/-z); KiTS NIfTI cases are "IPL".
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import os
 import tempfile
@@ -96,10 +97,32 @@ def check_memory(what: str, needed_bytes: float, advice: str) -> None:
         raise ExplainInputError(problem)
 
 
+def check_readable_path(path, what: str) -> None:
+    """Refuses, with what to do, a path that is no file to read: missing, a link that loops
+    or leads nowhere, or a pipe or device (``<(...)``, /dev/stdin), which cannot be read
+    twice as the header checks need."""
+    path = Path(path)
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise ExplainInputError(f"The {what} {path} is a link that loops back on itself: point it at the "
+                                        "file.") from None  # fmt: skip
+            raise ExplainInputError(f"The {what} {path} is a link to {os.readlink(path)}, which does not "
+                                    "exist.") from None  # fmt: skip
+    if not os.path.exists(path):
+        raise ExplainInputError(f"The {what} file {path} does not exist.")
+    if not (os.path.isfile(path) or os.path.isdir(path)):
+        raise ExplainInputError(f"The {what} {path} is a pipe or a device, not a file: it is read more than once "
+                                "(header, then voxels), so save it to a file first.")  # fmt: skip
+
+
 def read_ct(path, series: str | None = None) -> tuple[sitk.Image, list[str]]:
     """The CT from a volume file or a DICOM series (a folder, or a file of it; ``series``
     picks one of several), and notes on what the reading left out."""
     path = Path(path)
+    check_readable_path(path, "CT")
     if path.is_dir() or (path.is_file() and is_dicom_file(path)):
         from .dicom import read_dicom_series
 
@@ -119,17 +142,21 @@ def read_volume(path, what: str = "image") -> sitk.Image:
     is read first: an image too large for memory, with a sheared grid, or whose compressed
     or raw data is truncated or corrupt is refused before its voxels are read."""
     path = Path(path)
+    check_readable_path(path, what)
     if path.is_dir():
         raise ExplainInputError(f"The {what} {path} is a folder: give a volume file (a CT may also be a DICOM "
                                 "series folder).")  # fmt: skip
-    if not path.is_file():
-        raise ExplainInputError(f"The {what} file {path} does not exist.")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         with _native_messages_kept():
             reader.ReadImageInformation()
     except RuntimeError:
+        held = _other_content(path)
+        if held:
+            raise ExplainInputError(
+                f"{path.name} holds {held}, not the volume its name says: give {READABLE}."
+            ) from None
         _check_complete(path, 0)  # a damaged compressed file says so
         raise ExplainInputError(f"Cannot read {path.name} as a volume: give {READABLE}.") from None
     size, components = reader.GetSize(), reader.GetNumberOfComponents()
@@ -142,6 +169,7 @@ def read_volume(path, what: str = "image") -> sitk.Image:
     stored_bytes = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
     needed = voxels * (stored_bytes + WORKING_BYTES_PER_VOXEL)
     check_memory(f"{path.name} ({' x '.join(map(str, size))} voxels)", needed, "crop or downsample the image first.")
+    _check_spacing(reader.GetSpacing(), reader.GetDirection(), path.name)
     _check_orthogonal(reader.GetDirection(), path.name)
     _check_complete(path, voxels * (nifti_bytes_per_voxel(path) or stored_bytes))
     try:
@@ -173,6 +201,33 @@ def _native_messages_kept():
                 os.dup2(saved, 2)
     finally:
         os.close(saved)
+
+
+# What a file holds, by its first bytes: for a file whose name promises a volume it is not.
+SIGNATURES = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"%PDF", "a PDF document"),
+              (b"PK\x03\x04", "a ZIP archive"), (b"GIF8", "a GIF image"), (b"II*\x00", "a TIFF image"),
+              (b"MM\x00*", "a TIFF image"))  # fmt: skip
+
+
+def _other_content(path: Path) -> str | None:
+    """What the file is instead of a volume (a JPEG renamed .nii.gz), or None when unknown."""
+    try:
+        with open(path, "rb") as stream:
+            start = stream.read(132)
+    except OSError:
+        return None
+    if start[128:132] == b"DICM":
+        return "one DICOM file"
+    return next((kind for signature, kind in SIGNATURES if start.startswith(signature)), None)
+
+
+def _check_spacing(spacing, direction, name: str) -> None:
+    """A header with a zero (or undefined) voxel size is wrong about its geometry, not damaged."""
+    axes = [axis for axis, size in zip("xyz", spacing, strict=False) if not (np.isfinite(size) and size > 0)]
+    if axes or not np.all(np.isfinite(direction)):
+        raise ExplainInputError(f"{name}'s header gives a voxel spacing of {' x '.join(f'{v:g}' for v in spacing)} "
+                                f"mm (zero or undefined along {', '.join(axes) or 'an axis'}): its geometry is "
+                                "wrong, not its voxels; write the file again with its real spacing.")  # fmt: skip
 
 
 def _check_orthogonal(direction, name: str) -> None:
