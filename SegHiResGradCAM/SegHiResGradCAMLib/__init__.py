@@ -8,6 +8,10 @@ __version__ = "0.1.0"  # as pyproject.toml says (a test keeps them equal); recor
 
 _LAZY_EXPORTS = {
     "explain": ".cam.engine",
+    "Explainer": ".cam.explainer",
+    "SegmentTarget": ".cam.explainer",
+    "CallableTarget": ".cam.explainer",
+    "Tiling": ".cam.sliding_window",
     "CamResult": ".cam.engine",
     "list_layers": ".cam.model_inspection",
     "LayerInfo": ".cam.model_inspection",

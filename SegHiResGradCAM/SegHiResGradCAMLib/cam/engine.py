@@ -44,7 +44,7 @@ class CamResult:
     score: float
     method: str
     layer: str
-    target_class: int
+    target_class: int | None  # None for a target defined by a function of the logits
     raw_grid: str = "layer"
 
     @property
@@ -91,10 +91,23 @@ def explain(
     run at a time.
     The model is evaluated in eval mode and left exactly as it was.
     """
-    cam_method = get_method(method)
     _check_choice("score", score, SCORES)
     _check_choice("head", head, HEADS)
-    target = Target(int(target_class), score, head)
+    return explain_target(model, image, Target(int(target_class), score, head), mask=mask, layer=layer, method=method,
+                          tiling=window, overlap=overlap, blend=blend, batch_size=batch_size, device=device,
+                          mixed_precision=mixed_precision, progress=progress, cancel=cancel, skip_windows=skip_windows,
+                          score_cam_channels=score_cam_channels)  # fmt: skip
+
+
+def explain_target(model: nn.Module, image, target, mask=None, layer: str | None = None,
+                   method: str = "seg-hires-grad-cam", tiling=None, overlap: float = 0.25, blend: str = "gaussian",
+                   batch_size: int = 1, device=None, mixed_precision: bool = False, progress=None, cancel=None,
+                   skip_windows: bool = True, score_cam_channels: int | None = None) -> CamResult:  # fmt: skip
+    """``explain`` for a target object (``passes.Target``, ``passes.FunctionTarget``): what
+    ``explain()`` and the ``Explainer`` run. ``tiling``: a Tiling, window sizes (MONAI's
+    grid with ``overlap`` and ``blend``), or None for one pass over the whole image."""
+    window = tiling
+    cam_method = get_method(method)
     chosen_device = resolve_device(device)
     with placed_on(model, chosen_device) as compute_device:
         if window is None:

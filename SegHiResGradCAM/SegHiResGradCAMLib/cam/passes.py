@@ -51,6 +51,34 @@ class Target:
         return target.detach(), gradient
 
 
+@dataclass(frozen=True)
+class FunctionTarget:
+    """T = ``function(logits)``, any differentiable scalar of the (1, K, *spatial) logits
+    (blended, under sliding windows). Not linear in the logits in general, so the windowed
+    computation takes dT/dlogits on the blended logits, as for probabilities."""
+
+    function: object
+    target_class: None = None
+    score: str = "function"
+    head: str = "softmax"
+
+    def value_and_gradient(self, logits: torch.Tensor, weight: torch.Tensor | None):
+        constant = logits.detach().float().requires_grad_(True)
+        with torch.enable_grad():
+            value = self.function(constant)
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                returned = type(value).__name__ + (str(tuple(value.shape)) if isinstance(value, torch.Tensor) else "")
+                raise ExplainInputError("The target's function must return one number (a scalar tensor T) computed "
+                                        f"from the logits; it returned {returned}.")  # fmt: skip
+            if not value.requires_grad:
+                raise ExplainInputError("The target's function returned a T that does not depend on the logits it "
+                                        "was given: compute T from them.")  # fmt: skip
+            (gradient,) = torch.autograd.grad(value.reshape(()), constant, allow_unused=True)
+        if gradient is None:
+            gradient = torch.zeros_like(constant)
+        return value.detach().reshape(()), gradient
+
+
 def class_probability(logits: torch.Tensor, target_class: int, head: str) -> torch.Tensor:
     """(B, *spatial) probability of the class: softmax over classes, or the sigmoid of a region."""
     if head == "softmax":

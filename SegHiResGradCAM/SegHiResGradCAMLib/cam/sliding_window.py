@@ -104,6 +104,17 @@ class Tiling:
     padding_mode: str = "constant"  # how images smaller than a window are padded (MONAI's padding_mode)
     padding_value: float = 0.0  # the constant for "constant" padding (MONAI's cval)
 
+    @classmethod
+    def monai(cls, size, overlap: float = 0.25, mode: str = "gaussian", sigma_scale=GAUSSIAN_SIGMA_SCALE,
+              padding_mode: str = "constant", cval: float = 0.0) -> Tiling:  # fmt: skip
+        """MONAI's ``sliding_window_inference`` (``SlidingWindowInferer``) tiling, in its
+        argument names: ``roi_size`` as ``size``, ``overlap``, ``mode``, ``sigma_scale``,
+        ``padding_mode`` and ``cval``."""
+        check_blend(mode)
+        tiling = cls(tuple(int(value) for value in size), float(overlap), mode, sigma_scale, padding_mode, float(cval))
+        tiling.grid(tiling.window)  # checks the overlap now
+        return tiling
+
     def grid(self, image_shape: tuple[int, ...]) -> WindowGrid:
         return window_grid(image_shape, self.window, self.overlap)
 
