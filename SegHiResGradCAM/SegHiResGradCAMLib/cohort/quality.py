@@ -11,6 +11,8 @@ regions are scored too, so the table reads like the challenge's.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -43,8 +45,10 @@ def region_scores(predicted: np.ndarray, expected: np.ndarray, spacing_zyx, tole
     prediction, truth = one_hot(predicted), one_hot(expected)
     spacing = [float(value) for value in spacing_zyx]
     dice = compute_dice(prediction, truth, include_background=False)
-    surface = compute_surface_dice(prediction, truth, [tolerance_mm], spacing=spacing)
-    hd95 = compute_hausdorff_distance(prediction, truth, percentile=95, spacing=spacing)
+    with warnings.catch_warnings():  # MONAI calls its own deprecated argument inside; nothing for the user
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+        surface = compute_surface_dice(prediction, truth, [tolerance_mm], spacing=spacing)
+        hd95 = compute_hausdorff_distance(prediction, truth, percentile=95, spacing=spacing)
     return {"dice": float(dice[0, 0]), "surface_dice": float(surface[0, 0]), "hd95_mm": float(hd95[0, 0])}
 
 
