@@ -396,8 +396,8 @@ def _cohort(arguments) -> int:
             f"report.html")  # fmt: skip
     if arguments.progress != "json":
         if summary.changed:
-            print(f"{len(summary.changed)} case(s) computed again because their CT, truth, mask or model changed "
-                  f"since their results: {', '.join(summary.changed[:10])}")  # fmt: skip
+            print(f"{len(summary.changed)} case(s) computed again because their CT, truth, mask, model or settings "
+                  f"changed since their results: {', '.join(summary.changed[:10])}")  # fmt: skip
         print(line)
     if summary.failed:
         failed = [row["case"] for row in summary.rows if row.get("status") == "failed"]

@@ -282,9 +282,8 @@ def test_every_case_is_a_row_and_no_row_is_of_other_inputs(case, originals, tmp_
         else:
             assert row["status"] == "failed" and re.search(outcome, row["error"]), row["error"]
     if case == "a case's CT replaced since its results":
-        assert f"computed again because their CT, truth, mask or model changed since their results: {OTHER}" in (
-            captured.out
-        )
+        said = "computed again because their CT, truth, mask, model or settings changed since their results"
+        assert f"{said}: {OTHER}" in captured.out
         score = dict(zip(old["case"], old["target_score"], strict=True))
         assert rows[rows["case"] == OTHER].iloc[0]["target_score"] != pytest.approx(score[OTHER])
         assert rows[rows["case"] == GOOD].iloc[0]["target_score"] == pytest.approx(score[GOOD])
@@ -342,3 +341,17 @@ def test_a_full_disk_while_writing_the_report_leaves_no_partial_report_or_table(
     assert not (results / "report.html").exists()
     assert not list(results.rglob(f"{PARTIAL_PREFIX}*"))
     assert sorted(os.listdir(results / "cases")) == [GOOD, OTHER]
+
+
+def test_with_cohort_json_lost_other_settings_still_recompute_every_case(originals, tmp_path, capsys):
+    """Each case's identity holds the settings too: without the folder's record, a run with
+    another class recomputes every case instead of showing rows of the old class."""
+    folder = tmp_path / "case"
+    prepare(originals, folder)
+    results = finished(folder)
+    (results / "cohort.json").write_text("{damaged")
+    capsys.readouterr()
+    assert cli_main([str(value) for value in arguments(folder, target_class="tumour", explain="prediction")]) in (0, 1)
+    assert "(2 computed now" in capsys.readouterr().out
+    rows = pandas.read_csv(results / "results.csv", keep_default_na=False)
+    assert set(rows[rows["status"] == "done"]["class"]) <= {"tumour"} and len(rows) == 2

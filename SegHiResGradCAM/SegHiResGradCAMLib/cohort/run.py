@@ -68,13 +68,17 @@ def run_cohort(dataset: Path, results: Path, settings: CohortSettings, ray_addre
     with _case_runner(ray_address, workers, gpus_per_case) as run_cases:  # Ray checked before any file is made
         (results / "cases").mkdir(parents=True, exist_ok=True)
         with _only_writer(results):
-            _check_record(results, settings_record(dataset, settings))
+            record = settings_record(dataset, settings)
+            _check_record(results, record)
             for folder in (results, results / "cases", results / FAILED_FOLDER):
                 if folder.is_dir():
                     remove_stale_partials(folder)
-            identities = {case.name: input_identity(case, model_digest) for case in cases}
-            changed = [case.name for case in cases if _changed(results, case.name, identities[case.name])]
-            todo = [case for case in cases if _to_compute(results, case.name, identities[case.name], retry_failed)]
+            # The settings are part of each case's identity too, should cohort.json be lost.
+            identities = {case.name: {**input_identity(case, model_digest), "settings": record} for case in cases}
+            states = {case.name: _state(results, case.name, identities[case.name]) for case in cases}
+            changed = [name for name, state in states.items() if state == "changed"]
+            todo = [case for case in cases if states[case.name] in ("new", "changed")
+                    or (states[case.name] == "failed" and retry_failed)]  # fmt: skip
             tracker = _Tracker(len(cases), len(cases) - len(todo), progress)
             run_cases(todo, settings, results, identities, tracker)
             remove_stale_partials(results / "cases")  # what a killed worker left before its case was run again
@@ -142,19 +146,15 @@ def _shown(value) -> str:
     return str(value)
 
 
-def _changed(results: Path, name: str, identity: dict) -> bool:
-    """Whether the case has results, or a failure, made from other inputs than today's."""
+def _state(results: Path, name: str, identity: dict) -> str:
+    """Where a case stands: "done" or "failed" from these inputs and settings, "changed" when
+    its results or failure came from others, "new" when it has neither."""
     if finished_rows(results, name) is not None:
-        return finished_inputs(results, name) != identity
-    record = failure(results, name)
-    return record is not None and record.get("inputs") != identity
-
-
-def _to_compute(results: Path, name: str, identity: dict, retry_failed: bool) -> bool:
-    if finished_rows(results, name) is not None:
-        return finished_inputs(results, name) != identity
-    record = failure(results, name)
-    return record is None or retry_failed or record.get("inputs") != identity
+        return "done" if finished_inputs(results, name) == identity else "changed"
+    failed = failure(results, name)
+    if failed is None:
+        return "new"
+    return "failed" if failed.get("inputs") == identity else "changed"
 
 
 @contextlib.contextmanager
