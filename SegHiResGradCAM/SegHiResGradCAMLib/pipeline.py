@@ -457,7 +457,7 @@ def region_of_interest(mask: np.ndarray, window, multiple: int | None = None) ->
 def check_layers(network, card, job: ExplainJob) -> None:
     """Each layer the job names must exist and lie on the path to the output (as ``layers``
     lists them), judged on one window of zeros."""
-    from .cam.model_inspection import LAYER_RULES, find_layer, list_layers
+    from .cam.model_inspection import LAYER_RULES, find_layer, list_layers, reaches_output
     from .models.ensemble import ensemble_members
 
     named = {layer or card.default_layer for _, _, layer in job.explanations()} - {None} - set(LAYER_RULES)
@@ -468,29 +468,12 @@ def check_layers(network, card, job: ExplainJob) -> None:
     member = ensemble_members(network)[0]
     shape = (card.in_channels, *card.window)  # the window is in the network's own axis order
     explainable = {info.name for info in list_layers(member, shape)}
+    probe = torch.zeros((1, *shape))
     for name in sorted(named - explainable):
-        module = find_layer(member, name, torch.zeros((1, *shape)))  # an unknown name: its message lists the layers
-        if not _reaches_output(member, module, shape):
+        module = find_layer(member, name, probe)  # an unknown name: its message lists the layers
+        if not reaches_output(member, module, probe):
             raise ExplainInputError(f"The output does not depend on layer {name!r} (no path from it to the "
                                     "segmentation output): choose one that `layers` lists.")  # fmt: skip
-
-
-def _reaches_output(network, module, shape) -> bool:
-    """Whether the network's output has a gradient path back to ``module``'s output."""
-    import torch
-
-    captured = []
-    handle = module.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
-    try:
-        with torch.enable_grad():
-            output = network(torch.zeros((1, *shape)))
-            output = output[0] if isinstance(output, list | tuple) else output
-            activations = [value for value in captured if isinstance(value, torch.Tensor) and value.requires_grad]
-            if not activations:
-                return False
-            return torch.autograd.grad(output.sum(), activations[0], allow_unused=True)[0] is not None
-    finally:
-        handle.remove()
 
 
 def explain_on_model_grid(network, card, array, class_index, mask, method, layer, device, progress=None, cancel=None):

@@ -52,11 +52,14 @@ def test_every_question_gives_exactly_explain_s_map(network, case, method, tiled
 
 def test_tiling_monai_is_monai_s_sliding_window(network, case):
     image, _, _ = case
-    tiling = Tiling.monai((12, 16, 16), overlap=0.25, mode="gaussian", sigma_scale=0.125)
+    # Not the defaults, so that each argument must reach the tiling for the logits to agree.
+    tiling = Tiling.monai((12, 16, 16), overlap=0.4, mode="gaussian", sigma_scale=0.3)
     ours = sliding_window_logits(network, image, tiling)
     with torch.no_grad():
-        theirs = sliding_window_inference(image[None], (12, 16, 16), 1, network, overlap=0.25, mode="gaussian",
-                                          sigma_scale=0.125)[0]  # fmt: skip
+        theirs = sliding_window_inference(image[None], (12, 16, 16), 1, network, overlap=0.4, mode="gaussian",
+                                          sigma_scale=0.3)[0]  # fmt: skip
+        default = sliding_window_inference(image[None], (12, 16, 16), 1, network)[0]
+    assert not torch.allclose(default, theirs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     with pytest.raises(ExplainInputError, match="blend"):
         Tiling.monai((12, 16, 16), mode="bicubic")

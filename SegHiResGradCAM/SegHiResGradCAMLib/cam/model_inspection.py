@@ -326,3 +326,21 @@ def _graph_nodes(output: torch.Tensor) -> set | None:
         seen.add(node)
         todo.extend(next_node for next_node, _ in node.next_functions)
     return seen
+
+
+def reaches_output(model: nn.Module, module: nn.Module, image_batch: torch.Tensor) -> bool:
+    """Whether the model's output has a gradient path back to ``module``'s output, for
+    ``image_batch`` (a layer beside the output path, e.g. a deep-supervision head in eval
+    mode, has none)."""
+    captured = []
+    handle = module.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
+    try:
+        with torch.enable_grad():
+            output = model(image_batch)
+            output = output[0] if isinstance(output, list | tuple) else output
+            activations = [value for value in captured if isinstance(value, torch.Tensor) and value.requires_grad]
+            if not activations:
+                return False
+            return torch.autograd.grad(output.sum(), activations[0], allow_unused=True)[0] is not None
+    finally:
+        handle.remove()

@@ -101,8 +101,10 @@ def file_identity(path: Path | None) -> dict | None:
     path = Path(path)
     try:
         if path.is_dir():
-            listing = sorted((str(item.relative_to(path)), item.stat().st_size, item.stat().st_mtime_ns)
-                             for item in path.rglob("*") if item.is_file())  # fmt: skip
+            files = [(item, item.stat()) for item in path.rglob("*") if item.is_file()]
+            listing = sorted(
+                (str(item.relative_to(path)), status.st_size, status.st_mtime_ns) for item, status in files
+            )
             return {"path": str(path.resolve()), "listing": hashlib.sha256(repr(listing).encode()).hexdigest()}
         status = path.stat()
         with path.open("rb") as stream:

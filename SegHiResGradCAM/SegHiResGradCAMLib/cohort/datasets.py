@@ -17,7 +17,6 @@ link carries its ``problem`` and becomes an error row instead of vanishing from 
 from __future__ import annotations
 
 import csv
-import errno
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ExplainInputError
+from ..volumes.paths import unreadable_reason
 
 LAYOUTS = (
     "the KiTS layout (case_XXXXX/imaging.nii.gz, optional segmentation.nii.gz), the nnU-Net raw layout "
@@ -79,14 +79,9 @@ def _not_a_file(path: Path, role: str, optional: bool = False) -> str:
     where = f"{path.parent.name}/{path.name}"
     if path.is_dir():
         return f"{where} is a folder, not the case's {role} file"
-    if path.is_symlink():
-        try:
-            path.stat()
-        except OSError as error:
-            if error.errno == errno.ELOOP:
-                return f"{where} is a link that loops back on itself: point it at the case's {role} file"
-        return f"{where} is a link to {os.readlink(path)}, which does not exist: point it at the case's {role} file"
-    return "" if not os.path.lexists(path) else f"{where} is not a regular file: give the case's {role} as a file"
+    reason = unreadable_reason(path)
+    advice = f"point it at the case's {role} file" if reason.startswith("is a link") else f"give the {role} as a file"
+    return f"{where} {reason}: {advice}"
 
 
 def file_ending(dataset: Path) -> str:

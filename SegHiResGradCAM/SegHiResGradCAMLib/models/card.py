@@ -132,9 +132,8 @@ class ModelCard:
         except (TypeError, ValueError, AssertionError) as error:
             message = f"Model card {self.path.name}: the network arguments do not fit: {error}."
             raise ExplainInputError(message) from None
-        check_network_memory(probe, self.path.name)
+        weights_bytes = check_network_memory(probe, self.path.name)
         check_window_fits(probe, self.window, self.in_channels, f"Model card {self.path.name}")
-        weights_bytes = sum(tensor.numel() * tensor.element_size() for tensor in probe.state_dict().values())
         return self._with_weights(architecture(**self.kwargs), weights_bytes)
 
     def resolved(self) -> ModelCard:
@@ -195,13 +194,15 @@ def model_grid_memory_problem(size, spacing, card, name: str) -> str | None:
                           "check the CT's spacing in its header, or crop the CT.")  # fmt: skip
 
 
-def check_network_memory(network, name: str) -> None:
-    """Refuses a network whose weights alone (twice: built, then loaded) would not fit."""
+def check_network_memory(network, name: str) -> int:
+    """Refuses a network whose weights alone (twice: built, then loaded) would not fit;
+    returns the bytes of its weights."""
     from ..volumes.volume_io import check_memory
 
     parameters = sum(tensor.numel() * tensor.element_size() for tensor in network.state_dict().values())
     check_memory(f"The network of {name} ({parameters / 2**20:.0f} MB of weights)", 2 * parameters,
                  "check its channel numbers; this machine cannot hold it.")  # fmt: skip
+    return parameters
 
 
 def check_window_fits(probe, window, in_channels: int, name: str) -> None:

@@ -57,9 +57,13 @@ def check_looks_like_ct(image: sitk.Image, name: str) -> None:
     statistics = sitk.MinimumMaximumImageFilter()
     statistics.Execute(image)
     low, high = statistics.GetMinimum(), statistics.GetMaximum()
-    reasons = ([f"its lowest value is {low:g}, where a CT's air is near -1000 (below -300)"] if low > -300 else []) + (
-        [f"its highest value is {high:g}, where a CT's bone or contrast reaches above 100"] if high < 100 else []) + (
-        [f"its values span {high - low:g}, where a CT's span at least 400"] if high - low < 400 else [])  # fmt: skip
+    reasons = []
+    if low > -300:
+        reasons.append(f"its lowest value is {low:g}, where a CT's air is near -1000 (below -300)")
+    if high < 100:
+        reasons.append(f"its highest value is {high:g}, where a CT's bone or contrast reaches above 100")
+    if high - low < 400:
+        reasons.append(f"its values span {high - low:g}, where a CT's span at least 400")
     if reasons:
         raise ExplainInputError(f"{name} does not look like a CT in Hounsfield units ({'; '.join(reasons)}): give the "
                                 "CT image itself, not a label map or another modality.")  # fmt: skip

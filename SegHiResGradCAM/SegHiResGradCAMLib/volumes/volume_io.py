@@ -7,7 +7,6 @@ L/R (+x/-x in LPS), P/A (+y/-y), S/I (+z/-z); KiTS NIfTI cases are "IPL".
 from __future__ import annotations
 
 import contextlib
-import errno
 import gzip
 import os
 import tempfile
@@ -20,6 +19,7 @@ import SimpleITK as sitk
 from ..errors import ExplainInputError
 from .dicom import is_dicom_file
 from .outputs import write_atomically
+from .paths import unreadable_reason
 
 READABLE = "a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file"
 MEMORY_LIMIT_VARIABLE = "SEGHIRESGRADCAM_MEMORY_LIMIT_GB"
@@ -101,21 +101,13 @@ def check_readable_path(path, what: str) -> None:
     """Refuses, with what to do, a path that is no file to read: missing, a link that loops
     or leads nowhere, or a pipe or device (``<(...)``, /dev/stdin), which cannot be read
     twice as the header checks need."""
-    path = Path(path)
-    if os.path.islink(path):
-        try:
-            os.stat(path)
-        except OSError as error:
-            if error.errno == errno.ELOOP:
-                raise ExplainInputError(f"The {what} {path} is a link that loops back on itself: point it at the "
-                                        "file.") from None  # fmt: skip
-            raise ExplainInputError(f"The {what} {path} is a link to {os.readlink(path)}, which does not "
-                                    "exist.") from None  # fmt: skip
-    if not os.path.exists(path):
+    reason = unreadable_reason(path)
+    if reason == "does not exist":
         raise ExplainInputError(f"The {what} file {path} does not exist.")
-    if not (os.path.isfile(path) or os.path.isdir(path)):
-        raise ExplainInputError(f"The {what} {path} is a pipe or a device, not a file: it is read more than once "
-                                "(header, then voxels), so save it to a file first.")  # fmt: skip
+    if reason is not None:
+        advice = "point it at the file" if reason.startswith("is a link") else (
+            "it is read more than once (header, then voxels), so save it to a file first")  # fmt: skip
+        raise ExplainInputError(f"The {what} {path} {reason}: {advice}.")
 
 
 def read_ct(path, series: str | None = None) -> tuple[sitk.Image, list[str]]:
