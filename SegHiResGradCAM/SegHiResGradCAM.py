@@ -91,9 +91,18 @@ def provenanceText(provenance):
     """How a heatmap was made, in one short paragraph for the panel."""
     if not provenance.get("Method"):
         return _("No provenance is recorded on this heatmap (made by an earlier version, or a cohort case).")
-    shown = [("Method", _("method")), ("Layer", _("layer")), ("Model", _("model")), ("ModelFile", _("model file")),
-             ("Class", _("class")), ("Segment", "M"), ("TargetScore", "T"), ("Device", _("device")),
-             ("Version", "SegHiResGradCAM"), ("Warnings", _("warning"))]  # fmt: skip
+    shown = [
+        ("Method", _("method")),
+        ("Layer", _("layer")),
+        ("Model", _("model")),
+        ("ModelFile", _("model file")),
+        ("Class", _("class")),
+        ("Segment", "M"),
+        ("TargetScore", "T"),
+        ("Device", _("device")),
+        ("Version", "SegHiResGradCAM"),
+        ("Warnings", _("warning")),
+    ]
     return "; ".join(f"{label}: {provenance[key]}" for key, label in shown if provenance.get(key))
 
 
@@ -178,8 +187,11 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trustBundleCheckBox.connect("toggled(bool)", lambda _: self.onModelChanged())
         self.ui.foldsLineEdit.connect("editingFinished()", self.onModelChanged)
         self.ui.usePredictionCheckBox.connect("toggled(bool)", lambda _: self._updateSegmentSelector())
-        for combo, parameter in ((self.ui.targetClassComboBox, "targetClass"), (self.ui.methodComboBox, "method"),
-                                 (self.ui.layerComboBox, "layer")):  # fmt: skip
+        for combo, parameter in (
+            (self.ui.targetClassComboBox, "targetClass"),
+            (self.ui.methodComboBox, "method"),
+            (self.ui.layerComboBox, "layer"),
+        ):
             combo.connect("currentIndexChanged(int)", lambda _, c=combo, p=parameter: self._rememberChoice(c, p))
         self.initializeParameterNode()
         self._runTimer.connect("timeout()", self.onRunPoll)
@@ -287,8 +299,11 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _modelEditor(self, kind):
         """The path box of a model kind; None for the bundled model."""
-        return {MODEL_CARD: self.ui.modelFileLineEdit, MONAI_BUNDLE: self.ui.modelFolderLineEdit,
-                NNUNET_FOLDER: self.ui.modelFolderLineEdit}.get(kind)  # fmt: skip
+        return {
+            MODEL_CARD: self.ui.modelFileLineEdit,
+            MONAI_BUNDLE: self.ui.modelFolderLineEdit,
+            NNUNET_FOLDER: self.ui.modelFolderLineEdit,
+        }.get(kind)
 
     def _modelEditorFor(self, kind, path):
         """Shows a kind's stored path in its path box (an empty one keeps what the box holds)."""
@@ -314,10 +329,15 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _showModelControls(self):
         kind = self._parameterNode.modelKind if self._parameterNode else BUNDLED
         folder = kind in (MONAI_BUNDLE, NNUNET_FOLDER)
-        shown = {self.ui.modelFileLabel: kind == MODEL_CARD, self.ui.modelFileLineEdit: kind == MODEL_CARD,
-                 self.ui.modelFolderLabel: folder, self.ui.modelFolderLineEdit: folder,
-                 self.ui.trustBundleCheckBox: kind == MONAI_BUNDLE, self.ui.foldsLabel: kind == NNUNET_FOLDER,
-                 self.ui.foldsLineEdit: kind == NNUNET_FOLDER}  # fmt: skip
+        shown = {
+            self.ui.modelFileLabel: kind == MODEL_CARD,
+            self.ui.modelFileLineEdit: kind == MODEL_CARD,
+            self.ui.modelFolderLabel: folder,
+            self.ui.modelFolderLineEdit: folder,
+            self.ui.trustBundleCheckBox: kind == MONAI_BUNDLE,
+            self.ui.foldsLabel: kind == NNUNET_FOLDER,
+            self.ui.foldsLineEdit: kind == NNUNET_FOLDER,
+        }
         for widget, visible in shown.items():
             widget.visible = visible
 
@@ -399,8 +419,12 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _applyDescription(self, description):
         from SegHiResGradCAMLib.mrml.slicer_logic import layer_label
 
-        self._fill(self.ui.methodComboBox, [(m["title"], m["name"]) for m in description["methods"]], "method",
-                   default=DEFAULT_METHOD)  # fmt: skip
+        self._fill(
+            self.ui.methodComboBox,
+            [(m["title"], m["name"]) for m in description["methods"]],
+            "method",
+            default=DEFAULT_METHOD,
+        )
         layers = [(layer_label(layer), layer["name"]) for layer in description["layers"]]
         recommended = next((layer["name"] for layer in description["layers"] if layer["recommended"]), "")
         self._fill(self.ui.layerComboBox, layers, "layer", default=recommended)
@@ -564,8 +588,9 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if status.state == "failed":
             self._runs = []
             self.ui.logCollapsibleButton.collapsed = False
-            slicer.util.errorDisplay(_("Explanation failed: {error}").format(error=status.message),
-                                     detailedText="\n".join(run.log))  # fmt: skip
+            slicer.util.errorDisplay(
+                _("Explanation failed: {error}").format(error=status.message), detailedText="\n".join(run.log)
+            )
             return
         if status.state == "finished":
             if run.warnings:  # the map is shown, and why not to trust it is said where the user looks
@@ -877,8 +902,9 @@ class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
                 "Seg-HiRes-Grad CAM needs the PyTorch extension to install PyTorch: install 'PyTorch' from the "
                 "Extensions Manager, restart Slicer, and try again."
             ) from None
-        return PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
-                                                             torchVersionRequirement=version_requirement)  # fmt: skip
+        return PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=False, torchVersionRequirement=version_requirement
+        )
 
     def showSideBySide(self, volume_node, left_heatmap, right_heatmap):
         """Red view: the first heatmap, Yellow view: the second, both axial over the CT."""
@@ -933,8 +959,9 @@ class SegHiResGradCAMTest(ScriptedLoadableModuleTest):
             return
         self.assertTrue(logic.ensureDependencies(), "the required Python packages were not installed")
         self.delayDisplay("Explaining the ground-truth tumour in the background")
-        settings = ExplainSettings(volume, "tumour", segmentation_node=segmentation, segment_id=tumour,
-                                   with_prediction=True)  # fmt: skip
+        settings = ExplainSettings(
+            volume, "tumour", segmentation_node=segmentation, segment_id=tumour, with_prediction=True
+        )
         run = logic.start(settings)
         deadline = time.time() + 600
         while (status := run.poll()).state == "running" and time.time() < deadline:

@@ -98,15 +98,33 @@ def bias_free_model_card(folder, spacing, window=(16, 32, 32), seed=0):
     input to output passes through it), so its Seg-HiRes-Grad CAM map sums to T."""
     from monai.networks.nets import UNet
 
-    kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8], "strides": [2],
-              "num_res_units": 0, "act": "RELU", "norm": None, "bias": False}  # fmt: skip
+    kwargs = {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 3,
+        "channels": [4, 8],
+        "strides": [2],
+        "num_res_units": 0,
+        "act": "RELU",
+        "norm": None,
+        "bias": False,
+    }
     torch.manual_seed(seed)
     torch.save(UNet(**kwargs).state_dict(), folder / "bias_free.pt")
-    card = {"name": "bias-free UNet", "architecture": "UNet", "kwargs": kwargs, "weights": "bias_free.pt",
-            "preprocessing": {"orientation": "LPS", "spacing": list(spacing),
-                              "intensity": {"low": -250, "high": 350, "centre": 50, "scale": 150}},
-            "classes": ["background", "kidney", "tumour"], "sliding_window": {"size": list(window), "overlap": 0.25},
-            "default_layer": "model.1"}  # fmt: skip
+    card = {
+        "name": "bias-free UNet",
+        "architecture": "UNet",
+        "kwargs": kwargs,
+        "weights": "bias_free.pt",
+        "preprocessing": {
+            "orientation": "LPS",
+            "spacing": list(spacing),
+            "intensity": {"low": -250, "high": 350, "centre": 50, "scale": 150},
+        },
+        "classes": ["background", "kidney", "tumour"],
+        "sliding_window": {"size": list(window), "overlap": 0.25},
+        "default_layer": "model.1",
+    }
     path = folder / "bias_free.json"
     path.write_text(json.dumps(card))
     return path

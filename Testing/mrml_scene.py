@@ -16,8 +16,10 @@ def new_scene():
     application.SetMRMLScene(scene)
     application.SetSliceLogics(vtk.vtkCollection())
     application.SetViewLogics(vtk.vtkCollection())
-    for name, logic in [("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic()),
-                        ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic())]:  # fmt: skip
+    for name, logic in [
+        ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic()),
+        ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic()),
+    ]:
         logic.SetMRMLApplicationLogic(application)
         logic.SetMRMLScene(scene)
         application.SetModuleLogic(name, logic)

@@ -609,8 +609,9 @@ def test_a_run_replaces_an_output_and_says_so_and_clears_a_killed_run_s_leftover
     assert not leftover.exists() and mine.exists()
 
 
-def test_a_label_map_with_several_labels_is_explained_as_the_target_class_label_and_says_so(originals, tmp_path,
-                                                                                           capsys):  # fmt: skip
+def test_a_label_map_with_several_labels_is_explained_as_the_target_class_label_and_says_so(
+    originals, tmp_path, capsys
+):
     """KiTS label files hold kidney, tumour and cyst: every nonzero voxel would explain several
     classes at once, so M is the target class's label (softmax class index = label value)."""
     folder = tmp_path / "case"
@@ -681,8 +682,18 @@ def test_a_huge_header_is_refused_quickly_and_in_little_memory(tmp_path):
     """A 4 KB gzip NRRD whose header claims 2000 x 2000 x 2000 voxels: refused from the
     header, before any voxel or the network is touched (the process does not even load torch)."""
     header = nrrd_header(tmp_path, "huge.nrrd", "2000 2000 2000")
-    arguments = ["explain", "--image", str(header), "--target-class", "tumour", "--from-prediction", "--out",
-                 str(tmp_path / "heat.nrrd"), "--progress", "none"]  # fmt: skip
+    arguments = [
+        "explain",
+        "--image",
+        str(header),
+        "--target-class",
+        "tumour",
+        "--from-prediction",
+        "--out",
+        str(tmp_path / "heat.nrrd"),
+        "--progress",
+        "none",
+    ]
     code = PEAK_MEMORY + (
         "import sys, time\nfrom SegHiResGradCAMLib.cli import main\nstart = time.time()\n"
         f"status = main({arguments!r})\nprint(status, time.time() - start, peak_kb(), 'torch' in sys.modules)\n"
@@ -730,11 +741,25 @@ def off_path_card(folder: Path) -> Path:
     """A DynUNet with deep-supervision heads, which its output (in eval mode) does not use."""
     from monai.networks.nets import DynUNet
 
-    kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": 4, "kernel_size": [3, 3, 3], "strides": [1, 2, 2],
-              "upsample_kernel_size": [2, 2], "deep_supervision": True, "deep_supr_num": 1}  # fmt: skip
+    kwargs = {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 4,
+        "kernel_size": [3, 3, 3],
+        "strides": [1, 2, 2],
+        "upsample_kernel_size": [2, 2],
+        "deep_supervision": True,
+        "deep_supr_num": 1,
+    }
     torch.save(DynUNet(**kwargs).state_dict(), folder / "model" / "dyn.pt")
-    return card(folder, architecture="DynUNet", kwargs=kwargs, weights="dyn.pt", sliding_window__size=[16, 32, 32],
-                default_layer=None)  # fmt: skip
+    return card(
+        folder,
+        architecture="DynUNet",
+        kwargs=kwargs,
+        weights="dyn.pt",
+        sliding_window__size=[16, 32, 32],
+        default_layer=None,
+    )
 
 
 # name -> (arguments for the case folder, what the one line says); each refused before inference runs
@@ -800,8 +825,9 @@ def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(originals, tmp
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
-    done = subprocess.run(cli_process(good(folder)), capture_output=True, text=True, preexec_fn=small_files,
-                          timeout=600)  # fmt: skip
+    done = subprocess.run(
+        cli_process(good(folder)), capture_output=True, text=True, preexec_fn=small_files, timeout=600
+    )
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert re.search(r"Cannot write the .*heatmap \(.*MB free on its disk\); nothing was written", lines[0]), lines
@@ -815,8 +841,12 @@ def test_a_non_ascii_path_under_a_non_utf8_locale_is_refused_at_once(originals, 
     prepare(originals, folder)
     environment = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
     started = time.perf_counter()
-    done = subprocess.run(cli_process(good(folder, out=folder / "Ergebnisse-ü" / "heat.nrrd")), capture_output=True,
-                          env=environment, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        cli_process(good(folder, out=folder / "Ergebnisse-ü" / "heat.nrrd")),
+        capture_output=True,
+        env=environment,
+        timeout=600,
+    )
     err = done.stderr.decode("utf-8", "replace").strip().splitlines()
     assert done.returncode == 2 and len(err) == 1, err
     assert "locale is not UTF-8. Run it with LC_ALL=C.UTF-8" in err[0]

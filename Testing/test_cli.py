@@ -37,9 +37,21 @@ def kits_like_case(tmp_path_factory):
 
 def test_explain_writes_the_heatmap_and_prediction_in_the_ct_geometry(kits_like_case, tmp_path):
     ct_path = kits_like_case / "imaging.nii.gz"
-    run = seghiresgradcam("explain", "--image", ct_path, "--target-class", "tumour", "--mask",
-                          kits_like_case / "tumour.nrrd", "--out", tmp_path / "heat.nrrd", "--prediction",
-                          tmp_path / "prediction.nii.gz", "--progress", "none")  # fmt: skip
+    run = seghiresgradcam(
+        "explain",
+        "--image",
+        ct_path,
+        "--target-class",
+        "tumour",
+        "--mask",
+        kits_like_case / "tumour.nrrd",
+        "--out",
+        tmp_path / "heat.nrrd",
+        "--prediction",
+        tmp_path / "prediction.nii.gz",
+        "--progress",
+        "none",
+    )
     assert run.returncode == 0, run.stderr
     ct, heat = sitk.ReadImage(str(ct_path)), sitk.ReadImage(str(tmp_path / "heat.nrrd"))
     prediction = sitk.ReadImage(str(tmp_path / "prediction.nii.gz"))
@@ -57,9 +69,20 @@ def test_explain_writes_the_heatmap_and_prediction_in_the_ct_geometry(kits_like_
 
 
 def test_json_progress_is_monotone_and_ends_at_one(kits_like_case, tmp_path):
-    run = seghiresgradcam("explain", "--image", kits_like_case / "imaging.nii.gz", "--target-class", "1",
-                          "--from-prediction", "--method", "seg-grad-cam", "--out", tmp_path / "heat.nii.gz",
-                          "--progress", "json")  # fmt: skip
+    run = seghiresgradcam(
+        "explain",
+        "--image",
+        kits_like_case / "imaging.nii.gz",
+        "--target-class",
+        "1",
+        "--from-prediction",
+        "--method",
+        "seg-grad-cam",
+        "--out",
+        tmp_path / "heat.nii.gz",
+        "--progress",
+        "json",
+    )
     assert run.returncode == 0, run.stderr
     fractions = [json.loads(line)["fraction"] for line in run.stdout.splitlines()]
     assert len(fractions) > 5 and fractions == sorted(fractions) and fractions[-1] == 1.0
@@ -88,9 +111,22 @@ def test_explain_help_names_every_layer_rule():
 
 def test_explain_takes_a_layer_rule_for_a_layer(kits_like_case, tmp_path):
     """--layer stage-below-finest explains the layer that rule selects; the summary names it."""
-    run = seghiresgradcam("explain", "--image", kits_like_case / "imaging.nii.gz", "--target-class", "1",
-                          "--from-prediction", "--layer", "stage-below-finest", "--out", tmp_path / "heat.nii.gz",
-                          "--summary", tmp_path / "summary.json", "--progress", "none")  # fmt: skip
+    run = seghiresgradcam(
+        "explain",
+        "--image",
+        kits_like_case / "imaging.nii.gz",
+        "--target-class",
+        "1",
+        "--from-prediction",
+        "--layer",
+        "stage-below-finest",
+        "--out",
+        tmp_path / "heat.nii.gz",
+        "--summary",
+        tmp_path / "summary.json",
+        "--progress",
+        "none",
+    )
     assert run.returncode == 0, run.stderr
     assert json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))["layer"] == "model.1.submodule.1"
 
@@ -102,17 +138,32 @@ def test_methods_lists_every_registered_method_with_its_cost():
     assert [entry["name"] for entry in listed] == list(METHODS)
     assert all(entry["cost"] for entry in listed)
     assert {entry["name"] for entry in listed if not entry["sliding_windows"]} == {
-        "seg-eigen-cam", "eigen-cam", "seg-score-cam"
-    }  # fmt: skip
+        "seg-eigen-cam",
+        "eigen-cam",
+        "seg-score-cam",
+    }
 
 
 def test_metrics_of_a_method_that_explains_a_crop_around_m(kits_like_case, tmp_path):
     """Seg-Eigen CAM cannot run window by window: the command explains a crop around M,
     returns the map on the whole CT, and measures it (table on stdout, JSON in a file)."""
-    run = seghiresgradcam("explain", "--image", kits_like_case / "imaging.nii.gz", "--target-class", "tumour",
-                          "--mask", kits_like_case / "tumour.nrrd", "--method", "seg-eigen-cam", "--out",
-                          tmp_path / "heat.nrrd", "--metrics", tmp_path / "metrics.json",
-                          "--progress", "none")  # fmt: skip
+    run = seghiresgradcam(
+        "explain",
+        "--image",
+        kits_like_case / "imaging.nii.gz",
+        "--target-class",
+        "tumour",
+        "--mask",
+        kits_like_case / "tumour.nrrd",
+        "--method",
+        "seg-eigen-cam",
+        "--out",
+        tmp_path / "heat.nrrd",
+        "--metrics",
+        tmp_path / "metrics.json",
+        "--progress",
+        "none",
+    )
     assert run.returncode == 0, run.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
     assert set(metrics["mass_in_regions"]) == {"in kidney (predicted)", "in cyst (predicted)", "outside body"}
@@ -195,8 +246,13 @@ def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(problem, kits_like_ca
 def test_demo_writes_the_case_heatmaps_and_figure_and_reuses_the_case(tmp_path):
     first = seghiresgradcam("demo", "--out", tmp_path, "--progress", "none")
     assert first.returncode == 0, first.stderr
-    for name in ["case_00007_ct.nii.gz", "case_00007_ground_truth.nii.gz", "prediction.nrrd",
-                 "heatmap_seg-grad-cam.nrrd", "heatmap_seg-hires-grad-cam.nrrd"]:  # fmt: skip
+    for name in [
+        "case_00007_ct.nii.gz",
+        "case_00007_ground_truth.nii.gz",
+        "prediction.nrrd",
+        "heatmap_seg-grad-cam.nrrd",
+        "heatmap_seg-hires-grad-cam.nrrd",
+    ]:
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "in tumour" in first.stdout and "Making the synthetic" in first.stdout

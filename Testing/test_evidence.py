@@ -38,9 +38,26 @@ def card_with_head(folder, class_index: int, weights_of) -> str:
 
 
 def explain(folder, card, target, *extra):
-    return cli_main(["explain", "--image", str(folder / "ct.nrrd"), "--model", card, "--target-class", target,
-                     "--mask", str(folder / "kidney.nrrd"), "--out", str(folder / "heat.nrrd"),
-                     "--summary", str(folder / "summary.json"), "--progress", "none", *extra])  # fmt: skip
+    return cli_main(
+        [
+            "explain",
+            "--image",
+            str(folder / "ct.nrrd"),
+            "--model",
+            card,
+            "--target-class",
+            target,
+            "--mask",
+            str(folder / "kidney.nrrd"),
+            "--out",
+            str(folder / "heat.nrrd"),
+            "--summary",
+            str(folder / "summary.json"),
+            "--progress",
+            "none",
+            *extra,
+        ]
+    )
 
 
 def test_a_map_without_positive_evidence_is_refused_and_nothing_is_written(small_case, capsys):
@@ -58,16 +75,24 @@ def test_a_target_against_the_class_is_warned_about_wherever_the_map_goes(small_
     """Evidence of both signs, the negative larger: T < 0, yet a normal-looking map."""
     channels = torch.arange(12).reshape(12, 1, 1, 1) < 6
     card = card_with_head(small_case, 1, lambda weights: torch.where(channels, -4 * weights.abs(), weights.abs()))
-    code = explain(small_case, card, "kidney", "--metrics", str(small_case / "metrics.json"), "--signed",
-                   str(small_case / "signed.nrrd"))  # fmt: skip
+    code = explain(
+        small_case,
+        card,
+        "kidney",
+        "--metrics",
+        str(small_case / "metrics.json"),
+        "--signed",
+        str(small_case / "signed.nrrd"),
+    )
     printed = capsys.readouterr()
     assert code == 0, printed.err
     summary = json.loads((small_case / "summary.json").read_text(encoding="utf-8"))
     evidence = summary["evidence"]["seg-hires-grad-cam"]
     assert evidence["target_score"] < 0 < evidence["positive_evidence"] < evidence["negative_evidence"]
     # For this bias-free network S sums to T (see test_signed_map): the masses are S's two parts.
-    assert evidence["positive_evidence"] - evidence["negative_evidence"] == pytest.approx(evidence["target_score"],
-                                                                                         rel=1e-4)  # fmt: skip
+    assert evidence["positive_evidence"] - evidence["negative_evidence"] == pytest.approx(
+        evidence["target_score"], rel=1e-4
+    )
     assert "warning: T = " in printed.err and "is not positive" in printed.err
     assert any("is not positive" in warning for warning in summary["warnings"])
     metrics = json.loads((small_case / "metrics.json").read_text(encoding="utf-8"))
@@ -75,8 +100,9 @@ def test_a_target_against_the_class_is_warned_about_wherever_the_map_goes(small_
     for name in ("heat.nrrd", "signed.nrrd"):
         written = sitk.ReadImage(str(small_case / name))
         assert "is not positive" in written.GetMetaData("seghiresgradcam_warnings")
-        assert float(written.GetMetaData("seghiresgradcam_target_score")) == pytest.approx(evidence["target_score"],
-                                                                                          rel=1e-5)  # fmt: skip
+        assert float(written.GetMetaData("seghiresgradcam_target_score")) == pytest.approx(
+            evidence["target_score"], rel=1e-5
+        )
     heat = sitk.GetArrayFromImage(sitk.ReadImage(str(small_case / "heat.nrrd")))
     assert heat.max() == pytest.approx(1.0)  # the picture alone would not tell
 
@@ -87,8 +113,10 @@ def test_the_record_says_how_the_result_was_made(small_case, capsys):
     capsys.readouterr()
     record = json.loads((small_case / "summary.json").read_text(encoding="utf-8"))["record"]
     assert record["class"] == "kidney" and record["mask"] == str((small_case / "kidney.nrrd").resolve())
-    assert record["command"].startswith("seghiresgradcam explain --image ") and "--target-class kidney" in record[
-        "command"]  # fmt: skip
+    assert (
+        record["command"].startswith("seghiresgradcam explain --image ")
+        and "--target-class kidney" in record["command"]
+    )
     from hashlib import sha256
 
     assert len(record["model_sha256"]) == 64
@@ -125,9 +153,23 @@ def kits_like(tmp_path_factory):
 
 def test_a_segment_the_network_does_not_predict_is_warned_about(kits_like, capsys):
     def run(mask):
-        code = cli_main(["explain", "--image", str(kits_like / "ct.nrrd"), "--target-class", "tumour", "--mask",
-                         str(kits_like / mask), "--out", str(kits_like / "heat.nrrd"), "--summary",
-                         str(kits_like / "summary.json"), "--progress", "none"])  # fmt: skip
+        code = cli_main(
+            [
+                "explain",
+                "--image",
+                str(kits_like / "ct.nrrd"),
+                "--target-class",
+                "tumour",
+                "--mask",
+                str(kits_like / mask),
+                "--out",
+                str(kits_like / "heat.nrrd"),
+                "--summary",
+                str(kits_like / "summary.json"),
+                "--progress",
+                "none",
+            ]
+        )
         printed = capsys.readouterr()
         assert code == 0, printed.err
         return json.loads((kits_like / "summary.json").read_text(encoding="utf-8")), printed
@@ -144,9 +186,28 @@ def test_a_segment_the_network_does_not_predict_is_warned_about(kits_like, capsy
 
 
 def measured(folder, model, method, *extra):
-    code = cli_main(["explain", "--image", str(folder / "ct.nrrd"), "--model", str(model), "--target-class", "tumour",
-                     "--mask", str(folder / "tumour.nrrd"), "--method", method, "--out", str(folder / "heat.nrrd"),
-                     "--metrics", str(folder / "metrics.json"), "--progress", "none", *extra])  # fmt: skip
+    code = cli_main(
+        [
+            "explain",
+            "--image",
+            str(folder / "ct.nrrd"),
+            "--model",
+            str(model),
+            "--target-class",
+            "tumour",
+            "--mask",
+            str(folder / "tumour.nrrd"),
+            "--method",
+            method,
+            "--out",
+            str(folder / "heat.nrrd"),
+            "--metrics",
+            str(folder / "metrics.json"),
+            "--progress",
+            "none",
+            *extra,
+        ]
+    )
     assert code == 0
     return json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
 
@@ -173,13 +234,19 @@ def test_every_metric_comes_with_its_baseline_and_every_check_with_its_criterion
     assert 0 < hires["mass_in_target_uniform"] < 0.05  # M is a small part of the image
     assert hires["deletion_random"]["area"] > 0 and hires["insertion_random"]["area"] > 0
     names = [check["name"] for check in hires["checks"]]
-    assert names == ["randomisation (inside M)", "heat in M beyond a random network", "deletion beyond random order",
-                     "insertion beyond random order", "dependence on M"]  # fmt: skip
+    assert names == [
+        "randomisation (inside M)",
+        "heat in M beyond a random network",
+        "deletion beyond random order",
+        "insertion beyond random order",
+        "dependence on M",
+    ]
     checks = {check["name"]: check for check in hires["checks"]}
     assert checks["dependence on M"]["passed"] and hires["dependence_on_target"] < 0.5
     assert checks["randomisation (inside M)"]["value"] == hires["randomisation_similarity_in_target"]
-    assert checks["deletion beyond random order"]["passed"] == (hires["deletion"]["area"]
-                                                                 < hires["deletion_random"]["area"])  # fmt: skip
+    assert checks["deletion beyond random order"]["passed"] == (
+        hires["deletion"]["area"] < hires["deletion_random"]["area"]
+    )
     assert f"randomised network {100 * hires['mass_in_target_randomised']:.1f} %" in printed
     assert "check: dependence on M" in printed and "pass (rank similarity with the map of M moved aside" in printed
     grad = measured(kits_like, BUNDLED, "seg-grad-cam", "--measure", "dependence")

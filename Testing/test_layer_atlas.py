@@ -43,9 +43,20 @@ def test_decoder_stages_run_from_the_bottleneck_to_the_finest_grid_one_per_resol
 def test_the_demo_network_has_three_stages_and_deep_supervision_heads_are_none():
     card = read_model_card()
     assert atlas_layers(card.build_network(), (1, *card.window)) == [
-        "model.1.submodule.1.submodule.1", "model.1.submodule.1", "model.1"]  # fmt: skip
-    model = DynUNet(3, 1, 3, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2],
-                    deep_supervision=True, deep_supr_num=1)  # fmt: skip
+        "model.1.submodule.1.submodule.1",
+        "model.1.submodule.1",
+        "model.1",
+    ]
+    model = DynUNet(
+        3,
+        1,
+        3,
+        kernel_size=[3, 3, 3],
+        strides=[1, 2, 2],
+        upsample_kernel_size=[2, 2],
+        deep_supervision=True,
+        deep_supr_num=1,
+    )
     assert not [name for name in atlas_layers(model, (1, 16, 16, 16)) if "supervision" in name]
 
 
@@ -74,8 +85,21 @@ def ct(tmp_path_factory):
 
 def test_the_command_line_atlas_writes_a_heatmap_per_stage_with_metrics_a_table_and_a_figure(ct, capsys):
     out = ct / "atlas"
-    arguments = ["explain", "--image", str(ct / "ct.nii.gz"), "--target-class", "kidney", "--mask",
-                 str(ct / "kidney.nrrd"), "--layers", "atlas", "--out", str(out), "--progress", "none"]  # fmt: skip
+    arguments = [
+        "explain",
+        "--image",
+        str(ct / "ct.nii.gz"),
+        "--target-class",
+        "kidney",
+        "--mask",
+        str(ct / "kidney.nrrd"),
+        "--layers",
+        "atlas",
+        "--out",
+        str(out),
+        "--progress",
+        "none",
+    ]
     assert cli_main(arguments) == 0
     stages = ["model.1.submodule.1.submodule.1", "model.1.submodule.1", "model.1"]
     reference = sitk.ReadImage(str(ct / "ct.nii.gz"))
@@ -103,9 +127,23 @@ def test_the_command_line_atlas_writes_a_heatmap_per_stage_with_metrics_a_table_
 
 def test_an_atlas_without_metrics_is_only_the_maps(ct, capsys):
     out = ct / "bare-atlas"
-    arguments = ["explain", "--image", str(ct / "ct.nii.gz"), "--target-class", "kidney", "--mask",
-                 str(ct / "kidney.nrrd"), "--layers", "atlas", "--measure", "none", "--out", str(out),
-                 "--progress", "none"]  # fmt: skip
+    arguments = [
+        "explain",
+        "--image",
+        str(ct / "ct.nii.gz"),
+        "--target-class",
+        "kidney",
+        "--mask",
+        str(ct / "kidney.nrrd"),
+        "--layers",
+        "atlas",
+        "--measure",
+        "none",
+        "--out",
+        str(out),
+        "--progress",
+        "none",
+    ]
     assert cli_main(arguments) == 0
     table = json.loads((out / "atlas.json").read_text(encoding="utf-8"))
     assert [row["metrics"] for row in table["layers"]] == [None] * 3
@@ -115,9 +153,24 @@ def test_an_atlas_without_metrics_is_only_the_maps(ct, capsys):
 
 def test_an_atlas_with_a_layer_that_fails_writes_nothing(ct, capsys):
     out = ct / "failed-atlas"
-    code = cli_main(["explain", "--image", str(ct / "ct.nii.gz"), "--target-class", "kidney", "--mask",
-                     str(ct / "kidney.nrrd"), "--layers", "model.1", "no.such.layer", "--out", str(out),
-                     "--progress", "none"])  # fmt: skip
+    code = cli_main(
+        [
+            "explain",
+            "--image",
+            str(ct / "ct.nii.gz"),
+            "--target-class",
+            "kidney",
+            "--mask",
+            str(ct / "kidney.nrrd"),
+            "--layers",
+            "model.1",
+            "no.such.layer",
+            "--out",
+            str(out),
+            "--progress",
+            "none",
+        ]
+    )
     assert code == 2 and "no layer named 'no.such.layer'" in capsys.readouterr().err
     assert not out.exists()
 

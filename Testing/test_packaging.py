@@ -35,8 +35,11 @@ def test_the_module_self_test_is_registered_under_testing_python():
     scripts = re.findall(r"slicer_add_python_unittest\(SCRIPT (\S+)\)", cmake)
     assert scripts, "no self-test registered"
     for script in scripts:
-        path = Path(script.replace("${CMAKE_CURRENT_SOURCE_DIR}", str(MODULE / "Testing" / "Python"))
-                    .replace("${MODULE_NAME}", "SegHiResGradCAM")).resolve()  # fmt: skip
+        path = Path(
+            script.replace("${CMAKE_CURRENT_SOURCE_DIR}", str(MODULE / "Testing" / "Python")).replace(
+                "${MODULE_NAME}", "SegHiResGradCAM"
+            )
+        ).resolve()
         # Slicer's runUnitTest imports the script by name and runs its test case classes.
         classes = [node for node in ast.parse(path.read_text(encoding="utf-8")).body if isinstance(node, ast.ClassDef)]
         bases = {base.id for node in classes for base in node.bases if isinstance(base, ast.Name)}
@@ -94,8 +97,9 @@ def test_make_demo_installs_only_the_package_and_make_test_adds_the_extras(tmp_p
     import subprocess
 
     def planned(target):
-        return subprocess.run(["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout  # fmt: skip
+        return subprocess.run(
+            ["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
 
     demo = [line for line in planned("demo").splitlines() if "pip install" in line and "-e" in line]
     assert len(demo) == 1 and demo[0].rstrip().endswith("-e .")  # no extras: no Ray, nnU-Net, slicer-core
@@ -110,14 +114,21 @@ def test_no_file_points_to_a_planning_note_outside_the_repository():
     import subprocess
 
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    pointing = [name for name in tracked.split() if (ROOT / name).is_file() and name != "Testing/test_packaging.py"
-                and "DESIGN.md" in (ROOT / name).read_text(errors="ignore")]  # fmt: skip
+    pointing = [
+        name
+        for name in tracked.split()
+        if (ROOT / name).is_file()
+        and name != "Testing/test_packaging.py"
+        and "DESIGN.md" in (ROOT / name).read_text(errors="ignore")
+    ]
     assert pointing == []
 
 
 # APIs the code calls, and the release that introduced each: the declared minimum must be at least that.
-NEWER_APIS = {"torch": {"safe_globals": "2.5", "torch.OutOfMemoryError": "2.5"},
-              "numpy": {"np.trapezoid": "2.0", "np._core": "2.0"}}  # fmt: skip
+NEWER_APIS = {
+    "torch": {"safe_globals": "2.5", "torch.OutOfMemoryError": "2.5"},
+    "numpy": {"np.trapezoid": "2.0", "np._core": "2.0"},
+}
 
 
 def test_declared_minimum_versions_cover_the_apis_the_code_calls_and_are_declared_once():

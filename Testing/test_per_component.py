@@ -24,9 +24,24 @@ def two_kidneys(tmp_path_factory):
 
 
 def explain(folder, card, out, *extra):
-    return cli_main(["explain", "--image", str(folder / "ct.nrrd"), "--model", str(card), "--target-class", "kidney",
-                     "--mask", str(folder / "kidney.nrrd"), "--out", str(out), "--progress", "none",
-                     *extra])  # fmt: skip
+    return cli_main(
+        [
+            "explain",
+            "--image",
+            str(folder / "ct.nrrd"),
+            "--model",
+            str(card),
+            "--target-class",
+            "kidney",
+            "--mask",
+            str(folder / "kidney.nrrd"),
+            "--out",
+            str(out),
+            "--progress",
+            "none",
+            *extra,
+        ]
+    )
 
 
 def test_each_component_is_explained_alone_and_their_targets_add_up_to_the_whole(two_kidneys, capsys):

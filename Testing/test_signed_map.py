@@ -22,10 +22,29 @@ def case(tmp_path_factory):
 
 
 def explain_signed(folder, card, method):
-    code = cli_main(["explain", "--image", str(folder / "ct.nrrd"), "--model", str(card), "--target-class", "kidney",
-                     "--mask", str(folder / "kidney.nrrd"), "--method", method, "--out", str(folder / "heat.nrrd"),
-                     "--signed", str(folder / "signed.nrrd"), "--summary", str(folder / "summary.json"),
-                     "--progress", "none"])  # fmt: skip
+    code = cli_main(
+        [
+            "explain",
+            "--image",
+            str(folder / "ct.nrrd"),
+            "--model",
+            str(card),
+            "--target-class",
+            "kidney",
+            "--mask",
+            str(folder / "kidney.nrrd"),
+            "--method",
+            method,
+            "--out",
+            str(folder / "heat.nrrd"),
+            "--signed",
+            str(folder / "signed.nrrd"),
+            "--summary",
+            str(folder / "summary.json"),
+            "--progress",
+            "none",
+        ]
+    )
     assert code == 0
     signed = sitk.ReadImage(str(folder / "signed.nrrd"))
     score = json.loads((folder / "summary.json").read_text(encoding="utf-8"))["methods"][method]["target_score"]

@@ -157,14 +157,29 @@ def re_uses(source: str) -> list[tuple[str, str]]:
 
 def test_the_ui_declares_the_controls_the_module_needs():
     widgets = declared_widgets()
-    needed = {"inputVolumeSelector": "qMRMLNodeComboBox", "segmentSelector": "qMRMLSegmentSelectorWidget",
-              "usePredictionCheckBox": "QCheckBox", "targetClassComboBox": "QComboBox", "methodComboBox": "QComboBox",
-              "layerComboBox": "QComboBox", "deviceComboBox": "QComboBox", "modelKindComboBox": "QComboBox",
-              "modelFileLineEdit": "ctkPathLineEdit", "modelFolderLineEdit": "ctkPathLineEdit",
-              "applyButton": "QPushButton", "compareButton": "QPushButton", "progressBar": "QProgressBar",
-              "statusLabel": "QLabel", "modelStatusLabel": "QLabel", "trustBundleCheckBox": "QCheckBox",
-              "foldsLineEdit": "QLineEdit", "signedCheckBox": "QCheckBox", "show3DCheckBox": "QCheckBox",
-              "logTextEdit": "QPlainTextEdit", "logCollapsibleButton": "ctkCollapsibleButton"}  # fmt: skip
+    needed = {
+        "inputVolumeSelector": "qMRMLNodeComboBox",
+        "segmentSelector": "qMRMLSegmentSelectorWidget",
+        "usePredictionCheckBox": "QCheckBox",
+        "targetClassComboBox": "QComboBox",
+        "methodComboBox": "QComboBox",
+        "layerComboBox": "QComboBox",
+        "deviceComboBox": "QComboBox",
+        "modelKindComboBox": "QComboBox",
+        "modelFileLineEdit": "ctkPathLineEdit",
+        "modelFolderLineEdit": "ctkPathLineEdit",
+        "applyButton": "QPushButton",
+        "compareButton": "QPushButton",
+        "progressBar": "QProgressBar",
+        "statusLabel": "QLabel",
+        "modelStatusLabel": "QLabel",
+        "trustBundleCheckBox": "QCheckBox",
+        "foldsLineEdit": "QLineEdit",
+        "signedCheckBox": "QCheckBox",
+        "show3DCheckBox": "QCheckBox",
+        "logTextEdit": "QPlainTextEdit",
+        "logCollapsibleButton": "ctkCollapsibleButton",
+    }
     assert {name: widgets.get(name) for name in needed} == needed
 
 
@@ -183,8 +198,14 @@ def test_model_dependent_widgets_are_not_bound_and_model_paths_are_plain_strings
     """Their entries change with the model, which a Choice-bound combo box would overwrite;
     ctkPathLineEdit binds only to pathlib types, whose empty value would show as '.'."""
     bound_names = {widget for widget, _ in bound_widgets().values()}
-    for widget in ("targetClassComboBox", "methodComboBox", "layerComboBox", "modelFileLineEdit",
-                   "modelFolderLineEdit", "segmentSelector"):  # fmt: skip
+    for widget in (
+        "targetClassComboBox",
+        "methodComboBox",
+        "layerComboBox",
+        "modelFileLineEdit",
+        "modelFolderLineEdit",
+        "segmentSelector",
+    ):
         assert widget not in bound_names
     for parameter in ("targetClass", "method", "layer", "modelPath"):
         assert annotation_kind(parameters()[parameter][0]) == "str"
@@ -197,8 +218,11 @@ def test_choice_parameters_default_to_one_of_their_choices():
         if annotation_kind(annotation) != "Choice":
             continue
         choice = next(extra for extra in annotation.slice.elts[1:] if isinstance(extra, ast.Call))
-        choices = constants[ast.unparse(choice.args[0])] if isinstance(choice.args[0], ast.Name) else ast.literal_eval(
-            choice.args[0])  # fmt: skip
+        choices = (
+            constants[ast.unparse(choice.args[0])]
+            if isinstance(choice.args[0], ast.Name)
+            else ast.literal_eval(choice.args[0])
+        )
         value = constants[default.id] if isinstance(default, ast.Name) else ast.literal_eval(default)
         assert value in choices, f"{name} defaults to {value!r}, not one of {choices}"
         checked += 1
@@ -207,16 +231,27 @@ def test_choice_parameters_default_to_one_of_their_choices():
 
 def test_the_module_is_bound_with_connect_gui_of_the_ui_object_not_a_dict():
     """wrapper.py's _connectGui walks gui.__dict__ (or a widget's children): a dict has none."""
-    calls = [node for node in ast.walk(MODULE_TREE) if isinstance(node, ast.Call)
-             and isinstance(node.func, ast.Attribute) and node.func.attr == "connectGui"]  # fmt: skip
+    calls = [
+        node
+        for node in ast.walk(MODULE_TREE)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connectGui"
+    ]
     assert calls
     assert all(ast.unparse(call.args[0]) == "self.ui" for call in calls)
 
 
 # Opening the module: what setup() (and the constructor) reach through calls on self.
 HEAVY_MODULES = {"torch", "monai", "nnunetv2", "SimpleITK", "numpy", "subprocess"}
-PROCESS_STARTERS = {"Popen", "run", "BackgroundRun", "BackgroundQuery", "ExplainRun", "request",
-                    "ensureDependencies", "pip_install"}  # fmt: skip
+PROCESS_STARTERS = {
+    "Popen",
+    "run",
+    "BackgroundRun",
+    "BackgroundQuery",
+    "ExplainRun",
+    "request",
+    "ensureDependencies",
+    "pip_install",
+}
 
 
 def walk_now(node: ast.AST):
@@ -272,8 +307,11 @@ def test_opening_the_module_imports_nothing_heavy_and_starts_no_process():
 
 def test_the_check_sees_a_process_started_or_torch_imported_in_setup():
     """Negative control: the same check fails when setup inspects the model or imports torch."""
-    setup = next(node for node in module_class("SegHiResGradCAMWidget").body
-                 if isinstance(node, ast.FunctionDef) and node.name == "setup")  # fmt: skip
+    setup = next(
+        node
+        for node in module_class("SegHiResGradCAMWidget").body
+        if isinstance(node, ast.FunctionDef) and node.name == "setup"
+    )
     setup.body += ast.parse("self.onInspectionPoll()\nimport torch").body
     try:
         violations, _ = opening_violations()
@@ -289,8 +327,17 @@ def test_the_extensions_index_entry_follows_the_catalog_schema_and_the_index_sty
     sorted keys and a one-line build_dependencies list."""
     path = MODULE.parent / "SegHiResGradCAM.json"
     entry = json.loads(path.read_text(encoding="utf-8"))
-    allowed = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
-               "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int}  # fmt: skip
+    allowed = {
+        "$schema": str,
+        "category": str,
+        "scm_url": str,
+        "scm_revision": str,
+        "scm_type": str,
+        "build_dependencies": list,
+        "build_subdirectory": str,
+        "enabled": bool,
+        "tier": int,
+    }
     assert {"$schema", "category", "scm_url"} <= set(entry)
     assert all(isinstance(value, allowed[key]) for key, value in entry.items())
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
@@ -302,8 +349,11 @@ def test_the_extensions_index_entry_follows_the_catalog_schema_and_the_index_sty
 def test_contributors_are_given_as_name_and_organisation_and_help_links_the_documentation():
     init = next(node for node in module_class("SegHiResGradCAM").body if isinstance(node, ast.FunctionDef))
     source = ast.unparse(init)
-    contributors = next(node.value for node in ast.walk(init) if isinstance(node, ast.Assign)
-                        and ast.unparse(node.targets[0]) == "self.parent.contributors")  # fmt: skip
+    contributors = next(
+        node.value
+        for node in ast.walk(init)
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "self.parent.contributors"
+    )
     for name in ast.literal_eval(contributors):
         assert name.count("(") == 1 and name.endswith(")") and not name.startswith("("), name
     assert "<a href=" in source and "DOCUMENTATION" in source

@@ -20,9 +20,24 @@ def case(tmp_path_factory):
 
 
 def explain(folder, card, out, *extra):
-    return cli_main(["explain", "--image", str(folder / "ct.nrrd"), "--model", str(card), "--target-class", "kidney",
-                     "--mask", str(folder / "kidney.nrrd"), "--out", str(out), "--progress", "none",
-                     *extra])  # fmt: skip
+    return cli_main(
+        [
+            "explain",
+            "--image",
+            str(folder / "ct.nrrd"),
+            "--model",
+            str(card),
+            "--target-class",
+            "kidney",
+            "--mask",
+            str(folder / "kidney.nrrd"),
+            "--out",
+            str(out),
+            "--progress",
+            "none",
+            *extra,
+        ]
+    )
 
 
 def test_devices_and_pipes_are_refused_and_left_as_they_are(case, tmp_path, capsys):

@@ -49,8 +49,9 @@ def work_seconds(root: int | None = None) -> float:
     return total
 
 
-def wait_while_working(condition, stall: float = 120.0, what: str = "the condition", ceiling: float = 3600.0,
-                       between=None):  # fmt: skip
+def wait_while_working(
+    condition, stall: float = 120.0, what: str = "the condition", ceiling: float = 3600.0, between=None
+):
     """Returns ``condition()``'s first true value; fails after ``stall`` seconds in which no
     work was done, or after ``ceiling`` seconds. ``between()`` runs between looks (an event
     loop's turn)."""

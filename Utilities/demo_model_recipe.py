@@ -16,8 +16,9 @@ OUTPUT = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / "SegHiResGrad
 NAME = "kits_demo_unet"
 # No residual units: the layer after the last skip connection feeds one transposed
 # convolution without normalisation, so gradients there stay local to the segment.
-KWARGS = dict(spatial_dims=3, in_channels=1, out_channels=4, channels=(16, 32, 64, 128), strides=(2, 2, 2),
-              num_res_units=0)  # fmt: skip
+KWARGS = dict(
+    spatial_dims=3, in_channels=1, out_channels=4, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=0
+)
 SPACING = (2.0, 2.0, 3.0)  # mm, (x, y, z): fine enough that a 2 cm tumour is 10 voxels across
 MODEL_GRID = Grid.centred((200, 200, 60), SPACING)  # 400 x 400 x 180 mm, as the demo CTs
 INTENSITY = Intensity(low=-250.0, high=350.0, centre=50.0, scale=150.0)

@@ -44,8 +44,9 @@ def write_segmentation(ct_path: Path, labels_path: Path, path: Path) -> None:
     # Segment IDs are random by default; a seeded sequence keeps the file, and so its SHA256, reproducible.
     slicer.vtkSegmentation.GetSegmentIDRandomSequenceInstance().SetSeed(SEED)
     # The phantom's label values are the bundled model's classes: named and coloured as its prediction.
-    segmentation = segmentation_from_labelmap_file(labels_path, volume, read_model_card(None).segment_styles,
-                                                   "ground truth")  # fmt: skip
+    segmentation = segmentation_from_labelmap_file(
+        labels_path, volume, read_model_card(None).segment_styles, "ground truth"
+    )
     writer = slicer.vtkMRMLSegmentationStorageNode()
     writer.SetFileName(str(path))
     writer.SetUseCompression(True)

@@ -41,8 +41,10 @@ def main() -> None:
         if application.errors:
             raise SystemExit(application.errors[-1])
         layout = application.layoutManager()
-        shown = [scene.GetNodeByID(layout.sliceWidget(view).mrmlSliceCompositeNode().GetForegroundVolumeID())
-                 for view in ("Red", "Yellow")]  # fmt: skip
+        shown = [
+            scene.GetNodeByID(layout.sliceWidget(view).mrmlSliceCompositeNode().GetForegroundVolumeID())
+            for view in ("Red", "Yellow")
+        ]
         outline = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "tumour outline")
         with tempfile.TemporaryDirectory() as folder:
             segment_file = Path(folder) / "segment.nrrd"

@@ -51,17 +51,26 @@ def nnunet_architecture(out: Path) -> dict:
     folder = out / "nnunet"
     plans_file = folder / "results" / NNUNET_CONFIGURATION / "plans.json"
     if not plans_file.exists():
-        subprocess.run([sys.executable, str(ROOT / "Testing" / "models" / "nnunet_results.py"), str(folder)],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, str(ROOT / "Testing" / "models" / "nnunet_results.py"), str(folder)],
+            check=True,
+            capture_output=True,
+        )
     return json.loads(plans_file.read_text(encoding="utf-8"))["configurations"]["3d_fullres"]["architecture"]
 
 
 def build_plain_conv_unet(architecture: dict, classes: int):
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    return get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
-                                  architecture["_kw_requires_import"], 1, classes, allow_init=True,
-                                  deep_supervision=False)  # fmt: skip
+    return get_network_from_plans(
+        architecture["network_class_name"],
+        architecture["arch_kwargs"],
+        architecture["_kw_requires_import"],
+        1,
+        classes,
+        allow_init=True,
+        deep_supervision=False,
+    )
 
 
 def load_plain_conv_unet(out: Path = DEFAULT_OUT):
@@ -80,15 +89,16 @@ def build(arch: str, out: Path):
     if arch == "basicunet":
         from monai.networks.nets import BasicUNet
 
-        kwargs = dict(spatial_dims=3, in_channels=1, out_channels=KWARGS["out_channels"],
-                      features=BASIC_UNET_FEATURES)  # fmt: skip
+        kwargs = dict(spatial_dims=3, in_channels=1, out_channels=KWARGS["out_channels"], features=BASIC_UNET_FEATURES)
         return BasicUNet(**kwargs), {
             "architecture": "BasicUNet",
             "kwargs": {**kwargs, "features": list(kwargs["features"])},
         }
     architecture = nnunet_architecture(out)
-    return build_plain_conv_unet(architecture, KWARGS["out_channels"]), {"architecture": architecture,
-                                                                        "classes": KWARGS["out_channels"]}  # fmt: skip
+    return build_plain_conv_unet(architecture, KWARGS["out_channels"]), {
+        "architecture": architecture,
+        "classes": KWARGS["out_channels"],
+    }
 
 
 def main() -> None:
@@ -98,8 +108,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--retrain", action="store_true", help="train again when the network is already there")
-    parser.add_argument("--resume", action="store_true",
-                        help="train the network already there --minutes more (a new learning-rate cycle)")  # fmt: skip
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="train the network already there --minutes more (a new learning-rate cycle)",
+    )
     arguments = parser.parse_args()
     torch.set_num_threads(1)
     arguments.out.mkdir(parents=True, exist_ok=True)
@@ -120,28 +133,50 @@ def main() -> None:
             network.load_state_dict(torch.load(arguments.out / f"{arch}.pt", weights_only=True))
         training = load_cases(TRAINING_SEEDS)
         seed = arguments.seed + len(rounds)  # a new patch sequence for each round
-        steps = train(network, training, arguments.minutes * 60, seed, batch=2, patch=TRAINING_PATCH,
-                      log=lambda line, arch=arch: print(f"{arch}: {line}", flush=True))  # fmt: skip
+        steps = train(
+            network,
+            training,
+            arguments.minutes * 60,
+            seed,
+            batch=2,
+            patch=TRAINING_PATCH,
+            log=lambda line, arch=arch: print(f"{arch}: {line}", flush=True),
+        )
         rounds.append({"seed": seed, "steps": steps, "minutes": arguments.minutes})
         network.eval()
-        torch.save({key: value.detach().clone() for key, value in network.state_dict().items()},
-                   arguments.out / f"{arch}.pt")  # fmt: skip
+        torch.save(
+            {key: value.detach().clone() for key, value in network.state_dict().items()}, arguments.out / f"{arch}.pt"
+        )
         dice = validate(network, load_cases(VALIDATION_SEEDS))
         print(f"{arch}: validation Dice {dice} after {steps} steps", flush=True)
         training_record = {
-            "recipe": "Utilities/train_demo_model.py train()", "rounds": rounds, "batch": 2,
-            "steps": sum(r["steps"] for r in rounds), "patch": list(TRAINING_PATCH), "threads": 1,
+            "recipe": "Utilities/train_demo_model.py train()",
+            "rounds": rounds,
+            "batch": 2,
+            "steps": sum(r["steps"] for r in rounds),
+            "patch": list(TRAINING_PATCH),
+            "threads": 1,
             "training_seeds": f"{TRAINING_SEEDS.start}-{TRAINING_SEEDS.stop - 1} and fresh ones",
-        }  # fmt: skip
+        }
         validation = {"seeds": list(VALIDATION_SEEDS), "dice": dice}
         if arch == "basicunet":
-            card = {**demo_card(), **description, "name": "Layer-study BasicUNet", "weights": f"{arch}.pt",
-                    "description": "MONAI BasicUNet trained by Utilities/train_layer_study_models.py with the "
-                    "demo recipe. For the layer study only.", "training": training_record,
-                    "validation": validation}  # fmt: skip
+            card = {
+                **demo_card(),
+                **description,
+                "name": "Layer-study BasicUNet",
+                "weights": f"{arch}.pt",
+                "description": "MONAI BasicUNet trained by Utilities/train_layer_study_models.py with the "
+                "demo recipe. For the layer study only.",
+                "training": training_record,
+                "validation": validation,
+            }
         else:
-            card = {"name": "Layer-study PlainConvUNet", **description, "training": training_record,
-                    "validation": validation}  # fmt: skip
+            card = {
+                "name": "Layer-study PlainConvUNet",
+                **description,
+                "training": training_record,
+                "validation": validation,
+            }
         (arguments.out / f"{arch}.json").write_text(json.dumps(card, indent=2) + "\n")
         print(f"{arch}: wrote {arguments.out / arch}.pt and .json after {(time.time() - started) / 60:.1f} min")
 

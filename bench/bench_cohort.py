@@ -96,8 +96,10 @@ def main() -> None:
             ratios.append(ratio)
             overheads.append(overhead)
             in_process_cases += [row["seconds_case"] for row in rows]
-            print(f"pair {pair + 1}: in-process {in_process:.1f} s, Ray {on_ray:.1f} s -> Ray throughput "
-                  f"{ratio:.2f}x, Ray's added time {overhead:.2f} s per case")  # fmt: skip
+            print(
+                f"pair {pair + 1}: in-process {in_process:.1f} s, Ray {on_ray:.1f} s -> Ray throughput "
+                f"{ratio:.2f}x, Ray's added time {overhead:.2f} s per case"
+            )
         ray.shutdown()
         peaks = worker_peak_memory(dataset, scratch)
         summary = {

@@ -59,9 +59,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 160])
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--methods", nargs="+", default=["seg-hires-grad-cam", "seg-grad-cam"])
-    parser.add_argument("--layer", default="last-before-head",
-                        help="target layer or layer rule (default: the layer before the head, where the README's "
-                        "table was measured)")  # fmt: skip
+    parser.add_argument(
+        "--layer",
+        default="last-before-head",
+        help="target layer or layer rule (default: the layer before the head, where the README's table was measured)",
+    )
     parser.add_argument("--memory-probe", nargs=3, metavar=("SIZE", "COMPUTATION", "LAYER"))
     arguments = parser.parse_args()
     if arguments.memory_probe:

@@ -58,8 +58,9 @@ def main() -> None:
     centre = np.argwhere(mask).mean(0).astype(int)
     box = tuple(slice(max(0, c - s // 2), max(0, c - s // 2) + s) for c, s in zip(centre, CROP, strict=True))
     image, crop_mask = model_input.array[(slice(None), *box)], mask[box]
-    heatmap, cam = explain_on_model_grid(network, card, image, TUMOUR, crop_mask, "seg-hires-grad-cam",
-                                         card.default_layer, torch.device("cpu"))  # fmt: skip
+    heatmap, cam = explain_on_model_grid(
+        network, card, image, TUMOUR, crop_mask, "seg-hires-grad-cam", card.default_layer, torch.device("cpu")
+    )
     captured = {}
     layer = dict(network.named_modules())[cam.layer]
     hook = layer.register_forward_hook(lambda module, inputs, output: captured.setdefault("A", output))
@@ -72,13 +73,17 @@ def main() -> None:
     on_layer = ndimage.zoom(crop_mask.astype(float), 1 / stride, order=0) > 0.5
     inside = ndimage.binary_erosion(on_layer, iterations=2)
     inside_model = ndimage.binary_erosion(crop_mask, iterations=2 * stride)
-    rows = [("A summed over channels", parity_ratios(activations.sum(0), inside)),
-            ("|G| summed over channels", parity_ratios(np.abs(gradient).sum(0), inside)),
-            ("S = sum_k G_k A_k (layer grid)", parity_ratios((gradient * activations).sum(0), inside)),
-            ("S from the engine (layer grid)", parity_ratios(np.asarray(cam.raw), inside)),
-            ("heatmap (model grid)", parity_ratios(heatmap, inside_model, period=stride))]  # fmt: skip
-    print(f"layer {cam.layer}: {activations.shape[0]} channels on a {'x'.join(map(str, activations.shape[1:]))} "
-          f"grid, {stride} model voxels per layer voxel; M: {int(crop_mask.sum())} voxels")  # fmt: skip
+    rows = [
+        ("A summed over channels", parity_ratios(activations.sum(0), inside)),
+        ("|G| summed over channels", parity_ratios(np.abs(gradient).sum(0), inside)),
+        ("S = sum_k G_k A_k (layer grid)", parity_ratios((gradient * activations).sum(0), inside)),
+        ("S from the engine (layer grid)", parity_ratios(np.asarray(cam.raw), inside)),
+        ("heatmap (model grid)", parity_ratios(heatmap, inside_model, period=stride)),
+    ]
+    print(
+        f"layer {cam.layer}: {activations.shape[0]} channels on a {'x'.join(map(str, activations.shape[1:]))} "
+        f"grid, {stride} model voxels per layer voxel; M: {int(crop_mask.sum())} voxels"
+    )
     print(f"{'even / odd layer voxels':34s} {'z':>7s} {'y':>7s} {'x':>7s}")
     for name, ratios in rows:
         print(f"{name:34s} " + " ".join(f"{ratio:7.3f}" for ratio in ratios))

@@ -83,9 +83,13 @@ def run_architecture(arch: str, cases: int, fractions: np.ndarray, out: Path) ->
             row, maps[stage.name] = measure(network, image, mask, kidney, outside, METHOD, stage.name, fractions)
             case["stages"].append({"stage": index + 1, "layer": stage.name, "shape": list(stage.shape), **row})
         rows.append(case)
-        print(f"{arch} case {seed} ({number + 1}/{cases}, {time.time() - started:.0f} s): " + ", ".join(
-            f"{s['stage']}: {s['mass in M']:.2f}/{s['randomisation similarity']:.2f}" for s in case["stages"]),
-            flush=True)  # fmt: skip
+        print(
+            f"{arch} case {seed} ({number + 1}/{cases}, {time.time() - started:.0f} s): "
+            + ", ".join(
+                f"{s['stage']}: {s['mass in M']:.2f}/{s['randomisation similarity']:.2f}" for s in case["stages"]
+            ),
+            flush=True,
+        )
         if number == 0:
             centre = int(np.argmax(mask.sum((1, 2))))
             titles = {
@@ -93,9 +97,14 @@ def run_architecture(arch: str, cases: int, fractions: np.ndarray, out: Path) ->
                 f"rand. {s['randomisation similarity']:.2f}": maps[s["layer"]][centre]
                 for s in case["stages"]
             }
-            method_panels(out / f"atlas_{arch}.png", np.clip(hu[centre], -160, 240), mask[centre], titles,
-                          title=f"{ARCHITECTURES[arch]}, case {seed}: {METHOD} per decoder stage (coarsest first)",
-                          columns=len(titles))  # fmt: skip
+            method_panels(
+                out / f"atlas_{arch}.png",
+                np.clip(hu[centre], -160, 240),
+                mask[centre],
+                titles,
+                title=f"{ARCHITECTURES[arch]}, case {seed}: {METHOD} per decoder stage (coarsest first)",
+                columns=len(titles),
+            )
     (out / f"per_case_{arch}.json").write_text(json.dumps(rows, indent=1))
 
 
@@ -104,16 +113,22 @@ def summarise(arch: str, cases: list[dict]) -> tuple[str, dict]:
     stages = cases[0]["stages"]
     metrics = [key for key in stages[0] if key not in ("stage", "layer", "shape")]
     header = ["stage", "layer", "grid", *metrics, f"cases with similarity < {SIMILARITY_LIMIT}", "the same in M"]
-    lines = [f"### {ARCHITECTURES[arch]} ({len(cases)} cases)", "", "| " + " | ".join(header) + " |",
-             "|---" * len(header) + "|"]  # fmt: skip
+    lines = [
+        f"### {ARCHITECTURES[arch]} ({len(cases)} cases)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
+    ]
     passing, passing_in_m = [], []
     for index, stage in enumerate(stages):
         cells = [f"{stage['stage']}/{len(stages)}", f"`{stage['layer']}`", "x".join(map(str, stage["shape"][1:]))]
         for metric in metrics:
             column = np.array([case["stages"][index][metric] for case in cases], dtype=float)
             cells.append(f"{column.mean():.3f} ± {column.std(ddof=1):.3f}")
-        below, below_in_m = (sum(case["stages"][index][metric] < SIMILARITY_LIMIT for case in cases)
-                             for metric in ("randomisation similarity", "randomisation similarity in M"))  # fmt: skip
+        below, below_in_m = (
+            sum(case["stages"][index][metric] < SIMILARITY_LIMIT for case in cases)
+            for metric in ("randomisation similarity", "randomisation similarity in M")
+        )
         passing.append(below > len(cases) / 2)
         passing_in_m.append(below_in_m > len(cases) / 2)
         cells += [f"{below}/{len(cases)}", f"{below_in_m}/{len(cases)}"]
@@ -124,11 +139,18 @@ def summarise(arch: str, cases: list[dict]) -> tuple[str, dict]:
         return chosen[-1] if chosen else None
 
     selection = {"criterion": finest(passing), "criterion in M": finest(passing_in_m), **cases[0]["rules"]}
-    lines += ["", f"- finest stage with randomisation similarity < {SIMILARITY_LIMIT} on most cases: "
-              f"`{selection['criterion']}`; inside M: `{selection['criterion in M']}`"]  # fmt: skip
+    lines += [
+        "",
+        f"- finest stage with randomisation similarity < {SIMILARITY_LIMIT} on most cases: "
+        f"`{selection['criterion']}`; inside M: `{selection['criterion in M']}`",
+    ]
     lines += [f"- rule `{rule}` selects `{layer}`" for rule, layer in cases[0]["rules"].items()]
-    rows = {stage["layer"]: [{"seed": case["seed"], **{metric: case["stages"][index][metric] for metric in metrics}}
-                             for case in cases] for index, stage in enumerate(stages)}  # fmt: skip
+    rows = {
+        stage["layer"]: [
+            {"seed": case["seed"], **{metric: case["stages"][index][metric] for metric in metrics}} for case in cases
+        ]
+        for index, stage in enumerate(stages)
+    }
     deeper, last = selection["stage-below-finest"], selection["last-before-head"]
     if deeper != last and deeper in rows and last in rows:
         lines += ["", paired(rows, deeper, last)]
@@ -147,8 +169,11 @@ def report(out: Path) -> None:
         "|---" * (len(LAYER_RULES) + 3) + "|",
     ]
     for arch, selection in selections.items():
-        agreement.append(f"| {ARCHITECTURES[arch]} | `{selection['criterion']}` | `{selection['criterion in M']}` | "
-                         + " | ".join(f"`{selection[rule]}`" for rule in LAYER_RULES) + " |")  # fmt: skip
+        agreement.append(
+            f"| {ARCHITECTURES[arch]} | `{selection['criterion']}` | `{selection['criterion in M']}` | "
+            + " | ".join(f"`{selection[rule]}`" for rule in LAYER_RULES)
+            + " |"
+        )
     text = "\n".join(sections) + "\nWhat the criterion and each rule select:\n\n" + "\n".join(agreement) + "\n"
     (out / "summary.md").write_text(text)
     print(text)
@@ -159,8 +184,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", nargs="+", choices=list(ARCHITECTURES), default=list(ARCHITECTURES))
     parser.add_argument("--cases", type=int, default=20)
-    parser.add_argument("--fractions", type=int, default=6,
-                        help="points of the deletion and insertion curves over 0-5 %% of the voxels")  # fmt: skip
+    parser.add_argument(
+        "--fractions", type=int, default=6, help="points of the deletion and insertion curves over 0-5 %% of the voxels"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "layers")
     parser.add_argument("--report-only", action="store_true", help="rebuild summary.md from per_case_<arch>.json")
     arguments = parser.parse_args()

@@ -36,8 +36,9 @@ FIELD_OF_VIEW_MM = (400.0, 400.0, 180.0)  # (x, y, z), as the demo CTs
 
 def prepared_cases(card, network, count: int):
     """(seed, image crop, tumour prediction crop, kidney crop, outside-body crop, HU crop)."""
-    grid = Grid.centred(tuple(round(size / step) for size, step in zip(FIELD_OF_VIEW_MM, card.spacing, strict=True)),
-                        card.spacing)  # fmt: skip
+    grid = Grid.centred(
+        tuple(round(size / step) for size, step in zip(FIELD_OF_VIEW_MM, card.spacing, strict=True)), card.spacing
+    )
     seed = FIRST_SEED
     while count:
         case = make_case(seed, grid)
@@ -65,8 +66,16 @@ def measure(network, image, mask, kidney, outside, method, layer=None, fractions
     def again(randomised):
         return explain(randomised, image, TUMOUR, mask, method=method, layer=result.layer, batch_size=8).heatmap
 
-    metrics = explanation_metrics(network, image, TUMOUR, mask, result.heatmap, {"in kidney": kidney,
-                                  "outside body": outside}, fractions=fractions, explain_again=again)  # fmt: skip
+    metrics = explanation_metrics(
+        network,
+        image,
+        TUMOUR,
+        mask,
+        result.heatmap,
+        {"in kidney": kidney, "outside body": outside},
+        fractions=fractions,
+        explain_again=again,
+    )
     row = {
         "mass in M": metrics.mass_in_target,
         "mass in kidney": metrics.mass_in_regions["in kidney"],
@@ -84,9 +93,11 @@ def measure(network, image, mask, kidney, outside, method, layer=None, fractions
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=20)
-    parser.add_argument("--layer", default="last-before-head",
-                        help="layer or layer rule (default: the layer before the head, where the README's table "
-                        "was measured)")  # fmt: skip
+    parser.add_argument(
+        "--layer",
+        default="last-before-head",
+        help="layer or layer rule (default: the layer before the head, where the README's table was measured)",
+    )
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "methods"))
     parser.add_argument("--report-only", action="store_true", help="rebuild summary.md from per_case.json")
     arguments = parser.parse_args()
@@ -105,14 +116,23 @@ def main() -> None:
         for method in methods:
             row, maps[method] = measure(network, image, mask, kidney, outside, method, arguments.layer)
             rows[method].append({"seed": seed, **row})
-        print(f"case {seed} ({number + 1}/{arguments.cases}): " + ", ".join(
-            f"{method} {rows[method][-1]['mass in M']:.2f}/{rows[method][-1]['deletion area']:.3f}"
-            for method in methods), flush=True)  # fmt: skip
+        print(
+            f"case {seed} ({number + 1}/{arguments.cases}): "
+            + ", ".join(
+                f"{method} {rows[method][-1]['mass in M']:.2f}/{rows[method][-1]['deletion area']:.3f}"
+                for method in methods
+            ),
+            flush=True,
+        )
         if number == 0:
             centre = int(np.argmax(mask.sum((1, 2))))
-            method_panels(out / "methods.png", np.clip(hu[centre], -160, 240), mask[centre],
-                          {METHODS[method].title: heat[centre] for method, heat in maps.items()},
-                          title=f"Synthetic case {seed}: tumour prediction (cyan), axial slice {centre}")  # fmt: skip
+            method_panels(
+                out / "methods.png",
+                np.clip(hu[centre], -160, 240),
+                mask[centre],
+                {METHODS[method].title: heat[centre] for method, heat in maps.items()},
+                title=f"Synthetic case {seed}: tumour prediction (cyan), axial slice {centre}",
+            )
     (out / "per_case.json").write_text(json.dumps(rows, indent=1))
     report(rows, out)
 
@@ -145,16 +165,21 @@ def paired(rows, candidate: str, baseline: str) -> str:
         "randomisation similarity in M",
         "CPU s",
     }
-    lines = [f"Paired {candidate} minus {baseline} (per case):",
-             "| metric | mean difference ± sd | better / worse / tied |", "|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Paired {candidate} minus {baseline} (per case):",
+        "| metric | mean difference ± sd | better / worse / tied |",
+        "|---|---|---|",
+    ]
     for metric in rows[candidate][0]:
         if metric == "seed":
             continue
         difference = np.array([a[metric] - b[metric] for a, b in zip(rows[candidate], rows[baseline], strict=True)])
         sign = -1 if metric in better_when_lower else 1
         better, worse = int((sign * difference > 0).sum()), int((sign * difference < 0).sum())
-        lines.append(f"| {metric} | {difference.mean():+.3f} ± {difference.std(ddof=1):.3f} | "
-                     f"{better} / {worse} / {len(difference) - better - worse} |")  # fmt: skip
+        lines.append(
+            f"| {metric} | {difference.mean():+.3f} ± {difference.std(ddof=1):.3f} | "
+            f"{better} / {worse} / {len(difference) - better - worse} |"
+        )
     return "\n".join(lines) + "\n"
 
 

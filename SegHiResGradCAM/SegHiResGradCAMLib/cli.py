@@ -66,12 +66,23 @@ def _atlas(arguments, out: Path) -> tuple[list[str], list[Path], dict]:
         layers = [layer.name for layer in decoder_stages(listed)]
 
     def table(result) -> str:
-        rows = [{"layer": key, "method": result.explained[key][0], "target_score": result.scores[key],
-                 "evidence": result.evidence[key].as_dict(),
-                 "metrics": result.metrics[key].as_dict() if key in result.metrics else None}
-                for key in result.heatmaps]  # fmt: skip
-        return json.dumps({"class": result.class_name, "record": result.record, "warnings": result.warnings,
-                           "layers": rows}, indent=2) + "\n"  # fmt: skip
+        rows = [
+            {
+                "layer": key,
+                "method": result.explained[key][0],
+                "target_score": result.scores[key],
+                "evidence": result.evidence[key].as_dict(),
+                "metrics": result.metrics[key].as_dict() if key in result.metrics else None,
+            }
+            for key in result.heatmaps
+        ]
+        return (
+            json.dumps(
+                {"class": result.class_name, "record": result.record, "warnings": result.warnings, "layers": rows},
+                indent=2,
+            )
+            + "\n"
+        )
 
     def figure(result) -> bytes:
         from .demo.run_demo import atlas_figure
@@ -95,8 +106,9 @@ def _case_figure(arguments):
         from .demo.run_demo import case_figure
 
         buffer = io.BytesIO()
-        case_figure(buffer, result.ct, truth, result, f"{Path(arguments.image).name}: {result.class_name}, "
-                    f"layer {result.layer}")  # fmt: skip
+        case_figure(
+            buffer, result.ct, truth, result, f"{Path(arguments.image).name}: {result.class_name}, layer {result.layer}"
+        )
         return buffer.getvalue()
 
     return figure
@@ -151,15 +163,23 @@ def _explain(arguments) -> int:
         return 0
     if layers:
         if arguments.progress != "json":
-            print(f"layer atlas of {result.class_name} ({arguments.method}) at {', '.join(layers)}: heatmaps, "
-                  f"atlas.json and atlas.png written to {out}")  # fmt: skip
+            print(
+                f"layer atlas of {result.class_name} ({arguments.method}) at {', '.join(layers)}: heatmaps, "
+                f"atlas.json and atlas.png written to {out}"
+            )
             # both similarities: near the head, the whole-image one mostly measures the map's support (README)
             if result.metrics:
-                rows = [(key, f"{result.scores[key]:.4g}", f"{100 * result.metrics[key].mass_in_target:.1f} %",
-                         _format(result.metrics[key].randomisation_similarity),
-                         _format(result.metrics[key].randomisation_similarity_in_target),
-                         ", ".join(check.name for check in result.metrics[key].checks if not check.passed) or "-")
-                        for key in layers]  # fmt: skip
+                rows = [
+                    (
+                        key,
+                        f"{result.scores[key]:.4g}",
+                        f"{100 * result.metrics[key].mass_in_target:.1f} %",
+                        _format(result.metrics[key].randomisation_similarity),
+                        _format(result.metrics[key].randomisation_similarity_in_target),
+                        ", ".join(check.name for check in result.metrics[key].checks if not check.passed) or "-",
+                    )
+                    for key in layers
+                ]
                 print_table(["layer", "T", "heat in M", "randomisation similarity", "in M", "failed checks"], rows)
         return 0
     if arguments.progress != "json":
@@ -169,9 +189,11 @@ def _explain(arguments) -> int:
             f"T = {result.scores[arguments.method]:.4g}; heatmap written to {out}{replaced}"
         )
         evidence = result.evidence[arguments.method]
-        print(f"mean {result.class_name} probability in M {evidence.mean_probability_in_target:.3f}, overlap of M "
-              f"with the prediction (Dice) {evidence.prediction_overlap:.3f}; evidence for the class "
-              f"{evidence.positive_evidence:.4g}, against {evidence.negative_evidence:.4g}")  # fmt: skip
+        print(
+            f"mean {result.class_name} probability in M {evidence.mean_probability_in_target:.3f}, overlap of M "
+            f"with the prediction (Dice) {evidence.prediction_overlap:.3f}; evidence for the class "
+            f"{evidence.positive_evidence:.4g}, against {evidence.negative_evidence:.4g}"
+        )
         for note in result.notes:
             print(note)
         if arguments.metrics is not None:
@@ -181,31 +203,70 @@ def _explain(arguments) -> int:
 
 def component_rows(result) -> list[dict]:
     """One row per connected component of M: its size and place, T, evidence and metrics."""
-    return [{"component": key, **result.components[key], "method": result.explained[key][0],
-             "layer": result.explained[key][1], "target_score": result.scores[key],
-             "evidence": result.evidence[key].as_dict(),
-             "metrics": result.metrics[key].as_dict() if key in result.metrics else None}
-            for key in result.heatmaps]  # fmt: skip
+    return [
+        {
+            "component": key,
+            **result.components[key],
+            "method": result.explained[key][0],
+            "layer": result.explained[key][1],
+            "target_score": result.scores[key],
+            "evidence": result.evidence[key].as_dict(),
+            "metrics": result.metrics[key].as_dict() if key in result.metrics else None,
+        }
+        for key in result.heatmaps
+    ]
 
 
 def _components_table(result) -> str:
-    return json.dumps({"class": result.class_name, "record": result.record, "warnings": result.warnings,
-                       "components": component_rows(result)}, indent=2) + "\n"  # fmt: skip
+    return (
+        json.dumps(
+            {
+                "class": result.class_name,
+                "record": result.record,
+                "warnings": result.warnings,
+                "components": component_rows(result),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def _print_components(result, out: Path) -> None:
-    print(f"{len(result.heatmaps)} component(s) of M explained one by one ({result.class_name}, layer "
-          f"{result.layer}): heatmap_<component>.nrrd and components.json written to {out}")  # fmt: skip
+    print(
+        f"{len(result.heatmaps)} component(s) of M explained one by one ({result.class_name}, layer "
+        f"{result.layer}): heatmap_<component>.nrrd and components.json written to {out}"
+    )
     rows = []
     for row in component_rows(result):
         evidence, measured = row["evidence"], row["metrics"] or {}
         failed = ", ".join(check["name"] for check in measured.get("checks", []) if not check["passed"])
         heat = f"{100 * measured['mass_in_target']:.1f} %" if measured else ""
-        rows.append((row["component"], f"{row['volume_ml']:.2f}", " ".join(f"{v:g}" for v in row["centre_lps_mm"]),
-                     f"{row['target_score']:.4g}", f"{evidence['mean_probability_in_target']:.3f}",
-                     f"{evidence['prediction_overlap']:.3f}", heat, failed or ("-" if measured else "")))  # fmt: skip
-    print_table(["component", "volume (ml)", "centre (LPS mm)", "T", "mean probability", "Dice with prediction",
-                 "heat in M", "failed checks"], rows)  # fmt: skip
+        rows.append(
+            (
+                row["component"],
+                f"{row['volume_ml']:.2f}",
+                " ".join(f"{v:g}" for v in row["centre_lps_mm"]),
+                f"{row['target_score']:.4g}",
+                f"{evidence['mean_probability_in_target']:.3f}",
+                f"{evidence['prediction_overlap']:.3f}",
+                heat,
+                failed or ("-" if measured else ""),
+            )
+        )
+    print_table(
+        [
+            "component",
+            "volume (ml)",
+            "centre (LPS mm)",
+            "T",
+            "mean probability",
+            "Dice with prediction",
+            "heat in M",
+            "failed checks",
+        ],
+        rows,
+    )
 
 
 def _measuring(arguments) -> bool:
@@ -252,15 +313,26 @@ def _stages(layers) -> dict[str, int]:
 
 def _layer_rows(layers) -> list[dict]:
     stages = _stages(layers)
-    return [{"name": layer.name, "type": layer.type, "shape": list(layer.shape), "recommended": layer.recommended,
-             "rules": list(layer.rules), "stage": stages.get(layer.name)} for layer in layers]  # fmt: skip
+    return [
+        {
+            "name": layer.name,
+            "type": layer.type,
+            "shape": list(layer.shape),
+            "recommended": layer.recommended,
+            "rules": list(layer.rules),
+            "stage": stages.get(layer.name),
+        }
+        for layer in layers
+    ]
 
 
 def _method_rows() -> list[dict]:
     from .cam.methods import METHODS
 
-    return [{"name": method.name, "title": method.title, "cost": method.cost, "sliding_windows": method.windowed}
-            for method in METHODS.values()]  # fmt: skip
+    return [
+        {"name": method.name, "title": method.title, "cost": method.cost, "sliding_windows": method.windowed}
+        for method in METHODS.values()
+    ]
 
 
 def _layers(arguments) -> int:
@@ -287,14 +359,17 @@ def _layers(arguments) -> int:
 def _demo(arguments) -> int:
     from .demo.run_demo import run_demo
 
-    summary = run_demo(Path(arguments.out), seed=arguments.seed, device=arguments.device,
-                       progress=_progress(arguments))  # fmt: skip
+    summary = run_demo(Path(arguments.out), seed=arguments.seed, device=arguments.device, progress=_progress(arguments))
     seconds = summary["seconds"]
-    print(f"\nWritten to {arguments.out}/: the CT and ground truth (NIfTI), prediction.nrrd, one heatmap NRRD per "
-          "method, figure.png")  # fmt: skip
-    print(f"device {summary['device']}, layer {summary['layer']}; inference {seconds['inference']:.1f} s, "
-          f"total {seconds['total']:.1f} s; tumour Dice {summary['tumour_dice']:.3f}, kidney Dice "
-          f"{summary['kidney_dice']:.3f}")  # fmt: skip
+    print(
+        f"\nWritten to {arguments.out}/: the CT and ground truth (NIfTI), prediction.nrrd, one heatmap NRRD per "
+        "method, figure.png"
+    )
+    print(
+        f"device {summary['device']}, layer {summary['layer']}; inference {seconds['inference']:.1f} s, "
+        f"total {seconds['total']:.1f} s; tumour Dice {summary['tumour_dice']:.3f}, kidney Dice "
+        f"{summary['kidney_dice']:.3f}"
+    )
     print("\nShare of each map's heat (on the CT's grid, against the ground truth):")
     print(f"{'method':22s} {'T':>10s} {'time':>7s} {'in tumour':>10s} {'in kidney':>10s} {'outside body':>13s}")
     for method, shares in summary["heat_shares"].items():
@@ -306,13 +381,27 @@ def _demo(arguments) -> int:
     for method, measured in summary["metrics"].items():
         checks = {check["name"]: check for check in measured["checks"]}
         randomisation, dependence = checks["randomisation (inside M)"], checks["dependence on M"]
-        rows.append((method, f"{100 * measured['mass_in_target']:.1f} %",
-                     f"{100 * measured['mass_in_target_randomised']:.1f} %",
-                     f"{100 * measured['mass_in_target_uniform']:.1f} %",
-                     f"{randomisation['value']:.2f} {'pass' if randomisation['passed'] else 'FAIL'}",
-                     f"{dependence['value']:.3f} {'pass' if dependence['passed'] else 'FAIL'}"))  # fmt: skip
-    print_table(["method", "heat in M", "randomised network", "flat map", "randomisation in M (< 0.5)",
-                 "same map for M moved aside (< 0.9)"], rows)  # fmt: skip
+        rows.append(
+            (
+                method,
+                f"{100 * measured['mass_in_target']:.1f} %",
+                f"{100 * measured['mass_in_target_randomised']:.1f} %",
+                f"{100 * measured['mass_in_target_uniform']:.1f} %",
+                f"{randomisation['value']:.2f} {'pass' if randomisation['passed'] else 'FAIL'}",
+                f"{dependence['value']:.3f} {'pass' if dependence['passed'] else 'FAIL'}",
+            )
+        )
+    print_table(
+        [
+            "method",
+            "heat in M",
+            "randomised network",
+            "flat map",
+            "randomisation in M (< 0.5)",
+            "same map for M moved aside (< 0.9)",
+        ],
+        rows,
+    )
     for line in demo_reading(summary["metrics"]):
         print(line)
     return 0
@@ -323,22 +412,30 @@ def demo_reading(metrics: dict) -> list[str]:
     from .cam.metrics import DEPENDENCE_LIMIT, RANDOMISATION_LIMIT
 
     hires, grad = metrics["seg-hires-grad-cam"], metrics["seg-grad-cam"]
-    lines = [f"What this shows: Seg-HiRes-Grad CAM puts {100 * hires['mass_in_target']:.0f} % of its heat in M (the "
-             f"predicted tumour), Seg-Grad CAM {100 * grad['mass_in_target']:.0f} %."]  # fmt: skip
+    lines = [
+        f"What this shows: Seg-HiRes-Grad CAM puts {100 * hires['mass_in_target']:.0f} % of its heat in M (the "
+        f"predicted tumour), Seg-Grad CAM {100 * grad['mass_in_target']:.0f} %."
+    ]
     if hires["mass_in_target_randomised"] > 0.5:
-        lines.append(f"What it does not show: that the network learned to look there. At this layer, next to the "
-                     f"output, the map of a network with random weights also puts "
-                     f"{100 * hires['mass_in_target_randomised']:.0f} % of its heat in M: heat in M mostly says "
-                     "where M is.")  # fmt: skip
+        lines.append(
+            f"What it does not show: that the network learned to look there. At this layer, next to the "
+            f"output, the map of a network with random weights also puts "
+            f"{100 * hires['mass_in_target_randomised']:.0f} % of its heat in M: heat in M mostly says "
+            "where M is."
+        )
     changed = hires["randomisation_similarity_in_target"] < RANDOMISATION_LIMIT
     moves = hires["dependence_on_target"] < DEPENDENCE_LIMIT
-    lines.append(f"Inside M its pattern {'does' if changed else 'does not'} change with random weights (rank "
-                 f"similarity {hires['randomisation_similarity_in_target']:.2f}), and it "
-                 f"{'moves' if moves else 'does not move'} with M (similarity {hires['dependence_on_target']:.2f} "
-                 "with the map of M moved aside).")  # fmt: skip
+    lines.append(
+        f"Inside M its pattern {'does' if changed else 'does not'} change with random weights (rank "
+        f"similarity {hires['randomisation_similarity_in_target']:.2f}), and it "
+        f"{'moves' if moves else 'does not move'} with M (similarity {hires['dependence_on_target']:.2f} "
+        "with the map of M moved aside)."
+    )
     if grad["dependence_on_target"] >= DEPENDENCE_LIMIT:
-        lines.append(f"Seg-Grad CAM's map does not depend on M here (similarity {grad['dependence_on_target']:.3f}): "
-                     "it shows the layer's features, not why M is tumour.")  # fmt: skip
+        lines.append(
+            f"Seg-Grad CAM's map does not depend on M here (similarity {grad['dependence_on_target']:.3f}): "
+            "it shows the layer's features, not why M is tumour."
+        )
     return lines
 
 
@@ -348,10 +445,15 @@ def _inspect(arguments) -> int:
     card, layers = _card_and_layers(arguments)
     from .cam.model_inspection import device_description
 
-    description = {"name": card.name, "head": card.head, "classes": list(card.classes),
-                   "target_classes": list(card.target_classes),
-                   "methods": _method_rows(), "layers": _layer_rows(layers),
-                   "device": device_description("auto")}  # fmt: skip
+    description = {
+        "name": card.name,
+        "head": card.head,
+        "classes": list(card.classes),
+        "target_classes": list(card.target_classes),
+        "methods": _method_rows(),
+        "layers": _layer_rows(layers),
+        "device": device_description("auto"),
+    }
     print(json.dumps(description))
     return 0
 
@@ -361,48 +463,79 @@ def _check_explain_arguments(arguments) -> None:
     output given as a folder (a trailing slash, which the path would silently drop)."""
     threshold = arguments.mask_threshold
     if threshold is not None and not math.isfinite(threshold):
-        raise ExplainInputError(f"--mask-threshold must be a finite number between the mask's values; got "
-                                f"{'NaN' if math.isnan(threshold) else threshold}.")  # fmt: skip
+        raise ExplainInputError(
+            f"--mask-threshold must be a finite number between the mask's values; got "
+            f"{'NaN' if math.isnan(threshold) else threshold}."
+        )
     folder_out = bool(arguments.layers or arguments.per_component)
-    files = {"--out": None if folder_out else arguments.out, "--prediction": arguments.prediction,
-             "--summary": arguments.summary, "--metrics": arguments.metrics, "--figure": arguments.figure}  # fmt: skip
+    files = {
+        "--out": None if folder_out else arguments.out,
+        "--prediction": arguments.prediction,
+        "--summary": arguments.summary,
+        "--metrics": arguments.metrics,
+        "--figure": arguments.figure,
+    }
     for option, value in files.items():
         if value and str(value).endswith(("/", os.sep)):
-            raise ExplainInputError(f"{option} {value} is a folder (it ends in '/'): give a file name, e.g. "
-                                    f"{value}{'heat.nrrd' if option == '--out' else 'file'}.")  # fmt: skip
+            raise ExplainInputError(
+                f"{option} {value} is a folder (it ends in '/'): give a file name, e.g. "
+                f"{value}{'heat.nrrd' if option == '--out' else 'file'}."
+            )
 
 
 def _cohort(arguments) -> int:
     from .cohort.case import CohortSettings
     from .cohort.run import run_cohort
 
-    settings = CohortSettings(model=arguments.model, target_class=arguments.target_class,
-                              methods=tuple(arguments.methods), explain=arguments.explain, metrics=arguments.metrics,
-                              device=arguments.device, trust_bundle=arguments.trust_bundle,
-                              folds=tuple(arguments.folds) if arguments.folds else None, layer=arguments.layer,
-                              mask_label=arguments.mask_label, command=arguments.command_line,
-                              measure=tuple(arguments.measure or METRIC_GROUPS),
-                              per_component=arguments.per_component)  # fmt: skip
+    settings = CohortSettings(
+        model=arguments.model,
+        target_class=arguments.target_class,
+        methods=tuple(arguments.methods),
+        explain=arguments.explain,
+        metrics=arguments.metrics,
+        device=arguments.device,
+        trust_bundle=arguments.trust_bundle,
+        folds=tuple(arguments.folds) if arguments.folds else None,
+        layer=arguments.layer,
+        mask_label=arguments.mask_label,
+        command=arguments.command_line,
+        measure=tuple(arguments.measure or METRIC_GROUPS),
+        per_component=arguments.per_component,
+    )
     address = None if arguments.ray is None else (arguments.ray or "local")
     try:
-        summary = run_cohort(Path(arguments.cases), Path(arguments.out), settings, ray_address=address,
-                             workers=arguments.workers, gpus_per_case=arguments.gpus_per_case,
-                             retry_failed=arguments.retry_failed, progress=_progress(arguments))  # fmt: skip
+        summary = run_cohort(
+            Path(arguments.cases),
+            Path(arguments.out),
+            settings,
+            ray_address=address,
+            workers=arguments.workers,
+            gpus_per_case=arguments.gpus_per_case,
+            retry_failed=arguments.retry_failed,
+            progress=_progress(arguments),
+        )
     except KeyboardInterrupt:
         code = 143 if arguments.terminated() else 130  # SIGTERM's and Ctrl-C's usual exit codes
         return _fail(arguments, _kept_cases(Path(arguments.out)), code, prefix="seghiresgradcam: ")
-    line = (f"{summary.done} of {summary.cases} cases explained ({summary.computed} computed now, "
-            f"{summary.failed} failed) in {summary.seconds:.0f} s; results in {arguments.out}/results.csv, "
-            f"report.html")  # fmt: skip
+    line = (
+        f"{summary.done} of {summary.cases} cases explained ({summary.computed} computed now, "
+        f"{summary.failed} failed) in {summary.seconds:.0f} s; results in {arguments.out}/results.csv, "
+        f"report.html"
+    )
     if arguments.progress != "json":
         if summary.changed:
-            print(f"{len(summary.changed)} case(s) computed again because their CT, truth, mask, model or settings "
-                  f"changed since their results: {', '.join(summary.changed[:10])}")  # fmt: skip
+            print(
+                f"{len(summary.changed)} case(s) computed again because their CT, truth, mask, model or settings "
+                f"changed since their results: {', '.join(summary.changed[:10])}"
+            )
         print(line)
     if summary.failed:
         failed = [row["case"] for row in summary.rows if row.get("status") == "failed"]
-        print(f"seghiresgradcam: {summary.failed} case(s) failed: {', '.join(failed[:10])} (see results.csv; "
-              "--retry-failed runs them again)", file=sys.stderr)  # fmt: skip
+        print(
+            f"seghiresgradcam: {summary.failed} case(s) failed: {', '.join(failed[:10])} (see results.csv; "
+            "--retry-failed runs them again)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -415,8 +548,7 @@ def _kept_cases(results: Path) -> str:
     named = ", ".join(kept[:10]) + (f" and {len(kept) - 10} more" if len(kept) > 10 else "")
     if not kept:
         return "cancelled; no case had finished, nothing was kept."
-    return (f"cancelled; the {len(kept)} finished case(s) were kept ({named}); the same command computes the "
-            "rest.")  # fmt: skip
+    return f"cancelled; the {len(kept)} finished case(s) were kept ({named}); the same command computes the rest."
 
 
 def _methods(arguments) -> int:
@@ -433,8 +565,10 @@ def _methods(arguments) -> int:
 TRUST_HELP = "the model is a MONAI bundle whose author you trust (its configuration can run arbitrary code)"
 FOLDS_HELP = "nnU-Net results folder: the folds to ensemble, e.g. --folds 0 1 2 (default: every fold with a final "
 FOLDS_HELP += "checkpoint)"
-MODEL_HELP = ("model card JSON, model folder, MONAI bundle folder or nnU-Net results folder "
-              "(DatasetXXX_Name/<Trainer>__<Plans>__<configuration>); default: the bundled demo model")  # fmt: skip
+MODEL_HELP = (
+    "model card JSON, model folder, MONAI bundle folder or nnU-Net results folder "
+    "(DatasetXXX_Name/<Trainer>__<Plans>__<configuration>); default: the bundled demo model"
+)
 
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
@@ -453,8 +587,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     explain = commands.add_parser("explain", help="explain a segment of a CT and write the heatmap")
-    explain.add_argument("--image", required=True, help="the CT: a volume file (NIfTI, NRRD, MHA: anything SimpleITK "
-                         "reads) or a DICOM series (its folder, or one of its files)")  # fmt: skip
+    explain.add_argument(
+        "--image",
+        required=True,
+        help="the CT: a volume file (NIfTI, NRRD, MHA: anything SimpleITK "
+        "reads) or a DICOM series (its folder, or one of its files)",
+    )
     explain.add_argument("--series", metavar="UID", help="the DICOM series to explain when the folder holds several")
     _add_model_options(explain)
     explain.add_argument("--target-class", required=True, help="output class, by name or index")
@@ -462,50 +600,84 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--mask", help="label map whose nonzero voxels are the segment M (any grid)")
     which.add_argument("--from-prediction", action="store_true", help="M = the network's own prediction")
     reading = explain.add_mutually_exclusive_group()
-    reading.add_argument("--segment", metavar="NAME",
-                         help="M = the segment of this name in a Slicer segmentation file (--mask case.seg.nrrd; "
-                         "overlapping segments included); without it, a .seg.nrrd gives its only segment or the one "
-                         "named like the target class")  # fmt: skip
-    reading.add_argument("--mask-threshold", type=float, metavar="T",
-                         help="M = the mask's voxels at or above T (for a probability map)")  # fmt: skip
-    reading.add_argument("--mask-label", type=int, metavar="N",
-                         help="M = the mask's voxels of label N (default: a mask of one label is M; of several, "
-                              "the target class's label where the mask says which: segment names in a .seg.nrrd, "
-                              "or a softmax model's class index; otherwise the run is refused)")  # fmt: skip
+    reading.add_argument(
+        "--segment",
+        metavar="NAME",
+        help="M = the segment of this name in a Slicer segmentation file (--mask case.seg.nrrd; "
+        "overlapping segments included); without it, a .seg.nrrd gives its only segment or the one "
+        "named like the target class",
+    )
+    reading.add_argument(
+        "--mask-threshold", type=float, metavar="T", help="M = the mask's voxels at or above T (for a probability map)"
+    )
+    reading.add_argument(
+        "--mask-label",
+        type=int,
+        metavar="N",
+        help="M = the mask's voxels of label N (default: a mask of one label is M; of several, "
+        "the target class's label where the mask says which: segment names in a .seg.nrrd, "
+        "or a softmax model's class index; otherwise the run is refused)",
+    )
     explain.add_argument("--method", default="seg-hires-grad-cam", help="CAM method (see `methods`)")
-    explain.add_argument("--layer", help="target layer, or a layer rule: last-before-head (the default) or "
-                         "stage-below-finest (one resolution level deeper); see `layers`")  # fmt: skip
-    explain.add_argument("--layers", nargs="+", metavar="LAYER",
-                         help="a layer atlas: explain at each LAYER, or `atlas` for one layer per decoder stage; "
-                         "--out is then a folder for heatmap_<layer>.nrrd, atlas.json (the metrics of every layer) "
-                         "and atlas.png")  # fmt: skip
-    explain.add_argument("--per-component", action="store_true",
-                         help="explain each connected component of M on its own (several tumours): --out is then a "
-                         "folder for heatmap_component_<n>.nrrd (largest first) and components.json (size, "
-                         "centre, T, evidence and metrics of each)")  # fmt: skip
+    explain.add_argument(
+        "--layer",
+        help="target layer, or a layer rule: last-before-head (the default) or "
+        "stage-below-finest (one resolution level deeper); see `layers`",
+    )
+    explain.add_argument(
+        "--layers",
+        nargs="+",
+        metavar="LAYER",
+        help="a layer atlas: explain at each LAYER, or `atlas` for one layer per decoder stage; "
+        "--out is then a folder for heatmap_<layer>.nrrd, atlas.json (the metrics of every layer) "
+        "and atlas.png",
+    )
+    explain.add_argument(
+        "--per-component",
+        action="store_true",
+        help="explain each connected component of M on its own (several tumours): --out is then a "
+        "folder for heatmap_component_<n>.nrrd (largest first) and components.json (size, "
+        "centre, T, evidence and metrics of each)",
+    )
     explain.add_argument("--device", default="auto", choices=DEVICES)
     explain.add_argument("--out", required=True, help="heatmap file, written in the CT's geometry (0..1)")
     explain.add_argument("--prediction", help="also write the predicted label map here")
-    explain.add_argument("--signed", metavar="FILE",
-                         help="also write the signed map S here (positive and negative evidence, not normalised; "
-                         "values per model-grid voxel, so that on the model's grid they sum to T)")  # fmt: skip
+    explain.add_argument(
+        "--signed",
+        metavar="FILE",
+        help="also write the signed map S here (positive and negative evidence, not normalised; "
+        "values per model-grid voxel, so that on the model's grid they sum to T)",
+    )
     explain.add_argument("--summary", help="also write a JSON summary (T, layer, method title, times) here")
-    explain.add_argument("--figure", metavar="PNG",
-                         help="also write the paper-style figure of this case here: input, ground truth (--truth), "
-                         "prediction, M and the map through M's largest axial, coronal and sagittal cross-sections, "
-                         "200 dpi")  # fmt: skip
+    explain.add_argument(
+        "--figure",
+        metavar="PNG",
+        help="also write the paper-style figure of this case here: input, ground truth (--truth), "
+        "prediction, M and the map through M's largest axial, coronal and sagittal cross-sections, "
+        "200 dpi",
+    )
     explain.add_argument("--truth", metavar="LABELS", help="the case's ground-truth label map, shown in --figure")
-    explain.add_argument("--metrics", nargs="?", const="", metavar="JSON",
-                         help="also measure the map, each number beside its baseline (heat inside M, in other "
-                         "predicted classes and outside the body; deletion and insertion areas; similarity after "
-                         "randomising the network; dependence on M) with pass/fail checks: print a table, and write "
-                         "JSON to the file if given. Costs about 45 more passes over the windows that reach M and two "
-                         "explanations; --measure chooses less.")  # fmt: skip
-    explain.add_argument("--measure", nargs="+", choices=[*METRIC_GROUPS, "none"], metavar="GROUP",
-                         help="which metrics (implies --metrics): localisation (free), faithfulness (deletion and "
-                         "insertion, about 22 passes, and 22 more once for their random-order baseline), "
-                         "randomisation (one explanation of a randomised network), dependence (one explanation of M "
-                         "moved aside); default all; `none` skips the metrics of a layer atlas")  # fmt: skip
+    explain.add_argument(
+        "--metrics",
+        nargs="?",
+        const="",
+        metavar="JSON",
+        help="also measure the map, each number beside its baseline (heat inside M, in other "
+        "predicted classes and outside the body; deletion and insertion areas; similarity after "
+        "randomising the network; dependence on M) with pass/fail checks: print a table, and write "
+        "JSON to the file if given. Costs about 45 more passes over the windows that reach M and two "
+        "explanations; --measure chooses less.",
+    )
+    explain.add_argument(
+        "--measure",
+        nargs="+",
+        choices=[*METRIC_GROUPS, "none"],
+        metavar="GROUP",
+        help="which metrics (implies --metrics): localisation (free), faithfulness (deletion and "
+        "insertion, about 22 passes, and 22 more once for their random-order baseline), "
+        "randomisation (one explanation of a randomised network), dependence (one explanation of M "
+        "moved aside); default all; `none` skips the metrics of a layer atlas",
+    )
     explain.add_argument("--progress", default="bar", choices=PROGRESS_STYLES)
     explain.set_defaults(run=_explain)
 
@@ -526,23 +698,40 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     cohort = commands.add_parser("cohort", help="explain every case of a test set and write a table and a report")
-    cohort.add_argument("--cases", required=True, help="a KiTS-layout or nnU-Net-raw folder, or a CSV file "
-                        "(case,image[,truth][,mask])")  # fmt: skip
+    cohort.add_argument(
+        "--cases", required=True, help="a KiTS-layout or nnU-Net-raw folder, or a CSV file (case,image[,truth][,mask])"
+    )
     cohort.add_argument("--out", required=True, help="results folder (cases/, results.csv, .parquet, report.html)")
     _add_model_options(cohort)
     cohort.add_argument("--target-class", default="tumour", help="output class, by name or index")
     cohort.add_argument("--methods", nargs="+", default=["seg-hires-grad-cam", "seg-grad-cam"])
-    cohort.add_argument("--explain", choices=["prediction", "truth"], default="prediction",
-                        help="M: the network's prediction (default) or the ground truth of the class")  # fmt: skip
-    cohort.add_argument("--metrics", action="store_true", help="also deletion/insertion, the randomisation check and "
-                        "the dependence on M, each with its baseline")  # fmt: skip
-    cohort.add_argument("--measure", nargs="+", choices=METRIC_GROUPS, metavar="GROUP",
-                        help="with --metrics: which metrics (default all; see explain --measure)")  # fmt: skip
+    cohort.add_argument(
+        "--explain",
+        choices=["prediction", "truth"],
+        default="prediction",
+        help="M: the network's prediction (default) or the ground truth of the class",
+    )
+    cohort.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also deletion/insertion, the randomisation check and the dependence on M, each with its baseline",
+    )
+    cohort.add_argument(
+        "--measure",
+        nargs="+",
+        choices=METRIC_GROUPS,
+        metavar="GROUP",
+        help="with --metrics: which metrics (default all; see explain --measure)",
+    )
     cohort.add_argument("--layer", help="target layer or layer rule (default: the model's; see `layers`)")
-    cohort.add_argument("--per-component", action="store_true",
-                        help="a row per connected component of M (each tumour on its own) and method")  # fmt: skip
-    cohort.add_argument("--mask-label", type=int, metavar="N",
-                        help="with a mask column: M = the mask's voxels of label N")  # fmt: skip
+    cohort.add_argument(
+        "--per-component",
+        action="store_true",
+        help="a row per connected component of M (each tumour on its own) and method",
+    )
+    cohort.add_argument(
+        "--mask-label", type=int, metavar="N", help="with a mask column: M = the mask's voxels of label N"
+    )
     cohort.add_argument("--device", default="auto", choices=DEVICES)
     cohort.add_argument(
         "--ray",
@@ -576,8 +765,9 @@ def main(argv=None) -> int:
                 return arguments.run(arguments)
             except KeyboardInterrupt:
                 if terminated():
-                    return _fail(arguments, "terminated (SIGTERM); no output was written.", 143,
-                                 prefix="seghiresgradcam: ")  # fmt: skip
+                    return _fail(
+                        arguments, "terminated (SIGTERM); no output was written.", 143, prefix="seghiresgradcam: "
+                    )
                 raise
     except BrokenPipeError:
         # The reader of our output went away (``layers --json | head``): stop quietly.
@@ -608,8 +798,10 @@ def _check_encodable(argv: list[str]) -> None:
             argument.encode("utf-8")
         except UnicodeEncodeError:
             shown = argument.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            raise ExplainInputError(f"{shown!r} holds characters this process cannot pass on: its locale is not "
-                                    "UTF-8. Run it with LC_ALL=C.UTF-8 (or PYTHONUTF8=1).") from None  # fmt: skip
+            raise ExplainInputError(
+                f"{shown!r} holds characters this process cannot pass on: its locale is not "
+                "UTF-8. Run it with LC_ALL=C.UTF-8 (or PYTHONUTF8=1)."
+            ) from None
 
 
 @contextlib.contextmanager

@@ -148,8 +148,10 @@ def run(job: ExplainJob) -> JobResult:
     every result exists, under temporary names renamed into place at the end (nothing
     half-done, no input overwritten)."""
     if job.per_component and (job.layers or job.signed is not None or job.metrics_file is not None):
-        raise ExplainInputError("Per component, the heatmaps and each component's numbers go to the folder "
-                                "(components.json): leave out --layers, --signed and a --metrics file.")  # fmt: skip
+        raise ExplainInputError(
+            "Per component, the heatmaps and each component's numbers go to the folder "
+            "(components.json): leave out --layers, --signed and a --metrics file."
+        )
     count = len(job.explanations())
     if len(job.heatmaps) != count or (job.signed is not None and len(job.signed) != count):
         raise ExplainInputError("Give one output file per method (in a layer atlas: per layer).")
@@ -198,16 +200,23 @@ def run(job: ExplainJob) -> JobResult:
 def read_mask(job: ExplainJob, target: TargetClass):
     """(M as a binary image on the mask's grid, a note or None): a segment of a Slicer
     segmentation file by name (slicerio, layers included), else a label map's voxels."""
-    by_name = job.segment is not None or (is_segmentation_file(job.mask) and job.mask_label is None
-                                          and job.mask_threshold is None and slicerio_installed())  # fmt: skip
+    by_name = job.segment is not None or (
+        is_segmentation_file(job.mask)
+        and job.mask_label is None
+        and job.mask_threshold is None
+        and slicerio_installed()
+    )
     if by_name:
         if not is_segmentation_file(job.mask):
-            raise ExplainInputError(f"--segment chooses a segment of a Slicer segmentation (.seg.nrrd); "
-                                    f"{Path(job.mask).name} is not one: use --mask-label N for a label "
-                                    "map.")  # fmt: skip
+            raise ExplainInputError(
+                f"--segment chooses a segment of a Slicer segmentation (.seg.nrrd); "
+                f"{Path(job.mask).name} is not one: use --mask-label N for a label "
+                "map."
+            )
         return read_segment(job.mask, job.segment, target.name)
-    return segment_voxels(read_volume(job.mask, "mask"), Path(job.mask).name, job.mask_threshold, job.mask_label,
-                          target)  # fmt: skip
+    return segment_voxels(
+        read_volume(job.mask, "mask"), Path(job.mask).name, job.mask_threshold, job.mask_label, target
+    )
 
 
 def slicerio_installed() -> bool:
@@ -218,9 +227,15 @@ def slicerio_installed() -> bool:
 
 def describe_mask(job: ExplainJob) -> str:
     """Where M came from, in words, for the record."""
-    how = (f" (segment '{job.segment}')" if job.segment is not None
-           else f" (label {job.mask_label})" if job.mask_label is not None
-           else f" (values >= {job.mask_threshold:g})" if job.mask_threshold is not None else "")  # fmt: skip
+    how = (
+        f" (segment '{job.segment}')"
+        if job.segment is not None
+        else f" (label {job.mask_label})"
+        if job.mask_label is not None
+        else f" (values >= {job.mask_threshold:g})"
+        if job.mask_threshold is not None
+        else ""
+    )
     return f"{Path(job.mask).resolve()}{how}"
 
 
@@ -238,11 +253,17 @@ def files_digest(paths) -> str:
 
 def provenance_record(job: ExplainJob, card, class_name: str, mask_source: str) -> dict[str, str]:
     """How a run's results were made; every output carries it (JSON, and NRRD metadata)."""
-    return {"software": f"SegHiResGradCAM {__version__}",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": job.command, "image": str(Path(job.image).resolve()), "model": card.name,
-            "model_file": str(Path(job.model).resolve()) if job.model is not None else "bundled demo model",
-            "model_sha256": files_digest(card.input_files), "class": class_name, "mask": mask_source}  # fmt: skip
+    return {
+        "software": f"SegHiResGradCAM {__version__}",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": job.command,
+        "image": str(Path(job.image).resolve()),
+        "model": card.name,
+        "model_file": str(Path(job.model).resolve()) if job.model is not None else "bundled demo model",
+        "model_sha256": files_digest(card.input_files),
+        "class": class_name,
+        "mask": mask_source,
+    }
 
 
 def _label_outputs(result: JobResult) -> None:
@@ -250,8 +271,9 @@ def _label_outputs(result: JobResult) -> None:
     common = {**result.record, "warnings": " | ".join(result.warnings)}
     for key, heatmap in result.heatmaps.items():
         # T is already there, at the precision each map needs (the signed map's sums to it).
-        evidence = {name: f"{value:.6g}" for name, value in result.evidence[key].as_dict().items()
-                    if name != "target_score"}  # fmt: skip
+        evidence = {
+            name: f"{value:.6g}" for name, value in result.evidence[key].as_dict().items() if name != "target_score"
+        }
         for volume in (heatmap, result.signed.get(key)):
             if volume is not None:
                 _set_metadata(volume, {**common, **evidence})
@@ -316,8 +338,14 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
 
     started = time.perf_counter()
     run_inference = slice_logits if card.spatial_dims == 2 else sliding_window_logits
-    logits = run_inference(network, card.to_network_axes(model_input.array), card.tiling, device=device,
-                           progress=scaled(0.0, "inference"), cancel=job.cancel)  # fmt: skip
+    logits = run_inference(
+        network,
+        card.to_network_axes(model_input.array),
+        card.tiling,
+        device=device,
+        progress=scaled(0.0, "inference"),
+        cancel=job.cancel,
+    )
     logits = torch.from_numpy(card.to_network_axes(logits.numpy()))  # (classes, z, y, x)
     seconds["inference"] = time.perf_counter() - started
     predicted = (logits.argmax(0) == class_index if card.head == "softmax" else logits[class_index] > 0).numpy()
@@ -345,14 +373,25 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
         started = time.perf_counter()
 
         def explain_with(net, progress=None, method=method, layer=layer, target=target):
-            return explain_on_model_grid(net, card, model_input.array, class_index, target, method,
-                                         layer or card.default_layer, device, progress, job.cancel)  # fmt: skip
+            return explain_on_model_grid(
+                net,
+                card,
+                model_input.array,
+                class_index,
+                target,
+                method,
+                layer or card.default_layer,
+                device,
+                progress,
+                job.cancel,
+            )
 
         heatmap, cam = explain_with(network, scaled(first, key, step))
         first += step
         overlap = lesion_overlap(target, predicted) if job.per_component else dice(target, predicted)
-        result.evidence[key] = Evidence(cam.score, float(probabilities[target].mean()), overlap,
-                                        *signed_masses(cam.raw))  # fmt: skip
+        result.evidence[key] = Evidence(
+            cam.score, float(probabilities[target].mean()), overlap, *signed_masses(cam.raw)
+        )
         for warning in result.evidence[key].warnings(result.class_name):
             if warning not in result.warnings:
                 result.warnings.append(warning)
@@ -368,8 +407,7 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
         original.SetMetaData("seghiresgradcam_layer", cam.layer)
         result.heatmaps[key] = original
         if job.signed is not None:
-            result.signed[key] = _signed_image(model_input, signed_on_model_grid(card, cam, target), method,
-                                               cam.score)  # fmt: skip
+            result.signed[key] = _signed_image(model_input, signed_on_model_grid(card, cam, target), method, cam.score)
         result.scores[key] = cam.score
         result.explained[key] = (method, cam.layer)
         result.layer = cam.layer
@@ -378,14 +416,22 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
             started = time.perf_counter()
             _report(job, first, f"measuring {key}")
             result.metrics[key] = explanation_metrics(
-                network, card.to_network_axes(model_input.array), class_index, in_network_axes(target),
-                in_network_axes(heatmap), {name: in_network_axes(region) for name, region in regions.items()},
-                card.head, card.tiling, slice_by_slice=card.spatial_dims == 2,
+                network,
+                card.to_network_axes(model_input.array),
+                class_index,
+                in_network_axes(target),
+                in_network_axes(heatmap),
+                {name: in_network_axes(region) for name, region in regions.items()},
+                card.head,
+                card.tiling,
+                slice_by_slice=card.spatial_dims == 2,
                 explain_again=lambda net, explain_with=explain_with: in_network_axes(explain_with(net)[0]),
                 explain_for=lambda moved, explain_with=explain_with: in_network_axes(
-                    explain_with(network, target=in_network_axes(moved))[0]),
-                measure=job.measure, random_curves=random_curves.get(id(target)),
-            )  # fmt: skip
+                    explain_with(network, target=in_network_axes(moved))[0]
+                ),
+                measure=job.measure,
+                random_curves=random_curves.get(id(target)),
+            )
             measured = result.metrics[key]
             if measured.deletion_random is not None:
                 random_curves[id(target)] = (measured.deletion_random, measured.insertion_random)
@@ -472,8 +518,10 @@ def check_layers(network, card, job: ExplainJob) -> None:
     for name in sorted(named - explainable):
         module = find_layer(member, name, probe)  # an unknown name: its message lists the layers
         if not reaches_output(member, module, probe):
-            raise ExplainInputError(f"The output does not depend on layer {name!r} (no path from it to the "
-                                    "segmentation output): choose one that `layers` lists.")  # fmt: skip
+            raise ExplainInputError(
+                f"The output does not depend on layer {name!r} (no path from it to the "
+                "segmentation output): choose one that `layers` lists."
+            )
 
 
 def explain_on_model_grid(network, card, array, class_index, mask, method, layer, device, progress=None, cancel=None):
@@ -482,9 +530,18 @@ def explain_on_model_grid(network, card, array, class_index, mask, method, layer
     network slice by slice (whole slices for methods that cannot run window by window).
     ``array`` (channels, z, y, x), ``mask`` and the heatmap are in the pipeline's axis
     order; the network gets its own (``card.axis_order``)."""
-    heatmap, cam = _explain_in_network_axes(network, card, card.to_network_axes(array), class_index,
-                                            card.volume_to_network_axes(mask), method, layer, device, progress,
-                                            cancel)  # fmt: skip
+    heatmap, cam = _explain_in_network_axes(
+        network,
+        card,
+        card.to_network_axes(array),
+        class_index,
+        card.volume_to_network_axes(mask),
+        method,
+        layer,
+        device,
+        progress,
+        cancel,
+    )
     return card.volume_to_network_axes(heatmap), cam
 
 
@@ -502,13 +559,20 @@ def _explain_in_network_axes(network, card, array, class_index, mask, method, la
     def explain_one(member, member_progress):
         if card.spatial_dims == 2:
             window = card.tiling if windowed else None
-            return explain_slices(member, array, class_index, mask, window=window, progress=member_progress,
-                                  **options)  # fmt: skip
+            return explain_slices(member, array, class_index, mask, window=window, progress=member_progress, **options)
         if windowed:
-            return explain(member, array, class_index, mask=mask, window=card.tiling, progress=member_progress,
-                           **options)  # fmt: skip
-        return explain(member, array[(slice(None), *box)], class_index, mask=mask[box], batch_size=8,
-                       progress=member_progress, **options)  # fmt: skip
+            return explain(
+                member, array, class_index, mask=mask, window=card.tiling, progress=member_progress, **options
+            )
+        return explain(
+            member,
+            array[(slice(None), *box)],
+            class_index,
+            mask=mask[box],
+            batch_size=8,
+            progress=member_progress,
+            **options,
+        )
 
     cam = explain_members(network, explain_one, progress)
     return _placed_in(cam.heatmap, box, mask.shape), cam
@@ -556,11 +620,17 @@ def anatomy_regions(card, class_index: int, logits, model_input, target_mask) ->
 
     if card.head == "softmax":
         predicted = logits.argmax(0).numpy()
-        regions = {f"in {name} (predicted)": predicted == index for index, name in enumerate(card.classes)
-                   if index not in (0, class_index)}  # fmt: skip
+        regions = {
+            f"in {name} (predicted)": predicted == index
+            for index, name in enumerate(card.classes)
+            if index not in (0, class_index)
+        }
     else:
-        regions = {f"in {name} (predicted) outside M": (logits[index] > 0).numpy() & ~target_mask
-                   for index, name in enumerate(card.classes) if index != class_index}  # fmt: skip
+        regions = {
+            f"in {name} (predicted) outside M": (logits[index] > 0).numpy() & ~target_mask
+            for index, name in enumerate(card.classes)
+            if index != class_index
+        }
     ct = model_input.original
     direction = np.array(ct.GetDirection()).reshape(3, 3)
     axial = 2 - int(np.argmax(np.abs(direction[2])))  # the array axis closest to head-feet

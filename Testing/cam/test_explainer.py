@@ -38,11 +38,17 @@ def test_every_question_gives_exactly_explain_s_map(network, case, method, tiled
     tiling = Tiling.monai((12, 16, 16), overlap=0.5) if tiled else None
     window = dict(window=(12, 16, 16), overlap=0.5) if tiled else {}
     with Explainer(network, layer="4", method=method, tiling=tiling, device="cpu") as explainer:
-        answers = [explainer(image, SegmentTarget(2, tumour)), explainer(image, SegmentTarget(1, kidney)),
-                   explainer(image, SegmentTarget(2, tumour, output="probability"))]  # fmt: skip
+        answers = [
+            explainer(image, SegmentTarget(2, tumour)),
+            explainer(image, SegmentTarget(1, kidney)),
+            explainer(image, SegmentTarget(2, tumour, output="probability")),
+        ]
     options = dict(layer="4", method=method, **window)
-    expected = [explain(network, image, 2, tumour, **options), explain(network, image, 1, kidney, **options),
-                explain(network, image, 2, tumour, score="probability", **options)]  # fmt: skip
+    expected = [
+        explain(network, image, 2, tumour, **options),
+        explain(network, image, 1, kidney, **options),
+        explain(network, image, 2, tumour, score="probability", **options),
+    ]
     for answer, reference in zip(answers, expected, strict=True):
         np.testing.assert_array_equal(answer.raw, reference.raw)
         np.testing.assert_array_equal(answer.heatmap, reference.heatmap)
@@ -56,8 +62,9 @@ def test_tiling_monai_is_monai_s_sliding_window(network, case):
     tiling = Tiling.monai((12, 16, 16), overlap=0.4, mode="gaussian", sigma_scale=0.3)
     ours = sliding_window_logits(network, image, tiling)
     with torch.no_grad():
-        theirs = sliding_window_inference(image[None], (12, 16, 16), 1, network, overlap=0.4, mode="gaussian",
-                                          sigma_scale=0.3)[0]  # fmt: skip
+        theirs = sliding_window_inference(
+            image[None], (12, 16, 16), 1, network, overlap=0.4, mode="gaussian", sigma_scale=0.3
+        )[0]
         default = sliding_window_inference(image[None], (12, 16, 16), 1, network)[0]
     assert not torch.allclose(default, theirs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)

@@ -110,8 +110,16 @@ def test_only_layers_that_feed_the_output_are_listed_and_each_can_be_explained()
     refuses them, so list_layers must not offer them."""
     from monai.networks.nets import DynUNet
 
-    model = DynUNet(3, 1, 3, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2],
-                    deep_supervision=True, deep_supr_num=1)  # fmt: skip
+    model = DynUNet(
+        3,
+        1,
+        3,
+        kernel_size=[3, 3, 3],
+        strides=[1, 2, 2],
+        upsample_kernel_size=[2, 2],
+        deep_supervision=True,
+        deep_supr_num=1,
+    )
     heads = [name for name, _ in model.named_modules() if name.startswith("deep_supervision_heads")]
     assert heads  # the heads exist and run ...
     layers = list_layers(model, (1, 16, 16, 16))

@@ -154,8 +154,9 @@ def test_explanation_metrics_of_a_trained_evidence_network_pass_the_sanity_check
     def image_only(network):
         return image[0].numpy()
 
-    metrics = explanation_metrics(model, image, 1, mask, result.heatmap, fractions=np.linspace(0, 0.1, 6),
-                                  baseline=0.0, explain_again=hires_of)  # fmt: skip
+    metrics = explanation_metrics(
+        model, image, 1, mask, result.heatmap, fractions=np.linspace(0, 0.1, 6), baseline=0.0, explain_again=hires_of
+    )
     assert localisation(result.heatmap, evidence.numpy()).mass_in_target > 0.9
     assert metrics.mass_in_target < 0.1  # the evidence is outside M, and so is the heat
     assert metrics.deletion.area < metrics.insertion.area
@@ -193,8 +194,17 @@ def test_the_checks_flag_what_the_evidence_network_shows_and_what_a_blind_map_hi
     def hires(network=model, target=mask):
         return explain(network, image, 1, target, layer="1", method="seg-hires-grad-cam").heatmap
 
-    metrics = explanation_metrics(model, image, 1, mask, hires(), fractions=np.linspace(0, 0.1, 6), baseline=0.0,
-                                  explain_again=hires, explain_for=lambda moved: hires(target=moved))  # fmt: skip
+    metrics = explanation_metrics(
+        model,
+        image,
+        1,
+        mask,
+        hires(),
+        fractions=np.linspace(0, 0.1, 6),
+        baseline=0.0,
+        explain_again=hires,
+        explain_for=lambda moved: hires(target=moved),
+    )
     assert metrics.mass_in_target_uniform == pytest.approx(36 / 576)
     assert (
         metrics.deletion.area < metrics.deletion_random.area and metrics.insertion.area > metrics.insertion_random.area
@@ -205,8 +215,9 @@ def test_the_checks_flag_what_the_evidence_network_shows_and_what_a_blind_map_hi
     assert rows["check: dependence on M"].startswith("FAIL (rank similarity with the map of M moved aside below 0.9")
     assert rows["check: deletion beyond random order"].startswith("pass (below random order's ")
     assert "random order " in rows["deletion area (lower is better)"]
-    blind = explanation_metrics(model, image, 1, mask, image[0].numpy(), fractions=[0, 0.1],
-                                explain_again=lambda network: image[0].numpy())  # fmt: skip
+    blind = explanation_metrics(
+        model, image, 1, mask, image[0].numpy(), fractions=[0, 0.1], explain_again=lambda network: image[0].numpy()
+    )
     assert "randomisation (inside M)" in failed_checks(blind.as_dict())
 
 

@@ -110,13 +110,28 @@ def two_d_model_and_case(tmp_path_factory):
 @pytest.mark.parametrize("method", ["seg-hires-grad-cam", "seg-score-cam"])
 def test_the_command_runs_a_2d_model_slice_by_slice_on_a_ct(two_d_model_and_case, method, tmp_path):
     folder, case = two_d_model_and_case
-    arguments = ["explain", "--image", folder / "ct.nii.gz", "--model", folder / "card.json", "--target-class",
-                 "tumour", "--mask", folder / "tumour.nii.gz", "--method", method, "--out", tmp_path / "heat.nrrd",
-                 "--progress", "none"]  # fmt: skip
+    arguments = [
+        "explain",
+        "--image",
+        folder / "ct.nii.gz",
+        "--model",
+        folder / "card.json",
+        "--target-class",
+        "tumour",
+        "--mask",
+        folder / "tumour.nii.gz",
+        "--method",
+        method,
+        "--out",
+        tmp_path / "heat.nrrd",
+        "--progress",
+        "none",
+    ]
     if method == "seg-hires-grad-cam":
         arguments += ["--metrics", tmp_path / "metrics.json"]
-    run = subprocess.run([sys.executable, "-m", "SegHiResGradCAMLib.cli", *map(str, arguments)], capture_output=True,
-                         text=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "SegHiResGradCAMLib.cli", *map(str, arguments)], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
     heat_image = sitk.ReadImage(str(tmp_path / "heat.nrrd"))
     ct = sitk.ReadImage(str(folder / "ct.nii.gz"))

@@ -99,8 +99,15 @@ def test_hires_sum_is_kept_on_the_image_grid_when_windows_do_not_align_with_the_
     assert result.raw_grid == "image"
     assert result.raw.shape == (31, 27, 12)
     assert result.raw.sum(dtype=np.float64) == pytest.approx(result.score, rel=1e-4)
-    aligned = explain(model, torch.randn(1, 28, 28, 12), 0, mask=box_mask((28, 28, 12), (3, 3, 2), (20, 20, 8)),
-                      layer="5", window=(16, 16, 12), overlap=0.25)  # fmt: skip
+    aligned = explain(
+        model,
+        torch.randn(1, 28, 28, 12),
+        0,
+        mask=box_mask((28, 28, 12), (3, 3, 2), (20, 20, 8)),
+        layer="5",
+        window=(16, 16, 12),
+        overlap=0.25,
+    )
     assert aligned.raw_grid == "layer" and aligned.raw.shape == (14, 14, 6)
 
 
@@ -133,8 +140,15 @@ def test_probability_target_is_the_probability_of_the_blended_logits():
 
 def test_progress_is_monotone_and_ends_at_one():
     fractions = []
-    explain(small_basic_unet(), torch.randn(1, 40, 40, 20), 1, mask=None, window=(32, 32, 16),
-            method="seg-grad-cam", progress=lambda fraction, message: fractions.append(fraction))  # fmt: skip
+    explain(
+        small_basic_unet(),
+        torch.randn(1, 40, 40, 20),
+        1,
+        mask=None,
+        window=(32, 32, 16),
+        method="seg-grad-cam",
+        progress=lambda fraction, message: fractions.append(fraction),
+    )
     assert len(fractions) > 8
     assert all(later >= earlier for earlier, later in itertools.pairwise(fractions))
     assert fractions[-1] == 1.0 and 0 < fractions[0] < 1
@@ -154,8 +168,9 @@ def test_cancelling_at_a_random_window_raises_and_leaves_the_model_as_it_was(met
             cancel.set()
 
     with pytest.raises(ExplainCancelled):
-        explain(model, torch.randn(1, 48, 48, 24), 1, window=(32, 32, 16), method=method, progress=progress,
-                cancel=cancel)  # fmt: skip
+        explain(
+            model, torch.randn(1, 48, 48, 24), 1, window=(32, 32, 16), method=method, progress=progress, cancel=cancel
+        )
     assert len(calls) == stop_at  # stopped at the next window
     assert model.training
     assert all(torch.equal(tensor, model.state_dict()[name]) for name, tensor in before.items())
@@ -239,8 +254,9 @@ def test_activation_sums_over_windows_equal_those_of_monai_blended_activations()
     assert len(grid.starts) >= 8
     weight = importance_map(window, "gaussian")
     count, cpu = blend_count(grid, weight), torch.device("cpu")
-    sums = _blended_activation_sums(model, model[1], "1", pad_to_grid(image, grid), grid, weight, count, 2, cpu,
-                                    Progress(1, None, None))  # fmt: skip
+    sums = _blended_activation_sums(
+        model, model[1], "1", pad_to_grid(image, grid), grid, weight, count, 2, cpu, Progress(1, None, None)
+    )
     truncated = model[:2]  # the network up to and including the layer
     with torch.no_grad():
         blended = sliding_window_inference(image, window, 1, truncated, overlap=overlap, mode="gaussian")[0]

@@ -68,8 +68,9 @@ def test_the_layouts_are_read_alike_and_parquet_holds_the_same_table(cohorts, se
     parquet = pandas.read_parquet(Path(sources["kits"]).parent / "in-process" / "results.parquet")
     assert_same_table(reference, parquet.sort_values(["case", "method"]).reset_index(drop=True))
     for layout in ("nnunet", "csv"):
-        summary = run_cohort(sources[layout], tmp_path / layout, dataclasses.replace(settings,
-                             methods=("seg-hires-grad-cam",)))  # fmt: skip
+        summary = run_cohort(
+            sources[layout], tmp_path / layout, dataclasses.replace(settings, methods=("seg-hires-grad-cam",))
+        )
         assert summary.done == len(SEEDS)
         hires = reference[reference["method"] == "seg-hires-grad-cam"].reset_index(drop=True)
         assert_same_table(hires, table(tmp_path / layout))
@@ -105,8 +106,9 @@ def as_from_a_shell() -> None:
 
 def run_in_background(arguments: list[str], log: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "SegHiResGradCAMLib.cli", "cohort", *arguments, "--progress", "none"]
-    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=as_from_a_shell)  # fmt: skip
+    return subprocess.Popen(
+        command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=as_from_a_shell
+    )
 
 
 def wait_for(condition):
@@ -120,8 +122,10 @@ def exit_code(process: subprocess.Popen) -> int:
 def test_a_ray_worker_killed_in_the_middle_of_a_case_is_retried(cohorts, model, tmp_path):
     sources, reference = cohorts
     results = tmp_path / "results"
-    process = run_in_background(["--cases", str(sources["kits"]), "--out", str(results), *model_options(model),
-                                 "--ray", "--workers", "2"], tmp_path / "log.txt")  # fmt: skip
+    process = run_in_background(
+        ["--cases", str(sources["kits"]), "--out", str(results), *model_options(model), "--ray", "--workers", "2"],
+        tmp_path / "log.txt",
+    )
     # A case being computed is a folder <PARTIAL_PREFIX><pid of the worker computing it>-<case>.
     partial = wait_for(
         lambda: next((results / "cases").glob(f"{PARTIAL_PREFIX}*-case_*"), None) if results.exists() else None
@@ -137,8 +141,9 @@ def test_a_ray_worker_killed_in_the_middle_of_a_case_is_retried(cohorts, model, 
 def test_a_killed_driver_then_run_again_computes_only_the_missing_cases(cohorts, model, settings, tmp_path):
     sources, reference = cohorts
     results = tmp_path / "results"
-    process = run_in_background(["--cases", str(sources["kits"]), "--out", str(results), *model_options(model)],
-                                tmp_path / "log.txt")  # fmt: skip
+    process = run_in_background(
+        ["--cases", str(sources["kits"]), "--out", str(results), *model_options(model)], tmp_path / "log.txt"
+    )
     wait_for(lambda: len(list((results / "cases").glob("case_*/rows.json"))) >= 2 if results.exists() else False)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -156,8 +161,18 @@ def test_a_corrupt_image_is_one_error_row_and_the_cohort_goes_on(model, tmp_path
     dataset = write_cohort(tmp_path / "data", SEEDS[:3], "kits", GRID)
     broken = dataset / f"case_{SEEDS[1]:05d}" / "imaging.nii.gz"
     broken.write_bytes(broken.read_bytes()[:2000])
-    arguments = ["cohort", "--cases", str(dataset), "--out", str(tmp_path / "results"), *model_options(model),
-                 "--methods", "seg-hires-grad-cam", "--progress", "none"]  # fmt: skip
+    arguments = [
+        "cohort",
+        "--cases",
+        str(dataset),
+        "--out",
+        str(tmp_path / "results"),
+        *model_options(model),
+        "--methods",
+        "seg-hires-grad-cam",
+        "--progress",
+        "none",
+    ]
     assert cli_main(arguments) == 1
     captured = capsys.readouterr()
     assert "1 case(s) failed: case_00004" in captured.err and "2 of 3 cases explained" in captured.out
@@ -211,14 +226,35 @@ def test_a_measured_cohort_s_report_records_how_it_was_made_and_marks_what_fails
     lines[3] = ",".join(lines[3].split(",")[:2]) + ","  # the last case has no ground truth
     dataset.write_text("\n".join(lines) + "\n")
     results = tmp_path / "results"
-    arguments = ["cohort", "--cases", str(dataset), "--out", str(results), "--model", str(model), "--target-class",
-                 "kidney", "--metrics", "--measure", "randomisation", "dependence", "--layer", "model.1.submodule",
-                 "--progress", "none"]  # fmt: skip
+    arguments = [
+        "cohort",
+        "--cases",
+        str(dataset),
+        "--out",
+        str(results),
+        "--model",
+        str(model),
+        "--target-class",
+        "kidney",
+        "--metrics",
+        "--measure",
+        "randomisation",
+        "dependence",
+        "--layer",
+        "model.1.submodule",
+        "--progress",
+        "none",
+    ]
     assert cli_main(arguments) == 0, capsys.readouterr().err
     rows = pandas.read_csv(results / "results.csv")
     assert set(rows["layer"]) == {"model.1.submodule"}  # not the default layer (model.1)
-    for column in ("heat_in_m_randomised", "randomisation_similarity_in_m", "dependence_on_m", "mean_probability_in_m",
-                   "prediction_overlap"):  # fmt: skip
+    for column in (
+        "heat_in_m_randomised",
+        "randomisation_similarity_in_m",
+        "dependence_on_m",
+        "mean_probability_in_m",
+        "prediction_overlap",
+    ):
         assert rows[column].notna().all(), column
     assert rows["deletion_area"].isna().all()  # not asked for
     page = (results / "report.html").read_text(encoding="utf-8")
@@ -248,8 +284,9 @@ def test_ctrl_c_keeps_the_finished_cases_names_them_and_leaves_no_partial_case(m
     results = tmp_path / "results"
     log = tmp_path / "log.txt"
     # With --metrics a case takes several seconds, so the interrupt lands while cases remain.
-    process = run_in_background(["--cases", str(dataset), "--out", str(results), *model_options(model), "--metrics"],
-                                log)  # fmt: skip
+    process = run_in_background(
+        ["--cases", str(dataset), "--out", str(results), *model_options(model), "--metrics"], log
+    )
     wait_for(lambda: len(list((results / "cases").glob("case_*/rows.json"))) >= 2 if results.exists() else False)
     os.killpg(process.pid, signal.SIGINT)
     assert exit_code(process) == 130, log.read_text(encoding="utf-8")[-3000:]
@@ -263,8 +300,17 @@ def test_ctrl_c_keeps_the_finished_cases_names_them_and_leaves_no_partial_case(m
 def test_per_component_gives_a_row_for_each_kidney_of_each_case(model, tmp_path, capsys):
     dataset = write_cohort(tmp_path / "data", SEEDS[:2], "kits", GRID)
     results = tmp_path / "results"
-    arguments = ["cohort", "--cases", str(dataset), "--out", str(results), *model_options(model), "--per-component",
-                 "--progress", "none"]  # fmt: skip
+    arguments = [
+        "cohort",
+        "--cases",
+        str(dataset),
+        "--out",
+        str(results),
+        *model_options(model),
+        "--per-component",
+        "--progress",
+        "none",
+    ]
     assert cli_main(arguments) == 0, capsys.readouterr().err
     rows = pandas.read_csv(results / "results.csv")
     for case, group in rows.groupby("case"):
@@ -291,8 +337,9 @@ def test_an_nnunet_raw_dataset_in_nrrd_is_found_by_its_declared_file_ending(coho
         for path in (Path(sources["nnunet"]) / folder).iterdir():
             name = path.name.replace(".nii.gz", ".nrrd")
             sitk.WriteImage(sitk.ReadImage(str(path)), str(dataset / folder / name))
-    (dataset / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nrrd",
-                                                      "labels": {"background": 0, "kidney": 1}}))  # fmt: skip
+    (dataset / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nrrd", "labels": {"background": 0, "kidney": 1}})
+    )
     summary = run_cohort(dataset, tmp_path / "results", dataclasses.replace(settings, methods=("seg-hires-grad-cam",)))
     assert summary.layout == "nnunet" and summary.done == len(SEEDS)
     hires = reference[reference["method"] == "seg-hires-grad-cam"].reset_index(drop=True)

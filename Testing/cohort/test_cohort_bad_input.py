@@ -40,9 +40,15 @@ def originals(tmp_path_factory):
 
 def arguments(folder: Path, **replace) -> list:
     """A good cohort command on the case folder's dataset, with options replaced (None drops one)."""
-    options = {"--cases": folder / "data", "--out": folder / "results", "--model": folder / "bias_free.json",
-               "--target-class": "kidney", "--explain": "truth", "--methods": "seg-hires-grad-cam",
-               "--progress": "none"}  # fmt: skip
+    options = {
+        "--cases": folder / "data",
+        "--out": folder / "results",
+        "--model": folder / "bias_free.json",
+        "--target-class": "kidney",
+        "--explain": "truth",
+        "--methods": "seg-hires-grad-cam",
+        "--progress": "none",
+    }
     options.update({f"--{key.replace('_', '-')}": value for key, value in replace.items()})
     command = ["cohort"]
     for option, value in options.items():
@@ -124,8 +130,11 @@ REFUSALS = {
 
 
 def fingerprints(folder: Path) -> dict:
-    return {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.rglob("*")
-            if path.is_file() and not path.is_symlink()}  # fmt: skip
+    return {
+        path: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in folder.rglob("*")
+        if path.is_file() and not path.is_symlink()
+    }
 
 
 def prepare(originals, folder: Path) -> None:
@@ -301,8 +310,12 @@ def test_a_second_cohort_into_the_same_folder_is_refused_while_the_first_runs(or
     write_cohort(folder / "data", [5, 6, 8, 10], "kits", GRID)  # enough work for the first to be running
     command = [str(value) for value in arguments(folder)]
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen([sys.executable, "-m", "SegHiResGradCAMLib.cli", *command], stdout=log, stderr=log,
-                             cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "-m", "SegHiResGradCAMLib.cli", *command],
+        stdout=log,
+        stderr=log,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     try:
         wait_while_working(lambda: (folder / "results" / "cohort.json").exists() or first.poll() is not None)
         assert first.poll() is None, (tmp_path / "first.log").read_text()
@@ -333,8 +346,14 @@ def test_a_full_disk_while_writing_the_report_leaves_no_partial_report_or_table(
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
     command = [str(value) for value in arguments(folder)]
-    done = subprocess.run([sys.executable, "-m", "SegHiResGradCAMLib.cli", *command], capture_output=True, text=True,
-                          preexec_fn=small_files, timeout=900, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "SegHiResGradCAMLib.cli", *command],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+        timeout=900,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "File too large" in lines[0] and "Traceback" not in done.stderr, done.stderr

@@ -43,10 +43,24 @@ def test_explain_writes_the_paper_figure_of_the_user_s_case_at_200_dpi(tmp_path)
     ct, labels = case_images(make_case(21, Grid.centred((128, 128, 40), (2.4, 2.4, 3.0))))
     sitk.WriteImage(reorient(ct, "IPL"), str(tmp_path / "ct.nii.gz"))
     sitk.WriteImage(labels, str(tmp_path / "truth.nrrd"))
-    code = cli_main(["explain", "--image", str(tmp_path / "ct.nii.gz"), "--target-class", "tumour",
-                     "--from-prediction", "--truth", str(tmp_path / "truth.nrrd"), "--figure",
-                     str(tmp_path / "figure.png"), "--out", str(tmp_path / "heat.nrrd"),
-                     "--progress", "none"])  # fmt: skip
+    code = cli_main(
+        [
+            "explain",
+            "--image",
+            str(tmp_path / "ct.nii.gz"),
+            "--target-class",
+            "tumour",
+            "--from-prediction",
+            "--truth",
+            str(tmp_path / "truth.nrrd"),
+            "--figure",
+            str(tmp_path / "figure.png"),
+            "--out",
+            str(tmp_path / "heat.nrrd"),
+            "--progress",
+            "none",
+        ]
+    )
     assert code == 0
     png = (tmp_path / "figure.png").read_bytes()
     width, height = struct.unpack(">II", png[16:24])
@@ -54,9 +68,24 @@ def test_explain_writes_the_paper_figure_of_the_user_s_case_at_200_dpi(tmp_path)
     assert width == pytest.approx(5 * 2.2 * 200, rel=0.01) and height >= 3 * 2.2 * 200
     pixels_per_metre = struct.unpack(">II", png[png.index(b"pHYs") + 4 : png.index(b"pHYs") + 12])
     assert pixels_per_metre[0] == round(200 / 0.0254)
-    code = cli_main(["explain", "--image", str(tmp_path / "ct.nii.gz"), "--target-class", "tumour",
-                     "--from-prediction", "--layers", "atlas", "--figure", str(tmp_path / "atlas_figure.png"),
-                     "--out", str(tmp_path / "atlas"), "--progress", "none"])  # fmt: skip
+    code = cli_main(
+        [
+            "explain",
+            "--image",
+            str(tmp_path / "ct.nii.gz"),
+            "--target-class",
+            "tumour",
+            "--from-prediction",
+            "--layers",
+            "atlas",
+            "--figure",
+            str(tmp_path / "atlas_figure.png"),
+            "--out",
+            str(tmp_path / "atlas"),
+            "--progress",
+            "none",
+        ]
+    )
     assert code == 2 and not (tmp_path / "atlas").exists()
 
 

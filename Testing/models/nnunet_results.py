@@ -49,8 +49,13 @@ def write_raw_dataset(raw: Path) -> None:
         ct, labels = case_images(make_case(seed, Grid.centred(*CASE_GRID)))
         sitk.WriteImage(ct, str(folder / "imagesTr" / f"case_{index:03d}_0000.nii.gz"))
         sitk.WriteImage(labels, str(folder / "labelsTr" / f"case_{index:03d}.nii.gz"))
-    dataset = {"channel_names": {"0": "CT"}, "labels": LABELS, "regions_class_order": REGIONS_CLASS_ORDER,
-               "numTraining": len(CASE_SEEDS), "file_ending": ".nii.gz"}  # fmt: skip
+    dataset = {
+        "channel_names": {"0": "CT"},
+        "labels": LABELS,
+        "regions_class_order": REGIONS_CLASS_ORDER,
+        "numTraining": len(CASE_SEEDS),
+        "file_ending": ".nii.gz",
+    }
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
 
 
@@ -66,8 +71,11 @@ def adjust_plans(plans_file: Path) -> None:
 def main(root: Path) -> None:
     for name in ("raw", "preprocessed", "results"):
         (root / name).mkdir(parents=True, exist_ok=True)
-    os.environ.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-                      nnUNet_results=str(root / "results"))  # fmt: skip
+    os.environ.update(
+        nnUNet_raw=str(root / "raw"),
+        nnUNet_preprocessed=str(root / "preprocessed"),
+        nnUNet_results=str(root / "results"),
+    )
     write_raw_dataset(root / "raw")
 
     import torch

@@ -21,9 +21,25 @@ def case(tmp_path_factory):
 
 
 def heatmap(folder, card_path, name):
-    code = cli_main(["explain", "--image", str(folder / "ct.nrrd"), "--model", str(card_path), "--target-class",
-                     "kidney", "--mask", str(folder / "kidney.nrrd"), "--out", str(folder / f"{name}.nrrd"),
-                     "--summary", str(folder / f"{name}.json"), "--progress", "none"])  # fmt: skip
+    code = cli_main(
+        [
+            "explain",
+            "--image",
+            str(folder / "ct.nrrd"),
+            "--model",
+            str(card_path),
+            "--target-class",
+            "kidney",
+            "--mask",
+            str(folder / "kidney.nrrd"),
+            "--out",
+            str(folder / f"{name}.nrrd"),
+            "--summary",
+            str(folder / f"{name}.json"),
+            "--progress",
+            "none",
+        ]
+    )
     assert code == 0
     score = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))["methods"]["seg-hires-grad-cam"][
         "target_score"
@@ -37,8 +53,9 @@ def test_a_network_that_reads_its_arrays_x_first_is_explained_like_its_z_first_t
     card_path = bias_free_model_card(tmp_path, SPACING, window=(16, 32, 32))
     reference, reference_score = heatmap(case, card_path, "zyx")
     state = torch.load(tmp_path / "bias_free.pt", weights_only=True)
-    torch.save({key: value.permute(0, 1, 4, 3, 2).contiguous() for key, value in state.items()},
-               tmp_path / "bias_free.pt")  # fmt: skip
+    torch.save(
+        {key: value.permute(0, 1, 4, 3, 2).contiguous() for key, value in state.items()}, tmp_path / "bias_free.pt"
+    )
     card = json.loads(card_path.read_text(encoding="utf-8"))
     card["sliding_window"] |= {"size": [32, 32, 16], "axis_order": "xyz"}
     card_path.write_text(json.dumps(card))

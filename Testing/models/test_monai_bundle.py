@@ -67,8 +67,14 @@ COMMON = {
     "initialize": ["$monai.utils.set_determinism(seed=123)", "$@checkpointloader(@evaluator)"],
     "run": ["$@evaluator.run()"],
 }
-SAVE = {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "trans",
-        "separate_folder": True, "output_dtype": "$numpy.uint8"}  # fmt: skip
+SAVE = {
+    "_target_": "SaveImaged",
+    "keys": "pred",
+    "output_dir": "@output_dir",
+    "output_postfix": "trans",
+    "separate_folder": True,
+    "output_dtype": "$numpy.uint8",
+}
 
 
 def load(keys="image"):
@@ -78,65 +84,134 @@ def load(keys="image"):
 def windowed_preprocessing(pixdim, a_min, a_max):
     """The preprocessing the spleen and BTCV bundles share: RAS, resampled to ``pixdim``, HU
     window [a_min, a_max] scaled to [0, 1]."""
-    return {"_target_": "Compose", "transforms": [
-        *load(),
-        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-        {"_target_": "Spacingd", "keys": "image", "pixdim": pixdim, "mode": "bilinear"},
-        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": a_min, "a_max": a_max, "b_min": 0.0,
-         "b_max": 1.0, "clip": True},
-        {"_target_": "EnsureTyped", "keys": "image"}]}  # fmt: skip
+    return {
+        "_target_": "Compose",
+        "transforms": [
+            *load(),
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "Spacingd", "keys": "image", "pixdim": pixdim, "mode": "bilinear"},
+            {
+                "_target_": "ScaleIntensityRanged",
+                "keys": "image",
+                "a_min": a_min,
+                "a_max": a_max,
+                "b_min": 0.0,
+                "b_max": 1.0,
+                "clip": True,
+            },
+            {"_target_": "EnsureTyped", "keys": "image"},
+        ],
+    }
 
 
 # The spleen and BTCV bundles' postprocessing: softmax, inverted (linearly) to the CT, argmax, saved.
-SOFTMAX_INVERT_ARGMAX = {"_target_": "Compose", "transforms": [
-    {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-    {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-     "nearest_interp": False, "to_tensor": True},
-    {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}, SAVE]}  # fmt: skip
+SOFTMAX_INVERT_ARGMAX = {
+    "_target_": "Compose",
+    "transforms": [
+        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+        {
+            "_target_": "Invertd",
+            "keys": "pred",
+            "transform": "@preprocessing",
+            "orig_keys": "image",
+            "nearest_interp": False,
+            "to_tensor": True,
+        },
+        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+        SAVE,
+    ],
+}
 
 
 SPLEEN = {
     **COMMON,
-    "network_def": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
-                    "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1, "norm": "batch"},
+    "network_def": {
+        "_target_": "UNet",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 2,
+        "channels": [8, 16, 32],
+        "strides": [2, 2],
+        "num_res_units": 1,
+        "norm": "batch",
+    },
     "preprocessing": windowed_preprocessing(pixdim=[2.5, 2.5, 3.0], a_min=-57, a_max=164),
     "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [48, 48, 32], "sw_batch_size": 4, "overlap": 0.5},
     "postprocessing": SOFTMAX_INVERT_ARGMAX,
-}  # fmt: skip
+}
 WHOLE_BODY = {
     **COMMON,
     "displayable_configs": {"highres": False, "sw_overlap": 0.25, "sw_batch_size": 1},
     "image_key": "image",
     "pixdim": "$[1.5, 1.5, 1.5] if @displayable_configs#highres else [3.0, 3.0, 3.0]",
-    "network_def": {"_target_": "SegResNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 4,
-                    "init_filters": 8, "blocks_down": [1, 1, 1], "blocks_up": [1, 1], "dropout_prob": 0.2},
-    "preprocessing": {"_target_": "Compose", "transforms": [
-        {"_target_": "LoadImaged", "keys": "@image_key"}, {"_target_": "EnsureTyped", "keys": "@image_key"},
-        {"_target_": "EnsureChannelFirstd", "keys": "@image_key"},
-        {"_target_": "Orientationd", "keys": "@image_key", "axcodes": "RAS"},
-        {"_target_": "Spacingd", "keys": "@image_key", "pixdim": "@pixdim", "mode": "bilinear"},
-        {"_target_": "NormalizeIntensityd", "keys": "@image_key", "nonzero": True},
-        {"_target_": "ScaleIntensityd", "keys": "@image_key", "minv": -1.0, "maxv": 1.0}]},
-    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [48, 48, 48],
-                "sw_batch_size": "@displayable_configs#sw_batch_size", "overlap": "@displayable_configs#sw_overlap",
-                "padding_mode": "replicate", "mode": "gaussian",
-                "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')"},
-    "postprocessing": {"_target_": "Compose", "transforms": [
-        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-        {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "@image_key",
-         "nearest_interp": True, "to_tensor": True}, SAVE]},
-}  # fmt: skip
+    "network_def": {
+        "_target_": "SegResNet",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 4,
+        "init_filters": 8,
+        "blocks_down": [1, 1, 1],
+        "blocks_up": [1, 1],
+        "dropout_prob": 0.2,
+    },
+    "preprocessing": {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "LoadImaged", "keys": "@image_key"},
+            {"_target_": "EnsureTyped", "keys": "@image_key"},
+            {"_target_": "EnsureChannelFirstd", "keys": "@image_key"},
+            {"_target_": "Orientationd", "keys": "@image_key", "axcodes": "RAS"},
+            {"_target_": "Spacingd", "keys": "@image_key", "pixdim": "@pixdim", "mode": "bilinear"},
+            {"_target_": "NormalizeIntensityd", "keys": "@image_key", "nonzero": True},
+            {"_target_": "ScaleIntensityd", "keys": "@image_key", "minv": -1.0, "maxv": 1.0},
+        ],
+    },
+    "inferer": {
+        "_target_": "SlidingWindowInferer",
+        "roi_size": [48, 48, 48],
+        "sw_batch_size": "@displayable_configs#sw_batch_size",
+        "overlap": "@displayable_configs#sw_overlap",
+        "padding_mode": "replicate",
+        "mode": "gaussian",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+    },
+    "postprocessing": {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {
+                "_target_": "Invertd",
+                "keys": "pred",
+                "transform": "@preprocessing",
+                "orig_keys": "@image_key",
+                "nearest_interp": True,
+                "to_tensor": True,
+            },
+            SAVE,
+        ],
+    },
+}
 BTCV = {
     **COMMON,
-    "network_def": {"_target_": "SwinUNETR", "spatial_dims": 3, "in_channels": 1, "out_channels": 3,
-                    "feature_size": 12, "depths": [1, 1, 1, 1], "use_checkpoint": False},
+    "network_def": {
+        "_target_": "SwinUNETR",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 3,
+        "feature_size": 12,
+        "depths": [1, 1, 1, 1],
+        "use_checkpoint": False,
+    },
     "preprocessing": windowed_preprocessing(pixdim=[3.0, 3.0, 4.0], a_min=-175, a_max=250),
     "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [64, 64, 32], "sw_batch_size": 4, "overlap": 0.5},
     "postprocessing": SOFTMAX_INVERT_ARGMAX,
-}  # fmt: skip
-SHAPES = {"spleen_ct_segmentation": (SPLEEN, "json"), "wholeBody_ct_segmentation": (WHOLE_BODY, "json"),
-          "swin_unetr_btcv_segmentation": (BTCV, "yaml")}  # fmt: skip
+}
+SHAPES = {
+    "spleen_ct_segmentation": (SPLEEN, "json"),
+    "wholeBody_ct_segmentation": (WHOLE_BODY, "json"),
+    "swin_unetr_btcv_segmentation": (BTCV, "yaml"),
+}
 
 
 def write_bundle(folder: Path, config: dict, form: str, seed: int = 0) -> Path:
@@ -188,9 +263,16 @@ def test_a_model_zoo_bundle_predicts_as_monai_runs_it_and_its_map_lies_on_the_ct
     bundle = write_bundle(tmp_path / shape, config, form)
     ct_path = las_ct / "ct.nii.gz"
     theirs = monai_own_run(bundle, ct_path, tmp_path / "monai")
-    job = ExplainJob(image=ct_path, target_class="kidney", methods=["seg-hires-grad-cam"],
-                     heatmaps=[tmp_path / "heat.nrrd"], model=bundle, mask=las_ct / "kidney.nii.gz",
-                     prediction=tmp_path / "prediction.nii.gz", trust_bundle=True)  # fmt: skip
+    job = ExplainJob(
+        image=ct_path,
+        target_class="kidney",
+        methods=["seg-hires-grad-cam"],
+        heatmaps=[tmp_path / "heat.nrrd"],
+        model=bundle,
+        mask=las_ct / "kidney.nii.gz",
+        prediction=tmp_path / "prediction.nii.gz",
+        trust_bundle=True,
+    )
     run(job)
     ct = sitk.ReadImage(str(ct_path))
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "prediction.nii.gz")))
@@ -229,8 +311,18 @@ def test_the_network_sees_monai_s_preprocessed_tensor_and_the_logits_equal_its_i
 def test_windowed_attribution_under_the_bundle_s_blending_sums_to_t(las_ct, tmp_path):
     """A bias-free network in the wholeBody layout (Gaussian blending, replicate padding):
     the windowed Seg-HiRes-Grad CAM map still sums to T, the blended output's target."""
-    network = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 4, "channels": [4, 8],
-               "strides": [2], "num_res_units": 0, "act": "RELU", "norm": None, "bias": False}  # fmt: skip
+    network = {
+        "_target_": "UNet",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 4,
+        "channels": [4, 8],
+        "strides": [2],
+        "num_res_units": 0,
+        "act": "RELU",
+        "norm": None,
+        "bias": False,
+    }
     config = {**WHOLE_BODY, "network_def": network}
     bundle = write_bundle(tmp_path / "bias_free", config, "json")
     card = read_model_card(bundle, trust_bundle=True).resolved()
@@ -240,17 +332,37 @@ def test_windowed_attribution_under_the_bundle_s_blending_sums_to_t(las_ct, tmp_
     mask = prepared.mask_to_model(sitk.ReadImage(str(las_ct / "kidney.nii.gz")))
     with pytest.raises(ExplainInputError, match="no voxel inside the CT's field of view on the bundle's grid"):
         prepared.mask_to_model(sitk.ReadImage(str(las_ct / "kidney.nii.gz")) * 0)
-    result = explain(card.build_network(), card.to_network_axes(prepared.array), 1,
-                     mask=card.volume_to_network_axes(mask), layer="model.1", window=card.tiling)  # fmt: skip
+    result = explain(
+        card.build_network(),
+        card.to_network_axes(prepared.array),
+        1,
+        mask=card.volume_to_network_axes(mask),
+        layer="model.1",
+        window=card.tiling,
+    )
     assert abs(result.score) > 1e-3
     assert result.raw.sum(dtype=np.float64) == pytest.approx(result.score, rel=1e-4)
 
 
 def refused(tmp_path, bundle: Path, capsys, trust=True) -> str:
     out = tmp_path / "out" / "heat.nrrd"
-    arguments = ["explain", "--image", str(tmp_path / "ct.nii.gz"), "--model", str(bundle), "--target-class", "1",
-                 "--from-prediction", "--out", str(out), "--prediction", str(tmp_path / "out" / "labels.nrrd"),
-                 "--progress", "none", *(["--trust-bundle"] if trust else [])]  # fmt: skip
+    arguments = [
+        "explain",
+        "--image",
+        str(tmp_path / "ct.nii.gz"),
+        "--model",
+        str(bundle),
+        "--target-class",
+        "1",
+        "--from-prediction",
+        "--out",
+        str(out),
+        "--prediction",
+        str(tmp_path / "out" / "labels.nrrd"),
+        "--progress",
+        "none",
+        *(["--trust-bundle"] if trust else []),
+    ]
     capsys.readouterr()
     assert cli_main(arguments) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -286,8 +398,9 @@ def test_a_preprocessing_that_monai_cannot_invert_is_refused_naming_the_transfor
 
 def test_a_bundle_without_network_def_or_weights_or_with_damaged_weights_is_refused(small_ct, capsys):
     no_network = write_bundle(small_ct / "no_network", SPLEEN, "json")
-    (no_network / "configs" / "inference.json").write_text(json.dumps({k: v for k, v in SPLEEN.items()
-                                                                       if k != "network_def"}))  # fmt: skip
+    (no_network / "configs" / "inference.json").write_text(
+        json.dumps({k: v for k, v in SPLEEN.items() if k != "network_def"})
+    )
     assert "has no network_def" in refused(small_ct, no_network, capsys)
     no_weights = write_bundle(small_ct / "no_weights", SPLEEN, "json")
     (no_weights / "models" / "model.pt").unlink()
@@ -319,9 +432,11 @@ def test_slicer_refuses_an_untrusted_bundle_before_creating_anything(tmp_path):
 def test_reading_a_bundle_s_card_evaluates_nothing_and_loads_no_torch(tmp_path):
     """The Slicer process reads a trusted bundle's classes without MONAI or torch."""
     bundle = write_bundle(tmp_path / "bundle", WHOLE_BODY, "json")
-    code = (f"import sys; from SegHiResGradCAMLib.models.formats import read_model_card; "
-            f"card = read_model_card({str(bundle)!r}, trust_bundle=True); "
-            "print(card.classes, card.head, 'torch' in sys.modules, 'monai' in sys.modules)")  # fmt: skip
+    code = (
+        f"import sys; from SegHiResGradCAMLib.models.formats import read_model_card; "
+        f"card = read_model_card({str(bundle)!r}, trust_bundle=True); "
+        "print(card.classes, card.head, 'torch' in sys.modules, 'monai' in sys.modules)"
+    )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "('background', 'kidney', 'tumour', 'cyst') softmax False False"
 
@@ -334,9 +449,16 @@ def test_a_ct_that_is_not_nifti_is_given_to_the_bundle_as_the_same_image(las_ct,
     sitk.WriteImage(sitk.ReadImage(str(las_ct / "ct.nii.gz")), str(nrrd))
     predictions = {}
     for name, image in (("nifti", las_ct / "ct.nii.gz"), ("nrrd", nrrd)):
-        job = ExplainJob(image=image, target_class="kidney", methods=["seg-hires-grad-cam"],
-                         heatmaps=[tmp_path / f"{name}-heat.nrrd"], model=bundle, mask=las_ct / "kidney.nii.gz",
-                         prediction=tmp_path / f"{name}-labels.nrrd", trust_bundle=True)  # fmt: skip
+        job = ExplainJob(
+            image=image,
+            target_class="kidney",
+            methods=["seg-hires-grad-cam"],
+            heatmaps=[tmp_path / f"{name}-heat.nrrd"],
+            model=bundle,
+            mask=las_ct / "kidney.nii.gz",
+            prediction=tmp_path / f"{name}-labels.nrrd",
+            trust_bundle=True,
+        )
         run(job)
         predictions[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{name}-labels.nrrd")))
     assert (predictions["nifti"] == predictions["nrrd"]).mean() >= 0.999
@@ -346,8 +468,12 @@ def test_a_ct_that_is_not_nifti_is_given_to_the_bundle_as_the_same_image(las_ct,
 def test_network_arguments_given_as_references_and_expressions_are_evaluated_as_monai_does(small_ct, tmp_path):
     """``"spatial_dims": "@spatial_dims"`` and ``"$..."`` expressions are ordinary in MONAI
     configs: the run reads the evaluated values and explains as the literal bundle does."""
-    network = {**SPLEEN["network_def"], "spatial_dims": "@spatial_dims", "in_channels": "$1",
-               "out_channels": "@classes"}  # fmt: skip
+    network = {
+        **SPLEEN["network_def"],
+        "spatial_dims": "@spatial_dims",
+        "in_channels": "$1",
+        "out_channels": "@classes",
+    }
     literal = write_bundle(tmp_path / "literal", SPLEEN, "json")
     referring = write_bundle(tmp_path / "referring", SPLEEN, "json")
     (referring / "configs" / "inference.json").write_text(
@@ -356,8 +482,21 @@ def test_network_arguments_given_as_references_and_expressions_are_evaluated_as_
     maps = []
     for bundle in (literal, referring):
         out = tmp_path / bundle.name / "heat.nrrd"
-        arguments = ["explain", "--image", str(small_ct / "ct.nii.gz"), "--model", str(bundle), "--trust-bundle",
-                     "--target-class", "1", "--from-prediction", "--out", str(out), "--progress", "none"]  # fmt: skip
+        arguments = [
+            "explain",
+            "--image",
+            str(small_ct / "ct.nii.gz"),
+            "--model",
+            str(bundle),
+            "--trust-bundle",
+            "--target-class",
+            "1",
+            "--from-prediction",
+            "--out",
+            str(out),
+            "--progress",
+            "none",
+        ]
         assert cli_main(arguments) == 0
         maps.append(sitk.GetArrayFromImage(sitk.ReadImage(str(out))))
     np.testing.assert_array_equal(maps[0], maps[1])

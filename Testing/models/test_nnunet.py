@@ -59,17 +59,23 @@ def reference_predictor(folder: Path, folds):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     predictor = nnUNetPredictor(
-        tile_step_size=0.5, use_gaussian=True, use_mirroring=False, perform_everything_on_device=False,
-        device=torch.device("cpu"), allow_tqdm=False,
-    )  # fmt: skip
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=False,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        allow_tqdm=False,
+    )
     predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(folds))
     return predictor
 
 
 def nnunet_read(ct: sitk.Image):
     """The CT as nnU-Net's SimpleITKIO reader returns it."""
-    properties = {"sitk_stuff": {"spacing": ct.GetSpacing(), "origin": ct.GetOrigin(), "direction": ct.GetDirection()},
-                  "spacing": list(ct.GetSpacing())[::-1]}  # fmt: skip
+    properties = {
+        "sitk_stuff": {"spacing": ct.GetSpacing(), "origin": ct.GetOrigin(), "direction": ct.GetDirection()},
+        "spacing": list(ct.GetSpacing())[::-1],
+    }
     return sitk.GetArrayFromImage(ct).astype(np.float32)[None], properties
 
 
@@ -115,8 +121,10 @@ def test_logits_and_labels_match_nnunet_predictor(fullres, case):
     assert np.array_equal(prepared.array, their_input)  # nnU-Net's own preprocessing, bit for bit
 
     grid = card.tiling.grid(prepared.array.shape[1:])
-    their_starts = [tuple(s.start for s in slicer[1:]) for slicer in predictor._internal_get_sliding_window_slicers(
-        prepared.array.shape[1:])]  # fmt: skip
+    their_starts = [
+        tuple(s.start for s in slicer[1:])
+        for slicer in predictor._internal_get_sliding_window_slicers(prepared.array.shape[1:])
+    ]
     assert list(grid.starts) == their_starts and len(grid.starts) > 4
 
     network = card.build_network()
@@ -161,27 +169,49 @@ def test_ensemble_explanation_is_the_mean_of_the_fold_explanations(fullres, case
     mask = prepared.mask_to_model(sitk.Equal(labels, 2))
     ensemble = card.build_network()
     tumour = card.class_index("tumor")
-    folds = [explain(member, prepared.array, tumour, mask=mask, head="sigmoid", window=card.tiling)
-             for member in ensemble_members(ensemble)]  # fmt: skip
+    folds = [
+        explain(member, prepared.array, tumour, mask=mask, head="sigmoid", window=card.tiling)
+        for member in ensemble_members(ensemble)
+    ]
     assert not np.allclose(folds[0].raw, folds[1].raw)
 
     # The pipeline's explanation of the ensemble: signed map = mean of the folds' signed maps,
     # T = mean of their T (= sum over M of the ensemble's blended logits).
-    heatmap, cam = explain_on_model_grid(ensemble, card, prepared.array, tumour, mask, "seg-hires-grad-cam", None,
-                                         "cpu")  # fmt: skip
+    heatmap, cam = explain_on_model_grid(
+        ensemble, card, prepared.array, tumour, mask, "seg-hires-grad-cam", None, "cpu"
+    )
     expected_raw = (folds[0].raw + folds[1].raw) / 2
     np.testing.assert_allclose(cam.raw, expected_raw, rtol=1e-4, atol=1e-5 * np.abs(expected_raw).max())
     assert cam.score == pytest.approx(np.mean([fold.score for fold in folds]), rel=1e-4)
     blended = sliding_window_logits(ensemble, prepared.array, card.tiling)
     assert cam.score == pytest.approx(float(blended[tumour][torch.from_numpy(mask)].sum()), rel=1e-3)
-    np.testing.assert_allclose(heatmap, upsample_to(torch.from_numpy(expected_raw).clamp(min=0), mask.shape).numpy(),
-                               rtol=1e-4, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        heatmap, upsample_to(torch.from_numpy(expected_raw).clamp(min=0), mask.shape).numpy(), rtol=1e-4, atol=1e-6
+    )
 
     # The command line writes it normalised, back on the CT by nnU-Net's export path.
     out, summary = tmp_path / "heat.nrrd", tmp_path / "summary.json"
-    code = cli_main(["explain", "--image", str(tmp_path / "ct.nii.gz"), "--model", str(fullres), "--target-class",
-                     "tumor", "--mask", str(tmp_path / "tumour.nii.gz"), "--out", str(out), "--summary", str(summary),
-                     "--prediction", str(tmp_path / "prediction.nrrd"), "--progress", "none"])  # fmt: skip
+    code = cli_main(
+        [
+            "explain",
+            "--image",
+            str(tmp_path / "ct.nii.gz"),
+            "--model",
+            str(fullres),
+            "--target-class",
+            "tumor",
+            "--mask",
+            str(tmp_path / "tumour.nii.gz"),
+            "--out",
+            str(out),
+            "--summary",
+            str(summary),
+            "--prediction",
+            str(tmp_path / "prediction.nrrd"),
+            "--progress",
+            "none",
+        ]
+    )
     assert code == 0
     score = json.loads(summary.read_text(encoding="utf-8"))["methods"]["seg-hires-grad-cam"]["target_score"]
     assert score == pytest.approx(cam.score, rel=1e-4)
@@ -275,9 +305,11 @@ def test_missing_nnunet_says_how_to_install(fullres, monkeypatch):
 
 def test_reading_the_folder_imports_neither_torch_nor_nnunet(fullres):
     """The Slicer process reads class names and folds from the folder, and must never import torch."""
-    code = ("import sys; from SegHiResGradCAMLib.models.formats import read_model_card; "
-            f"card = read_model_card({str(fullres)!r}); print(card.classes, card.window); "
-            "assert 'torch' not in sys.modules and 'nnunetv2' not in sys.modules, 'imported'")  # fmt: skip
+    code = (
+        "import sys; from SegHiResGradCAMLib.models.formats import read_model_card; "
+        f"card = read_model_card({str(fullres)!r}); print(card.classes, card.window); "
+        "assert 'torch' not in sys.modules and 'nnunetv2' not in sys.modules, 'imported'"
+    )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
     assert "('kidney', 'masses', 'tumor') (16, 48, 48)" in completed.stdout
@@ -292,16 +324,27 @@ def test_slicer_run_with_an_nnunet_folder_names_the_predicted_regions(fullres):
     scene = new_scene()
     volume, case = phantom_volume(scene)
     segmentation, segment_id = segment_from_labels(scene, volume, case.labels, 2, "tumour")
-    run = ExplainRun(ExplainSettings(volume, "tumor", segmentation_node=segmentation, segment_id=segment_id,
-                                     model=fullres, folds=["0"], with_prediction=True))  # fmt: skip
+    run = ExplainRun(
+        ExplainSettings(
+            volume,
+            "tumor",
+            segmentation_node=segmentation,
+            segment_id=segment_id,
+            model=fullres,
+            folds=["0"],
+            with_prediction=True,
+        )
+    )
     status = finish(run)
     assert status.state == "finished", status.message
     assert run.heatmap_node.GetName() == "CT - tumour - Seg-HiRes-Grad CAM"
     np.testing.assert_allclose(matrix_of(run.heatmap_node), matrix_of(volume), rtol=0, atol=1e-12)
     assert slicer.util.arrayFromVolume(run.heatmap_node).shape == slicer.util.arrayFromVolume(volume).shape
     segments = run.prediction_node.GetSegmentation()
-    named = {segments.GetNthSegment(i).GetLabelValue(): segments.GetNthSegment(i).GetName()
-             for i in range(segments.GetNumberOfSegments())}  # fmt: skip
+    named = {
+        segments.GetNthSegment(i).GetLabelValue(): segments.GetNthSegment(i).GetName()
+        for i in range(segments.GetNumberOfSegments())
+    }
     # nnU-Net exports region i as label regions_class_order[i]: 1 kidney, 3 masses, 2 tumour
     assert named and all({1: "kidney", 3: "masses", 2: "tumor"}[label] == name for label, name in named.items())
 
@@ -324,8 +367,9 @@ def test_reorienting_reader_matches_nnunet_file_prediction(fullres, case, tmp_pa
 
     card = read_model_card(folder, folds=["0"])
     prepared = card.prepare_input(ct)
-    ours = prepared.labels_on_original(sliding_window_logits(card.build_network(), prepared.array, card.tiling).numpy(),
-                                       card.head)  # fmt: skip
+    ours = prepared.labels_on_original(
+        sliding_window_logits(card.build_network(), prepared.array, card.tiling).numpy(), card.head
+    )
     for image in (ours, theirs):
         assert image.GetSize() == ct.GetSize() and image.GetOrigin() == pytest.approx(ct.GetOrigin())
         assert image.GetDirection() == pytest.approx(ct.GetDirection())
@@ -414,8 +458,22 @@ def test_bad_plans_values_are_refused_in_one_line_naming_the_entry(name, fullres
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     out = tmp_path / "out" / "heat.nrrd"
     capsys.readouterr()
-    code = cli_main(["explain", "--image", str(tmp_path / "ct.nrrd"), "--model", str(folder), "--target-class",
-                     "tumor", "--from-prediction", "--out", str(out), "--progress", "none"])  # fmt: skip
+    code = cli_main(
+        [
+            "explain",
+            "--image",
+            str(tmp_path / "ct.nrrd"),
+            "--model",
+            str(folder),
+            "--target-class",
+            "tumor",
+            "--from-prediction",
+            "--out",
+            str(out),
+            "--progress",
+            "none",
+        ]
+    )
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in captured.err, captured.err

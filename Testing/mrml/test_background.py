@@ -82,8 +82,11 @@ def test_cancel_ends_the_launcher_and_its_interpreter_then_removes_the_work_fold
 def test_a_failing_child_reports_its_exit_code_and_last_error_line_through_the_launcher(launcher, tmp_path):
     script, _ = launcher
     work_dir = Path(tempfile.mkdtemp(prefix="SegHiResGradCAM-"))
-    run = BackgroundRun(["explain", "--image", "missing.nrrd", "--target-class", "tumour", "--from-prediction",
-                         "--out", "heat.nrrd"], work_dir, python=str(script))  # fmt: skip
+    run = BackgroundRun(
+        ["explain", "--image", "missing.nrrd", "--target-class", "tumour", "--from-prediction", "--out", "heat.nrrd"],
+        work_dir,
+        python=str(script),
+    )
     run.wait(120)
     status = run.poll()
     assert status.state == "failed"
@@ -136,10 +139,12 @@ def test_model_inspection_runs_once_per_model_version(tmp_path):
 
 def test_a_model_that_cannot_be_inspected_says_why(tmp_path):
     card = tmp_path / "card.json"
-    card.write_text('{"architecture": "UNet", "kwargs": {"spatial_dims": 3}, "weights": "none.pt", '
-                    '"preprocessing": {"orientation": "LPS", "spacing": [2, 2, 3], "intensity": {"low": -250, '
-                    '"high": 350, "centre": 50, "scale": 150}}, "classes": ["background", "kidney"], '
-                    '"sliding_window": {"size": [32, 32, 32]}}')  # fmt: skip
+    card.write_text(
+        '{"architecture": "UNet", "kwargs": {"spatial_dims": 3}, "weights": "none.pt", '
+        '"preprocessing": {"orientation": "LPS", "spacing": [2, 2, 3], "intensity": {"low": -250, '
+        '"high": 350, "centre": 50, "scale": 150}}, "classes": ["background", "kidney"], '
+        '"sliding_window": {"size": [32, 32, 32]}}'
+    )
     inspector = ModelInspector()
     assert inspector.request(card) is None
     with pytest.raises(RuntimeError, match=r"network arguments do not fit|does not exist"):
@@ -165,13 +170,16 @@ def test_undecodable_output_neither_stops_the_readers_nor_logs_from_their_thread
     handler = Recorder()
     LOGGER.addHandler(handler)
     LOGGER.setLevel(logging.INFO)
-    code = ("import sys; sys.stderr.buffer.write(b'bad \\xff\\xfe bytes\\n'); sys.stderr.flush(); "
-            "[print('line', i) for i in range(50000)]")  # fmt: skip
+    code = (
+        "import sys; sys.stderr.buffer.write(b'bad \\xff\\xfe bytes\\n'); sys.stderr.flush(); "
+        "[print('line', i) for i in range(50000)]"
+    )
     try:
         child = BackgroundProcess([sys.executable, "-c", code], tmp_path, "test")
         lines = []
-        wait_while_working(lambda: child.exit_code() is not None, what="the child",
-                           between=lambda: lines.extend(child.stdout_lines()))  # fmt: skip
+        wait_while_working(
+            lambda: child.exit_code() is not None, what="the child", between=lambda: lines.extend(child.stdout_lines())
+        )
         lines += child.stdout_lines()
     finally:
         LOGGER.removeHandler(handler)

@@ -44,8 +44,10 @@ def test_loading_a_case_adds_its_nodes_and_replaces_the_previous_case_s_only(res
     assert set(first) == {"ct", "truth", "prediction", "seg-hires-grad-cam", "seg-grad-cam"}
     assert all(node.GetAttribute(REVIEW_ATTRIBUTE) == "case_00003" for node in first.values())
     np.testing.assert_allclose(matrix_of(first["seg-hires-grad-cam"]), matrix_of(first["ct"]), atol=1e-9)
-    names = {first["truth"].GetSegmentation().GetNthSegment(i).GetName()
-             for i in range(first["truth"].GetSegmentation().GetNumberOfSegments())}  # fmt: skip
+    names = {
+        first["truth"].GetSegmentation().GetNthSegment(i).GetName()
+        for i in range(first["truth"].GetSegmentation().GetNumberOfSegments())
+    }
     assert "kidney" in names
     # The views are centred on M: the axial slice passes through the middle of the segment.
     segment_file = results / "cases" / "case_00003" / "segment.nrrd"
@@ -67,8 +69,11 @@ def test_loading_a_case_adds_its_nodes_and_replaces_the_previous_case_s_only(res
     assert len(ids(scene)) == len(after_first) and second["ct"].GetName() == "case_00004 CT"
     CohortReview.unload(scene)
     assert scene.GetNodeByID(user_volume.GetID()) is user_volume
-    assert not [node for node in (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()))
-                if node.GetAttribute(REVIEW_ATTRIBUTE)]  # fmt: skip
+    assert not [
+        node
+        for node in (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()))
+        if node.GetAttribute(REVIEW_ATTRIBUTE)
+    ]
 
 
 def test_a_verdict_is_written_at_once_and_read_back(results):
@@ -105,8 +110,9 @@ def copy_of(results, tmp_path):
 
 def other_cases_reviewed(folder):
     """A review.csv from a larger cohort run earlier into this folder."""
-    (folder / "review.csv").write_text("case,verdict,note,reviewed_at\ncase_00099,unsure,seen before,2026-01-01\n",
-                                       encoding="utf-8")  # fmt: skip
+    (folder / "review.csv").write_text(
+        "case,verdict,note,reviewed_at\ncase_00099,unsure,seen before,2026-01-01\n", encoding="utf-8"
+    )
 
 
 def latin1_table(folder):

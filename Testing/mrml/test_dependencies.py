@@ -54,11 +54,19 @@ def test_nnunet_adds_its_plain_dependencies_then_its_own_packages_without_theirs
     plan = plan_installs(versions_from(WORKING), nnunet=True)
     assert [step.installer for step in plan] == ["pip", "nnunet"]
     assert plan[0].arguments == tuple(requirement.distribution for requirement in NNUNET_PLAIN)
-    own = ("nnunetv2>=2.5", "dynamic-network-architectures>=0.3.1", "batchgenerators>=0.25",
-           "batchgeneratorsv2>=0.2", "acvl-utils>=0.2")  # fmt: skip
+    own = (
+        "nnunetv2>=2.5",
+        "dynamic-network-architectures>=0.3.1",
+        "batchgenerators>=0.25",
+        "batchgeneratorsv2>=0.2",
+        "acvl-utils>=0.2",
+    )
     assert plan[1].arguments == ("--no-deps", *own)
-    installed = {**WORKING, **{r.distribution: "1.0" for r in NNUNET_PLAIN},
-                 **{r.distribution: r.minimum for r in NNUNET_OWN}}  # fmt: skip
+    installed = {
+        **WORKING,
+        **{r.distribution: "1.0" for r in NNUNET_PLAIN},
+        **{r.distribution: r.minimum for r in NNUNET_OWN},
+    }
     assert plan_installs(versions_from(installed), nnunet=True) == []
     for working in ("2.5.0", "2.8.1", "2.9.0"):  # a working nnU-Net, another extension's maybe, is left alone
         assert plan_installs(versions_from({**installed, "nnunetv2": working}), nnunet=True) == []
@@ -71,8 +79,9 @@ def test_nnunet_goes_to_its_own_installer_when_one_is_given():
     installers = Installers()
     plan = plan_installs(versions_from(WORKING), nnunet=True)
     nnunet_calls = []
-    assert install(plan, installers.confirm, installers.install_torch, installers.pip_install,
-                   install_nnunet=nnunet_calls.append)  # fmt: skip
+    assert install(
+        plan, installers.confirm, installers.install_torch, installers.pip_install, install_nnunet=nnunet_calls.append
+    )
     assert nnunet_calls == [list(plan[1].arguments)] and installers.calls == [("pip", plan[0].arguments)]
 
 
@@ -119,8 +128,9 @@ def test_accepting_installs_in_the_planned_order_after_asking_once():
     assert run_install(plan, installers) is True
     assert len(installers.asked) == 1
     # Without an nnU-Net installer of its own (outside Slicer), nnU-Net's step goes to pip too.
-    expected = [("pytorch", step.arguments[0]) if step.installer == "pytorch" else ("pip", step.arguments)
-                for step in plan]  # fmt: skip
+    expected = [
+        ("pytorch", step.arguments[0]) if step.installer == "pytorch" else ("pip", step.arguments) for step in plan
+    ]
     assert installers.calls == expected
     assert installers.calls[0] == ("pytorch", ">=2.5") and installers.calls[-1][1][0] == "--no-deps"
 

@@ -38,8 +38,9 @@ def test_heatmap_node_has_the_ct_geometry_display_and_place(direction, tmp_path)
     volume, case = phantom_volume(scene, direction_ras=direction)
     segmentation, segment_id = segment_from_labels(scene, volume, case.labels, 2, "tumour")
     before = {name: scene.GetNodeByID(name).GetMTime() for name in (volume.GetID(), segmentation.GetID())}
-    run = ExplainRun(ExplainSettings(volume, "tumour", segmentation_node=segmentation, segment_id=segment_id,
-                                     with_prediction=True))  # fmt: skip
+    run = ExplainRun(
+        ExplainSettings(volume, "tumour", segmentation_node=segmentation, segment_id=segment_id, with_prediction=True)
+    )
     status = finish(run)
     assert status.state == "finished", status.message
     heat = run.heatmap_node
@@ -66,8 +67,10 @@ def test_heatmap_node_has_the_ct_geometry_display_and_place(direction, tmp_path)
         assert composite.GetForegroundOpacity() == pytest.approx(0.5)
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(heat)) == hierarchy.GetItemByDataNode(volume)
-    names = [run.prediction_node.GetSegmentation().GetNthSegment(i).GetName()
-             for i in range(run.prediction_node.GetSegmentation().GetNumberOfSegments())]  # fmt: skip
+    names = [
+        run.prediction_node.GetSegmentation().GetNthSegment(i).GetName()
+        for i in range(run.prediction_node.GetSegmentation().GetNumberOfSegments())
+    ]
     assert "kidney" in names
     # The inputs were only read.
     assert {name: scene.GetNodeByID(name).GetMTime() for name in before} == before
@@ -113,8 +116,15 @@ def test_metrics_table_sits_next_to_the_heatmap_and_is_replaced_with_it():
     scene = new_scene()
     volume, case = phantom_volume(scene)
     segmentation, segment_id = segment_from_labels(scene, volume, case.labels, 2, "tumour")
-    settings = ExplainSettings(volume, "tumour", method="seg-layer-cam", segmentation_node=segmentation,
-                               segment_id=segment_id, with_metrics=True, replace_previous=True)  # fmt: skip
+    settings = ExplainSettings(
+        volume,
+        "tumour",
+        method="seg-layer-cam",
+        segmentation_node=segmentation,
+        segment_id=segment_id,
+        with_metrics=True,
+        replace_previous=True,
+    )
     first = ExplainRun(settings)
     assert finish(first).state == "finished"
     table = first.metrics_node
@@ -123,8 +133,13 @@ def test_metrics_table_sits_next_to_the_heatmap_and_is_replaced_with_it():
     assert float(rows["heat mass inside M"].split(" %")[0]) > 50  # a tumour segment's heat is mostly in the tumour
     assert "(randomised network " in rows["heat mass inside M"]  # beside its baseline
     assert rows["maximum inside M"] in {"yes", "no"}
-    assert {"heat mass in kidney (predicted)", "heat mass outside body", "deletion area (lower is better)",
-            "insertion area (higher is better)", "similarity after randomising the network"} <= set(rows)  # fmt: skip
+    assert {
+        "heat mass in kidney (predicted)",
+        "heat mass outside body",
+        "deletion area (lower is better)",
+        "insertion area (higher is better)",
+        "similarity after randomising the network",
+    } <= set(rows)
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     parent = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(table))
     assert parent == hierarchy.GetItemParent(hierarchy.GetItemByDataNode(first.heatmap_node))
@@ -217,9 +232,20 @@ def untrusted_bundle(folder):
     return folder / "bundle"
 
 
-@pytest.mark.parametrize("case", ["no volume", "vector volume", "empty segment", "segment outside the CT",
-                                  "missing model", "unknown class", "weights outside the model folder",
-                                  "a card whose preprocessing is text", "an untrusted bundle"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no volume",
+        "vector volume",
+        "empty segment",
+        "segment outside the CT",
+        "missing model",
+        "unknown class",
+        "weights outside the model folder",
+        "a card whose preprocessing is text",
+        "an untrusted bundle",
+    ],
+)
 def test_bad_input_is_refused_before_anything_runs_and_creates_no_node(case, tmp_path):
     scene = new_scene()
     settings, message = bad_settings(scene, tmp_path)[case]
@@ -241,9 +267,16 @@ def test_signed_map_sums_to_t_and_is_shown_diverging_around_zero_and_heat_is_ren
     segmentation, segment_id = segment_from_labels(scene, volume, (case.labels > 0).astype(np.uint8), 1, "kidney")
     rendering = slicer.vtkSlicerVolumeRenderingLogic()
     rendering.SetMRMLScene(scene)
-    settings = ExplainSettings(volume, "kidney", segmentation_node=segmentation, segment_id=segment_id,
-                               model=bias_free_model_card(tmp_path, spacing), signed=True,
-                               volume_rendering_logic=rendering, replace_previous=True)  # fmt: skip
+    settings = ExplainSettings(
+        volume,
+        "kidney",
+        segmentation_node=segmentation,
+        segment_id=segment_id,
+        model=bias_free_model_card(tmp_path, spacing),
+        signed=True,
+        volume_rendering_logic=rendering,
+        replace_previous=True,
+    )
     run = ExplainRun(settings)
     assert finish(run).state == "finished"
     signed = run.signed_node
@@ -270,8 +303,11 @@ def test_signed_map_sums_to_t_and_is_shown_diverging_around_zero_and_heat_is_ren
     assert lookup_range[0] == pytest.approx(-lookup_range[1])
 
     heat = run.heatmap_node
-    rendered = [heat.GetNthDisplayNode(i) for i in range(heat.GetNumberOfDisplayNodes())
-                if heat.GetNthDisplayNode(i).IsA("vtkMRMLVolumeRenderingDisplayNode")]  # fmt: skip
+    rendered = [
+        heat.GetNthDisplayNode(i)
+        for i in range(heat.GetNumberOfDisplayNodes())
+        if heat.GetNthDisplayNode(i).IsA("vtkMRMLVolumeRenderingDisplayNode")
+    ]
     assert len(rendered) == 1 and rendered[0].GetVisibility()
     properties = rendered[0].GetVolumePropertyNode().GetVolumeProperty()
     opacity = properties.GetScalarOpacity()
@@ -302,8 +338,9 @@ def test_a_layer_atlas_loads_one_heatmap_per_stage_and_a_metrics_row_per_layer()
     volume, case = phantom_volume(scene, shape=(96, 96, 24), spacing=(4.0, 4.0, 6.0))
     segmentation, segment_id = segment_from_labels(scene, volume, case.labels, 1, "kidney")
     nodes = node_ids(scene)
-    run = ExplainRun(ExplainSettings(volume, "kidney", segmentation_node=segmentation, segment_id=segment_id,
-                                     atlas=True))  # fmt: skip
+    run = ExplainRun(
+        ExplainSettings(volume, "kidney", segmentation_node=segmentation, segment_id=segment_id, atlas=True)
+    )
     assert finish(run).state == "finished"
     stages = ["model.1.submodule.1.submodule.1", "model.1.submodule.1", "model.1"]
     assert [node.GetAttribute("SegHiResGradCAM.Layer") for node in run.atlas_nodes] == stages

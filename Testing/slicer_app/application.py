@@ -292,21 +292,39 @@ def install(monkeypatch, scene, launcher_folder: Path) -> Application:
     wrapper_module.parameterNodeWrapper = parameter_node.parameterNodeWrapper
     wrapper_module.Choice = parameter_node.Choice
     scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
-                ScriptedLoadableModuleTest):  # fmt: skip
+    for cls in (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleWidget,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+    ):
         setattr(scripted, cls.__name__, cls)
-    for name, module in (("qt", qt), ("ctk", ctk), ("slicer.i18n", i18n),
-                         ("slicer.parameterNodeWrapper", wrapper_module),
-                         ("slicer.ScriptedLoadableModule", scripted)):  # fmt: skip
+    for name, module in (
+        ("qt", qt),
+        ("ctk", ctk),
+        ("slicer.i18n", i18n),
+        ("slicer.parameterNodeWrapper", wrapper_module),
+        ("slicer.ScriptedLoadableModule", scripted),
+    ):
         monkeypatch.setitem(sys.modules, name, module)
-    for name, value in (("mrmlScene", scene), ("app", application), ("modules", application.modules), ("i18n", i18n),
-                        ("parameterNodeWrapper", wrapper_module), ("ScriptedLoadableModule", scripted),
-                        ("qMRMLNodeComboBox", mrml_widgets.qMRMLNodeComboBox),
-                        ("qMRMLSegmentSelectorWidget", mrml_widgets.qMRMLSegmentSelectorWidget)):  # fmt: skip
+    for name, value in (
+        ("mrmlScene", scene),
+        ("app", application),
+        ("modules", application.modules),
+        ("i18n", i18n),
+        ("parameterNodeWrapper", wrapper_module),
+        ("ScriptedLoadableModule", scripted),
+        ("qMRMLNodeComboBox", mrml_widgets.qMRMLNodeComboBox),
+        ("qMRMLSegmentSelectorWidget", mrml_widgets.qMRMLSegmentSelectorWidget),
+    ):
         monkeypatch.setattr(slicer, name, value, raising=False)
-    for name, value in (("loadUI", load_ui), ("errorDisplay", application.error_display),
-                        ("warningDisplay", application.message_display), ("infoDisplay", application.message_display),
-                        ("confirmOkCancelDisplay", application.confirm)):  # fmt: skip
+    for name, value in (
+        ("loadUI", load_ui),
+        ("errorDisplay", application.error_display),
+        ("warningDisplay", application.message_display),
+        ("infoDisplay", application.message_display),
+        ("confirmOkCancelDisplay", application.confirm),
+    ):
         monkeypatch.setattr(slicer.util, name, value)
     python_slicer_launcher(launcher_folder)
     monkeypatch.setenv("PATH", f"{launcher_folder}{os.pathsep}{os.environ.get('PATH', '')}")

@@ -79,8 +79,10 @@ class qMRMLNodeComboBox(qMRMLWidget):
         self._tags = []
         super().setMRMLScene(scene)
         if scene is not None:
-            self._tags = [scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, self._on_added),
-                          scene.AddObserver(slicer.vtkMRMLScene.NodeRemovedEvent, self._on_removed)]  # fmt: skip
+            self._tags = [
+                scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, self._on_added),
+                scene.AddObserver(slicer.vtkMRMLScene.NodeRemovedEvent, self._on_removed),
+            ]
         self._set_current(None if self.noneEnabled else next(iter(self.nodes()), None))
 
     def _on_added(self, caller, event) -> None:

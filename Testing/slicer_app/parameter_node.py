@@ -99,8 +99,11 @@ class _Connector:
             widget.clear()
             for choice in field.choice.choices:
                 widget.addItem(str(choice))
-            self.signal, self.read_widget, self.write_widget = (widget.currentIndexChanged, self._choice,
-                                                                self._set_choice)  # fmt: skip
+            self.signal, self.read_widget, self.write_widget = (
+                widget.currentIndexChanged,
+                self._choice,
+                self._set_choice,
+            )
         elif kind is qt.QLineEdit and base is str:
             self.signal, self.read_widget, self.write_widget = widget.textChanged, self._text, self._set_text
         elif kind is mrml_widgets.qMRMLNodeComboBox and _is_node_type(base):
@@ -191,8 +194,9 @@ class _Wrapper:
         for name, connector in connectors.items():
             connector.write_widget(getattr(self, name))
             connector.connect(self._gui_changed_callback(name, connector))
-        self._observers[tag] = self.parameterNode.AddObserver(vtk.vtkCommand.ModifiedEvent,
-                                                              lambda caller, event: self._update_gui())  # fmt: skip
+        self._observers[tag] = self.parameterNode.AddObserver(
+            vtk.vtkCommand.ModifiedEvent, lambda caller, event: self._update_gui()
+        )
         return tag
 
     def _gui_changed_callback(self, name, connector):
@@ -240,6 +244,5 @@ class _Wrapper:
 def parameterNodeWrapper(cls):
     annotations = typing.get_type_hints(cls, include_extras=True)
     fields = {name: _Field(name, annotation, cls.__dict__.get(name)) for name, annotation in annotations.items()}
-    wrapped = type(cls.__name__, (_Wrapper,), {"FIELDS": fields, "__doc__": cls.__doc__,
-                                               "__module__": cls.__module__})  # fmt: skip
+    wrapped = type(cls.__name__, (_Wrapper,), {"FIELDS": fields, "__doc__": cls.__doc__, "__module__": cls.__module__})
     return wrapped

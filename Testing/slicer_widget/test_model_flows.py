@@ -124,8 +124,13 @@ def test_closing_the_scene_while_shown_leaves_no_stale_model_control(session, ap
     ui.modelKindComboBox.user_choose(CARD)
     ui.modelFileLineEdit.user_browse(str(card))
     inspected(session, application)
-    ui.layerComboBox.user_choose(next(ui.layerComboBox.itemText(index) for index in range(ui.layerComboBox.count())
-                                      if not ui.layerComboBox.itemText(index).endswith("(recommended)")))  # fmt: skip
+    ui.layerComboBox.user_choose(
+        next(
+            ui.layerComboBox.itemText(index)
+            for index in range(ui.layerComboBox.count())
+            if not ui.layerComboBox.itemText(index).endswith("(recommended)")
+        )
+    )
     ui.modelKindComboBox.user_choose(BUNDLED)
     ui.modelKindComboBox.user_choose(CARD)
     session.close_scene()
@@ -136,7 +141,8 @@ def test_closing_the_scene_while_shown_leaves_no_stale_model_control(session, ap
     description = session.widget._inspector.request(settings.model)
     assert settings.model == card and description["name"] == "bias-free UNet"
     assert [ui.layerComboBox.itemData(index) for index in range(ui.layerComboBox.count())] == [
-        layer["name"] for layer in description["layers"]]  # fmt: skip
+        layer["name"] for layer in description["layers"]
+    ]
     assert ui.layerComboBox.currentText.endswith("(recommended)"), "a new scene starts from the recommended layer"
     assert [ui.targetClassComboBox.itemText(i) for i in range(ui.targetClassComboBox.count())] == ["kidney", "tumour"]
 

@@ -98,8 +98,10 @@ def test_compare_shows_both_methods_side_by_side(session, application):
     assert application.errors == []
     layout = application.layoutManager()
     assert layout.layout == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
-    shown = [application.scene.GetNodeByID(layout.sliceWidget(view).mrmlSliceCompositeNode().GetForegroundVolumeID())
-             for view in ("Red", "Yellow")]  # fmt: skip
+    shown = [
+        application.scene.GetNodeByID(layout.sliceWidget(view).mrmlSliceCompositeNode().GetForegroundVolumeID())
+        for view in ("Red", "Yellow")
+    ]
     assert [node.GetName().rsplit(" - ", 1)[1] for node in shown] == ["Seg-Grad CAM", "Seg-HiRes-Grad CAM"]
 
 
@@ -154,8 +156,12 @@ def test_first_use_without_torch_says_what_will_be_installed_and_installs_once(a
         seen = {}
 
         def install_torch(requirement):
-            seen["during"] = (ui.applyButton.enabled, ui.compareButton.enabled, application.cursor_overrides,
-                              ui.statusLabel.text)  # fmt: skip
+            seen["during"] = (
+                ui.applyButton.enabled,
+                ui.compareButton.enabled,
+                application.cursor_overrides,
+                ui.statusLabel.text,
+            )
             application.during_events = [ui.applyButton.click, ui.compareButton.click]  # impatient clicks
             application.processEvents()
             seen.setdefault("calls", []).append(requirement)
@@ -221,8 +227,10 @@ def test_a_layer_atlas_is_browsed_with_its_slider(session, application):
     assert application.errors == []
     assert ui.atlasLayerSlider.visible and ui.atlasLayerSlider.maximum >= 1
     assert ui.atlasLayerSlider.value == ui.atlasLayerSlider.maximum  # the finest layer first
-    composites = [application.scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
-                  for i in range(application.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]  # fmt: skip
+    composites = [
+        application.scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+        for i in range(application.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))
+    ]
     red = next(node for node in composites if node.GetLayoutName() == "Red")
     finest = red.GetForegroundVolumeID()
     ui.atlasLayerSlider.user_drag(0)
@@ -288,8 +296,9 @@ def test_each_kidney_on_its_own_is_browsed_with_the_slider(session, application)
     """Two kidneys as one segment: a heatmap per part (largest first), a table row per part,
     and the slider walks the parts."""
     volume, case = phantom_volume(application.scene, shape=(64, 64, 20), spacing=(4.8, 4.8, 6.0))
-    segmentation, segment_id = segment_from_labels(application.scene, volume, (case.labels > 0).astype(np.uint8), 1,
-                                                   "kidneys")  # fmt: skip
+    segmentation, segment_id = segment_from_labels(
+        application.scene, volume, (case.labels > 0).astype(np.uint8), 1, "kidneys"
+    )
     ui = session.ui
     ui.usePredictionCheckBox.click()
     ui.segmentSelector.user_choose(segmentation, segment_id)
@@ -298,8 +307,9 @@ def test_each_kidney_on_its_own_is_browsed_with_the_slider(session, application)
     ui.applyButton.click()
     finished(session, application)
     assert application.errors == []
-    parts = [node for node in nodes_named(application.scene, "Seg-HiRes-Grad CAM")
-             + nodes_named(application.scene, "part 2")]  # fmt: skip
+    parts = [
+        node for node in nodes_named(application.scene, "Seg-HiRes-Grad CAM") + nodes_named(application.scene, "part 2")
+    ]
     assert len(parts) == 2 and ui.atlasLayerSlider.visible and ui.atlasLayerSlider.maximum == 1
     volumes = [float(node.GetAttribute("SegHiResGradCAM.VolumeMl")) for node in parts]
     assert volumes[0] >= volumes[1] > 0

@@ -44,8 +44,11 @@ def test_the_module_file_imports_on_python_3_9():
     source = MODULE_FILE.read_text(encoding="utf-8")
     tree = ast.parse(source, feature_version=(3, 9))  # no syntax newer than 3.9
     assert "from __future__ import annotations" not in source
-    unions = [ast.unparse(a) for a in annotations_evaluated_at_import(tree)
-              if any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(a))]  # fmt: skip
+    unions = [
+        ast.unparse(a)
+        for a in annotations_evaluated_at_import(tree)
+        if any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(a))
+    ]
     assert unions == [], "X | Y annotations raise TypeError on Python 3.9 at import"
     imports = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
     names = [alias.name for node in imports if isinstance(node, ast.Import) for alias in node.names]

@@ -54,9 +54,21 @@ def test_a_compound_oblique_ct_is_explained_with_its_heat_on_m(kits_like, angles
     stored, mask = rotated(ct, angles), rotated(tumour, angles, labels=True)
     sitk.WriteImage(stored, str(folder / "oblique.nrrd"))
     sitk.WriteImage(mask, str(folder / "oblique_mask.nrrd"))
-    code = cli_main(["explain", "--image", str(folder / "oblique.nrrd"), "--target-class", "tumour", "--mask",
-                     str(folder / "oblique_mask.nrrd"), "--out", str(folder / "heat.nrrd"),
-                     "--progress", "none"])  # fmt: skip
+    code = cli_main(
+        [
+            "explain",
+            "--image",
+            str(folder / "oblique.nrrd"),
+            "--target-class",
+            "tumour",
+            "--mask",
+            str(folder / "oblique_mask.nrrd"),
+            "--out",
+            str(folder / "heat.nrrd"),
+            "--progress",
+            "none",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     heat = sitk.ReadImage(str(folder / "heat.nrrd"))
     assert heat.GetDirection() == pytest.approx(stored.GetDirection())
@@ -76,7 +88,8 @@ def test_a_cohort_of_an_oblique_ct_puts_its_heat_on_m(kits_like, tmp_path):
     (tmp_path / "cases.csv").write_text("case,image,mask\noblique,ct.nrrd,tumour.nrrd\n")
     summary = run_cohort(tmp_path / "cases.csv", tmp_path / "results", CohortSettings(methods=("seg-hires-grad-cam",)))
     assert summary.failed == 0
-    heat = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "results" / "cases" / "oblique" /
-                                                     "heatmap_seg-hires-grad-cam.nrrd")))  # fmt: skip
+    heat = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(tmp_path / "results" / "cases" / "oblique" / "heatmap_seg-hires-grad-cam.nrrd"))
+    )
     near = ndimage.binary_dilation(sitk.GetArrayFromImage(mask) > 0, iterations=3)
     assert heat[near].sum() >= 0.95 * heat.sum()

@@ -13,8 +13,15 @@ from SegHiResGradCAMLib.volumes.volume_io import read_ct
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 
 
-def write_series(ct: sitk.Image, folder, series: str, skip=(), tilt_mm: float = 0.0, scout: bool = False,
-                 description: str = "abdomen") -> None:  # fmt: skip
+def write_series(
+    ct: sitk.Image,
+    folder,
+    series: str,
+    skip=(),
+    tilt_mm: float = 0.0,
+    scout: bool = False,
+    description: str = "abdomen",
+) -> None:
     """The CT as a DICOM series of one file per axial slice with a rescale intercept of -1024,
     as scanners store CT (ITK's writer stores HU + 1024 as the pixel data)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -26,21 +33,38 @@ def write_series(ct: sitk.Image, folder, series: str, skip=(), tilt_mm: float = 
             continue
         picture = stored[:, :, z]
         position = np.array(ct.TransformIndexToPhysicalPoint((0, 0, z))) + np.array([0.0, tilt_mm * z, 0.0])
-        tags = {"0008|0060": "CT", "0020|000d": STUDY, "0020|000e": series, "0008|103e": description,
-                "0020|0013": str(z + 1), "0020|0032": "\\".join(f"{v:.4f}" for v in position),
-                "0020|0037": "1\\0\\0\\0\\1\\0", "0028|1052": "-1024", "0028|1053": "1",
-                "0018|0050": f"{ct.GetSpacing()[2]:g}", "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
-                "0008|0018": f"{series}.{z + 1}"}  # fmt: skip
+        tags = {
+            "0008|0060": "CT",
+            "0020|000d": STUDY,
+            "0020|000e": series,
+            "0008|103e": description,
+            "0020|0013": str(z + 1),
+            "0020|0032": "\\".join(f"{v:.4f}" for v in position),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|1052": "-1024",
+            "0028|1053": "1",
+            "0018|0050": f"{ct.GetSpacing()[2]:g}",
+            "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
+            "0008|0018": f"{series}.{z + 1}",
+        }
         for tag, value in tags.items():
             picture.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
         writer.Execute(picture)
     if scout:  # a coronal scout image in the same series
         picture = stored[:, ct.GetHeight() // 2, :]
-        for tag, value in {"0008|0060": "CT", "0020|000d": STUDY, "0020|000e": series, "0020|0013": "999",
-                           "0020|0032": "0\\0\\0", "0020|0037": "1\\0\\0\\0\\0\\-1", "0028|1052": "-1024",
-                           "0028|1053": "1", "0008|0008": "ORIGINAL\\PRIMARY\\LOCALIZER",
-                           "0008|0018": f"{series}.999"}.items():  # fmt: skip
+        for tag, value in {
+            "0008|0060": "CT",
+            "0020|000d": STUDY,
+            "0020|000e": series,
+            "0020|0013": "999",
+            "0020|0032": "0\\0\\0",
+            "0020|0037": "1\\0\\0\\0\\0\\-1",
+            "0028|1052": "-1024",
+            "0028|1053": "1",
+            "0008|0008": "ORIGINAL\\PRIMARY\\LOCALIZER",
+            "0008|0018": f"{series}.999",
+        }.items():
             picture.SetMetaData(tag, value)
         writer.SetFileName(str(folder / "scout.dcm"))
         writer.Execute(picture)
@@ -89,8 +113,20 @@ def test_explain_takes_a_series_folder_and_gives_the_map_of_the_same_voxels_stor
     sitk.WriteImage(ct, str(tmp_path / "ct.nrrd"))
     maps = {}
     for name, image in (("dicom", tmp_path / "series"), ("nrrd", tmp_path / "ct.nrrd")):
-        code = cli_main(["explain", "--image", str(image), "--target-class", "tumour", "--from-prediction", "--out",
-                         str(tmp_path / f"{name}.nrrd"), "--progress", "none"])  # fmt: skip
+        code = cli_main(
+            [
+                "explain",
+                "--image",
+                str(image),
+                "--target-class",
+                "tumour",
+                "--from-prediction",
+                "--out",
+                str(tmp_path / f"{name}.nrrd"),
+                "--progress",
+                "none",
+            ]
+        )
         assert code == 0
         maps[name] = sitk.ReadImage(str(tmp_path / f"{name}.nrrd"))
     assert np.allclose(maps["dicom"].GetOrigin(), ct.GetOrigin(), atol=1e-3)
@@ -105,8 +141,9 @@ def test_a_cohort_csv_takes_dicom_series_folders(ct, tmp_path):
     write_series(ct, tmp_path / "data" / "both", "1.2.3.22")
     write_series(ct[:, :, :16], tmp_path / "data" / "both", "1.2.3.23")
     (tmp_path / "data" / "cases.csv").write_text("case,image,series\nfirst,first,\nchosen,both,1.2.3.23\n")
-    summary = run_cohort(tmp_path / "data" / "cases.csv", tmp_path / "results",
-                         CohortSettings(methods=("seg-hires-grad-cam",)))  # fmt: skip
+    summary = run_cohort(
+        tmp_path / "data" / "cases.csv", tmp_path / "results", CohortSettings(methods=("seg-hires-grad-cam",))
+    )
     assert summary.failed == 0 and summary.done == 2
     chosen = sitk.ReadImage(str(tmp_path / "results" / "cases" / "chosen" / "heatmap_seg-hires-grad-cam.nrrd"))
     assert chosen.GetDepth() == 16  # the series the CSV chose, in its own geometry

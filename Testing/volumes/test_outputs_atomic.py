@@ -41,7 +41,10 @@ def test_every_writer_renames_through_the_one_helper():
     renaming = []
     for path in LIBRARY.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Attribute) and node.attr in ("replace", "rename") and getattr(
-                    node.value, "id", None) == "os":  # fmt: skip
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("replace", "rename")
+                and getattr(node.value, "id", None) == "os"
+            ):
                 renaming.append(path.relative_to(LIBRARY).as_posix())
     assert sorted(set(renaming)) == ["volumes/outputs.py"]

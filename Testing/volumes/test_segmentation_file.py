@@ -20,8 +20,17 @@ def case(tmp_path_factory):
     folder = tmp_path_factory.mktemp("seg")
     ct, labels = case_images(make_case(21, Grid.centred((96, 96, 32), (2.0, 2.0, 3.0))))
     sitk.WriteImage(ct, str(folder / "ct.nrrd"))
-    coarse = sitk.Resample(labels, [48, 48, 16], sitk.Transform(), sitk.sitkNearestNeighbor, labels.GetOrigin(),
-                           [4.0, 4.0, 6.0], labels.GetDirection(), 0, labels.GetPixelID())  # fmt: skip
+    coarse = sitk.Resample(
+        labels,
+        [48, 48, 16],
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor,
+        labels.GetOrigin(),
+        [4.0, 4.0, 6.0],
+        labels.GetDirection(),
+        0,
+        labels.GetPixelID(),
+    )
     values = sitk.GetArrayFromImage(coarse).transpose(2, 1, 0)  # (i, j, k), as slicerio keeps voxels
     ijk_to_lps = np.eye(4)
     ijk_to_lps[:3, :3] = np.array(coarse.GetDirection()).reshape(3, 3) @ np.diag(coarse.GetSpacing())
@@ -35,9 +44,24 @@ def case(tmp_path_factory):
 
 
 def explain(folder, *extra):
-    return cli_main(["explain", "--image", str(folder / "ct.nrrd"), "--target-class", "tumour", "--mask",
-                     str(folder / "case.seg.nrrd"), "--out", str(folder / "heat.nrrd"), "--summary",
-                     str(folder / "summary.json"), "--progress", "none", *extra])  # fmt: skip
+    return cli_main(
+        [
+            "explain",
+            "--image",
+            str(folder / "ct.nrrd"),
+            "--target-class",
+            "tumour",
+            "--mask",
+            str(folder / "case.seg.nrrd"),
+            "--out",
+            str(folder / "heat.nrrd"),
+            "--summary",
+            str(folder / "summary.json"),
+            "--progress",
+            "none",
+            *extra,
+        ]
+    )
 
 
 def test_a_segment_is_chosen_by_name_from_overlapping_segments(case, capsys):
@@ -59,9 +83,26 @@ def test_an_unknown_segment_is_refused_with_the_segments_listed(case, capsys):
     folder, _ = case
     assert explain(folder, "--segment", "liver") == 2
     assert "has no segment named 'liver'; its segments are 'kidney', 'tumor'" in capsys.readouterr().err
-    assert cli_main(["explain", "--image", str(folder / "ct.nrrd"), "--target-class", "kidney", "--mask",
-                     str(folder / "ct.nrrd"), "--segment", "kidney", "--out", str(folder / "x.nrrd"),
-                     "--progress", "none"]) == 2  # fmt: skip
+    assert (
+        cli_main(
+            [
+                "explain",
+                "--image",
+                str(folder / "ct.nrrd"),
+                "--target-class",
+                "kidney",
+                "--mask",
+                str(folder / "ct.nrrd"),
+                "--segment",
+                "kidney",
+                "--out",
+                str(folder / "x.nrrd"),
+                "--progress",
+                "none",
+            ]
+        )
+        == 2
+    )
     assert "is not one: use --mask-label N" in capsys.readouterr().err
 
 
@@ -70,7 +111,8 @@ def test_a_cohort_csv_names_the_segment_of_each_case(case, tmp_path):
     from SegHiResGradCAMLib.cohort.run import run_cohort
 
     folder, _ = case
-    (tmp_path / "cases.csv").write_text(f"case,image,mask,segment\none,{folder / 'ct.nrrd'},{folder / 'case.seg.nrrd'},"
-                                        "tumor\n")  # fmt: skip
+    (tmp_path / "cases.csv").write_text(
+        f"case,image,mask,segment\none,{folder / 'ct.nrrd'},{folder / 'case.seg.nrrd'},tumor\n"
+    )
     summary = run_cohort(tmp_path / "cases.csv", tmp_path / "results", CohortSettings(methods=("seg-hires-grad-cam",)))
     assert summary.done == 1 and summary.rows[0]["mask_source"].endswith("(segment 'tumor')")

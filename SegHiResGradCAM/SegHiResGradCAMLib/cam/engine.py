@@ -93,16 +93,44 @@ def explain(
     """
     _check_choice("score", score, SCORES)
     _check_choice("head", head, HEADS)
-    return explain_target(model, image, Target(int(target_class), score, head), mask=mask, layer=layer, method=method,
-                          tiling=window, overlap=overlap, blend=blend, batch_size=batch_size, device=device,
-                          mixed_precision=mixed_precision, progress=progress, cancel=cancel, skip_windows=skip_windows,
-                          score_cam_channels=score_cam_channels)  # fmt: skip
+    return explain_target(
+        model,
+        image,
+        Target(int(target_class), score, head),
+        mask=mask,
+        layer=layer,
+        method=method,
+        tiling=window,
+        overlap=overlap,
+        blend=blend,
+        batch_size=batch_size,
+        device=device,
+        mixed_precision=mixed_precision,
+        progress=progress,
+        cancel=cancel,
+        skip_windows=skip_windows,
+        score_cam_channels=score_cam_channels,
+    )
 
 
-def explain_target(model: nn.Module, image, target, mask=None, layer: str | None = None,
-                   method: str = "seg-hires-grad-cam", tiling=None, overlap: float = 0.25, blend: str = "gaussian",
-                   batch_size: int = 1, device=None, mixed_precision: bool = False, progress=None, cancel=None,
-                   skip_windows: bool = True, score_cam_channels: int | None = None) -> CamResult:  # fmt: skip
+def explain_target(
+    model: nn.Module,
+    image,
+    target,
+    mask=None,
+    layer: str | None = None,
+    method: str = "seg-hires-grad-cam",
+    tiling=None,
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    batch_size: int = 1,
+    device=None,
+    mixed_precision: bool = False,
+    progress=None,
+    cancel=None,
+    skip_windows: bool = True,
+    score_cam_channels: int | None = None,
+) -> CamResult:
     """``explain`` for a target object (``passes.Target``, ``passes.FunctionTarget``): what
     ``explain()`` and the ``Explainer`` run. ``tiling``: a Tiling, window sizes (MONAI's
     grid with ``overlap`` and ``blend``), or None for one pass over the whole image."""
@@ -136,10 +164,20 @@ def explain_target(model: nn.Module, image, target, mask=None, layer: str | None
             module = find_layer(model, layer_name, probe)
             with evaluation_mode(model), autocast(compute_device, mixed_precision):
                 raw, score_value, raw_grid = explain_by_windows(
-                    model, module, layer_name, image_batch, target, target_mask, cam_method, tiling=tiling,
-                    batch_size=batch_size, device=compute_device, progress=progress, cancel=cancel,
+                    model,
+                    module,
+                    layer_name,
+                    image_batch,
+                    target,
+                    target_mask,
+                    cam_method,
+                    tiling=tiling,
+                    batch_size=batch_size,
+                    device=compute_device,
+                    progress=progress,
+                    cancel=cancel,
                     skip_windows=skip_windows,
-                )  # fmt: skip
+                )
     raw = raw.float()
     heatmap = upsample_to(raw.clamp(min=0), tuple(image_batch.shape[2:]))
     if progress is not None and window is None:

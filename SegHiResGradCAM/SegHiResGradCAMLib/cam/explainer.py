@@ -72,12 +72,21 @@ class Explainer:
         ...     result = explainer(ct, SegmentTarget(2, tumour))
     """
 
-    def __init__(self, model: nn.Module, layer: str | None = None, method: str = "seg-hires-grad-cam",
-                 tiling: Tiling | None = None, device="auto", batch_size: int = 1, mixed_precision: bool = False,
-                 score_cam_channels: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str | None = None,
+        method: str = "seg-hires-grad-cam",
+        tiling: Tiling | None = None,
+        device="auto",
+        batch_size: int = 1,
+        mixed_precision: bool = False,
+        score_cam_channels: int | None = None,
+    ):
         if tiling is not None and not isinstance(tiling, Tiling):
-            raise ExplainInputError(f"tiling must be a Tiling (e.g. Tiling.monai((96, 96, 96))); got "
-                                    f"{type(tiling).__name__}.")  # fmt: skip
+            raise ExplainInputError(
+                f"tiling must be a Tiling (e.g. Tiling.monai((96, 96, 96))); got {type(tiling).__name__}."
+            )
         get_method(method)  # an unknown method is refused now, not at the first question
         self.model, self.layer, self.method, self.tiling = model, layer, method, tiling
         self.device, self.batch_size, self.mixed_precision = device, batch_size, mixed_precision
@@ -113,18 +122,33 @@ class Explainer:
         """
         engine_target, mask = self._engine_target(target)
         device = model_device(self.model) if self._placed_from is not None else self.device
-        return explain_target(self.model, image, engine_target, mask=mask, layer=self.layer, method=self.method,
-                              tiling=self.tiling, batch_size=self.batch_size, device=device,
-                              mixed_precision=self.mixed_precision, progress=progress, cancel=cancel,
-                              score_cam_channels=self.score_cam_channels)  # fmt: skip
+        return explain_target(
+            self.model,
+            image,
+            engine_target,
+            mask=mask,
+            layer=self.layer,
+            method=self.method,
+            tiling=self.tiling,
+            batch_size=self.batch_size,
+            device=device,
+            mixed_precision=self.mixed_precision,
+            progress=progress,
+            cancel=cancel,
+            score_cam_channels=self.score_cam_channels,
+        )
 
     def _engine_target(self, target):
         if isinstance(target, SegmentTarget):
             return Target(int(target.class_index), target.output, target.head), target.mask
         if isinstance(target, CallableTarget):
             if get_method(self.method).network_map is not None:
-                raise ExplainInputError(f"Method {self.method!r} defines its weights for a class over M: give a "
-                                        "SegmentTarget, or a gradient method for a CallableTarget.")  # fmt: skip
+                raise ExplainInputError(
+                    f"Method {self.method!r} defines its weights for a class over M: give a "
+                    "SegmentTarget, or a gradient method for a CallableTarget."
+                )
             return FunctionTarget(target.function), None
-        raise ExplainInputError(f"target must be a SegmentTarget(class_index, mask) or a CallableTarget(function); "
-                                f"got {type(target).__name__}.")  # fmt: skip
+        raise ExplainInputError(
+            f"target must be a SegmentTarget(class_index, mask) or a CallableTarget(function); "
+            f"got {type(target).__name__}."
+        )

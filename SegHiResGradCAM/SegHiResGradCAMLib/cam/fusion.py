@@ -58,7 +58,10 @@ def layer_atlas(model, image, target_class: int, mask=None, layers=None, **optio
     if layers is None:
         batch = as_image_batch(image, model, torch.device("cpu"))
         window = options.get("window")
-        spatial = tuple(batch.shape[2:]) if window is None else check_window(getattr(window, "window", window),
-                                                                             batch.dim() - 2)  # fmt: skip
+        spatial = (
+            tuple(batch.shape[2:])
+            if window is None
+            else check_window(getattr(window, "window", window), batch.dim() - 2)
+        )
         layers = atlas_layers(model, (batch.shape[1], *spatial))
     return {layer: explain(model, image, target_class, mask, layer=layer, **options) for layer in layers}

@@ -98,10 +98,17 @@ def register_channel_weight_method(
     )
     return _add(
         CamMethod(
-            name, title, raw_map, False, reference, window_statistics, channel_weights, needs_activation_sums,
+            name,
+            title,
+            raw_map,
+            False,
+            reference,
+            window_statistics,
+            channel_weights,
+            needs_activation_sums,
             cost=cost,
         )
-    )  # fmt: skip
+    )
 
 
 def _add(method: CamMethod) -> CamMethod:

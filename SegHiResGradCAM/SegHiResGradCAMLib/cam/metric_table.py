@@ -41,8 +41,10 @@ def metric_rows(metrics: dict) -> list[tuple[str, str]]:
         rows.append(("the same, inside M only", f"{metrics['randomisation_similarity_in_target']:.3f}"))
     if metrics.get("dependence_on_target") is not None:
         rows.append(("similarity with the map of M moved aside", f"{metrics['dependence_on_target']:.3f}"))
-    rows += [(f"check: {check['name']}", f"{'pass' if check['passed'] else 'FAIL'} ({check['criterion']})")
-             for check in metrics.get("checks", [])]  # fmt: skip
+    rows += [
+        (f"check: {check['name']}", f"{'pass' if check['passed'] else 'FAIL'} ({check['criterion']})")
+        for check in metrics.get("checks", [])
+    ]
     return rows
 
 

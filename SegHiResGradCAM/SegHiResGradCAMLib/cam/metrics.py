@@ -272,24 +272,49 @@ def sanity_checks(metrics: ExplanationMetrics) -> list[Check]:
     inside = metrics.mass_in_target > 0
     similarity = metrics.randomisation_similarity_in_target if inside else metrics.randomisation_similarity
     if similarity is not None:
-        checks.append(Check(f"randomisation ({'inside M' if inside else 'whole image'})", similarity,
-                            f"rank similarity with the randomised network's map below {RANDOMISATION_LIMIT}",
-                            similarity < RANDOMISATION_LIMIT))  # fmt: skip
+        checks.append(
+            Check(
+                f"randomisation ({'inside M' if inside else 'whole image'})",
+                similarity,
+                f"rank similarity with the randomised network's map below {RANDOMISATION_LIMIT}",
+                similarity < RANDOMISATION_LIMIT,
+            )
+        )
     if metrics.mass_in_target_randomised is not None:
-        checks.append(Check("heat in M beyond a random network", metrics.mass_in_target,
-                            f"above the randomised network's {100 * metrics.mass_in_target_randomised:.1f} %",
-                            metrics.mass_in_target > metrics.mass_in_target_randomised))  # fmt: skip
+        checks.append(
+            Check(
+                "heat in M beyond a random network",
+                metrics.mass_in_target,
+                f"above the randomised network's {100 * metrics.mass_in_target_randomised:.1f} %",
+                metrics.mass_in_target > metrics.mass_in_target_randomised,
+            )
+        )
     if metrics.deletion is not None and metrics.deletion_random is not None:
-        checks.append(Check("deletion beyond random order", metrics.deletion.area,
-                            f"below random order's {metrics.deletion_random.area:.4f}",
-                            metrics.deletion.area < metrics.deletion_random.area))  # fmt: skip
-        checks.append(Check("insertion beyond random order", metrics.insertion.area,
-                            f"above random order's {metrics.insertion_random.area:.4f}",
-                            metrics.insertion.area > metrics.insertion_random.area))  # fmt: skip
+        checks.append(
+            Check(
+                "deletion beyond random order",
+                metrics.deletion.area,
+                f"below random order's {metrics.deletion_random.area:.4f}",
+                metrics.deletion.area < metrics.deletion_random.area,
+            )
+        )
+        checks.append(
+            Check(
+                "insertion beyond random order",
+                metrics.insertion.area,
+                f"above random order's {metrics.insertion_random.area:.4f}",
+                metrics.insertion.area > metrics.insertion_random.area,
+            )
+        )
     if metrics.dependence_on_target is not None:
-        checks.append(Check("dependence on M", metrics.dependence_on_target,
-                            f"rank similarity with the map of M moved aside below {DEPENDENCE_LIMIT}",
-                            metrics.dependence_on_target < DEPENDENCE_LIMIT))  # fmt: skip
+        checks.append(
+            Check(
+                "dependence on M",
+                metrics.dependence_on_target,
+                f"rank similarity with the map of M moved aside below {DEPENDENCE_LIMIT}",
+                metrics.dependence_on_target < DEPENDENCE_LIMIT,
+            )
+        )
     return checks
 
 

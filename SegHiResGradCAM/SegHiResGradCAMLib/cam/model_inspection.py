@@ -195,8 +195,11 @@ def _stage_below_finest(layers: list[LayerInfo], classes: int) -> str:
     finest = _last_before_head(layers, classes)
     order = {layer.name: index for index, layer in enumerate(layers)}
     finest_size = int(np.prod(layers[order[finest]].shape[1:]))
-    coarser = [stage.name for stage in decoder_stages(layers)
-               if order[stage.name] < order[finest] and int(np.prod(stage.shape[1:])) < finest_size]  # fmt: skip
+    coarser = [
+        stage.name
+        for stage in decoder_stages(layers)
+        if order[stage.name] < order[finest] and int(np.prod(stage.shape[1:])) < finest_size
+    ]
     return coarser[-1] if coarser else finest
 
 
@@ -249,8 +252,10 @@ def _layer_by_rule(model: nn.Module, image_batch: torch.Tensor, rule: str) -> st
 def _layers_for_batch_shape(model: nn.Module, image_batch: torch.Tensor) -> list[LayerInfo]:
     layers, classes = _traced(model, image_batch)
     chosen = {name: rule.choose(layers, classes) for name, rule in LAYER_RULES.items()}
-    return [dataclasses.replace(layer, rules=tuple(name for name, pick in chosen.items() if pick == layer.name))
-            for layer in layers]  # fmt: skip
+    return [
+        dataclasses.replace(layer, rules=tuple(name for name, pick in chosen.items() if pick == layer.name))
+        for layer in layers
+    ]
 
 
 def _traced(model: nn.Module, image_batch: torch.Tensor) -> tuple[list[LayerInfo], int]:

@@ -68,11 +68,15 @@ class FunctionTarget:
             value = self.function(constant)
             if not isinstance(value, torch.Tensor) or value.numel() != 1:
                 returned = type(value).__name__ + (str(tuple(value.shape)) if isinstance(value, torch.Tensor) else "")
-                raise ExplainInputError("The target's function must return one number (a scalar tensor T) computed "
-                                        f"from the logits; it returned {returned}.")  # fmt: skip
+                raise ExplainInputError(
+                    "The target's function must return one number (a scalar tensor T) computed "
+                    f"from the logits; it returned {returned}."
+                )
             if not value.requires_grad:
-                raise ExplainInputError("The target's function returned a T that does not depend on the logits it "
-                                        "was given: compute T from them.")  # fmt: skip
+                raise ExplainInputError(
+                    "The target's function returned a T that does not depend on the logits it "
+                    "was given: compute T from them."
+                )
             (gradient,) = torch.autograd.grad(value.reshape(()), constant, allow_unused=True)
         if gradient is None:
             gradient = torch.zeros_like(constant)

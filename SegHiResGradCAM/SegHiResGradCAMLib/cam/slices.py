@@ -29,8 +29,9 @@ def _volume(volume) -> torch.Tensor:
     return tensor.float()
 
 
-def slice_logits(model, volume, window=None, overlap: float = 0.25, required=None, progress=None, cancel=None,
-                 **options) -> torch.Tensor:  # fmt: skip
+def slice_logits(
+    model, volume, window=None, overlap: float = 0.25, required=None, progress=None, cancel=None, **options
+) -> torch.Tensor:
     """(K, slices, rows, columns) logits of a 2D network, slice by slice (sliding windows
     within each slice when ``window`` is given, else the whole slice at once). With
     ``required`` (a boolean volume), only the slices that hold some of it run; the others

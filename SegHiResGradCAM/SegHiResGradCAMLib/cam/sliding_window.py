@@ -105,8 +105,15 @@ class Tiling:
     padding_value: float = 0.0  # the constant for "constant" padding (MONAI's cval)
 
     @classmethod
-    def monai(cls, size, overlap: float = 0.25, mode: str = "gaussian", sigma_scale=GAUSSIAN_SIGMA_SCALE,
-              padding_mode: str = "constant", cval: float = 0.0) -> Tiling:  # fmt: skip
+    def monai(
+        cls,
+        size,
+        overlap: float = 0.25,
+        mode: str = "gaussian",
+        sigma_scale=GAUSSIAN_SIGMA_SCALE,
+        padding_mode: str = "constant",
+        cval: float = 0.0,
+    ) -> Tiling:
         """MONAI's ``sliding_window_inference`` (``SlidingWindowInferer``) tiling, in its
         argument names: ``roi_size`` as ``size``, ``overlap``, ``mode``, ``sigma_scale``,
         ``padding_mode`` and ``cval``."""
@@ -265,9 +272,16 @@ def sliding_window_logits(
         tracker = Progress(len(starts), progress, cancel)
         with evaluation_mode(model), _out_of_memory_guard(compute_device, tiling.window, batch_size):
             blended = _blend_logits(
-                model, tiling.pad(image_batch, grid), grid, tiling.weight(), batch_size,
-                compute_device, tracker, "inference", starts,
-            )  # fmt: skip
+                model,
+                tiling.pad(image_batch, grid),
+                grid,
+                tiling.weight(),
+                batch_size,
+                compute_device,
+                tracker,
+                "inference",
+                starts,
+            )
     return blended[(slice(None), *grid.unpadded())]
 
 

@@ -116,8 +116,14 @@ def file_identity(path: Path | None) -> dict | None:
 
 def input_identity(case: CohortCase, model_digest: str) -> dict:
     """The identity of everything a case's results depend on besides the settings."""
-    return {"image": file_identity(case.image), "truth": file_identity(case.truth), "mask": file_identity(case.mask),
-            "series": case.series, "segment": case.segment, "model_sha256": model_digest}  # fmt: skip
+    return {
+        "image": file_identity(case.image),
+        "truth": file_identity(case.truth),
+        "mask": file_identity(case.mask),
+        "series": case.series,
+        "segment": case.segment,
+        "model_sha256": model_digest,
+    }
 
 
 def run_case(case: CohortCase, settings: CohortSettings, results: Path, identity: dict | None = None) -> list[dict]:
@@ -150,8 +156,13 @@ def run_case(case: CohortCase, settings: CohortSettings, results: Path, identity
         if done is not None and finished_inputs(results, case.name) == identity:
             return done  # another run into the same folder finished this case meanwhile
         message = str(error) if isinstance(error, ExplainInputError | OSError) else f"{type(error).__name__}: {error}"
-        record = {"case": case.name, "status": "failed", "error": " ".join(message.split())[:500], **_inputs(case),
-                  "inputs": identity}  # fmt: skip
+        record = {
+            "case": case.name,
+            "status": "failed",
+            "error": " ".join(message.split())[:500],
+            **_inputs(case),
+            "inputs": identity,
+        }
         failed.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(failed, lambda partial: partial.write_text(json.dumps(record), encoding="utf-8"))
         return [{key: value for key, value in record.items() if key != "inputs"}]
@@ -180,12 +191,26 @@ def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> l
             raise ExplainInputError(f"Case {case.name} has no ground truth to explain (--explain truth).")
         mask, label = case.truth, class_index  # truth labels are the model's class indices
     heatmaps = [] if settings.per_component else [folder / f"heatmap_{method}.nrrd" for method in settings.methods]
-    job = ExplainJob(image=case.image, target_class=str(class_index), methods=list(settings.methods),
-                     heatmaps=heatmaps, model=settings.model, per_component=folder if settings.per_component else None,
-                     mask=mask, mask_label=label, device=settings.device, prediction=folder / "prediction.nrrd",
-                     metrics=settings.metrics, trust_bundle=settings.trust_bundle, layer=settings.layer,
-                     measure=settings.measure, command=settings.command, series=case.series, segment=case.segment,
-                     folds=list(settings.folds) if settings.folds else None)  # fmt: skip
+    job = ExplainJob(
+        image=case.image,
+        target_class=str(class_index),
+        methods=list(settings.methods),
+        heatmaps=heatmaps,
+        model=settings.model,
+        per_component=folder if settings.per_component else None,
+        mask=mask,
+        mask_label=label,
+        device=settings.device,
+        prediction=folder / "prediction.nrrd",
+        metrics=settings.metrics,
+        trust_bundle=settings.trust_bundle,
+        layer=settings.layer,
+        measure=settings.measure,
+        command=settings.command,
+        series=case.series,
+        segment=case.segment,
+        folds=list(settings.folds) if settings.folds else None,
+    )
     result = run(job)
     sitk.WriteImage(result.segment, str(folder / "segment.nrrd"), useCompression=True)  # M, for the review
     ct = result.ct
@@ -193,8 +218,13 @@ def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> l
     # Every map here is on the CT's grid.
     segment, body = sitk.GetArrayFromImage(result.segment) > 0, body_mask(sitk.GetArrayFromImage(ct))
     quality = _quality(result.prediction, truth, card, class_index) if truth is not None else {}
-    case_figure(folder / "figure.png", ct, _on_grid(truth, ct) if truth is not None else None, result,
-                f"{case.name}: {card.classes[class_index]}")  # fmt: skip
+    case_figure(
+        folder / "figure.png",
+        ct,
+        _on_grid(truth, ct) if truth is not None else None,
+        result,
+        f"{case.name}: {card.classes[class_index]}",
+    )
     seconds = time.perf_counter() - started
     rows = []
     for key, (method, _) in result.explained.items():
@@ -203,16 +233,30 @@ def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> l
         if settings.per_component:  # heat in M is heat in this component
             segment = sitk.GetArrayFromImage(result.component_masks[key]) > 0
             component = {"component": int(key.split("_")[1]), **result.components[key]}
-        row = {"case": case.name, "method": method, **component, "title": METHODS[method].title, "status": "done",
-               "error": "", **_inputs(case),
-               "class": card.classes[class_index], "layer": result.layer, "device": result.device,
-               "target_score": result.scores[key], "heat_in_m": mass_share(heat, segment),
-               "heat_outside_body": mass_share(heat, ~body), "peak_in_m": bool(heat.max() > 0 and
-               segment.flat[int(np.argmax(heat))]), "seconds_case": seconds,
-               "seconds_method": result.seconds.get(key, 0.0), **quality,
-               **_evidence_columns(result.evidence[key]), "warnings": " ".join(result.warnings),
-               "software": result.record["software"], "model_sha256": result.record["model_sha256"],
-               "mask_source": result.record["mask"]}  # fmt: skip
+        row = {
+            "case": case.name,
+            "method": method,
+            **component,
+            "title": METHODS[method].title,
+            "status": "done",
+            "error": "",
+            **_inputs(case),
+            "class": card.classes[class_index],
+            "layer": result.layer,
+            "device": result.device,
+            "target_score": result.scores[key],
+            "heat_in_m": mass_share(heat, segment),
+            "heat_outside_body": mass_share(heat, ~body),
+            "peak_in_m": bool(heat.max() > 0 and segment.flat[int(np.argmax(heat))]),
+            "seconds_case": seconds,
+            "seconds_method": result.seconds.get(key, 0.0),
+            **quality,
+            **_evidence_columns(result.evidence[key]),
+            "warnings": " ".join(result.warnings),
+            "software": result.record["software"],
+            "model_sha256": result.record["model_sha256"],
+            "mask_source": result.record["mask"],
+        }
         if key in result.metrics:
             row |= _metric_columns(result.metrics[key].as_dict())
         rows.append(row)
@@ -220,9 +264,12 @@ def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> l
 
 
 def _evidence_columns(evidence) -> dict:
-    return {"mean_probability_in_m": evidence.mean_probability_in_target, "prediction_overlap":
-            evidence.prediction_overlap, "positive_evidence": evidence.positive_evidence,
-            "negative_evidence": evidence.negative_evidence}  # fmt: skip
+    return {
+        "mean_probability_in_m": evidence.mean_probability_in_target,
+        "prediction_overlap": evidence.prediction_overlap,
+        "positive_evidence": evidence.positive_evidence,
+        "negative_evidence": evidence.negative_evidence,
+    }
 
 
 def _metric_columns(measured: dict) -> dict:
@@ -231,13 +278,17 @@ def _metric_columns(measured: dict) -> dict:
     def area(curve):
         return (measured.get(curve) or {}).get("area")
 
-    return {"deletion_area": area("deletion"), "deletion_area_random": area("deletion_random"),
-            "insertion_area": area("insertion"), "insertion_area_random": area("insertion_random"),
-            "heat_in_m_randomised": measured.get("mass_in_target_randomised"),
-            "randomisation_similarity": measured.get("randomisation_similarity"),
-            "randomisation_similarity_in_m": measured.get("randomisation_similarity_in_target"),
-            "dependence_on_m": measured.get("dependence_on_target"),
-            "failed_checks": "; ".join(failed_checks(measured))}  # fmt: skip
+    return {
+        "deletion_area": area("deletion"),
+        "deletion_area_random": area("deletion_random"),
+        "insertion_area": area("insertion"),
+        "insertion_area_random": area("insertion_random"),
+        "heat_in_m_randomised": measured.get("mass_in_target_randomised"),
+        "randomisation_similarity": measured.get("randomisation_similarity"),
+        "randomisation_similarity_in_m": measured.get("randomisation_similarity_in_target"),
+        "dependence_on_m": measured.get("dependence_on_target"),
+        "failed_checks": "; ".join(failed_checks(measured)),
+    }
 
 
 def _inputs(case: CohortCase) -> dict:
@@ -262,5 +313,9 @@ def _quality(prediction, truth, card, class_index: int) -> dict:
 
     columns = segmentation_quality(prediction, truth, card)
     name = class_name_key(card.classes[class_index])
-    return {"dice": columns[f"dice_{name}"], "surface_dice": columns[f"surface_dice_{name}"],
-            "hd95_mm": columns[f"hd95_mm_{name}"], **columns}  # fmt: skip
+    return {
+        "dice": columns[f"dice_{name}"],
+        "surface_dice": columns[f"surface_dice_{name}"],
+        "hd95_mm": columns[f"hd95_mm_{name}"],
+        **columns,
+    }

@@ -66,8 +66,10 @@ def _kits_case(folder: Path) -> CohortCase:
     problem = _not_a_file(image, "CT") or _not_a_file(truth, "ground truth", optional=True)
     if not os.path.lexists(image):
         held = sorted(path.name for path in folder.iterdir())[:6]
-        problem = (f"{folder.name} has no imaging.nii.gz (it holds {', '.join(held) or 'nothing'}): the KiTS layout "
-                   "names a case's CT imaging.nii.gz")  # fmt: skip
+        problem = (
+            f"{folder.name} has no imaging.nii.gz (it holds {', '.join(held) or 'nothing'}): the KiTS layout "
+            "names a case's CT imaging.nii.gz"
+        )
     return CohortCase(folder.name, image, truth if truth.is_file() else None, problem=problem)
 
 
@@ -94,8 +96,7 @@ def file_ending(dataset: Path) -> str:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
         raise ExplainInputError(f"Cannot read {description} ({error}): it must be nnU-Net's dataset.json.") from None
     if not isinstance(ending, str) or not ending.startswith(".") or "/" in ending:
-        raise ExplainInputError(f"{description}: file_ending must be a file ending such as \".nii.gz\"; got "
-                                f"{ending!r}.")  # fmt: skip
+        raise ExplainInputError(f'{description}: file_ending must be a file ending such as ".nii.gz"; got {ending!r}.')
     return ending
 
 
@@ -130,20 +131,33 @@ def _from_csv(path: Path) -> list[CohortCase]:
         raise ExplainInputError(f"Cannot read {path.name} as a CSV file ({error}).") from None
     columns = [column.strip() for column in header.split(delimiter)]
     if not {"case", "image"} <= set(columns):
-        raise ExplainInputError(f"{path.name} needs the columns {CSV_COLUMNS}, separated by commas, in its first "
-                                f"line; its first line is {header[:80]!r}.")  # fmt: skip
+        raise ExplainInputError(
+            f"{path.name} needs the columns {CSV_COLUMNS}, separated by commas, in its first "
+            f"line; its first line is {header[:80]!r}."
+        )
     rows = [{(key or "").strip(): (value or "").strip() for key, value in row.items()} for row in rows]
     for number, row in enumerate(rows, start=2):
         for column in ("case", "image"):
             if not row.get(column):
-                raise ExplainInputError(f"{path.name}, line {number}: the {column} column is empty; every row needs a "
-                                        "case name and an image.")  # fmt: skip
+                raise ExplainInputError(
+                    f"{path.name}, line {number}: the {column} column is empty; every row needs a "
+                    "case name and an image."
+                )
 
     def optional(row, column):
         return path.parent / row[column] if row.get(column) else None
 
-    return [CohortCase(row["case"], path.parent / row["image"], optional(row, "truth"), optional(row, "mask"),
-                       row.get("series") or None, row.get("segment") or None) for row in rows]  # fmt: skip
+    return [
+        CohortCase(
+            row["case"],
+            path.parent / row["image"],
+            optional(row, "truth"),
+            optional(row, "mask"),
+            row.get("series") or None,
+            row.get("segment") or None,
+        )
+        for row in rows
+    ]
 
 
 def _check(cases: list[CohortCase], dataset: Path) -> list[CohortCase]:

@@ -65,8 +65,9 @@ def segmentation_quality(prediction: sitk.Image, truth: sitk.Image, card) -> dic
     for index, name in enumerate(card.classes):
         if index not in label_of:
             continue  # the background of a softmax model
-        scores = region_scores(predicted_labels == label_of[index], expected_labels == index, spacing,
-                               DEFAULT_TOLERANCE_MM)  # fmt: skip
+        scores = region_scores(
+            predicted_labels == label_of[index], expected_labels == index, spacing, DEFAULT_TOLERANCE_MM
+        )
         columns |= {f"{metric}_{class_name_key(name)}": value for metric, value in scores.items()}
     for region, (members, tolerance) in KITS_REGIONS.items():
         if not all(member in names and names[member] in label_of for member in members):

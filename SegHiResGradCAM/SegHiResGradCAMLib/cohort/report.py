@@ -20,16 +20,21 @@ from .case import case_folder
 
 HIRES, GRAD_CAM = "seg-hires-grad-cam", "seg-grad-cam"
 # (column, title, its baseline's column, the pass/fail criterion's line)
-DISTRIBUTIONS = (("heat_in_m", "heat inside M", "heat_in_m_randomised", None),
-                 ("heat_outside_body", "heat outside the body", None, None),
-                 ("deletion_area", "deletion area (lower is better)", "deletion_area_random", None),
-                 ("insertion_area", "insertion area (higher is better)", "insertion_area_random", None),
-                 ("randomisation_similarity_in_m", "similarity after randomising, inside M", None,
-                  RANDOMISATION_LIMIT),
-                 ("dependence_on_m", "similarity with M moved aside", None, DEPENDENCE_LIMIT))  # fmt: skip
+DISTRIBUTIONS = (
+    ("heat_in_m", "heat inside M", "heat_in_m_randomised", None),
+    ("heat_outside_body", "heat outside the body", None, None),
+    ("deletion_area", "deletion area (lower is better)", "deletion_area_random", None),
+    ("insertion_area", "insertion area (higher is better)", "insertion_area_random", None),
+    ("randomisation_similarity_in_m", "similarity after randomising, inside M", None, RANDOMISATION_LIMIT),
+    ("dependence_on_m", "similarity with M moved aside", None, DEPENDENCE_LIMIT),
+)
 BASELINE_COLOUR = "#999999"
-PAIRED = (("heat_in_m", "heat inside M", 1), ("heat_outside_body", "heat outside the body", -1),
-          ("insertion_area", "insertion area", 1), ("deletion_area", "deletion area", -1))  # fmt: skip
+PAIRED = (
+    ("heat_in_m", "heat inside M", 1),
+    ("heat_outside_body", "heat outside the body", -1),
+    ("insertion_area", "insertion area", 1),
+    ("deletion_area", "deletion area", -1),
+)
 TIED = 0.005  # differences below this count as ties
 SHOWN_SUSPICIOUS = 10
 
@@ -87,17 +92,28 @@ def _distributions(rows, methods) -> str:
     if quality:  # the segmentation's quality: once a case, whatever the method
         per_case = {row["case"]: row for row in rows if row.get("status") == "done"}
         figure, axis = plt.subplots(figsize=(1.6 + 0.9 * len(quality), 3.4), constrained_layout=True)
-        axis.boxplot([[row[column] for row in per_case.values() if row.get(column) is not None] or [np.nan]
-                      for column in quality], showmeans=True)  # fmt: skip
-        axis.set_xticks(range(1, len(quality) + 1), [column.replace("_kits_", " KiTS ") for column in quality],
-                        rotation=30, fontsize=7)  # fmt: skip
+        axis.boxplot(
+            [
+                [row[column] for row in per_case.values() if row.get(column) is not None] or [np.nan]
+                for column in quality
+            ],
+            showmeans=True,
+        )
+        axis.set_xticks(
+            range(1, len(quality) + 1),
+            [column.replace("_kits_", " KiTS ") for column in quality],
+            rotation=30,
+            fontsize=7,
+        )
         axis.set_title("segmentation quality (Dice, surface Dice)", fontsize=10)
         parts.append(_png(figure))
     if not parts:
         return "<p>No measurements.</p>"
-    return ("<p>Grey: the baseline of the box to its left (heat in M of the randomised network's map; deletion and "
-            "insertion with the voxels in random order). Dashed red: a check's criterion (below it passes).</p>\n"
-            + "\n".join(parts))  # fmt: skip
+    return (
+        "<p>Grey: the baseline of the box to its left (heat in M of the randomised network's map; deletion and "
+        "insertion with the voxels in random order). Dashed red: a check's criterion (below it passes).</p>\n"
+        + "\n".join(parts)
+    )
 
 
 def _quality_columns(rows) -> list[str]:
@@ -119,9 +135,12 @@ def _quality_table(rows) -> str:
             values = [row[f"{metric}_{region}"] for row in per_case if row.get(f"{metric}_{region}") is not None]
             cells.append(f"{np.mean(values):.3f} ({len(values)})" if values else "-")
         lines.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
-    return ("<table><tr><th>class or KiTS region</th><th>Dice</th><th>surface Dice</th><th>HD95 (mm)</th></tr>"
-            + "".join(lines) + "</table><p>Means over the cases (how many had a value). KiTS regions: kidney and "
-            "masses, masses (tumour and cyst), tumour, with the challenge's surface Dice tolerances.</p>")  # fmt: skip
+    return (
+        "<table><tr><th>class or KiTS region</th><th>Dice</th><th>surface Dice</th><th>HD95 (mm)</th></tr>"
+        + "".join(lines)
+        + "</table><p>Means over the cases (how many had a value). KiTS regions: kidney and "
+        "masses, masses (tumour and cyst), tumour, with the challenge's surface Dice tolerances.</p>"
+    )
 
 
 def _failing(rows) -> str:
@@ -130,13 +149,20 @@ def _failing(rows) -> str:
     for row in rows:
         reasons = [part for part in (row.get("failed_checks") or "", row.get("warnings") or "") if part]
         if row.get("status") == "done" and reasons:
-            cells = [_case_link(*_unit(row)), html.escape(row["method"]),
-                     html.escape(row.get("failed_checks") or "-"), html.escape(row.get("warnings") or "-")]  # fmt: skip
+            cells = [
+                _case_link(*_unit(row)),
+                html.escape(row["method"]),
+                html.escape(row.get("failed_checks") or "-"),
+                html.escape(row.get("warnings") or "-"),
+            ]
             lines.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
     if not lines:
         return "<p>Every map passed every check that was measured, without a warning.</p>"
-    return ("<table><tr><th>case</th><th>method</th><th>failed checks</th><th>warnings</th></tr>" + "".join(lines)
-            + "</table>")  # fmt: skip
+    return (
+        "<table><tr><th>case</th><th>method</th><th>failed checks</th><th>warnings</th></tr>"
+        + "".join(lines)
+        + "</table>"
+    )
 
 
 def _unit(row: dict) -> tuple:
@@ -148,8 +174,10 @@ def _unit(row: dict) -> tuple:
 def _case_link(name: str, component=None) -> str:
     folder = f"cases/{name}"
     part = f", component {int(component)}" if component else ""
-    return (f'<a href="{html.escape(folder)}/">{html.escape(name)}</a>{part} '
-            f'(<a href="{html.escape(folder)}/figure.png">figure</a>)')  # fmt: skip
+    return (
+        f'<a href="{html.escape(folder)}/">{html.escape(name)}</a>{part} '
+        f'(<a href="{html.escape(folder)}/figure.png">figure</a>)'
+    )
 
 
 def _paired(rows) -> str:
@@ -164,8 +192,14 @@ def _paired(rows) -> str:
             continue
         differences = np.array([hires[case] - grad[case] for case in cases]) * better_sign
         better, worse = int((differences > TIED).sum()), int((differences < -TIED).sum())
-        cells = [html.escape(title), len(cases), better, worse, len(cases) - better - worse,
-                 f"{np.mean(differences) * better_sign:+.4f}"]  # fmt: skip
+        cells = [
+            html.escape(title),
+            len(cases),
+            better,
+            worse,
+            len(cases) - better - worse,
+            f"{np.mean(differences) * better_sign:+.4f}",
+        ]
         lines.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
         figure, axis = plt.subplots(figsize=(3.6, 3.2), constrained_layout=True)
         axis.scatter([grad[c] for c in cases], [hires[c] for c in cases], s=14)
@@ -177,8 +211,10 @@ def _paired(rows) -> str:
         plots.append(_png(figure))
     if not lines:
         return "<p>Both Seg-HiRes-Grad CAM and Seg-Grad CAM are needed for paired comparisons.</p>"
-    table = ("<table><tr><th>measure</th><th>cases</th><th>HiRes better</th><th>HiRes worse</th><th>tied</th>"
-             "<th>mean difference (HiRes - Grad CAM)</th></tr>" + "".join(lines) + "</table>")  # fmt: skip
+    table = (
+        "<table><tr><th>measure</th><th>cases</th><th>HiRes better</th><th>HiRes worse</th><th>tied</th>"
+        "<th>mean difference (HiRes - Grad CAM)</th></tr>" + "".join(lines) + "</table>"
+    )
     return table + "\n" + "\n".join(plots)
 
 
@@ -198,13 +234,33 @@ def _suspicious(results: Path, rows, methods) -> str:
         return "<p>No finished case.</p>"
     lines = []
     for rank, row in enumerate(ranked, 1):
-        cells = [rank, _case_link(*_unit(row)), f"{suspicion(row):.3f}", f"{row['heat_in_m']:.3f}",
-                 f"{row['heat_outside_body']:.3f}", f"{row['dice']:.3f}",
-                 html.escape(row.get("failed_checks") or "")]  # fmt: skip
+        cells = [
+            rank,
+            _case_link(*_unit(row)),
+            f"{suspicion(row):.3f}",
+            f"{row['heat_in_m']:.3f}",
+            f"{row['heat_outside_body']:.3f}",
+            f"{row['dice']:.3f}",
+            html.escape(row.get("failed_checks") or ""),
+        ]
         lines.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
-    lines += ["<tr>" + "".join(f"<td>{cell}</td>" for cell in ["-", _case_link(*_unit(row)), "no ground truth: not "
-              "ranked", f"{row['heat_in_m']:.3f}", f"{row['heat_outside_body']:.3f}", "-",
-              html.escape(row.get("failed_checks") or "")]) + "</tr>" for row in unranked]  # fmt: skip
+    lines += [
+        "<tr>"
+        + "".join(
+            f"<td>{cell}</td>"
+            for cell in [
+                "-",
+                _case_link(*_unit(row)),
+                "no ground truth: not ranked",
+                f"{row['heat_in_m']:.3f}",
+                f"{row['heat_outside_body']:.3f}",
+                "-",
+                html.escape(row.get("failed_checks") or ""),
+            ]
+        )
+        + "</tr>"
+        for row in unranked
+    ]
     figures = []
     shown_cases = list(dict.fromkeys(row["case"] for row in ranked + unranked))[:SHOWN_SUSPICIOUS]
     for case in shown_cases:
@@ -213,13 +269,16 @@ def _suspicious(results: Path, rows, methods) -> str:
             data = png.read_bytes()
             width = round(0.75 * int.from_bytes(data[16:20], "big"))
             image = _image(data, case).replace("<img ", f'<img width="{width}" ', 1)
-            figures.append(f'<figure><a href="cases/{html.escape(case)}/figure.png">{image}</a>'
-                           f"<figcaption>{html.escape(case)}</figcaption></figure>")  # fmt: skip
-    return (f"<p>Ranked by {html.escape(method)}: (1 - heat in M) + heat outside the body + (1 - Dice). Cases "
-            "without a ground truth have no Dice and are listed last, unranked.</p>"
-            "<table><tr><th>rank</th><th>case</th><th>suspicion</th><th>heat in M</th><th>outside body</th>"
-            "<th>Dice</th><th>failed checks</th></tr>" + "".join(lines) + "</table>\n"
-            + "\n".join(figures))  # fmt: skip
+            figures.append(
+                f'<figure><a href="cases/{html.escape(case)}/figure.png">{image}</a>'
+                f"<figcaption>{html.escape(case)}</figcaption></figure>"
+            )
+    return (
+        f"<p>Ranked by {html.escape(method)}: (1 - heat in M) + heat outside the body + (1 - Dice). Cases "
+        "without a ground truth have no Dice and are listed last, unranked.</p>"
+        "<table><tr><th>rank</th><th>case</th><th>suspicion</th><th>heat in M</th><th>outside body</th>"
+        "<th>Dice</th><th>failed checks</th></tr>" + "".join(lines) + "</table>\n" + "\n".join(figures)
+    )
 
 
 def _record(rows, layout: str, settings) -> str:
@@ -227,20 +286,31 @@ def _record(rows, layout: str, settings) -> str:
     done = [row for row in rows if row.get("status") == "done"]
     first = done[0] if done else {}
     model = settings.model or "the bundled demo model"
-    source = ("the ground truth's " + settings.target_class if settings.explain == "truth"
-              else "the network's prediction of " + settings.target_class)  # fmt: skip
+    source = (
+        "the ground truth's " + settings.target_class
+        if settings.explain == "truth"
+        else "the network's prediction of " + settings.target_class
+    )
     if first.get("mask_source") and settings.explain != "truth" and "prediction" not in first["mask_source"]:
         source = "the dataset's mask column" + (f", label {settings.mask_label}" if settings.mask_label else "")
-    items = [("software", first.get("software", f"SegHiResGradCAM {__version__}")),
-             ("report written", datetime.now(timezone.utc).isoformat(timespec="seconds")),
-             ("command", settings.command or "(from Python)"), ("dataset layout", layout),
-             ("model", f"{model} (SHA-256 of its files {first.get('model_sha256', 'unknown')})"),
-             ("class", settings.target_class), ("layer", first.get("layer", settings.layer or "the model's default")),
-             ("methods", ", ".join(settings.methods)), ("M", source),
-             ("Dice", f"of the predicted {settings.target_class} against the ground truth's {settings.target_class}"),
-             ("metrics", ", ".join(settings.measure) if settings.metrics else "localisation only")]  # fmt: skip
-    return "<table>" + "".join(f"<tr><th>{html.escape(name)}</th><td>{html.escape(str(value))}</td></tr>"
-                               for name, value in items) + "</table>"  # fmt: skip
+    items = [
+        ("software", first.get("software", f"SegHiResGradCAM {__version__}")),
+        ("report written", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+        ("command", settings.command or "(from Python)"),
+        ("dataset layout", layout),
+        ("model", f"{model} (SHA-256 of its files {first.get('model_sha256', 'unknown')})"),
+        ("class", settings.target_class),
+        ("layer", first.get("layer", settings.layer or "the model's default")),
+        ("methods", ", ".join(settings.methods)),
+        ("M", source),
+        ("Dice", f"of the predicted {settings.target_class} against the ground truth's {settings.target_class}"),
+        ("metrics", ", ".join(settings.measure) if settings.metrics else "localisation only"),
+    ]
+    return (
+        "<table>"
+        + "".join(f"<tr><th>{html.escape(name)}</th><td>{html.escape(str(value))}</td></tr>" for name, value in items)
+        + "</table>"
+    )
 
 
 def write_report(results: Path, rows: list[dict], layout: str, settings) -> Path:
@@ -250,8 +320,9 @@ def write_report(results: Path, rows: list[dict], layout: str, settings) -> Path
     methods = list(settings.methods)
     failures = [row for row in rows if row.get("status") == "failed"]
     done = sorted({row["case"] for row in rows if row.get("status") == "done"})
-    failure_rows = "".join(f"<tr><td>{html.escape(row['case'])}</td><td>{html.escape(row['error'])}</td></tr>"
-                           for row in failures)  # fmt: skip
+    failure_rows = "".join(
+        f"<tr><td>{html.escape(row['case'])}</td><td>{html.escape(row['error'])}</td></tr>" for row in failures
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Cohort report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;margin:1em 0}}

@@ -34,9 +34,18 @@ LOCK = ".cohort.lock"
 # What shapes a cohort's results, with the option that sets it (the device does not).
 # The model is compared by its files' contents, per case (``input_identity``): a changed model
 # is computed again, a moved one is not.
-RECORDED = {"dataset": "--cases", "folds": "--folds", "target_class": "--target-class",
-            "methods": "--methods", "explain": "--explain", "metrics": "--metrics", "measure": "--measure",
-            "layer": "--layer", "mask_label": "--mask-label", "per_component": "--per-component"}  # fmt: skip
+RECORDED = {
+    "dataset": "--cases",
+    "folds": "--folds",
+    "target_class": "--target-class",
+    "methods": "--methods",
+    "explain": "--explain",
+    "metrics": "--metrics",
+    "measure": "--measure",
+    "layer": "--layer",
+    "mask_label": "--mask-label",
+    "per_component": "--per-component",
+}
 TASK_RETRIES = 3  # Ray runs a case again when its worker dies, this many times
 
 
@@ -52,9 +61,16 @@ class CohortSummary:
     changed: list[str] = dataclasses.field(default_factory=list)  # computed again: their inputs changed
 
 
-def run_cohort(dataset: Path, results: Path, settings: CohortSettings, ray_address: str | None = None,
-               workers: int = 2, gpus_per_case: float = 0.0, retry_failed: bool = False,
-               progress=None) -> CohortSummary:  # fmt: skip
+def run_cohort(
+    dataset: Path,
+    results: Path,
+    settings: CohortSettings,
+    ray_address: str | None = None,
+    workers: int = 2,
+    gpus_per_case: float = 0.0,
+    retry_failed: bool = False,
+    progress=None,
+) -> CohortSummary:
     """``ray_address``: None runs in this process; "local" starts a local Ray runtime with
     ``workers`` workers; anything else joins that cluster ("auto", "ray://host:10001")."""
     started = time.perf_counter()
@@ -77,8 +93,11 @@ def run_cohort(dataset: Path, results: Path, settings: CohortSettings, ray_addre
             identities = {case.name: {**input_identity(case, model_digest), "settings": record} for case in cases}
             states = {case.name: _state(results, case.name, identities[case.name]) for case in cases}
             changed = [name for name, state in states.items() if state == "changed"]
-            todo = [case for case in cases if states[case.name] in ("new", "changed")
-                    or (states[case.name] == "failed" and retry_failed)]  # fmt: skip
+            todo = [
+                case
+                for case in cases
+                if states[case.name] in ("new", "changed") or (states[case.name] == "failed" and retry_failed)
+            ]
             tracker = _Tracker(len(cases), len(cases) - len(todo), progress)
             run_cases(todo, settings, results, identities, tracker)
             remove_stale_partials(results / "cases")  # what a killed worker left before its case was run again
@@ -88,8 +107,9 @@ def run_cohort(dataset: Path, results: Path, settings: CohortSettings, ray_addre
 
             write_report(results, rows, layout, settings)
     failed = sum(row["status"] == "failed" for row in rows if row.get("method") is None)
-    return CohortSummary(layout, len(cases), len(cases) - failed, failed, len(todo), time.perf_counter() - started,
-                         rows, changed)  # fmt: skip
+    return CohortSummary(
+        layout, len(cases), len(cases) - failed, failed, len(todo), time.perf_counter() - started, rows, changed
+    )
 
 
 def check_settings(settings: CohortSettings) -> str:
@@ -127,14 +147,20 @@ def _check_record(results: Path, record: dict) -> None:
         before = None  # damaged: rewritten, and every case's inputs are compared as usual
     if isinstance(before, dict) and before.get("settings") is not None:
         earlier = before["settings"]
-        differences = [f"{option} {_shown(earlier.get(key))} (this run: {_shown(record.get(key))})"
-                       for key, option in RECORDED.items() if earlier.get(key) != record.get(key)]  # fmt: skip
+        differences = [
+            f"{option} {_shown(earlier.get(key))} (this run: {_shown(record.get(key))})"
+            for key, option in RECORDED.items()
+            if earlier.get(key) != record.get(key)
+        ]
         if differences:
-            raise ExplainInputError(f"{results} holds a cohort made with other settings: {'; '.join(differences)}. "
-                                    "Give another --out, or the same settings to go on.")  # fmt: skip
+            raise ExplainInputError(
+                f"{results} holds a cohort made with other settings: {'; '.join(differences)}. "
+                "Give another --out, or the same settings to go on."
+            )
         return
-    write_atomically(path, lambda partial: partial.write_text(json.dumps({"settings": record}, indent=1),
-                                                              encoding="utf-8"))  # fmt: skip
+    write_atomically(
+        path, lambda partial: partial.write_text(json.dumps({"settings": record}, indent=1), encoding="utf-8")
+    )
 
 
 def _shown(value) -> str:
@@ -173,8 +199,9 @@ def _only_writer(results: Path):
 
                 fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise ExplainInputError(f"Another cohort is writing into {results} now: wait until it ends, or give "
-                                    "another --out.") from None  # fmt: skip
+            raise ExplainInputError(
+                f"Another cohort is writing into {results} now: wait until it ends, or give another --out."
+            ) from None
         yield
     finally:
         stream.close()
@@ -202,14 +229,21 @@ def _case_runner(address: str | None, workers: int, gpus_per_case: float):
     started_here = not ray.is_initialized()
     if started_here:
         if address == "local":
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, runtime_env=environment,
-                     object_store_memory=128 * 2**20, logging_level=logging.ERROR)  # fmt: skip
+            ray.init(
+                num_cpus=workers,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env=environment,
+                object_store_memory=128 * 2**20,
+                logging_level=logging.ERROR,
+            )
         else:
             try:
                 ray.init(address=address, log_to_driver=False, runtime_env=environment, logging_level=logging.ERROR)
             except (ValueError, ConnectionError, RuntimeError) as error:  # ray:// without ray[client], no cluster
-                raise ExplainInputError(f"Cannot join the Ray cluster at {address}: "
-                                        f"{' '.join(str(error).split())[:300]}") from None  # fmt: skip
+                raise ExplainInputError(
+                    f"Cannot join the Ray cluster at {address}: {' '.join(str(error).split())[:300]}"
+                ) from None
 
     def on_ray(cases, settings, results, identities, tracker) -> None:
         task = ray.remote(num_cpus=1, num_gpus=gpus_per_case, max_retries=TASK_RETRIES)(run_case)
@@ -234,8 +268,10 @@ def _check_resources(resources: dict, gpus_per_case: float, address: str) -> Non
     if resources.get("CPU", 0) < 1:
         raise ExplainInputError(f"{where} offers Ray no CPU: a case needs one.")
     if gpus_per_case > resources.get("GPU", 0):
-        raise ExplainInputError(f"--gpus-per-case {gpus_per_case:g}: {where} has {resources.get('GPU', 0):g} GPU(s) "
-                                "for Ray. Give --gpus-per-case 0 to run on CPUs.")  # fmt: skip
+        raise ExplainInputError(
+            f"--gpus-per-case {gpus_per_case:g}: {where} has {resources.get('GPU', 0):g} GPU(s) "
+            "for Ray. Give --gpus-per-case 0 to run on CPUs."
+        )
 
 
 def collect_rows(results: Path, names: list[str]) -> list[dict]:
@@ -255,8 +291,10 @@ def write_tables(results: Path, rows: list[dict]) -> None:
     import pandas
 
     table = pandas.DataFrame(rows)
-    for name, write in (("results.csv", lambda path: table.to_csv(path, index=False)),
-                        ("results.parquet", lambda path: table.to_parquet(path, index=False))):  # fmt: skip
+    for name, write in (
+        ("results.csv", lambda path: table.to_csv(path, index=False)),
+        ("results.parquet", lambda path: table.to_parquet(path, index=False)),
+    ):
         write_atomically(results / name, write)
 
 

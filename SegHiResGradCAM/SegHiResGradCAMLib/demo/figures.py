@@ -43,8 +43,10 @@ def paper_figure(path, image, ground_truth, prediction, segment, heatmaps: dict[
         if labels is not None:
             axis.imshow(_label_overlay(labels))
         axis.set_title(name)
-    shown = [_heat_panel(axis, image, heat, segment, name) for axis, (name, heat) in zip(axes[len(panels) :],
-             heatmaps.items(), strict=True)]  # fmt: skip
+    shown = [
+        _heat_panel(axis, image, heat, segment, name)
+        for axis, (name, heat) in zip(axes[len(panels) :], heatmaps.items(), strict=True)
+    ]
     _finish(figure, axes, path, title, shown)
 
 
@@ -87,9 +89,11 @@ def _finish(figure, axes, path, title, shown):
 
 # (name, array axis the slice is taken along, (left, right, top, bottom) orientation letters,
 # the world axis named in the slice position, its sign from LPS): for an LPS (z, y, x) array.
-VIEWS = (("axial", 0, ("R", "L", "A", "P"), "S", 1.0),
-         ("coronal", 1, ("R", "L", "S", "I"), "A", -1.0),
-         ("sagittal", 2, ("A", "P", "S", "I"), "R", -1.0))  # fmt: skip
+VIEWS = (
+    ("axial", 0, ("R", "L", "A", "P"), "S", 1.0),
+    ("coronal", 1, ("R", "L", "S", "I"), "A", -1.0),
+    ("sagittal", 2, ("A", "P", "S", "I"), "R", -1.0),
+)
 FIGURE_DPI = 200
 PANEL_INCHES = 2.2
 
@@ -117,8 +121,10 @@ def view_box(mask: np.ndarray, margin: tuple[int, int]) -> tuple[slice, slice]:
     rows, columns = np.nonzero(mask)
     if rows.size == 0:
         return slice(None), slice(None)
-    return (slice(max(rows.min() - margin[0], 0), rows.max() + 1 + margin[0]),
-            slice(max(columns.min() - margin[1], 0), columns.max() + 1 + margin[1]))  # fmt: skip
+    return (
+        slice(max(rows.min() - margin[0], 0), rows.max() + 1 + margin[0]),
+        slice(max(columns.min() - margin[1], 0), columns.max() + 1 + margin[1]),
+    )
 
 
 def distinct_styles(styles: dict) -> dict:
@@ -139,8 +145,18 @@ def _styled_overlay(labels: np.ndarray, styles: dict) -> np.ndarray:
     return rgba
 
 
-def case_views_figure(target, hu, spacing_xyz, positions, labels: dict, segment, heatmaps: dict, styles: dict,
-                      title: str = "", margin_mm: float = 50.0) -> None:  # fmt: skip
+def case_views_figure(
+    target,
+    hu,
+    spacing_xyz,
+    positions,
+    labels: dict,
+    segment,
+    heatmaps: dict,
+    styles: dict,
+    title: str = "",
+    margin_mm: float = 50.0,
+) -> None:
     """Writes the paper-style figure of one case as a PNG (a path or a file object): one row
     per view (axial, coronal, sagittal, each through M's largest cross-section in that
     view), one column each for the input, every label map in ``labels`` (title -> LPS label
@@ -156,8 +172,13 @@ def case_views_figure(target, hu, spacing_xyz, positions, labels: dict, segment,
 
     columns = [("Input", None, None)] + [(name, "labels", array) for name, array in labels.items()]
     columns += [("Segment M", "segment", segment)] + [(name, "heat", array) for name, array in heatmaps.items()]
-    figure, axes = plt.subplots(len(VIEWS), len(columns), figsize=(PANEL_INCHES * len(columns),
-                                PANEL_INCHES * len(VIEWS) + 0.9), squeeze=False, constrained_layout=True)  # fmt: skip
+    figure, axes = plt.subplots(
+        len(VIEWS),
+        len(columns),
+        figsize=(PANEL_INCHES * len(columns), PANEL_INCHES * len(VIEWS) + 0.9),
+        squeeze=False,
+        constrained_layout=True,
+    )
     heat_image = None
     styles = distinct_styles(styles)
     spacing = {0: spacing_xyz[2], 1: spacing_xyz[1], 2: spacing_xyz[0]}  # array axis -> mm
@@ -173,15 +194,26 @@ def case_views_figure(target, hu, spacing_xyz, positions, labels: dict, segment,
             panel = axes[row][column]
             panel.imshow(np.clip(picture, -160, 240), cmap="gray", aspect=aspect, interpolation="nearest")
             if kind == "labels":
-                panel.imshow(_styled_overlay(view_slice(array, axis, index)[box], styles), aspect=aspect,
-                             interpolation="nearest")  # fmt: skip
+                panel.imshow(
+                    _styled_overlay(view_slice(array, axis, index)[box], styles), aspect=aspect, interpolation="nearest"
+                )
             elif kind == "segment":
-                panel.imshow(_styled_overlay(view_slice(array, axis, index)[box].astype(int), {1: ("M", (0.1, 0.85,
-                             0.85))}), aspect=aspect, interpolation="nearest")  # fmt: skip
+                panel.imshow(
+                    _styled_overlay(view_slice(array, axis, index)[box].astype(int), {1: ("M", (0.1, 0.85, 0.85))}),
+                    aspect=aspect,
+                    interpolation="nearest",
+                )
             elif kind == "heat":
                 heat = view_slice(array, axis, index)[box]
-                heat_image = panel.imshow(np.ma.masked_less(heat, 0.02), cmap="inferno", vmin=0, vmax=1, alpha=0.8,
-                                          aspect=aspect, interpolation="nearest")  # fmt: skip
+                heat_image = panel.imshow(
+                    np.ma.masked_less(heat, 0.02),
+                    cmap="inferno",
+                    vmin=0,
+                    vmax=1,
+                    alpha=0.8,
+                    aspect=aspect,
+                    interpolation="nearest",
+                )
                 panel.contour(outline, levels=[0.5], colors="cyan", linewidths=0.5)
             panel.set_xticks([])
             panel.set_yticks([])
@@ -190,8 +222,16 @@ def case_views_figure(target, hu, spacing_xyz, positions, labels: dict, segment,
             if column == 0:
                 panel.set_ylabel(f"{view}\n{world} {positions(axis, index):.1f} mm", fontsize=8)
                 for text, where in zip(letters, ((0.02, 0.5), (0.98, 0.5), (0.5, 0.97), (0.5, 0.03)), strict=True):
-                    panel.text(*where, text, transform=panel.transAxes, color="yellow", fontsize=8, ha="center",
-                               va="center", fontweight="bold")  # fmt: skip
+                    panel.text(
+                        *where,
+                        text,
+                        transform=panel.transAxes,
+                        color="yellow",
+                        fontsize=8,
+                        ha="center",
+                        va="center",
+                        fontweight="bold",
+                    )
     legend = [Patch(color=colour, label=name) for name, colour in styles.values()]
     legend.append(Patch(color=(0.1, 0.85, 0.85), label="M (explained segment)"))
     figure.legend(handles=legend, loc="outside lower center", ncol=len(legend), fontsize=8, frameon=False)

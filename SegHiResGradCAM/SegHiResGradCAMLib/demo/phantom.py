@@ -67,8 +67,11 @@ class Ellipsoid:
             return mask
         box = tuple(slice(lo, hi) for lo, hi in zip(low[::-1], high[::-1], strict=True))
         x, y, z = grid.axes()
-        offsets = (x[..., low[0] : high[0]] - self.centre[0], y[:, low[1] : high[1]] - self.centre[1],
-                   z[low[2] : high[2]] - self.centre[2])  # fmt: skip
+        offsets = (
+            x[..., low[0] : high[0]] - self.centre[0],
+            y[:, low[1] : high[1]] - self.centre[1],
+            z[low[2] : high[2]] - self.centre[2],
+        )
         distance = 0
         for axis in range(3):
             along = sum(offsets[d] * self.rotation[d, axis] for d in range(3))

@@ -48,9 +48,18 @@ def run_demo(out: Path, seed: int = 7, device: str = "auto", progress=None, say=
     ct_path, truth_path = sample_case(out, seed, say)
     heatmap_paths = [out / f"heatmap_{method}.nrrd" for method in DEMO_METHODS]
     # The two cheap checks (two more explanations per method) say what heat in M can and cannot mean.
-    job = ExplainJob(image=ct_path, target_class="tumour", methods=list(DEMO_METHODS), heatmaps=heatmap_paths,
-                     device=device, prediction=out / "prediction.nrrd", progress=progress, metrics=True,
-                     measure=DEMO_MEASURES, command="seghiresgradcam demo")  # fmt: skip
+    job = ExplainJob(
+        image=ct_path,
+        target_class="tumour",
+        methods=list(DEMO_METHODS),
+        heatmaps=heatmap_paths,
+        device=device,
+        prediction=out / "prediction.nrrd",
+        progress=progress,
+        metrics=True,
+        measure=DEMO_MEASURES,
+        command="seghiresgradcam demo",
+    )
     result = run(job)
 
     truth_image = sitk.ReadImage(str(truth_path))
@@ -58,8 +67,13 @@ def run_demo(out: Path, seed: int = 7, device: str = "auto", progress=None, say=
     prediction = _lps(result.prediction)
     heatmaps = {method: _lps(result.heatmaps[method]) for method in DEMO_METHODS}
     body = body_mask(hu)
-    case_figure(out / "figure.png", result.ct, truth_image, result,
-                f"Synthetic KiTS-like case {seed}: why did the network segment this tumour?")  # fmt: skip
+    case_figure(
+        out / "figure.png",
+        result.ct,
+        truth_image,
+        result,
+        f"Synthetic KiTS-like case {seed}: why did the network segment this tumour?",
+    )
     summary = {
         "device": result.device,
         "layer": result.layer,
@@ -88,8 +102,10 @@ def _slice_view(ct: sitk.Image, truth: sitk.Image | None, result):
     centre = round(ndimage.center_of_mass(largest)[0])
     rows, columns = np.nonzero((truth[centre] > 0) | (segment[centre] > 0))
     margin = round(50 / reorient(result.prediction, "LPS").GetSpacing()[0])
-    view = (slice(max(rows.min() - margin, 0), rows.max() + margin), slice(max(columns.min() - margin, 0),
-            columns.max() + margin))  # fmt: skip
+    view = (
+        slice(max(rows.min() - margin, 0), rows.max() + margin),
+        slice(max(columns.min() - margin, 0), columns.max() + margin),
+    )
     return (hu, truth, prediction, segment), centre, view
 
 
@@ -108,12 +124,20 @@ def atlas_figure(ct: sitk.Image, result, title: str) -> bytes:
         inside = measured.get("randomisation_similarity_in_target")
         label = key
         if similarity is not None:
-            label = (f"{short_name(key)}\nheat in M {100 * measured.get('mass_in_target', 0):.0f} %\n"
-                     f"random {similarity:.2f}, in M {inside:.2f}")  # fmt: skip
+            label = (
+                f"{short_name(key)}\nheat in M {100 * measured.get('mass_in_target', 0):.0f} %\n"
+                f"random {similarity:.2f}, in M {inside:.2f}"
+            )
         panels[label if label not in panels else key] = _lps(result.heatmaps[key])[centre][view]  # names kept apart
     buffer = io.BytesIO()
-    method_panels(buffer, np.clip(hu[centre][view], -160, 240), segment[centre][view].astype(bool), panels,
-                  title=f"{title} (axial slice {centre})", columns=len(panels))  # fmt: skip
+    method_panels(
+        buffer,
+        np.clip(hu[centre][view], -160, 240),
+        segment[centre][view].astype(bool),
+        panels,
+        title=f"{title} (axial slice {centre})",
+        columns=len(panels),
+    )
     return buffer.getvalue()
 
 
@@ -135,7 +159,18 @@ def case_figure(target, ct: sitk.Image, truth: sitk.Image | None, result, title:
         coordinate, sign = axes_sign[axis]
         return sign * lps_ct.TransformIndexToPhysicalPoint(point)[coordinate]
 
-    heatmaps = {METHODS[result.explained[key][0]].title if key == result.explained[key][0] else key: _lps(heat)
-                for key, heat in result.heatmaps.items()}  # fmt: skip
-    case_views_figure(target, sitk.GetArrayFromImage(lps_ct), lps_ct.GetSpacing(), position, labels,
-                      _lps(result.segment) > 0, heatmaps, result.styles, title)  # fmt: skip
+    heatmaps = {
+        METHODS[result.explained[key][0]].title if key == result.explained[key][0] else key: _lps(heat)
+        for key, heat in result.heatmaps.items()
+    }
+    case_views_figure(
+        target,
+        sitk.GetArrayFromImage(lps_ct),
+        lps_ct.GetSpacing(),
+        position,
+        labels,
+        _lps(result.segment) > 0,
+        heatmaps,
+        result.styles,
+        title,
+    )

@@ -19,9 +19,23 @@ from ..volumes.preparation import nonempty_segment, segment_on_grid
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 # Transforms that never change an image's geometry, so that inverting them is not needed.
 GEOMETRY_FREE_MODULES = ("monai.transforms.intensity", "monai.transforms.io")
-GEOMETRY_FREE = {"EnsureChannelFirstd", "EnsureTyped", "ToTensord", "CastToTyped", "Identityd", "CopyItemsd",
-                 "DeleteItemsd", "SelectItemsd", "ToDeviced", "ToNumpyd", "EnsureChannelFirst", "EnsureType",
-                 "ToTensor", "CastToType", "Identity"}  # fmt: skip
+GEOMETRY_FREE = {
+    "EnsureChannelFirstd",
+    "EnsureTyped",
+    "ToTensord",
+    "CastToTyped",
+    "Identityd",
+    "CopyItemsd",
+    "DeleteItemsd",
+    "SelectItemsd",
+    "ToDeviced",
+    "ToNumpyd",
+    "EnsureChannelFirst",
+    "EnsureType",
+    "ToTensor",
+    "CastToType",
+    "Identity",
+}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
@@ -41,14 +55,18 @@ class BundleInput:
         """An array on the preprocessed grid as MONAI's own (channels, x, y, z) MetaTensor."""
         from monai.data import MetaTensor
 
-        return MetaTensor(torch.as_tensor(np.ascontiguousarray(array_xyz)), meta=dict(self._image.meta),
-                          applied_operations=list(self._image.applied_operations))  # fmt: skip
+        return MetaTensor(
+            torch.as_tensor(np.ascontiguousarray(array_xyz)),
+            meta=dict(self._image.meta),
+            applied_operations=list(self._image.applied_operations),
+        )
 
     def _invert(self, tensor, nearest: bool):
         from monai.transforms import Invertd
 
-        inverse = Invertd(keys="inverted", transform=self.card.parsed("preprocessing"), orig_keys=self.key,
-                          nearest_interp=nearest)  # fmt: skip
+        inverse = Invertd(
+            keys="inverted", transform=self.card.parsed("preprocessing"), orig_keys=self.key, nearest_interp=nearest
+        )
         return inverse({self.key: self._image, "inverted": tensor})["inverted"]
 
     def _on_ct(self, loaded_xyz: np.ndarray, pixel) -> sitk.Image:
@@ -87,8 +105,11 @@ class BundleInput:
         from monai.transforms import Compose, Invertd
 
         postprocessing = self.card.parsed("postprocessing") if "postprocessing" in self.card.bundle_config else None
-        steps = [t for t in transforms_of(postprocessing) if not type(t).__name__.startswith("Save")] if (
-            postprocessing is not None) else []  # fmt: skip
+        steps = (
+            [t for t in transforms_of(postprocessing) if not type(t).__name__.startswith("Save")]
+            if (postprocessing is not None)
+            else []
+        )
         data = {**self.data, "pred": self._meta_tensor(np.asarray(logits, dtype=np.float32).transpose(0, 3, 2, 1))}
         inverts = any(isinstance(step, Invertd) for step in steps)
         prediction = Compose(steps)(data)["pred"] if steps else data["pred"]

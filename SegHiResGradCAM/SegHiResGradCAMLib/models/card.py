@@ -57,9 +57,11 @@ class ModelCard:
         keys = [class_name_key(name) for name in self.classes]
         repeated = sorted({name for name, key in zip(self.classes, keys, strict=True) if keys.count(key) > 1})
         if repeated:
-            raise ExplainInputError(f"{self.path.name} names the class {repeated[0]!r} more than once (classes "
-                                    f"{list(self.classes)}): a class name must say which output channel it is; "
-                                    "give each class its own name.")  # fmt: skip
+            raise ExplainInputError(
+                f"{self.path.name} names the class {repeated[0]!r} more than once (classes "
+                f"{list(self.classes)}): a class name must say which output channel it is; "
+                "give each class its own name."
+            )
 
     @property
     def tiling(self):
@@ -190,8 +192,11 @@ def model_grid_memory_problem(size, spacing, card, name: str) -> str | None:
 
     voxels, needed = model_grid_bytes(size, spacing, card)
     grid = " x ".join(f"{value if value > 0 else min(spacing):g}" for value in card.spacing)
-    return memory_problem(f"{name} on the model's grid ({voxels:.3g} voxels at {grid} mm)", needed,
-                          "check the CT's spacing in its header, or crop the CT.")  # fmt: skip
+    return memory_problem(
+        f"{name} on the model's grid ({voxels:.3g} voxels at {grid} mm)",
+        needed,
+        "check the CT's spacing in its header, or crop the CT.",
+    )
 
 
 def check_network_memory(network, name: str) -> int:
@@ -200,8 +205,11 @@ def check_network_memory(network, name: str) -> int:
     from ..volumes.volume_io import check_memory
 
     parameters = sum(tensor.numel() * tensor.element_size() for tensor in network.state_dict().values())
-    check_memory(f"The network of {name} ({parameters / 2**20:.0f} MB of weights)", 2 * parameters,
-                 "check its channel numbers; this machine cannot hold it.")  # fmt: skip
+    check_memory(
+        f"The network of {name} ({parameters / 2**20:.0f} MB of weights)",
+        2 * parameters,
+        "check its channel numbers; this machine cannot hold it.",
+    )
     return parameters
 
 
@@ -226,14 +234,20 @@ def check_window_fits(probe, window, in_channels: int, name: str) -> None:
         with torch.no_grad():
             probe(torch.empty((1, in_channels, *window), device="meta"))
     except (RuntimeError, ValueError, AssertionError, IndexError, TypeError) as error:
-        raise ExplainInputError(f"{name}: the network cannot run on a window of {shown} voxels "
-                                f"({first_line(error, 160)}): give a larger sliding window.") from None  # fmt: skip
+        raise ExplainInputError(
+            f"{name}: the network cannot run on a window of {shown} voxels "
+            f"({first_line(error, 160)}): give a larger sliding window."
+        ) from None
     finally:
         for handle in handles:
             handle.remove()
     activations = float(sum(sizes))
-    check_memory(f"{name}: one window of {shown} voxels ({activations / 2**30:.1f} GB of activations, as much again "
-                 "for their gradients)", 2 * activations, "give a smaller sliding window.")  # fmt: skip
+    check_memory(
+        f"{name}: one window of {shown} voxels ({activations / 2**30:.1f} GB of activations, as much again "
+        "for their gradients)",
+        2 * activations,
+        "give a smaller sliding window.",
+    )
 
 
 def file_inside(folder: Path, name, what: str) -> Path:
@@ -292,8 +306,18 @@ def load_untrusted(path: Path, plain_types: tuple = (), expected_bytes: float | 
             "compiled code does not allow. Save the eager model's weights instead, "
             "torch.save(model.state_dict(), 'weights.pt'), and name its architecture in the model card."
         )
-    unpickling_errors = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
-                         IndexError, KeyError, TypeError, AttributeError)  # fmt: skip
+    unpickling_errors = (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        IndexError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    )
     try:
         with torch.serialization.safe_globals(list(plain_types)):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -328,9 +352,11 @@ def _check_unpacked_size(path: Path, expected_bytes: float | None) -> None:
     except (zipfile.BadZipFile, OSError):
         return  # damaged: torch.load says so below
     if expected_bytes is not None and unpacked > 2 * expected_bytes + 2**20:
-        raise ExplainInputError(f"{path.name} unpacks to {unpacked / 2**20:.0f} MB, but the network it should fit "
-                                f"has {expected_bytes / 2**20:.1f} MB of weights: it is not this network's weights "
-                                "file (or it is inflated on purpose); it was not loaded.")  # fmt: skip
+        raise ExplainInputError(
+            f"{path.name} unpacks to {unpacked / 2**20:.0f} MB, but the network it should fit "
+            f"has {expected_bytes / 2**20:.1f} MB of weights: it is not this network's weights "
+            "file (or it is inflated on purpose); it was not loaded."
+        )
     check_memory(f"{path.name} ({unpacked / 2**30:.1f} GB unpacked)", unpacked, "it cannot be loaded here.")
 
 

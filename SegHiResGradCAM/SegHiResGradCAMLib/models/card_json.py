@@ -21,12 +21,25 @@ BLENDS = ("gaussian", "constant")
 # The network's array axis order -> the card's internal name (a 2D network's "yx" is the identity).
 AXIS_ORDERS = {3: {"zyx": "zyx", "xyz": "xyz"}, 2: {"yx": "zyx", "xy": "xy"}}
 # Every entry a card may hold; None: its contents are free (the network's arguments, notes).
-KNOWN_ENTRIES = {"name": None, "description": None, "architecture": None, "kwargs": None, "weights": None,
-                 "head": None, "classes": None, "colours": None, "default_layer": None, "training": None,
-                 "validation": None,
-                 "preprocessing": {"orientation": None, "spacing": None,
-                                   "intensity": {"low": None, "high": None, "centre": None, "scale": None}},
-                 "sliding_window": {"size": None, "overlap": None, "blend": None, "axis_order": None}}  # fmt: skip
+KNOWN_ENTRIES = {
+    "name": None,
+    "description": None,
+    "architecture": None,
+    "kwargs": None,
+    "weights": None,
+    "head": None,
+    "classes": None,
+    "colours": None,
+    "default_layer": None,
+    "training": None,
+    "validation": None,
+    "preprocessing": {
+        "orientation": None,
+        "spacing": None,
+        "intensity": {"low": None, "high": None, "centre": None, "scale": None},
+    },
+    "sliding_window": {"size": None, "overlap": None, "blend": None, "axis_order": None},
+}
 
 
 def check_known_entries(card: dict, known: dict, name: str, prefix: str = "") -> None:
@@ -119,8 +132,12 @@ def read_card_json(path: Path) -> ModelCard:
     orientation = entries.text("preprocessing.orientation", 'three axis letters such as "LPS" or "RAS"')
     if len(orientation) != 3 or any(sum(c in letters for c in orientation) != 1 for letters in ORIENTATION_LETTERS):
         raise entries.fail("preprocessing.orientation", 'three axis letters such as "LPS" or "RAS"', orientation)
-    intensity = Intensity(*(entries.number(f"preprocessing.intensity.{key}", "a number (HU)")
-                            for key in ("low", "high", "centre", "scale")))  # fmt: skip
+    intensity = Intensity(
+        *(
+            entries.number(f"preprocessing.intensity.{key}", "a number (HU)")
+            for key in ("low", "high", "centre", "scale")
+        )
+    )
     if intensity.scale <= 0 or intensity.low >= intensity.high:
         raise entries.fail("preprocessing.intensity", "low < high and a positive scale", intensity)
     colours = entries.get("colours", "a list of [red, green, blue] in 0..1, one per class", required=False)
@@ -169,6 +186,10 @@ def read_card_json(path: Path) -> ModelCard:
         )
     orders = AXIS_ORDERS[model_card.spatial_dims]
     default_order = next(iter(orders))
-    order = entries.text("sliding_window.axis_order", f"the network's array axis order, one of {', '.join(orders)}",
-                         default=default_order, choices=orders)  # fmt: skip
+    order = entries.text(
+        "sliding_window.axis_order",
+        f"the network's array axis order, one of {', '.join(orders)}",
+        default=default_order,
+        choices=orders,
+    )
     return dataclasses.replace(model_card, axis_order=orders[order])

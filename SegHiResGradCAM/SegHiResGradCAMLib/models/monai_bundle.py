@@ -98,12 +98,15 @@ class BundleCard(ModelCard):
     def resolved(self) -> BundleCard:
         """The card with the window, overlap, model spacing and network arguments (references
         and expressions evaluated) the configuration computes."""
-        kwargs = {key: self.parsed(f"network_def#{key}") if _literal(value, None) is None else value
-                  for key, value in self.kwargs.items()}  # fmt: skip
+        kwargs = {
+            key: self.parsed(f"network_def#{key}") if _literal(value, None) is None else value
+            for key, value in self.kwargs.items()
+        }
         for key in ("spatial_dims", "in_channels", "out_channels"):
             if key in kwargs and not isinstance(kwargs[key], int):
-                raise ExplainInputError(f"The bundle's network_def#{key} must be a whole number; it evaluates to "
-                                        f"{kwargs[key]!r}.")  # fmt: skip
+                raise ExplainInputError(
+                    f"The bundle's network_def#{key} must be a whole number; it evaluates to {kwargs[key]!r}."
+                )
         inferer = self.parsed("inferer")
         if type(inferer).__name__ != "SlidingWindowInferer":
             raise ExplainInputError(
@@ -113,12 +116,20 @@ class BundleCard(ModelCard):
         window = tuple(int(size) for size in inferer.roi_size)
         from .bundle_input import transforms_of
 
-        spacings = [tuple(float(v) for v in np.atleast_1d(transform.spacing_transform.pixdim))
-                    for transform in transforms_of(self.parsed("preprocessing"))
-                    if type(transform).__name__ == "Spacingd"]  # fmt: skip
+        spacings = [
+            tuple(float(v) for v in np.atleast_1d(transform.spacing_transform.pixdim))
+            for transform in transforms_of(self.parsed("preprocessing"))
+            if type(transform).__name__ == "Spacingd"
+        ]
         spacing = spacings[0] if spacings and len(spacings[0]) == 3 else (0.0, 0.0, 0.0)  # 0: unknown, the CT's
-        return dataclasses.replace(self, window=window, overlap=float(inferer.overlap), spacing=spacing,
-                                   axis_order="xyz" if len(window) == 3 else "xy", kwargs=kwargs)  # fmt: skip
+        return dataclasses.replace(
+            self,
+            window=window,
+            overlap=float(inferer.overlap),
+            spacing=spacing,
+            axis_order="xyz" if len(window) == 3 else "xy",
+            kwargs=kwargs,
+        )
 
     @property
     def tiling(self):
@@ -140,8 +151,10 @@ class BundleCard(ModelCard):
 
         network = self.parsed("network_def")
         if not isinstance(network, torch.nn.Module):
-            raise ExplainInputError(f"The bundle's network_def is a {type(network).__name__}, not a torch network "
-                                    "(torch.nn.Module): it must build the network the weights belong to.")  # fmt: skip
+            raise ExplainInputError(
+                f"The bundle's network_def is a {type(network).__name__}, not a torch network "
+                "(torch.nn.Module): it must build the network the weights belong to."
+            )
         return self._with_weights(network)
 
     def prepare_input(self, ct, path=None):
@@ -190,8 +203,12 @@ def read_bundle(folder: Path, trusted: bool) -> BundleCard:
     for section in ("preprocessing", "inferer"):
         if section not in config:
             raise ExplainInputError(f"{config_path} has no {section}: the bundle does not say how it runs its network.")
-    loaded = [key for transform in _transforms(config.get("preprocessing")) if _name(transform) == "LoadImaged"
-              for key in np.atleast_1d(transform.get("keys", []))]  # fmt: skip
+    loaded = [
+        key
+        for transform in _transforms(config.get("preprocessing"))
+        if _name(transform) == "LoadImaged"
+        for key in np.atleast_1d(transform.get("keys", []))
+    ]
     if len(loaded) > 1 or _literal(network.get("in_channels"), 1) not in (1, None):
         raise ExplainInputError(
             f"The bundle {folder.name} takes several input images ({', '.join(map(str, loaded)) or 'channels'}): "

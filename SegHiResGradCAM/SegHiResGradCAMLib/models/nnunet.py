@@ -74,18 +74,26 @@ def build_network(model: NnUNetModel) -> nn.Module:
     heads = plans_manager.get_label_manager(model.dataset_json).num_segmentation_heads
     with torch.device("meta"):  # shapes only: the patch is checked before anything real is made
         probe = get_network_from_plans(
-            configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
-            configuration.network_arch_init_kwargs_req_import, channels, heads, allow_init=False,
+            configuration.network_arch_class_name,
+            configuration.network_arch_init_kwargs,
+            configuration.network_arch_init_kwargs_req_import,
+            channels,
+            heads,
+            allow_init=False,
             deep_supervision=False,
-        )  # fmt: skip
+        )
     check_window_fits(probe, tuple(configuration.patch_size), channels, f"{model.folder.name}/plans.json's patch")
     members = []
     for fold, checkpoint in zip(model.folds, model.checkpoints, strict=True):
         network = get_network_from_plans(
-            configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
-            configuration.network_arch_init_kwargs_req_import, channels, heads, allow_init=False,
+            configuration.network_arch_class_name,
+            configuration.network_arch_init_kwargs,
+            configuration.network_arch_init_kwargs_req_import,
+            channels,
+            heads,
+            allow_init=False,
             deep_supervision=False,
-        )  # fmt: skip
+        )
         try:
             network.load_state_dict(load_checkpoint_weights(checkpoint))
         except RuntimeError as error:
@@ -158,8 +166,13 @@ def _is_module_class(dotted: str, package: str) -> bool:
 def load_checkpoint_weights(path: Path) -> dict:
     """``network_weights`` of an nnU-Net checkpoint, loaded with weights_only=True; besides
     tensors and containers only numpy scalars (nnU-Net's training log) may be unpickled."""
-    numpy_scalars = (np.dtype, np.dtypes.Float32DType, np.dtypes.Float64DType, np.dtypes.Int64DType,
-                     np._core.multiarray.scalar)  # fmt: skip
+    numpy_scalars = (
+        np.dtype,
+        np.dtypes.Float32DType,
+        np.dtypes.Float64DType,
+        np.dtypes.Int64DType,
+        np._core.multiarray.scalar,
+    )
     checkpoint = load_untrusted(path, numpy_scalars)
     weights = checkpoint.get("network_weights") if isinstance(checkpoint, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
@@ -230,9 +243,13 @@ class NnUNetInput:
 
         label_manager = self.plans_manager.get_label_manager(self.model.dataset_json)
         segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
-            torch.as_tensor(logits), self.plans_manager, self.configuration, label_manager, dict(self.properties),
+            torch.as_tensor(logits),
+            self.plans_manager,
+            self.configuration,
+            label_manager,
+            dict(self.properties),
             num_threads_torch=torch.get_num_threads(),
-        )  # fmt: skip
+        )
         return self._to_stored(np.asarray(segmentation).astype(np.uint8))
 
 

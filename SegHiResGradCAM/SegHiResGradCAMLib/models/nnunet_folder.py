@@ -33,9 +33,10 @@ def is_nnunet_folder(path: Path) -> bool:
 
 def _configuration_folders(dataset_folder: Path) -> list[Path]:
     return sorted(
-        child for child in dataset_folder.iterdir()
+        child
+        for child in dataset_folder.iterdir()
         if child.is_dir() and child.name.count("__") == 2 and (child / "plans.json").is_file()
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,8 +75,9 @@ def read_nnunet_folder(folder: Path, folds=None):
     """The model card of an nnU-Net results folder; ``folds`` to ensemble (default: every
     fold with a final checkpoint)."""
     folder = _configuration_folder(folder)
-    plans, dataset_json = (read_json(file_inside(folder, name, f"{folder.name}'s {name}"))
-                           for name in ("plans.json", "dataset.json"))  # fmt: skip
+    plans, dataset_json = (
+        read_json(file_inside(folder, name, f"{folder.name}'s {name}")) for name in ("plans.json", "dataset.json")
+    )
     checkpoints, chosen = _fold_checkpoints(folder, folds)
     configuration_name = folder.name.split("__")[-1]
     configuration = _configuration(plans, configuration_name, folder)
@@ -151,8 +153,10 @@ def _configuration(plans: dict, name: str, folder: Path, chain: tuple[str, ...] 
         raise ExplainInputError(f"{folder.name}/plans.json has no configuration {name!r} (it has {names or 'none'}).")
     if name in chain:
         loop = " -> ".join([*chain, name])
-        raise ExplainInputError(f"{folder.name}/plans.json: configurations.{chain[-1]}.inherits_from makes a loop "
-                                f"({loop}): a configuration cannot inherit from itself.")  # fmt: skip
+        raise ExplainInputError(
+            f"{folder.name}/plans.json: configurations.{chain[-1]}.inherits_from makes a loop "
+            f"({loop}): a configuration cannot inherit from itself."
+        )
     if not isinstance(configurations[name], dict):
         raise ExplainInputError(f"{folder.name}/plans.json: configurations.{name} must be an object.")
     configuration = dict(configurations[name])
@@ -178,8 +182,9 @@ def _check_values(configuration: dict, dataset_json: dict, folder: Path, name: s
         or len(spacing) != len(patch)
         or not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1e4 for v in spacing)
     ):
-        raise ExplainInputError(f"{where}.spacing must be {len(patch)} positive numbers in mm, one per patch axis; "
-                                f"got {spacing!r}.")  # fmt: skip
+        raise ExplainInputError(
+            f"{where}.spacing must be {len(patch)} positive numbers in mm, one per patch axis; got {spacing!r}."
+        )
     labels = dataset_json.get("labels") if isinstance(dataset_json, dict) else None
     where = f"{folder.name}/dataset.json: labels"
     if not isinstance(labels, dict) or "background" not in labels:
@@ -187,16 +192,20 @@ def _check_values(configuration: dict, dataset_json: dict, folder: Path, name: s
     for label, value in labels.items():
         values = value if isinstance(value, list) else [value]
         if not values or not all(_whole(v) for v in values):
-            raise ExplainInputError(f"{where}.{label} must be a label value (a whole number from 0) or a list of "
-                                    f"them; got {value!r}.")  # fmt: skip
+            raise ExplainInputError(
+                f"{where}.{label} must be a label value (a whole number from 0) or a list of them; got {value!r}."
+            )
     plain = sorted(value for label, value in labels.items() if label != "ignore" and not isinstance(value, list))
     if not any(isinstance(value, list) for value in labels.values()) and plain != list(range(len(plain))):
-        raise ExplainInputError(f"{where}: the values must be 0, 1, 2, ... without gaps or repeats, as nnU-Net "
-                                f"requires; got {plain}.")  # fmt: skip
+        raise ExplainInputError(
+            f"{where}: the values must be 0, 1, 2, ... without gaps or repeats, as nnU-Net requires; got {plain}."
+        )
     ignore = labels.get("ignore")
     if ignore is not None and not isinstance(ignore, list) and plain and ignore != max(plain) + 1:
-        raise ExplainInputError(f"{where}.ignore must be the value after the last class ({max(plain) + 1}), as "
-                                f"nnU-Net requires; got {ignore}.")  # fmt: skip
+        raise ExplainInputError(
+            f"{where}.ignore must be the value after the last class ({max(plain) + 1}), as "
+            f"nnU-Net requires; got {ignore}."
+        )
 
 
 def _fold_checkpoints(folder: Path, folds) -> tuple[tuple[Path, ...], tuple[str, ...]]:
@@ -210,8 +219,9 @@ def _fold_checkpoints(folder: Path, folds) -> tuple[tuple[Path, ...], tuple[str,
             f"{folder.name} has no {CHECKPOINT} for fold {', '.join(missing) or '(any)'}; folds that have one: "
             f"{', '.join(available) or 'none'}."
         )
-    checkpoints = tuple(file_inside(folder, f"fold_{fold}/{CHECKPOINT}", f"{folder.name}'s fold {fold} checkpoint")
-                        for fold in chosen)  # fmt: skip
+    checkpoints = tuple(
+        file_inside(folder, f"fold_{fold}/{CHECKPOINT}", f"{folder.name}'s fold {fold} checkpoint") for fold in chosen
+    )
     return checkpoints, chosen
 
 

@@ -74,16 +74,30 @@ def start_process(command: list[str], work_dir: Path) -> subprocess.Popen:
         options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
     else:
         options["start_new_session"] = True
-    return subprocess.Popen(command, cwd=work_dir, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, encoding="utf-8", errors="replace", bufsize=1, **options)  # fmt: skip
+    return subprocess.Popen(
+        command,
+        cwd=work_dir,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        bufsize=1,
+        **options,
+    )
 
 
 def kill_process_tree(process: subprocess.Popen) -> None:
     """Kills the process and every process it started, and waits until they are gone."""
     if os.name == "nt":
         # taskkill /T ends the whole tree; the launcher's children are not in a job we own.
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True,
-                       creationflags=subprocess.CREATE_NO_WINDOW, check=False)  # fmt: skip
+        subprocess.run(
+            ["taskkill", "/F", "/T", "/PID", str(process.pid)],
+            capture_output=True,
+            creationflags=subprocess.CREATE_NO_WINDOW,
+            check=False,
+        )
         process.wait()
         return
     group = process.pid  # start_new_session made the child the leader of its own group
@@ -93,8 +107,9 @@ def kill_process_tree(process: subprocess.Popen) -> None:
     deadline = time.monotonic() + TREE_GONE_SECONDS
     while _group_alive(group):
         if time.monotonic() > deadline:
-            LOGGER.warning("Processes of the cancelled run (group %s) did not end within %s s.", group,
-                           TREE_GONE_SECONDS)  # fmt: skip
+            LOGGER.warning(
+                "Processes of the cancelled run (group %s) did not end within %s s.", group, TREE_GONE_SECONDS
+            )
             return
         time.sleep(0.02)
 
@@ -212,8 +227,9 @@ class BackgroundRun:
     def __init__(self, arguments: list[str], work_dir: Path, python: str | None = None):
         self.work_dir = Path(work_dir)
         self._status = Status("running", 0.0, "starting")
-        self._child = BackgroundProcess(cli_command(python, [*arguments, "--progress", "json"]), self.work_dir,
-                                        "explain")  # fmt: skip
+        self._child = BackgroundProcess(
+            cli_command(python, [*arguments, "--progress", "json"]), self.work_dir, "explain"
+        )
 
     @property
     def log(self) -> list[str]:

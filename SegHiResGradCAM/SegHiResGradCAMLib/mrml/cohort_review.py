@@ -51,9 +51,11 @@ class CohortReview:
             with table.open(newline="", encoding="utf-8") as file:
                 self.rows = list(csv.DictReader(file))
         except (OSError, UnicodeDecodeError, csv.Error) as error:
-            raise ExplainInputError(f"{table} cannot be read ({' '.join(str(error).split())[:200]}): it must be the "
-                                    "UTF-8 table 'seghiresgradcam cohort' wrote; run the cohort again into this "
-                                    "folder to rewrite it.") from None  # fmt: skip
+            raise ExplainInputError(
+                f"{table} cannot be read ({' '.join(str(error).split())[:200]}): it must be the "
+                "UTF-8 table 'seghiresgradcam cohort' wrote; run the cohort again into this "
+                "folder to rewrite it."
+            ) from None
         if not self.rows or "case" not in self.rows[0]:
             raise ExplainInputError(f"{table} has no case column: open a folder made by 'seghiresgradcam cohort'.")
         self.cases = list(dict.fromkeys(row["case"] for row in self.rows))
@@ -90,9 +92,14 @@ class CohortReview:
         outside the body, with the verdict."""
         rows = [row for row in self.rows if row["case"] == case]
         shown = next((row for row in rows if row.get("method") == HIRES), rows[0])
-        return {"case": case, "status": shown.get("status", ""), "dice": shown.get("dice", ""),
-                "heat in M": shown.get("heat_in_m", ""), "outside body": shown.get("heat_outside_body", ""),
-                "verdict": self.verdicts.get(case, {}).get("verdict", "")}  # fmt: skip
+        return {
+            "case": case,
+            "status": shown.get("status", ""),
+            "dice": shown.get("dice", ""),
+            "heat in M": shown.get("heat_in_m", ""),
+            "outside body": shown.get("heat_outside_body", ""),
+            "verdict": self.verdicts.get(case, {}).get("verdict", ""),
+        }
 
     def failure(self, case: str) -> str:
         """Why a case has nothing to review ("" when it has): its error in the cohort run."""
@@ -151,12 +158,15 @@ class CohortReview:
         nodes = {}
         try:
             nodes["ct"] = _read_volume(scene, Path(rows[0]["image"]), f"{case} CT")
-            segments = {"truth": Path(rows[0]["truth"]) if rows[0].get("truth") else None,
-                        "prediction": folder / "prediction.nrrd"}  # fmt: skip
+            segments = {
+                "truth": Path(rows[0]["truth"]) if rows[0].get("truth") else None,
+                "prediction": folder / "prediction.nrrd",
+            }
             for role, path in segments.items():
                 if path is not None:
-                    nodes[role] = mrml_adapter.segmentation_from_labelmap_file(path, nodes["ct"], LABEL_STYLES,
-                                                                               f"{case} {role}")  # fmt: skip
+                    nodes[role] = mrml_adapter.segmentation_from_labelmap_file(
+                        path, nodes["ct"], LABEL_STYLES, f"{case} {role}"
+                    )
             for row in rows:
                 heatmap = folder / f"heatmap_{row['method']}.nrrd"
                 nodes[row["method"]] = mrml_adapter.import_heatmap(heatmap, nodes["ct"], f"{case} {row['title']}")

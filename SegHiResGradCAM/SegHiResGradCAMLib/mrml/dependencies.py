@@ -49,18 +49,30 @@ def declared_minimums() -> dict[str, str]:
 # only the demo's figures use).
 CORE = tuple(
     Requirement(name, module, declared_minimums()[name])
-    for name, module in ((TORCH, "torch"), ("numpy", "numpy"), ("monai", "monai"), ("SimpleITK", "SimpleITK"),
-                         ("scipy", "scipy"))
-)  # fmt: skip
+    for name, module in (
+        (TORCH, "torch"),
+        ("numpy", "numpy"),
+        ("monai", "monai"),
+        ("SimpleITK", "SimpleITK"),
+        ("scipy", "scipy"),
+    )
+)
 # nnU-Net results folders only: nnU-Net's plain dependencies (the `nnunet` extra) ...
 NNUNET_PLAIN = tuple(
     Requirement(name, module)
     for name, module in (
-        ("threadpoolctl", "threadpoolctl"), ("blosc2", "blosc2"), ("scikit-image", "skimage"),
-        ("scikit-learn", "sklearn"), ("pandas", "pandas"), ("nibabel", "nibabel"), ("einops", "einops"),
-        ("tqdm", "tqdm"), ("seaborn", "seaborn"), ("connected-components-3d", "cc3d"),
+        ("threadpoolctl", "threadpoolctl"),
+        ("blosc2", "blosc2"),
+        ("scikit-image", "skimage"),
+        ("scikit-learn", "sklearn"),
+        ("pandas", "pandas"),
+        ("nibabel", "nibabel"),
+        ("einops", "einops"),
+        ("tqdm", "tqdm"),
+        ("seaborn", "seaborn"),
+        ("connected-components-3d", "cc3d"),
     )
-)  # fmt: skip
+)
 # ... and nnU-Net's own packages, installed with --no-deps, each at least the lowest version
 # whose API the pipeline uses (requirements-nnunet.txt pins the tested ones for `make test`).
 # An installed nnU-Net at or above these is left alone: TotalSegmentator and SlicerNNUNet share
@@ -137,8 +149,9 @@ def plan_installs(
     return plan
 
 
-def plan_for_model(model: Path | None, versions: Callable[[Requirement], str | None] | None = None
-                   ) -> list[InstallStep]:  # fmt: skip
+def plan_for_model(
+    model: Path | None, versions: Callable[[Requirement], str | None] | None = None
+) -> list[InstallStep]:
     """The install plan for explaining ``model`` (a card, bundle or nnU-Net folder; None: the
     bundled model): nnU-Net's packages for its results folders, PyYAML for YAML bundles."""
     path = Path(model) if model is not None else None
@@ -172,9 +185,14 @@ def describe(plan: list[InstallStep]) -> str:
     return "\n".join(lines)
 
 
-def install(plan: list[InstallStep], confirm: Callable[[str], bool], install_torch: Callable[[str], object],
-            pip_install: Callable[[list[str]], object], progress: Callable[[str], object] | None = None,
-            install_nnunet: Callable[[list[str]], object] | None = None) -> bool:  # fmt: skip
+def install(
+    plan: list[InstallStep],
+    confirm: Callable[[str], bool],
+    install_torch: Callable[[str], object],
+    pip_install: Callable[[list[str]], object],
+    progress: Callable[[str], object] | None = None,
+    install_nnunet: Callable[[list[str]], object] | None = None,
+) -> bool:
     """Asks once, then runs the plan in order; False (and nothing installed) when declined.
     ``install_torch(version_requirement)`` returns a falsy value when PyTorch was not
     installed, which stops the plan with an error."""

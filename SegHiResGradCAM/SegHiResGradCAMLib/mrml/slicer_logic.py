@@ -62,8 +62,10 @@ class ExplainRun:
         if settings.atlas and settings.signed:
             raise ExplainInputError("The signed map is made for one layer: untick it for the layer atlas.")
         if settings.per_component and (settings.atlas or settings.signed):
-            raise ExplainInputError("Each part on its own is made at one layer, without the signed map: untick the "
-                                    "layer atlas and the signed map, or the parts.")  # fmt: skip
+            raise ExplainInputError(
+                "Each part on its own is made at one layer, without the signed map: untick the "
+                "layer atlas and the signed map, or the parts."
+            )
         # Refuses a missing or unreadable card, or an untrusted bundle, before any work.
         card = read_model_card(settings.model, trust_bundle=settings.trust_bundle, folds=settings.folds)
         self.class_index = card.class_index(settings.target_class)
@@ -76,12 +78,24 @@ class ExplainRun:
         mrml_adapter.export_volume(settings.volume_node, work_dir / "ct.nrrd")
         out = ["--layers", "atlas", "--out", "atlas"] if settings.atlas else ["--out", "heatmap.nrrd"]
         out = ["--per-component", "--out", "components"] if settings.per_component else out
-        arguments = ["explain", "--image", "ct.nrrd", "--target-class", str(self.class_index),
-                     "--method", settings.method, "--device", settings.device, *out,
-                     "--summary", "summary.json"]  # fmt: skip
+        arguments = [
+            "explain",
+            "--image",
+            "ct.nrrd",
+            "--target-class",
+            str(self.class_index),
+            "--method",
+            settings.method,
+            "--device",
+            settings.device,
+            *out,
+            "--summary",
+            "summary.json",
+        ]
         if settings.segmentation_node is not None:
-            mrml_adapter.export_segment(settings.segmentation_node, settings.segment_id, settings.volume_node,
-                                        work_dir / "segment.nrrd")  # fmt: skip
+            mrml_adapter.export_segment(
+                settings.segmentation_node, settings.segment_id, settings.volume_node, work_dir / "segment.nrrd"
+            )
             arguments += ["--mask", "segment.nrrd"]
         else:
             arguments += ["--from-prediction"]
@@ -144,16 +158,24 @@ class ExplainRun:
         name = mrml_adapter.output_name(settings.volume_node, self.segment_name, title)
         scene = settings.volume_node.GetScene()
         prediction_name = f"{settings.volume_node.GetName()} - prediction"
-        outputs = (name, f"{name} - metrics", f"{name} - signed", *(f"{name} at {row['layer']}" for row in atlas),
-                   *(f"{name} part {number}" for number in range(2, len(parts) + 1)),
-                   *((prediction_name,) if settings.with_prediction else ()))  # fmt: skip
+        outputs = (
+            name,
+            f"{name} - metrics",
+            f"{name} - signed",
+            *(f"{name} at {row['layer']}" for row in atlas),
+            *(f"{name} part {number}" for number in range(2, len(parts) + 1)),
+            *((prediction_name,) if settings.with_prediction else ()),
+        )
         previous = []
         if settings.replace_previous:
             previous = [mrml_adapter.previous_output(scene, output) for output in outputs]
         try:
             for row in atlas[:-1]:  # coarser layers first; the finest is imported last, and shown
-                node = mrml_adapter.import_heatmap(work_dir / "atlas" / f"heatmap_{row['layer']}.nrrd",
-                                                  settings.volume_node, f"{name} at {row['layer']}")  # fmt: skip
+                node = mrml_adapter.import_heatmap(
+                    work_dir / "atlas" / f"heatmap_{row['layer']}.nrrd",
+                    settings.volume_node,
+                    f"{name} at {row['layer']}",
+                )
                 self.atlas_nodes.append(node)
             main_file = work_dir / "atlas" / f"heatmap_{key}.nrrd" if atlas else work_dir / "heatmap.nrrd"
             main_file = work_dir / "components" / f"heatmap_{key}.nrrd" if parts else main_file
@@ -163,27 +185,38 @@ class ExplainRun:
             elif atlas:
                 self.atlas_nodes.append(self.heatmap_node)
                 layer_rows = {row["layer"]: metric_rows(row["metrics"]) for row in atlas}
-                self.metrics_node = mrml_adapter.import_layer_table(layer_rows, self.heatmap_node,
-                                                                    f"{name} - metrics")  # fmt: skip
+                self.metrics_node = mrml_adapter.import_layer_table(layer_rows, self.heatmap_node, f"{name} - metrics")
             elif settings.with_metrics:
                 rows = metric_rows(json.loads((work_dir / "metrics.json").read_text(encoding="utf-8")))
                 self.metrics_node = mrml_adapter.import_metrics_table(rows, self.heatmap_node, f"{name} - metrics")
             if settings.with_prediction:
                 self.prediction_node = mrml_adapter.import_prediction(
-                    work_dir / "prediction.nrrd", settings.volume_node, self.card.segment_styles, prediction_name,
-                )  # fmt: skip
+                    work_dir / "prediction.nrrd",
+                    settings.volume_node,
+                    self.card.segment_styles,
+                    prediction_name,
+                )
             if settings.signed:
-                self.signed_node = mrml_adapter.import_signed_map(work_dir / "signed.nrrd", settings.volume_node,
-                                                                  f"{name} - signed")  # fmt: skip
+                self.signed_node = mrml_adapter.import_signed_map(
+                    work_dir / "signed.nrrd", settings.volume_node, f"{name} - signed"
+                )
             provenance = self._provenance(summary, key)
-            for node in {*self.atlas_nodes, self.heatmap_node, self.metrics_node, self.prediction_node,
-                         self.signed_node} - {None}:  # fmt: skip
+            for node in {
+                *self.atlas_nodes,
+                self.heatmap_node,
+                self.metrics_node,
+                self.prediction_node,
+                self.signed_node,
+            } - {None}:
                 mrml_adapter.record_provenance(node, provenance, settings.volume_node)
             for node, row in zip(self.atlas_nodes, atlas, strict=False):
                 node.SetAttribute(mrml_adapter.PROVENANCE + "Layer", row["layer"])
             for node, row in zip(self.atlas_nodes, parts, strict=False):
-                for attribute, value in (("Component", row["component"]), ("VolumeMl", f"{row['volume_ml']:.2f}"),
-                                         ("TargetScore", str(row["target_score"]))):  # fmt: skip
+                for attribute, value in (
+                    ("Component", row["component"]),
+                    ("VolumeMl", f"{row['volume_ml']:.2f}"),
+                    ("TargetScore", str(row["target_score"])),
+                ):
                     node.SetAttribute(mrml_adapter.PROVENANCE + attribute, value)
             if settings.volume_rendering_logic is not None:
                 mrml_adapter.show_in_3d(self.heatmap_node, settings.volume_rendering_logic, self.prediction_node)
@@ -219,12 +252,20 @@ class ExplainRun:
         from .. import __version__
 
         settings, explained = self.settings, summary["methods"][key]
-        return {"Method": explained["title"], "Layer": explained["layer"], "Model": self.card.name,
-                "ModelFile": str(Path(settings.model).resolve()) if settings.model is not None else "bundled",
-                "Class": self.card.classes[self.class_index], "TargetScore": str(explained["target_score"]),
-                "Segment": self.segment_name, "Device": settings.device, "Version": __version__,
-                "Warnings": " ".join(self.warnings), "ModelSHA256": summary["record"]["model_sha256"],
-                "Created": summary["record"]["created"]}  # fmt: skip
+        return {
+            "Method": explained["title"],
+            "Layer": explained["layer"],
+            "Model": self.card.name,
+            "ModelFile": str(Path(settings.model).resolve()) if settings.model is not None else "bundled",
+            "Class": self.card.classes[self.class_index],
+            "TargetScore": str(explained["target_score"]),
+            "Segment": self.segment_name,
+            "Device": settings.device,
+            "Version": __version__,
+            "Warnings": " ".join(self.warnings),
+            "ModelSHA256": summary["record"]["model_sha256"],
+            "Created": summary["record"]["created"],
+        }
 
     def cancel(self) -> None:
         self._run.cancel()

@@ -52,8 +52,10 @@ def _tag(reader: sitk.ImageFileReader, tag: str) -> str:
 
 def series_in(folder: Path) -> dict[str, list[str]]:
     """Series instance UID -> its files (GDCM's grouping) of a folder."""
-    return {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
-            for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))}  # fmt: skip
+    return {
+        uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    }
 
 
 def _describe(uid: str, files: list[str]) -> str:
@@ -72,8 +74,10 @@ def choose_series(path: Path, series: str | None) -> tuple[str, list[str]]:
         series = _tag(_header(path), SERIES_UID)
     if series is not None:
         if series not in found:
-            raise ExplainInputError(f"{folder} holds no series {series}; it holds: "
-                                    f"{'; '.join(_describe(uid, files) for uid, files in found.items())}.")  # fmt: skip
+            raise ExplainInputError(
+                f"{folder} holds no series {series}; it holds: "
+                f"{'; '.join(_describe(uid, files) for uid, files in found.items())}."
+            )
         return series, found[series]
     if len(found) > 1:
         listed = "; ".join(_describe(uid, files) for uid, files in found.items())
@@ -87,11 +91,17 @@ def _slices(files: list[str]) -> list[DicomSlice]:
         reader = _header(Path(name))
         position, orientation = _tag(reader, POSITION), _tag(reader, ORIENTATION)
         if not position or not orientation:
-            raise ExplainInputError(f"{Path(name).name} has no image position or orientation: it is not a slice of a "
-                                    "CT volume.")  # fmt: skip
-        slices.append(DicomSlice(Path(name), np.array([float(v) for v in position.split("\\")]),
-                                 tuple(float(v) for v in orientation.split("\\")),
-                                 "LOCALIZER" in _tag(reader, IMAGE_TYPE).upper()))  # fmt: skip
+            raise ExplainInputError(
+                f"{Path(name).name} has no image position or orientation: it is not a slice of a CT volume."
+            )
+        slices.append(
+            DicomSlice(
+                Path(name),
+                np.array([float(v) for v in position.split("\\")]),
+                tuple(float(v) for v in orientation.split("\\")),
+                "LOCALIZER" in _tag(reader, IMAGE_TYPE).upper(),
+            )
+        )
     return slices
 
 
@@ -104,8 +114,10 @@ def checked_slices(files: list[str], name: str) -> tuple[list[str], list[str]]:
     kept = [s for s in slices if not s.localizer and np.allclose(s.orientation, main, atol=DIRECTION_TOLERANCE)]
     notes = []
     if len(kept) < len(slices):
-        notes.append(f"{len(slices) - len(kept)} slice(s) of {name} in another orientation or marked LOCALIZER "
-                     "(a scout image) were left out.")  # fmt: skip
+        notes.append(
+            f"{len(slices) - len(kept)} slice(s) of {name} in another orientation or marked LOCALIZER "
+            "(a scout image) were left out."
+        )
     if len(kept) < 2:
         raise ExplainInputError(f"{name} is a single 2D slice: a 3D CT (a series of slices) is needed.")
     row, column = np.array(main[:3]), np.array(main[3:])
@@ -115,21 +127,26 @@ def checked_slices(files: list[str], name: str) -> tuple[list[str], list[str]]:
     gaps = np.diff(depths)
     if (gaps < 1e-3).any():
         twice = ", ".join(f"{depth:.2f}" for depth in depths[1:][gaps < 1e-3][:3])
-        raise ExplainInputError(f"{name} has two slices at the same position ({twice} mm along the slice normal): "
-                                "remove the duplicates.")  # fmt: skip
+        raise ExplainInputError(
+            f"{name} has two slices at the same position ({twice} mm along the slice normal): remove the duplicates."
+        )
     typical = float(np.median(gaps))
     uneven = np.abs(gaps - typical) > SPACING_TOLERANCE * typical
     if uneven.any():
         where = [f"{depths[i]:.2f} to {depths[i + 1]:.2f} mm" for i in np.flatnonzero(uneven)[:3]]
-        raise ExplainInputError(f"{name} has uneven slice spacing (typically {typical:.2f} mm, but "
-                                f"{', '.join(where)} along the slice normal): a slice is missing or the series is not "
-                                "regular.")  # fmt: skip
+        raise ExplainInputError(
+            f"{name} has uneven slice spacing (typically {typical:.2f} mm, but "
+            f"{', '.join(where)} along the slice normal): a slice is missing or the series is not "
+            "regular."
+        )
     steps = np.diff(np.array([s.position for s in kept]), axis=0)
     off_normal = np.linalg.norm(steps - np.outer(steps @ normal, normal), axis=1)
     if (off_normal > 0.01 * typical).any():
-        raise ExplainInputError(f"{name} is gantry-tilted (its slices are not stacked along their normal): resample "
-                                "it to a regular grid first, e.g. in Slicer (Volumes > Acquisition Transform) or with "
-                                "dcm2niix.")  # fmt: skip
+        raise ExplainInputError(
+            f"{name} is gantry-tilted (its slices are not stacked along their normal): resample "
+            "it to a regular grid first, e.g. in Slicer (Volumes > Acquisition Transform) or with "
+            "dcm2niix."
+        )
     return [str(s.path) for s in kept], notes
 
 

@@ -66,8 +66,9 @@ def _label_of_target(image: sitk.Image, name: str, present: list[int], target: T
             label = matching[0]
             return label, f"M: label {label} ('{names[label]}') of {name}, the segment named like the target; {others}"
         if not names and target.softmax and target.index in present:
-            return target.index, (f"M: label {target.index} of {name}, the target class {target.name}'s index in "
-                                  f"the model; {others}")  # fmt: skip
+            return target.index, (
+                f"M: label {target.index} of {name}, the target class {target.name}'s index in the model; {others}"
+            )
     wanted = f" for the class {target.name}" if target is not None else ""
     raise ExplainInputError(
         f"{name} holds several labels ({listed}) and does not say which one is the segment{wanted}: every nonzero "
@@ -76,8 +77,13 @@ def _label_of_target(image: sitk.Image, name: str, present: list[int], target: T
     )
 
 
-def segment_voxels(image: sitk.Image, name: str, threshold: float | None = None, label: int | None = None,
-                   target: TargetClass | None = None):  # fmt: skip
+def segment_voxels(
+    image: sitk.Image,
+    name: str,
+    threshold: float | None = None,
+    label: int | None = None,
+    target: TargetClass | None = None,
+):
     """(binary uint8 image on the mask's grid, a note for the user or None)."""
     values = sitk.GetArrayViewFromImage(image)
     if threshold is not None:

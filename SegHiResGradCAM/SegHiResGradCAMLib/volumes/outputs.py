@@ -89,8 +89,11 @@ def write_failure(path: Path, label: str, report: str) -> OSError:
     except OSError:
         free = 0
     code = errno.ENOSPC if free < DISK_NEARLY_FULL else errno.EIO
-    return OSError(code, f"Cannot write the {label} ({detail}; {free / 2**20:.0f} MB free on its disk); nothing was "
-                         "written", str(path))  # fmt: skip
+    return OSError(
+        code,
+        f"Cannot write the {label} ({detail}; {free / 2**20:.0f} MB free on its disk); nothing was written",
+        str(path),
+    )
 
 
 def remove_stale_partials(folder: Path) -> None:

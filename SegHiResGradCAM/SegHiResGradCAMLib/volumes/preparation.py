@@ -65,8 +65,10 @@ def check_looks_like_ct(image: sitk.Image, name: str) -> None:
     if high - low < 400:
         reasons.append(f"its values span {high - low:g}, where a CT's span at least 400")
     if reasons:
-        raise ExplainInputError(f"{name} does not look like a CT in Hounsfield units ({'; '.join(reasons)}): give the "
-                                "CT image itself, not a label map or another modality.")  # fmt: skip
+        raise ExplainInputError(
+            f"{name} does not look like a CT in Hounsfield units ({'; '.join(reasons)}): give the "
+            "CT image itself, not a label map or another modality."
+        )
 
 
 def to_model_grid(ct: sitk.Image, card) -> ModelInput:
@@ -94,8 +96,9 @@ def nonempty_segment(inside: np.ndarray, where: str) -> np.ndarray:
 
 def mask_to_model_grid(mask: sitk.Image, model_input: ModelInput) -> np.ndarray:
     """The segment on the model grid (``segment_on_grid``), refused when nothing is inside."""
-    return nonempty_segment(segment_on_grid(mask, model_input.model_grid),
-                            "the CT's field of view at the model's resolution")  # fmt: skip
+    return nonempty_segment(
+        segment_on_grid(mask, model_input.model_grid), "the CT's field of view at the model's resolution"
+    )
 
 
 def to_original_grid(array: np.ndarray, model_input: ModelInput, labels: bool = False) -> sitk.Image:

@@ -40,8 +40,10 @@ def memory_limit_bytes() -> int:
         except ValueError:
             gigabytes = float("nan")
         if not (np.isfinite(gigabytes) and gigabytes > 0):
-            raise ExplainInputError(f"{MEMORY_LIMIT_VARIABLE} must be a positive number of GB, e.g. 8; got {given!r}. "
-                                    "Unset it to use half of this machine's memory.")  # fmt: skip
+            raise ExplainInputError(
+                f"{MEMORY_LIMIT_VARIABLE} must be a positive number of GB, e.g. 8; got {given!r}. "
+                "Unset it to use half of this machine's memory."
+            )
         return int(gigabytes * 2**30)
     return (physical_memory_bytes() or 2 * UNKNOWN_MEMORY_BYTES) // 2
 
@@ -66,11 +68,17 @@ def windows_physical_memory() -> int | None:
     import ctypes
 
     class MemoryStatus(ctypes.Structure):
-        _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong),
-                    ("ullTotalPhys", ctypes.c_ulonglong), ("ullAvailPhys", ctypes.c_ulonglong),
-                    ("ullTotalPageFile", ctypes.c_ulonglong), ("ullAvailPageFile", ctypes.c_ulonglong),
-                    ("ullTotalVirtual", ctypes.c_ulonglong), ("ullAvailVirtual", ctypes.c_ulonglong),
-                    ("ullAvailExtendedVirtual", ctypes.c_ulonglong)]  # fmt: skip
+        _fields_ = [
+            ("dwLength", ctypes.c_ulong),
+            ("dwMemoryLoad", ctypes.c_ulong),
+            ("ullTotalPhys", ctypes.c_ulonglong),
+            ("ullAvailPhys", ctypes.c_ulonglong),
+            ("ullTotalPageFile", ctypes.c_ulonglong),
+            ("ullAvailPageFile", ctypes.c_ulonglong),
+            ("ullTotalVirtual", ctypes.c_ulonglong),
+            ("ullAvailVirtual", ctypes.c_ulonglong),
+            ("ullAvailExtendedVirtual", ctypes.c_ulonglong),
+        ]
 
     kernel = getattr(getattr(ctypes, "windll", None), "kernel32", None)
     if kernel is None:
@@ -105,8 +113,11 @@ def check_readable_path(path, what: str) -> None:
     if reason == "does not exist":
         raise ExplainInputError(f"The {what} file {path} does not exist.")
     if reason is not None:
-        advice = "point it at the file" if reason.startswith("is a link") else (
-            "it is read more than once (header, then voxels), so save it to a file first")  # fmt: skip
+        advice = (
+            "point it at the file"
+            if reason.startswith("is a link")
+            else ("it is read more than once (header, then voxels), so save it to a file first")
+        )
         raise ExplainInputError(f"The {what} {path} {reason}: {advice}.")
 
 
@@ -136,8 +147,9 @@ def read_volume(path, what: str = "image") -> sitk.Image:
     path = Path(path)
     check_readable_path(path, what)
     if path.is_dir():
-        raise ExplainInputError(f"The {what} {path} is a folder: give a volume file (a CT may also be a DICOM "
-                                "series folder).")  # fmt: skip
+        raise ExplainInputError(
+            f"The {what} {path} is a folder: give a volume file (a CT may also be a DICOM series folder)."
+        )
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -196,9 +208,15 @@ def _native_messages_kept():
 
 
 # What a file holds, by its first bytes: for a file whose name promises a volume it is not.
-SIGNATURES = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"%PDF", "a PDF document"),
-              (b"PK\x03\x04", "a ZIP archive"), (b"GIF8", "a GIF image"), (b"II*\x00", "a TIFF image"),
-              (b"MM\x00*", "a TIFF image"))  # fmt: skip
+SIGNATURES = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+)
 
 
 def _other_content(path: Path) -> str | None:
@@ -217,9 +235,11 @@ def _check_spacing(spacing, direction, name: str) -> None:
     """A header with a zero (or undefined) voxel size is wrong about its geometry, not damaged."""
     axes = [axis for axis, size in zip("xyz", spacing, strict=False) if not (np.isfinite(size) and size > 0)]
     if axes or not np.all(np.isfinite(direction)):
-        raise ExplainInputError(f"{name}'s header gives a voxel spacing of {' x '.join(f'{v:g}' for v in spacing)} "
-                                f"mm (zero or undefined along {', '.join(axes) or 'an axis'}): its geometry is "
-                                "wrong, not its voxels; write the file again with its real spacing.")  # fmt: skip
+        raise ExplainInputError(
+            f"{name}'s header gives a voxel spacing of {' x '.join(f'{v:g}' for v in spacing)} "
+            f"mm (zero or undefined along {', '.join(axes) or 'an axis'}): its geometry is "
+            "wrong, not its voxels; write the file again with its real spacing."
+        )
 
 
 def _check_orthogonal(direction, name: str) -> None:
