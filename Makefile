@@ -32,6 +32,8 @@ demo: $(DEMO_INSTALLED)
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/codespell $$(git ls-files 2>/dev/null || echo .)
 
 test: lint
 	$(PYTHON) -m pytest -q

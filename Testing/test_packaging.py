@@ -149,3 +149,14 @@ def test_declared_minimum_versions_cover_the_apis_the_code_calls_and_are_declare
     # Slicer install plan's side is checked in mrml/test_dependencies.py).
     declared = {line.split(">=")[0]: line.split(">=")[1] for line in requires("seghiresgradcam") if ";" not in line}
     assert declared == minimums
+
+
+def test_every_commit_hook_runs_a_tool_that_make_installs():
+    """The hooks call the environment's own tools (no network at commit time)."""
+    import sys
+
+    config = (ROOT / ".pre-commit-config.yaml").read_text(encoding="utf-8")
+    entries = re.findall(r"entry: \.venv/bin/(\S+)", config)
+    assert {"ruff", "codespell", "mypy", "check-added-large-files"} <= set(entries)
+    installed = Path(sys.executable).parent
+    assert [entry for entry in entries if not (installed / entry).exists()] == []

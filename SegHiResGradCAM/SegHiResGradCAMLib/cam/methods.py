@@ -32,6 +32,9 @@ StatisticsFunction = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"
 WeightsFunction = Callable[[torch.Tensor, float, "torch.Tensor | None"], torch.Tensor]
 
 
+GRADIENT_PASS_COST = "1 forward + 1 backward pass (per window)"
+
+
 @dataclass(frozen=True)
 class CamMethod:
     """A registered method.
@@ -52,7 +55,7 @@ class CamMethod:
     channel_weights: WeightsFunction | None = None
     needs_activation_sums: bool = False
     network_map: Callable | None = None
-    cost: str = "1 forward + 1 backward pass (per window)"
+    cost: str = GRADIENT_PASS_COST
 
     @property
     def windowed(self) -> bool:
@@ -67,7 +70,7 @@ def register_method(name: str, title: str, *, additive: bool, reference: str, co
     """Decorator that registers ``raw_map(activations, gradients) -> map`` as a method."""
 
     def register(raw_map: RawMapFunction) -> RawMapFunction:
-        _add(CamMethod(name, title, raw_map, additive, reference, **({"cost": cost} if cost else {})))
+        _add(CamMethod(name, title, raw_map, additive, reference, cost=cost or GRADIENT_PASS_COST))
         return raw_map
 
     return register
@@ -174,7 +177,9 @@ def activation_weighted_gradient_sums(activations, gradients, activation_sums=No
     return (activations * gradients).sum(dim=_spatial_dims(gradients))
 
 
-def xgrad_weights(sums: torch.Tensor, positions: float, activation_sums: torch.Tensor) -> torch.Tensor:
+def xgrad_weights(sums: torch.Tensor, positions: float, activation_sums: torch.Tensor | None) -> torch.Tensor:
+    if activation_sums is None:
+        raise ValueError("Seg-XGrad CAM's weights need the activation sums (needs_activation_sums=True).")
     return sums / (activation_sums + XGRAD_EPSILON)
 
 

@@ -208,8 +208,9 @@ def randomised_copy(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     try:
         for module in copy_.modules():
-            if hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False)):
-                module.reset_parameters()
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset) and any(True for _ in module.parameters(recurse=False)):
+                reset()
     finally:
         torch.random.set_rng_state(generator_state)
     return copy_
@@ -289,21 +290,23 @@ def sanity_checks(metrics: ExplanationMetrics) -> list[Check]:
                 metrics.mass_in_target > metrics.mass_in_target_randomised,
             )
         )
-    if metrics.deletion is not None and metrics.deletion_random is not None:
+    deletion, insertion = metrics.deletion, metrics.insertion
+    deletion_random, insertion_random = metrics.deletion_random, metrics.insertion_random
+    if deletion is not None and insertion is not None and deletion_random is not None and insertion_random is not None:
         checks.append(
             Check(
                 "deletion beyond random order",
-                metrics.deletion.area,
-                f"below random order's {metrics.deletion_random.area:.4f}",
-                metrics.deletion.area < metrics.deletion_random.area,
+                deletion.area,
+                f"below random order's {deletion_random.area:.4f}",
+                deletion.area < deletion_random.area,
             )
         )
         checks.append(
             Check(
                 "insertion beyond random order",
-                metrics.insertion.area,
-                f"above random order's {metrics.insertion_random.area:.4f}",
-                metrics.insertion.area > metrics.insertion_random.area,
+                insertion.area,
+                f"above random order's {insertion_random.area:.4f}",
+                insertion.area > insertion_random.area,
             )
         )
     if metrics.dependence_on_target is not None:
@@ -372,7 +375,7 @@ def explanation_metrics(
         metrics.randomisation_similarity_in_target = rank_similarity(np.asarray(heatmap)[inside], randomised[inside])
         metrics.mass_in_target_randomised = mass_share(randomised, inside)
     moved = moved_aside(mask) if explain_for is not None and "dependence" in measure else None
-    if moved is not None:
+    if explain_for is not None and moved is not None:
         metrics.dependence_on_target = rank_similarity(heatmap, np.asarray(explain_for(moved)))
     metrics.checks = sanity_checks(metrics)
     return metrics

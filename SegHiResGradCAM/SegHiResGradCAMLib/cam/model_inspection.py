@@ -42,10 +42,10 @@ class LayerInfo:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -81,7 +81,7 @@ def resolve_device(device) -> torch.device | None:
 def device_description(device="auto") -> dict:
     """What ``device`` resolves to on this machine, for a front end to show before a run:
     its kind ("cuda", "mps", "cpu"), a readable name, and a CUDA GPU's total memory in GB."""
-    chosen = resolve_device(device)
+    chosen = resolve_device(device) or torch.device("cpu")  # no model to follow: the CPU
     if chosen.type == "cuda":
         properties = torch.cuda.get_device_properties(chosen)
         return {"kind": "cuda", "name": properties.name, "memory_gb": round(properties.total_memory / 2**30, 1)}
@@ -329,7 +329,7 @@ def _graph_nodes(output: torch.Tensor) -> set | None:
         if node is None or node in seen:
             continue
         seen.add(node)
-        todo.extend(next_node for next_node, _ in node.next_functions)
+        todo.extend(next_node for next_node, _ in node.next_functions if next_node is not None)
     return seen
 
 

@@ -11,6 +11,7 @@ nor anything upstream of the layer. That is the cheapest exact computation of dT
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +58,7 @@ class FunctionTarget:
     (blended, under sliding windows). Not linear in the logits in general, so the windowed
     computation takes dT/dlogits on the blended logits, as for probabilities."""
 
-    function: object
+    function: Callable[[torch.Tensor], torch.Tensor]
     target_class: None = None
     score: str = "function"
     head: str = "softmax"
@@ -99,19 +100,19 @@ def forward_backward(model, module, layer_name: str, batch: torch.Tensor, upstre
     capture = LayerCapture(layer_name, track_gradient=True)
     with capture.attached(module):
         logits = run_network(model, batch)
-        capture.require_activation()
+        activation = capture.require_activation()
         score_value, output_gradient = upstream(logits)
         gradient = None
         if logits.requires_grad:
             (gradient,) = torch.autograd.grad(
-                logits, capture.activation, grad_outputs=output_gradient.to(logits.dtype), allow_unused=True
+                logits, activation, grad_outputs=output_gradient.to(logits.dtype), allow_unused=True
             )
     if gradient is None:
         raise ExplainInputError(
             f"The output does not depend on layer {layer_name!r} (no gradient path from the "
             "output back to it): choose a layer on the path to the segmentation output."
         )
-    return capture.activation.detach(), gradient, score_value
+    return activation.detach(), gradient, score_value
 
 
 def forward_activations(model, module, layer_name: str, batch: torch.Tensor) -> torch.Tensor:
@@ -119,8 +120,7 @@ def forward_activations(model, module, layer_name: str, batch: torch.Tensor) -> 
     capture = LayerCapture(layer_name, track_gradient=False)
     with capture.attached(module), torch.no_grad():
         run_network(model, batch)
-        capture.require_activation()
-    return capture.activation
+        return capture.require_activation()
 
 
 def run_network(model, batch: torch.Tensor) -> torch.Tensor:
@@ -182,12 +182,13 @@ class LayerCapture:
         finally:
             handle.remove()
 
-    def require_activation(self) -> None:
+    def require_activation(self) -> torch.Tensor:
         if self.activation is None:
             raise ExplainInputError(
                 f"Layer {self.layer_name!r} did not run during the forward pass: choose a layer that the "
                 "network uses (list_layers() shows them)."
             )
+        return self.activation
 
     def __call__(self, module, inputs, output):
         if self.activation is not None:
@@ -221,7 +222,11 @@ def as_mask(mask, device: torch.device) -> torch.Tensor:
 
 
 def check_window(window, spatial_dims: int) -> tuple[int, ...]:
-    window = (int(window),) * spatial_dims if np.isscalar(window) else tuple(int(size) for size in window)
+    window = (
+        (int(window),) * spatial_dims
+        if isinstance(window, int | float | np.number)
+        else tuple(int(size) for size in window)
+    )
     if len(window) != spatial_dims or min(window) < 1:
         raise ExplainInputError(
             f"Window {window} does not fit a {spatial_dims}D image: give {spatial_dims} positive sizes, "

@@ -21,8 +21,8 @@ def score_cam_map(model, module, layer_name, image_batch, target: Target, mask, 
     capture = LayerCapture(layer_name, track_gradient=False)
     with capture.attached(module), torch.no_grad():
         logits = run_network(model, image_batch)
-        capture.require_activation()
-    activations = capture.activation[0].float()
+        activation = capture.require_activation()
+    activations = activation[0].float()
     score_value, _ = target.value_and_gradient(logits, mask)
     spatial = tuple(image_batch.shape[2:])
 

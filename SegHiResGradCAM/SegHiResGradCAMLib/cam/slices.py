@@ -76,16 +76,19 @@ def explain_slices(
         raise ExplainInputError("The mask is empty: select a segment with at least one voxel.")
     chosen = [z for z in range(volume.shape[1]) if mask is None or mask[z].any()]
     tracker = Progress(len(chosen), progress, cancel)
-    raw = heatmap = None
-    score, first = 0.0, None
-    for z in chosen:
+
+    def explain_slice(z):
         tracker.check_cancelled()
         result = explain(model, volume[:, z], target_class, None if mask is None else mask[z], cancel=cancel, **options)
-        if first is None:
-            first = result
-            raw = np.zeros((volume.shape[1], *result.raw.shape), dtype=np.float32)
-            heatmap = np.zeros((volume.shape[1], *result.heatmap.shape), dtype=np.float32)
+        tracker.step(1, f"slice {z}")
+        return result
+
+    first = explain_slice(chosen[0])  # M is not empty, so at least one slice is chosen
+    raw = np.zeros((volume.shape[1], *first.raw.shape), dtype=np.float32)
+    heatmap = np.zeros((volume.shape[1], *first.heatmap.shape), dtype=np.float32)
+    raw[chosen[0]], heatmap[chosen[0]], score = first.raw, first.heatmap, first.score
+    for z in chosen[1:]:
+        result = explain_slice(z)
         raw[z], heatmap[z] = result.raw, result.heatmap
         score += result.score
-        tracker.step(1, f"slice {z}")
     return CamResult(raw, heatmap, score, first.method, first.layer, first.target_class, first.raw_grid)

@@ -241,6 +241,7 @@ def _blend_logits(
         for index, start in enumerate(starts):
             blended[(slice(None), *grid.slices(start))] += logits[index] * weight
         tracker.step(len(starts), message)
+    assert blended is not None  # a grid has at least one window
     blended /= blend_count(grid, weight)
     return blended
 
@@ -430,6 +431,9 @@ def explain_by_windows(
 ):
     """The exact attribution of the blended T; returns (raw map, T, grid name)."""
     check_windowed(cam_method)
+    raw_map, statistics_of, weights_of = cam_method.raw_map, cam_method.window_statistics, cam_method.channel_weights
+    # a windowed method has a raw map and, unless additive, both of its channel-weight functions
+    assert raw_map is not None and (cam_method.additive or (statistics_of and weights_of))
     window = tiling.window
     grid = tiling.grid(tuple(image_batch.shape[2:]))
     in_target = _padded_mask(grid, target_mask)
@@ -490,9 +494,10 @@ def explain_by_windows(
             for index, start in enumerate(starts):
                 activation, gradient = activations[index].float(), gradients[index].float()
                 if cam_method.additive:
-                    accumulator.add(start, cam_method.raw_map(activation, gradient))
+                    accumulator.add(start, raw_map(activation, gradient))
                 else:
-                    window_statistics = cam_method.window_statistics(activation, gradient, activation_sums)
+                    assert statistics_of is not None
+                    window_statistics = statistics_of(activation, gradient, activation_sums)
                     statistics = window_statistics if statistics is None else statistics + window_statistics
             del activations, gradients
             tracker.step(len(starts), "attribution")
@@ -501,10 +506,9 @@ def explain_by_windows(
             probe = _window_batch(padded, grid, grid.starts[:1], device)
             accumulator = _MapAccumulator(grid, tuple(forward_activations(model, module, layer_name, probe).shape[2:]))
         if not cam_method.additive:
+            assert weights_of is not None
             layer_channels = (
-                None
-                if statistics is None
-                else cam_method.channel_weights(statistics, accumulator.layer_positions, activation_sums)
+                None if statistics is None else weights_of(statistics, accumulator.layer_positions, activation_sums)
             )
             for starts in batches(list(grid.starts), batch_size):
                 tracker.check_cancelled()

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,7 +44,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 class BundleInput:
     array: np.ndarray  # (channels, z, y, x) float32: MONAI's preprocessed tensor, transposed
     original: sitk.Image  # the CT as given
-    card: object  # the bundle's card (monai_bundle.BundleCard)
+    card: Any  # the bundle's card (monai_bundle.BundleCard)
     data: dict  # MONAI's preprocessed data (the image a MetaTensor with its applied operations)
     key: str  # the image's key in ``data``
 

@@ -172,7 +172,7 @@ def read_card_json(path: Path) -> ModelCard:
         intensity=intensity,
         head=entries.text("head", f"one of {', '.join(HEADS)}", default="softmax", choices=HEADS),
         classes=classes,
-        colours=tuple(tuple(float(v) for v in colour) for colour in colours),
+        colours=tuple((float(red), float(green), float(blue)) for red, green, blue in colours),
         window=tuple(int(size) for size in window),
         overlap=overlap,
         default_layer=default_layer,

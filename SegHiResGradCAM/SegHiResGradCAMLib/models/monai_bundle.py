@@ -214,7 +214,8 @@ def read_bundle(folder: Path, trusted: bool) -> BundleCard:
             f"The bundle {folder.name} takes several input images ({', '.join(map(str, loaded)) or 'channels'}): "
             "only bundles of one CT are supported for now."
         )
-    inferer = config.get("inferer") if isinstance(config.get("inferer"), dict) else {}
+    inferer = config.get("inferer")
+    inferer = inferer if isinstance(inferer, dict) else {}
     roi = _literal(inferer.get("roi_size"), None)
     window = tuple(int(size) for size in roi) if isinstance(roi, list) else ()
     classes = _classes(folder, _literal(network.get("out_channels"), 0) or 0)

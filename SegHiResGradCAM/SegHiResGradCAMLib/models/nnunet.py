@@ -35,6 +35,7 @@ import io
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -171,7 +172,7 @@ def load_checkpoint_weights(path: Path) -> dict:
         np.dtypes.Float32DType,
         np.dtypes.Float64DType,
         np.dtypes.Int64DType,
-        np._core.multiarray.scalar,
+        np._core.multiarray.scalar,  # type: ignore[attr-defined]  # numpy's stubs leave out _core
     )
     checkpoint = load_untrusted(path, numpy_scalars)
     weights = checkpoint.get("network_weights") if isinstance(checkpoint, dict) else None
@@ -188,8 +189,8 @@ class NnUNetInput:
     original: sitk.Image  # the CT as given
     properties: dict  # nnU-Net's: spacing, crop box, shapes before and after cropping
     model: NnUNetModel
-    plans_manager: object  # nnU-Net's PlansManager and ConfigurationManager of the model
-    configuration: object
+    plans_manager: Any  # nnU-Net's PlansManager and ConfigurationManager of the model
+    configuration: Any
 
     def _to_stored(self, array: np.ndarray) -> sitk.Image:
         """An array in the reader's order as an image with the CT's own geometry."""

@@ -119,7 +119,7 @@ def read_nnunet_folder(folder: Path, folds=None):
     )
 
 
-def _spacing_xyz(plans: dict, configuration: dict) -> tuple[float, ...]:
+def _spacing_xyz(plans: dict, configuration: dict) -> tuple[float, float, float]:
     """The configuration's target spacing in (x, y, z) order, like every model card's:
     nnU-Net's is in its transposed array order (a 2D configuration's lacks the slice axis,
     whose spacing it keeps; 0 stands for that)."""
@@ -128,7 +128,7 @@ def _spacing_xyz(plans: dict, configuration: dict) -> tuple[float, ...]:
     array_order = [0.0] * 3
     for position, axis in enumerate(plans.get("transpose_forward", [0, 1, 2])):
         array_order[axis] = transposed[position]
-    return tuple(reversed(array_order))
+    return array_order[2], array_order[1], array_order[0]
 
 
 def _configuration_folder(folder: Path) -> Path:

@@ -110,7 +110,8 @@ def checked_slices(files: list[str], name: str) -> tuple[list[str], list[str]]:
     series that does not make one regular volume."""
     slices = _slices(files)
     orientations = [s.orientation for s in slices if not s.localizer]
-    main = max(set(orientations), key=orientations.count) if orientations else None
+    # () only when every slice is a localizer, and then no slice is compared with it
+    main: tuple[float, ...] = max(set(orientations), key=orientations.count) if orientations else ()
     kept = [s for s in slices if not s.localizer and np.allclose(s.orientation, main, atol=DIRECTION_TOLERANCE)]
     notes = []
     if len(kept) < len(slices):
