@@ -61,7 +61,7 @@ def _deterministic():
     yield
 
 
-def plain_autograd_layer(model, image, target_class, mask, layer, score="logits", head="softmax"):
+def plain_autograd_layer(model, image, target_class, mask, layer, output="logits", head="softmax"):
     """(A, G = dT/dA, T) for one image from an ordinary forward pass with autograd on
     everywhere and a hook that keeps the layer's (non-leaf) output: the reference that the
     engine's confined backward pass must reproduce."""
@@ -73,7 +73,7 @@ def plain_autograd_layer(model, image, target_class, mask, layer, score="logits"
         logits = model(image[None])
     finally:
         handle.remove()
-    if score == "logits":
+    if output == "logits":
         values = logits[0, target_class]
     elif head == "softmax":
         values = torch.softmax(logits, dim=1)[0, target_class]

@@ -45,7 +45,7 @@ BAD_CALLS = {
     "NaN": (dict(image=nan_image()), "NaN or infinite"),
     "Inf": (dict(image=inf_image()), "NaN or infinite"),
     "unknown method": (dict(method="grad-cam-deluxe"), "Unknown CAM method.*seg-hires-grad-cam"),
-    "unknown score": (dict(score="softmax"), "Unknown score 'softmax'.*logits, probability"),
+    "unknown score": (dict(output="softmax"), "Unknown output 'softmax'.*logits, probability"),
     "unknown head": (dict(head="tanh"), "Unknown head 'tanh'.*softmax, sigmoid"),
 }
 

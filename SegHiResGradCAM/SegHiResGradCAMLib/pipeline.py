@@ -390,7 +390,7 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
         first += step
         overlap = lesion_overlap(target, predicted) if job.per_component else dice(target, predicted)
         result.evidence[key] = Evidence(
-            cam.score, float(probabilities[target].mean()), overlap, *signed_masses(cam.raw)
+            cam.target_score, float(probabilities[target].mean()), overlap, *signed_masses(cam.raw)
         )
         for warning in result.evidence[key].warnings(result.class_name):
             if warning not in result.warnings:
@@ -398,17 +398,19 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
         if job.layers and not heatmap.max() > 0:  # an atlas shows every layer; a layer without evidence is said
             result.warnings.append(f"No positive evidence for {result.class_name} in M at layer {cam.layer}.")
         else:
-            check_has_evidence(heatmap, METHODS[method].title, cam.layer, result.class_name, cam.score)
+            check_has_evidence(heatmap, METHODS[method].title, cam.layer, result.class_name, cam.target_score)
         normalized = heatmap / heatmap.max() if heatmap.max() > 0 else heatmap
         original = model_input.to_original(normalized.astype(np.float32))
         original.SetMetaData("seghiresgradcam_method", method)
-        original.SetMetaData("seghiresgradcam_target_score", f"{cam.score:.6g}")
+        original.SetMetaData("seghiresgradcam_target_score", f"{cam.target_score:.6g}")
         original.SetMetaData("seghiresgradcam_heatmap_max", f"{float(heatmap.max()):.6g}")
         original.SetMetaData("seghiresgradcam_layer", cam.layer)
         result.heatmaps[key] = original
         if job.signed is not None:
-            result.signed[key] = _signed_image(model_input, signed_on_model_grid(card, cam, target), method, cam.score)
-        result.scores[key] = cam.score
+            result.signed[key] = _signed_image(
+                model_input, signed_on_model_grid(card, cam, target), method, cam.target_score
+            )
+        result.scores[key] = cam.target_score
         result.explained[key] = (method, cam.layer)
         result.layer = cam.layer
         seconds[key] = time.perf_counter() - started
@@ -474,13 +476,13 @@ def component_row(model_input, component: np.ndarray) -> tuple[dict, sitk.Image]
     return row, on_ct
 
 
-def _signed_image(model_input, signed: np.ndarray, method: str, score: float) -> sitk.Image:
+def _signed_image(model_input, signed: np.ndarray, method: str, target_score: float) -> sitk.Image:
     """The signed map on the CT's grid, not normalised: its values are S per model-grid voxel,
     so on a CT stored on the model's own grid the file sums to T."""
     image = model_input.to_original(signed.astype(np.float32))
     image.SetMetaData("seghiresgradcam_method", method)
     image.SetMetaData("seghiresgradcam_map", "signed")
-    image.SetMetaData("seghiresgradcam_target_score", f"{score:.9g}")
+    image.SetMetaData("seghiresgradcam_target_score", f"{target_score:.9g}")
     return image
 
 

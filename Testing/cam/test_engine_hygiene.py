@@ -135,4 +135,4 @@ def test_layers_that_are_not_on_the_output_path_are_reported():
 def test_device_follows_the_model_on_cuda():
     model = BiasFreeUNet(3).cuda()
     result = explain(model, torch.randn(1, 8, 8, 8), 1, layer="decoder")
-    assert result.raw.sum() == pytest.approx(result.score, rel=1e-3)
+    assert result.raw.sum() == pytest.approx(result.target_score, rel=1e-3)

@@ -28,8 +28,8 @@ def assert_hires_maps_sum_to_the_target(model, shape, seed, target_class, layers
     mask = random_region(shape, generator)
     for layer in layers:
         result = explain(model, image, target_class=target_class, mask=mask, layer=layer)
-        assert abs(result.score) > 1e-3
-        assert result.raw.sum(dtype=np.float64) == pytest.approx(result.score, rel=1e-4)
+        assert abs(result.target_score) > 1e-3
+        assert result.raw.sum(dtype=np.float64) == pytest.approx(result.target_score, rel=1e-4)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -55,9 +55,9 @@ def test_identity_separates_the_methods_and_the_layers():
     image = torch.randn(1, 16, 24)
     mask = random_region((16, 24), torch.Generator().manual_seed(3))
     grad_cam = explain(model, image, 1, mask=mask, layer="decoder", method="seg-grad-cam")
-    assert grad_cam.raw.sum() != pytest.approx(grad_cam.score, rel=1e-2)
+    assert grad_cam.raw.sum() != pytest.approx(grad_cam.target_score, rel=1e-2)
     bypassed = explain(model, image, 1, mask=mask, layer="down")
-    assert bypassed.raw.sum() != pytest.approx(bypassed.score, rel=1e-2)
+    assert bypassed.raw.sum() != pytest.approx(bypassed.target_score, rel=1e-2)
 
 
 def test_biases_break_the_identity():
@@ -65,4 +65,4 @@ def test_biases_break_the_identity():
     with torch.no_grad():
         model[8].bias = torch.nn.Parameter(torch.ones(model[8].out_channels))
     result = explain(model, torch.randn(1, 16, 16), 0, layer="7")
-    assert result.raw.sum() != pytest.approx(result.score, rel=1e-2)
+    assert result.raw.sum() != pytest.approx(result.target_score, rel=1e-2)

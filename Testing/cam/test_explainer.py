@@ -47,12 +47,12 @@ def test_every_question_gives_exactly_explain_s_map(network, case, method, tiled
     expected = [
         explain(network, image, 2, tumour, **options),
         explain(network, image, 1, kidney, **options),
-        explain(network, image, 2, tumour, score="probability", **options),
+        explain(network, image, 2, tumour, output="probability", **options),
     ]
     for answer, reference in zip(answers, expected, strict=True):
         np.testing.assert_array_equal(answer.raw, reference.raw)
         np.testing.assert_array_equal(answer.heatmap, reference.heatmap)
-        assert answer.score == reference.score and answer.layer == reference.layer == "4"
+        assert answer.target_score == reference.target_score and answer.layer == reference.layer == "4"
     assert not np.array_equal(answers[0].heatmap, answers[1].heatmap)  # each question its own answer
 
 
@@ -82,10 +82,10 @@ def test_a_callable_target_of_the_summed_logits_is_the_segment_target(network, c
         segment = explainer(image, SegmentTarget(2, tumour))
         summed = explainer(image, CallableTarget(lambda logits: logits[0, 2][tumour].sum()))
         mean = explainer(image, CallableTarget(lambda logits: logits[0, 2][tumour].mean()))
-    assert summed.target_class is None and summed.score == pytest.approx(segment.score, rel=1e-5)
+    assert summed.target_class is None and summed.target_score == pytest.approx(segment.target_score, rel=1e-5)
     np.testing.assert_allclose(summed.raw, segment.raw, rtol=1e-4, atol=1e-6 * np.abs(segment.raw).max())
     count = int(tumour.sum())
-    assert mean.score == pytest.approx(segment.score / count, rel=1e-5)
+    assert mean.target_score == pytest.approx(segment.target_score / count, rel=1e-5)
     np.testing.assert_allclose(mean.raw * count, segment.raw, rtol=1e-4, atol=1e-6 * np.abs(segment.raw).max())
 
 
@@ -132,3 +132,13 @@ def test_bad_uses_say_what_to_do(use, network, case):
     make, message = BAD_USES[use]
     with pytest.raises(ExplainInputError, match=message):
         make(network, image)
+
+
+def test_the_names_before_0_2_still_work_for_one_release_and_say_so(network, case):
+    image, tumour, _ = case
+    current = explain(network, image, 2, tumour, layer="4", output="probability")
+    with pytest.warns(DeprecationWarning, match=r"explain\(output=\.\.\.\)"):
+        earlier = explain(network, image, 2, tumour, layer="4", score="probability")
+    np.testing.assert_array_equal(earlier.raw, current.raw)
+    with pytest.warns(DeprecationWarning, match="target_score"):
+        assert earlier.score == current.target_score

@@ -64,7 +64,7 @@ def test_explain_uses_the_recommended_layer_by_default_and_a_rule_by_its_name():
     image = torch.randn(1, 16, 16)
     default = explain(model, image, 1)
     assert default.layer == "decoder"  # every path from input to output passes through it, so S sums to T
-    assert default.raw.sum() == pytest.approx(default.score, rel=1e-4)
+    assert default.raw.sum() == pytest.approx(default.target_score, rel=1e-4)
     assert explain(model, image, 1, layer="last-before-head").layer == "decoder"
     assert explain(model, image, 1, layer="stage-below-finest").layer == "down"
 

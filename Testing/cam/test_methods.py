@@ -64,7 +64,7 @@ def test_gradient_methods_match_an_independent_computation(method, network):
         scale = np.abs(expected).max()
         assert scale > 0
         np.testing.assert_allclose(result.raw, expected, rtol=1e-4, atol=1e-4 * scale)
-        assert result.score == pytest.approx(target, rel=1e-5)
+        assert result.target_score == pytest.approx(target, rel=1e-5)
 
 
 class ConvStack(nn.Module):

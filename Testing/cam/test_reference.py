@@ -9,10 +9,10 @@ from conftest import plain_autograd_layer
 from SegHiResGradCAMLib import explain
 
 
-def reference_maps(model, image, target_class, mask, layer, score="logits", head="softmax"):
+def reference_maps(model, image, target_class, mask, layer, output="logits", head="softmax"):
     """Seg-Grad CAM and Seg-HiRes-Grad CAM from an ordinary forward pass with autograd on
     everywhere and a hook that keeps the layer's (non-leaf) output."""
-    activation, gradient, target = plain_autograd_layer(model, image, target_class, mask, layer, score, head)
+    activation, gradient, target = plain_autograd_layer(model, image, target_class, mask, layer, output, head)
     hires = (gradient * activation).sum(0)
     spatial = tuple(range(1, gradient.dim()))
     grad_cam = (gradient.mean(spatial, keepdim=True) * activation).sum(0)
@@ -65,7 +65,7 @@ def test_raw_maps_match_plain_autograd(name, build, shape, layers):
             result = explain(model, image, target_class=1, mask=mask.numpy(), layer=layer, method=method)
             assert result.raw.shape == reference.shape
             assert_relative_close(result.raw, reference)
-            assert result.score == pytest.approx(expected_score, rel=1e-5)
+            assert result.target_score == pytest.approx(expected_score, rel=1e-5)
 
 
 @pytest.mark.parametrize("head", ["softmax", "sigmoid"])
@@ -73,12 +73,12 @@ def test_probability_score_matches_plain_autograd(head):
     model = BasicUNet(2, 1, 3, features=(4, 4, 8, 8, 16, 4))
     image = torch.randn(1, 32, 32)
     mask = torch.rand(32, 32) > 0.7
-    expected, expected_score = reference_maps(model, image, 2, mask, "upcat_1", score="probability", head=head)
-    result = explain(model, image, 2, mask=mask, layer="upcat_1", score="probability", head=head)
+    expected, expected_score = reference_maps(model, image, 2, mask, "upcat_1", output="probability", head=head)
+    result = explain(model, image, 2, mask=mask, layer="upcat_1", output="probability", head=head)
     assert_relative_close(result.raw, expected["seg-hires-grad-cam"])
-    assert result.score == pytest.approx(expected_score, rel=1e-5)
+    assert result.target_score == pytest.approx(expected_score, rel=1e-5)
     # A probability target is bounded by the number of voxels in M.
-    assert 0 < result.score < int(mask.sum())
+    assert 0 < result.target_score < int(mask.sum())
 
 
 def test_whole_image_target_when_mask_is_none():
@@ -88,7 +88,7 @@ def test_whole_image_target_when_mask_is_none():
     expected, expected_score = reference_maps(model, image, 0, everywhere, "model.1")
     result = explain(model, image, 0, mask=None, layer="model.1")
     assert_relative_close(result.raw, expected["seg-hires-grad-cam"])
-    assert result.score == pytest.approx(expected_score, rel=1e-5)
+    assert result.target_score == pytest.approx(expected_score, rel=1e-5)
 
 
 def test_heatmap_is_relu_of_raw_on_the_image_grid():
@@ -118,7 +118,7 @@ def test_normalized_is_all_zeros_when_nothing_is_positive():
     silent = type(result)(
         raw=-np.abs(result.raw),
         heatmap=np.zeros_like(result.heatmap),
-        score=result.score,
+        target_score=result.target_score,
         method=result.method,
         layer=result.layer,
         target_class=1,

@@ -41,7 +41,7 @@ def test_each_slice_is_explained_alone_and_slices_without_m_never_run():
                 expected_score += model(volume[None, :, z])[0, 1][torch.from_numpy(mask[z])].sum().item()
         else:
             assert not result.heatmap[z].any() and not result.raw[z].any()
-    assert result.score == pytest.approx(expected_score, rel=1e-5)
+    assert result.target_score == pytest.approx(expected_score, rel=1e-5)
 
 
 def test_the_stacked_hires_map_sums_to_the_volume_target_for_a_bias_free_network():
@@ -51,7 +51,7 @@ def test_the_stacked_hires_map_sums_to_the_volume_target_for_a_bias_free_network
     mask = np.random.default_rng(1).random((5, 20, 20)) > 0.6
     mask[3] = False
     result = explain_slices(model, volume, 2, mask, layer="3")
-    assert result.raw.sum(dtype=np.float64) == pytest.approx(result.score, rel=1e-4)
+    assert result.raw.sum(dtype=np.float64) == pytest.approx(result.target_score, rel=1e-4)
     assert not result.raw[3].any()
 
 
@@ -65,7 +65,7 @@ def test_slice_logits_equal_the_network_on_each_slice_and_skip_what_is_not_requi
     required = np.zeros((4, 16, 16), dtype=bool)
     required[2, 3, 3] = True
     calls = counting_forward_calls(model)
-    partial = slice_logits(model, volume, required=required)
+    partial = slice_logits(model, volume, mask=required)
     assert len(calls) == 1 and not partial[:, [0, 1, 3]].any()
     np.testing.assert_allclose(partial[:, 2].numpy(), expected[:, 2].numpy(), rtol=1e-5, atol=1e-5)
 

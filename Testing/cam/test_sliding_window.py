@@ -70,7 +70,7 @@ def test_a_volume_that_fits_one_window_gives_the_whole_image_result(method):
         assert windowed.raw_grid == "layer"
         np.testing.assert_allclose(windowed.raw, whole.raw, rtol=1e-5, atol=1e-6 * np.abs(whole.raw).max())
         np.testing.assert_allclose(windowed.heatmap, whole.heatmap, rtol=1e-5, atol=1e-6 * whole.heatmap.max())
-        assert windowed.score == pytest.approx(whole.score, rel=1e-6)
+        assert windowed.target_score == pytest.approx(whole.target_score, rel=1e-6)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -83,9 +83,9 @@ def test_hires_map_sums_to_the_blended_target_through_eight_overlapping_windows(
     assert len(window_grid(image.shape[1:], window, overlap).starts) >= 8
     result = explain(model, image, 1, mask=mask, layer="decoder", window=window, overlap=overlap)
     blended = monai_blended_logits(model, image, window, overlap, "gaussian")
-    assert result.score == pytest.approx(blended[1][mask].sum().item(), rel=1e-5)
+    assert result.target_score == pytest.approx(blended[1][mask].sum().item(), rel=1e-5)
     assert result.raw.shape == (40, 40, 24)
-    assert result.raw.sum(dtype=np.float64) == pytest.approx(result.score, rel=1e-4)
+    assert result.raw.sum(dtype=np.float64) == pytest.approx(result.target_score, rel=1e-4)
 
 
 def test_hires_sum_is_kept_on_the_image_grid_when_windows_do_not_align_with_the_stride():
@@ -98,7 +98,7 @@ def test_hires_sum_is_kept_on_the_image_grid_when_windows_do_not_align_with_the_
     result = explain(model, image, 0, mask=mask, layer="5", window=window)
     assert result.raw_grid == "image"
     assert result.raw.shape == (31, 27, 12)
-    assert result.raw.sum(dtype=np.float64) == pytest.approx(result.score, rel=1e-4)
+    assert result.raw.sum(dtype=np.float64) == pytest.approx(result.target_score, rel=1e-4)
     aligned = explain(
         model,
         torch.randn(1, 28, 28, 12),
@@ -124,17 +124,17 @@ def test_skipping_windows_that_do_not_reach_the_mask_changes_nothing(method):
     )
     assert steps_with.count("attribution") < steps_without.count("attribution")
     np.testing.assert_allclose(skipping.raw, everything.raw, rtol=1e-6, atol=1e-7 * np.abs(everything.raw).max())
-    assert skipping.score == pytest.approx(everything.score, rel=1e-9)
+    assert skipping.target_score == pytest.approx(everything.target_score, rel=1e-9)
 
 
 def test_probability_target_is_the_probability_of_the_blended_logits():
     model = small_basic_unet(2)
     image = torch.randn(1, 48, 40)
     mask = box_mask((48, 40), (10, 8), (20, 20))
-    result = explain(model, image, 2, mask=mask, window=(32, 32), score="probability", head="softmax")
+    result = explain(model, image, 2, mask=mask, window=(32, 32), output="probability", head="softmax")
     blended = monai_blended_logits(model, image, (32, 32), 0.25, "gaussian")
     expected = torch.softmax(blended, dim=0)[2][mask].sum().item()
-    assert result.score == pytest.approx(expected, rel=1e-5)
+    assert result.target_score == pytest.approx(expected, rel=1e-5)
     assert np.isfinite(result.raw).all() and np.abs(result.raw).max() > 0
 
 
@@ -213,7 +213,7 @@ def test_batches_of_windows_give_the_same_result_as_one_at_a_time(method):
     one = explain(model, image, 1, mask=mask, method=method, window=(32, 32, 16), batch_size=1)
     three = explain(model, image, 1, mask=mask, method=method, window=(32, 32, 16), batch_size=3)
     np.testing.assert_allclose(three.raw, one.raw, rtol=1e-5, atol=1e-6 * np.abs(one.raw).max())
-    assert three.score == pytest.approx(one.score, rel=1e-6)
+    assert three.target_score == pytest.approx(one.target_score, rel=1e-6)
 
 
 def test_running_out_of_device_memory_says_what_to_do():

@@ -340,8 +340,8 @@ def test_windowed_attribution_under_the_bundle_s_blending_sums_to_t(las_ct, tmp_
         layer="model.1",
         window=card.tiling,
     )
-    assert abs(result.score) > 1e-3
-    assert result.raw.sum(dtype=np.float64) == pytest.approx(result.score, rel=1e-4)
+    assert abs(result.target_score) > 1e-3
+    assert result.raw.sum(dtype=np.float64) == pytest.approx(result.target_score, rel=1e-4)
 
 
 def refused(tmp_path, bundle: Path, capsys, trust=True) -> str:

@@ -182,9 +182,9 @@ def test_ensemble_explanation_is_the_mean_of_the_fold_explanations(fullres, case
     )
     expected_raw = (folds[0].raw + folds[1].raw) / 2
     np.testing.assert_allclose(cam.raw, expected_raw, rtol=1e-4, atol=1e-5 * np.abs(expected_raw).max())
-    assert cam.score == pytest.approx(np.mean([fold.score for fold in folds]), rel=1e-4)
+    assert cam.target_score == pytest.approx(np.mean([fold.target_score for fold in folds]), rel=1e-4)
     blended = sliding_window_logits(ensemble, prepared.array, card.tiling)
-    assert cam.score == pytest.approx(float(blended[tumour][torch.from_numpy(mask)].sum()), rel=1e-3)
+    assert cam.target_score == pytest.approx(float(blended[tumour][torch.from_numpy(mask)].sum()), rel=1e-3)
     np.testing.assert_allclose(
         heatmap, upsample_to(torch.from_numpy(expected_raw).clamp(min=0), mask.shape).numpy(), rtol=1e-4, atol=1e-6
     )
@@ -214,7 +214,7 @@ def test_ensemble_explanation_is_the_mean_of_the_fold_explanations(fullres, case
     )
     assert code == 0
     score = json.loads(summary.read_text(encoding="utf-8"))["methods"]["seg-hires-grad-cam"]["target_score"]
-    assert score == pytest.approx(cam.score, rel=1e-4)
+    assert score == pytest.approx(cam.target_score, rel=1e-4)
     normalized = heatmap / heatmap.max() if heatmap.max() > 0 else heatmap
     written = sitk.ReadImage(str(out))
     assert written.GetSize() == ct.GetSize() and written.GetOrigin() == ct.GetOrigin()

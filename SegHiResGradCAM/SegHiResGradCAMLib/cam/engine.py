@@ -5,6 +5,7 @@ The passes themselves (capture, forward, backward to the layer) are in ``passes`
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from .model_inspection import (
 from .passes import Target, as_mask, autocast, forward_backward, upsample_to
 from .sliding_window import as_tiling, check_windowed, explain_by_windows
 
-SCORES = ("logits", "probability")
+OUTPUTS = ("logits", "probability")
 HEADS = ("softmax", "sigmoid")
 
 
@@ -36,16 +37,22 @@ class CamResult:
     ``raw`` is the signed map on the target layer's grid (for sliding windows whose offsets
     do not align with the layer's stride: on the image grid, see ``raw_grid``);
     ``heatmap`` is ReLU(raw) interpolated (bilinear / trilinear, align_corners=False) onto
-    the image grid, not normalised; ``score`` is the target score T.
+    the image grid, not normalised; ``target_score`` is T.
     """
 
     raw: np.ndarray
     heatmap: np.ndarray
-    score: float
+    target_score: float
     method: str
     layer: str
     target_class: int | None  # None for a target defined by a function of the logits
     raw_grid: str = "layer"
+
+    @property
+    def score(self) -> float:
+        """Deprecated name of ``target_score`` (kept for one release)."""
+        warnings.warn("CamResult.score is now CamResult.target_score", DeprecationWarning, stacklevel=2)
+        return self.target_score
 
     @property
     def normalized(self) -> np.ndarray:
@@ -60,7 +67,7 @@ def explain(
     mask=None,
     layer: str | None = None,
     method: str = "seg-hires-grad-cam",
-    score: str = "logits",
+    output: str = "logits",
     head: str = "softmax",
     window=None,
     overlap: float = 0.25,
@@ -72,12 +79,13 @@ def explain(
     cancel=None,
     skip_windows: bool = True,
     score_cam_channels: int | None = None,
+    score: str | None = None,
 ) -> CamResult:
     """Explain T = sum over ``mask`` of the class-``target_class`` score at ``layer``.
 
     ``image``: (C, *spatial) or (1, C, *spatial), 2D or 3D, array or tensor.
     ``mask``: boolean array over the output's spatial shape; None means the whole image.
-    ``score``: "logits" or "probability" (softmax over classes for a ``head="softmax"``
+    ``output``: "logits" or "probability" (softmax over classes for a ``head="softmax"``
     network, sigmoid of the channel for ``head="sigmoid"`` region or multi-label heads).
     ``window``: run the network window by window (MONAI's sliding-window grid, ``overlap``,
     ``blend`` "gaussian" or "constant", ``batch_size`` windows at a time) and explain the
@@ -91,12 +99,15 @@ def explain(
     run at a time.
     The model is evaluated in eval mode and left exactly as it was.
     """
-    _check_choice("score", score, SCORES)
+    if score is not None:  # the name before 0.2
+        warnings.warn("explain(score=...) is now explain(output=...)", DeprecationWarning, stacklevel=2)
+        output = score
+    _check_choice("output", output, OUTPUTS)
     _check_choice("head", head, HEADS)
     return explain_target(
         model,
         image,
-        Target(int(target_class), score, head),
+        Target(int(target_class), output, head),
         mask=mask,
         layer=layer,
         method=method,
@@ -140,24 +151,24 @@ def explain_target(
     with placed_on(model, chosen_device) as compute_device:
         if window is None:
             image_batch = as_image_batch(image, model, compute_device)
-            target_mask = None if mask is None else as_mask(mask, compute_device)
+            mask_tensor = None if mask is None else as_mask(mask, compute_device)
             layer_name = resolve_layer(model, image_batch, layer)
             module = find_layer(model, layer_name, image_batch)
             with evaluation_mode(model), autocast(compute_device, mixed_precision):
                 if cam_method.network_map is not None:
-                    _check_mask_shape(target_mask, tuple(image_batch.shape[2:]))
+                    _check_mask_shape(mask_tensor, tuple(image_batch.shape[2:]))
                     raw, score_value = cam_method.network_map(
-                        model, module, layer_name, image_batch, target, target_mask, batch_size, score_cam_channels
+                        model, module, layer_name, image_batch, target, mask_tensor, batch_size, score_cam_channels
                     )
                 else:
                     raw, score_value = _explain_whole_image(
-                        model, module, layer_name, image_batch, target, target_mask, cam_method
+                        model, module, layer_name, image_batch, target, mask_tensor, cam_method
                     )
             raw_grid = "layer"
         else:
             check_windowed(cam_method)
             image_batch = as_image_batch(image, model, torch.device("cpu"))
-            target_mask = None if mask is None else as_mask(mask, torch.device("cpu"))
+            mask_tensor = None if mask is None else as_mask(mask, torch.device("cpu"))
             tiling = as_tiling(window, overlap, blend, image_batch.dim() - 2)
             probe = _window_probe(image_batch, tiling.window)
             layer_name = resolve_layer(model, probe, layer)
@@ -169,7 +180,7 @@ def explain_target(
                     layer_name,
                     image_batch,
                     target,
-                    target_mask,
+                    mask_tensor,
                     cam_method,
                     tiling=tiling,
                     batch_size=batch_size,
@@ -185,7 +196,7 @@ def explain_target(
     return CamResult(
         raw=raw.cpu().numpy(),
         heatmap=heatmap.cpu().numpy(),
-        score=float(score_value),
+        target_score=float(score_value),
         method=method,
         layer=layer_name,
         target_class=target.target_class,
@@ -193,19 +204,19 @@ def explain_target(
     )
 
 
-def _explain_whole_image(model, module, layer_name, image_batch, target, target_mask, cam_method):
+def _explain_whole_image(model, module, layer_name, image_batch, target, mask_tensor, cam_method):
     def upstream(logits):
-        _check_mask_shape(target_mask, tuple(logits.shape[2:]))
-        return target.value_and_gradient(logits, target_mask)
+        _check_mask_shape(mask_tensor, tuple(logits.shape[2:]))
+        return target.value_and_gradient(logits, mask_tensor)
 
     activations, gradients, score_value = forward_backward(model, module, layer_name, image_batch, upstream)
     return cam_method.raw_map(activations[0].float(), gradients[0].float()), score_value
 
 
-def _check_mask_shape(target_mask, output_shape: tuple[int, ...]) -> None:
-    if target_mask is not None and tuple(target_mask.shape) != output_shape:
+def _check_mask_shape(mask_tensor, output_shape: tuple[int, ...]) -> None:
+    if mask_tensor is not None and tuple(mask_tensor.shape) != output_shape:
         raise ExplainInputError(
-            f"The mask has shape {tuple(target_mask.shape)} but the network's output grid is "
+            f"The mask has shape {tuple(mask_tensor.shape)} but the network's output grid is "
             f"{output_shape}: resample the segment onto the image the network sees."
         )
 

@@ -94,11 +94,13 @@ def signed_masses(raw: np.ndarray) -> tuple[float, float]:
     return float(np.maximum(raw, 0).sum()), float(np.maximum(-raw, 0).sum())
 
 
-def check_has_evidence(heatmap: np.ndarray, method_title: str, layer: str, class_name: str, score: float) -> None:
+def check_has_evidence(
+    heatmap: np.ndarray, method_title: str, layer: str, class_name: str, target_score: float
+) -> None:
     """Refuses an all-zero map: normalised, it would look like a map and mean nothing."""
     if not np.asarray(heatmap).max(initial=0.0) > 0:
         raise ExplainNoEvidence(
-            f"{method_title} found no positive evidence for {class_name} in M at layer {layer} (T = {score:.4g}): "
-            "the map is zero everywhere, so no heatmap was written. Check that M is a segment of this CT that the "
-            "network predicts as this class, or try another layer (--layer) or method."
+            f"{method_title} found no positive evidence for {class_name} in M at layer {layer} "
+            f"(T = {target_score:.4g}): the map is zero everywhere, so no heatmap was written. Check that M is a "
+            "segment of this CT that the network predicts as this class, or try another layer (--layer) or method."
         )

@@ -37,7 +37,7 @@ def explain_layers(model, image, target_class: int, layers, mask=None, rule: str
     return CamResult(
         raw=fused,
         heatmap=fused,
-        score=first.score,
+        target_score=first.target_score,
         method=first.method,
         layer="+".join(result.layer for result in results),
         target_class=first.target_class,

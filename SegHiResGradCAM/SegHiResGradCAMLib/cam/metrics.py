@@ -114,19 +114,19 @@ def body_mask(hu: np.ndarray, threshold: float = -400.0) -> np.ndarray:
     return components == (int(np.argmax(sizes)) + 1)
 
 
-def localisation(heatmap, target_mask, regions: dict[str, np.ndarray] | None = None) -> ExplanationMetrics:
+def localisation(heatmap, mask, regions: dict[str, np.ndarray] | None = None) -> ExplanationMetrics:
     """Mass inside M and inside each named region (``{"in kidney": ..., "outside body": ~body}``)."""
-    target_mask = np.asarray(target_mask, dtype=bool)
+    mask = np.asarray(mask, dtype=bool)
     return ExplanationMetrics(
-        mass_in_target=mass_share(heatmap, target_mask),
-        peak_in_target=peak_inside(heatmap, target_mask),
+        mass_in_target=mass_share(heatmap, mask),
+        peak_in_target=peak_inside(heatmap, mask),
         mass_in_regions={name: mass_share(heatmap, region) for name, region in (regions or {}).items()},
-        mass_in_target_uniform=float(target_mask.mean()),
+        mass_in_target_uniform=float(mask.mean()),
     )
 
 
 def faithfulness_curves(
-    score: Callable[[torch.Tensor], torch.Tensor],
+    probability_in_mask: Callable[[torch.Tensor], torch.Tensor],
     image,
     heatmap,
     fractions=DEFAULT_FRACTIONS,
@@ -135,7 +135,7 @@ def faithfulness_curves(
 ) -> tuple[Curve, Curve]:
     """Deletion and insertion curves of ``heatmap`` (on the image's spatial grid).
 
-    ``score(batch)`` maps (B, C, *spatial) images to B values of P (see
+    ``probability_in_mask(batch)`` maps (B, C, *spatial) images to B values of P (see
     ``probability_target``). ``baseline``: "blur" (the image smoothed with a Gaussian of
     5 voxels, which removes structure but keeps the overall intensities) or a number in
     the network's input units. Ties in the heatmap are broken by voxel order.
@@ -161,7 +161,7 @@ def faithfulness_curves(
         values = []
         for first in range(0, len(fractions), batch_size):
             batch = torch.stack([variant(f, deleting) for f in fractions[first : first + batch_size]])
-            values += [float(v) for v in score(batch)]
+            values += [float(v) for v in probability_in_mask(batch)]
         area = float(np.trapezoid(values, fractions) / (fractions[-1] - fractions[0]))
         curves.append(Curve(fractions, values, area))
     return curves[0], curves[1]
@@ -187,17 +187,17 @@ def probability_target(
     def probabilities(logits: torch.Tensor) -> torch.Tensor:
         return class_probability(logits, target_class, head)[:, mask].mean(1)
 
-    def score(batch: torch.Tensor) -> torch.Tensor:
+    def probability_in_mask(batch: torch.Tensor) -> torch.Tensor:
         if slice_by_slice:
-            logits = [slice_logits(model, image, window, overlap, required=mask) for image in batch]
+            logits = [slice_logits(model, image, window, overlap, mask=mask) for image in batch]
             return probabilities(torch.stack(logits).float())
         if window is None:
             with evaluation_mode(model):
                 return probabilities(run_network(model, batch).float())
-        logits = [sliding_window_logits(model, image, window, overlap, required=mask) for image in batch]
+        logits = [sliding_window_logits(model, image, window, overlap, mask=mask) for image in batch]
         return probabilities(torch.stack(logits).float())
 
-    return score
+    return probability_in_mask
 
 
 def randomised_copy(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -360,11 +360,11 @@ def explanation_metrics(
         raise ExplainInputError(f"Unknown metrics {sorted(unknown)}: choose from {', '.join(METRIC_GROUPS)}.")
     metrics = localisation(heatmap, mask, regions)
     if "faithfulness" in measure:
-        score = probability_target(model, target_class, mask, head, window, overlap, slice_by_slice)
+        probability_in_mask = probability_target(model, target_class, mask, head, window, overlap, slice_by_slice)
         batch_size = 1 if window is not None else 4
 
         def curves(ranking):
-            return faithfulness_curves(score, image, ranking, fractions, baseline, batch_size=batch_size)
+            return faithfulness_curves(probability_in_mask, image, ranking, fractions, baseline, batch_size=batch_size)
 
         metrics.deletion, metrics.insertion = curves(heatmap)
         metrics.deletion_random, metrics.insertion_random = random_curves or curves(random_order(np.shape(heatmap)))

@@ -24,10 +24,10 @@ from ..errors import ExplainInputError
 
 @dataclass(frozen=True)
 class Target:
-    """What T is: the class, the score (logits or probability) and the head type."""
+    """What T is: the class, the output it sums (logits or probability) and the head type."""
 
     target_class: int
-    score: str = "logits"
+    output: str = "logits"
     head: str = "softmax"
 
     def value_and_gradient(self, logits: torch.Tensor, weight: torch.Tensor | None):
@@ -41,7 +41,7 @@ class Target:
             )
         constant = logits.detach().float().requires_grad_(True)
         with torch.enable_grad():
-            if self.score == "logits":
+            if self.output == "logits":
                 values = constant[:, self.target_class]
             else:
                 values = class_probability(constant, self.target_class, self.head)
@@ -60,7 +60,7 @@ class FunctionTarget:
 
     function: Callable[[torch.Tensor], torch.Tensor]
     target_class: None = None
-    score: str = "function"
+    output: str = "function"
     head: str = "softmax"
 
     def value_and_gradient(self, logits: torch.Tensor, weight: torch.Tensor | None):

@@ -30,15 +30,15 @@ def _volume(volume) -> torch.Tensor:
 
 
 def slice_logits(
-    model, volume, window=None, overlap: float = 0.25, required=None, progress=None, cancel=None, **options
+    model, volume, window=None, overlap: float = 0.25, mask=None, progress=None, cancel=None, **options
 ) -> torch.Tensor:
     """(K, slices, rows, columns) logits of a 2D network, slice by slice (sliding windows
     within each slice when ``window`` is given, else the whole slice at once). With
-    ``required`` (a boolean volume), only the slices that hold some of it run; the others
+    ``mask`` (M, a boolean volume), only the slices that hold some of it run; the others
     stay zero. ``options``: batch_size, device, blend of ``sliding_window_logits``."""
     volume = _volume(volume)
     window = window if window is not None else tuple(volume.shape[2:])
-    chosen = [z for z in range(volume.shape[1]) if required is None or bool(np.asarray(required[z]).any())]
+    chosen = [z for z in range(volume.shape[1]) if mask is None or bool(np.asarray(mask[z]).any())]
     tracker = Progress(len(chosen), progress, cancel)
     logits = None
     for z in chosen:
@@ -49,7 +49,7 @@ def slice_logits(
         logits[:, z] = slice_output
         tracker.step(1, "inference")
     if logits is None:
-        raise ExplainInputError("No slice to run: the required region is empty.")
+        raise ExplainInputError("No slice to run: the mask is empty.")
     return logits
 
 
@@ -86,9 +86,9 @@ def explain_slices(
     first = explain_slice(chosen[0])  # M is not empty, so at least one slice is chosen
     raw = np.zeros((volume.shape[1], *first.raw.shape), dtype=np.float32)
     heatmap = np.zeros((volume.shape[1], *first.heatmap.shape), dtype=np.float32)
-    raw[chosen[0]], heatmap[chosen[0]], score = first.raw, first.heatmap, first.score
+    raw[chosen[0]], heatmap[chosen[0]], score = first.raw, first.heatmap, first.target_score
     for z in chosen[1:]:
         result = explain_slice(z)
         raw[z], heatmap[z] = result.raw, result.heatmap
-        score += result.score
+        score += result.target_score
     return CamResult(raw, heatmap, score, first.method, first.layer, first.target_class, first.raw_grid)

@@ -256,20 +256,20 @@ def sliding_window_logits(
     device=None,
     progress: Callable[[float, str], None] | None = None,
     cancel=None,
-    required=None,
+    mask=None,
 ) -> torch.Tensor:
     """Blended logits (K, *spatial) on the CPU, equal to MONAI's sliding_window_inference
     with the same window (roi_size), overlap and blend (mode); or following ``window`` when
     it is a Tiling (overlap and blend are then its own).
 
-    ``required`` (a boolean mask over the image): run only the windows that reach it; the
-    logits are then exact inside ``required`` only (every window covering those voxels
+    ``mask`` (M, a boolean mask over the image): run only the windows that reach it; the
+    logits are then exact inside M only (every window covering those voxels
     runs), which is all a target over M needs."""
     with placed_on(model, resolve_device(device)) as compute_device:
         image_batch = as_image_batch(image, model, torch.device("cpu"))
         tiling = as_tiling(window, overlap, blend, image_batch.dim() - 2)
         grid = tiling.grid(tuple(image_batch.shape[2:]))
-        starts = list(grid.starts) if required is None else _windows_reaching(grid, _padded_mask(grid, required))
+        starts = list(grid.starts) if mask is None else _windows_reaching(grid, _padded_mask(grid, mask))
         tracker = Progress(len(starts), progress, cancel)
         with evaluation_mode(model), _out_of_memory_guard(compute_device, tiling.window, batch_size):
             blended = _blend_logits(
@@ -419,7 +419,7 @@ def explain_by_windows(
     layer_name: str,
     image_batch: torch.Tensor,
     target,
-    target_mask: torch.Tensor | None,
+    mask: torch.Tensor | None,
     cam_method: CamMethod,
     *,
     tiling: Tiling,
@@ -436,13 +436,13 @@ def explain_by_windows(
     assert raw_map is not None and (cam_method.additive or (statistics_of and weights_of))
     window = tiling.window
     grid = tiling.grid(tuple(image_batch.shape[2:]))
-    in_target = _padded_mask(grid, target_mask)
-    reached = _windows_reaching(grid, in_target)
+    mask_on_padded_grid = _padded_mask(grid, mask)
+    reached = _windows_reaching(grid, mask_on_padded_grid)
     weight = tiling.weight()
     count = blend_count(grid, weight)
     padded = tiling.pad(image_batch, grid)
     backward_starts = reached if skip_windows else list(grid.starts)
-    nonlinear_score = target.score != "logits"
+    nonlinear_score = target.output != "logits"
     passes = int(nonlinear_score) + int(not cam_method.additive) + int(cam_method.needs_activation_sums)
     tracker = Progress(len(backward_starts) + len(grid.starts) * passes, progress, cancel)
 
@@ -452,7 +452,7 @@ def explain_by_windows(
         if nonlinear_score:
             blended = _blend_logits(model, padded, grid, weight, batch_size, device, tracker, "inference")
             unpadded = (slice(None), *grid.unpadded())
-            score_value, gradient = target.value_and_gradient(blended[unpadded][None], target_mask)
+            score_value, gradient = target.value_and_gradient(blended[unpadded][None], mask)
             output_gradient = torch.zeros_like(blended)
             output_gradient[unpadded] = gradient[0]
             del blended
@@ -462,7 +462,7 @@ def explain_by_windows(
             if output_gradient is not None:
                 chosen = torch.stack([output_gradient[(slice(None), *grid.slices(start))] for start in starts])
                 return (shares[:, None] * chosen).to(device)
-            return (shares * torch.stack([in_target[grid.slices(start)] for start in starts])).to(device)
+            return (shares * torch.stack([mask_on_padded_grid[grid.slices(start)] for start in starts])).to(device)
 
         activation_sums = None
         if cam_method.needs_activation_sums:

@@ -51,4 +51,4 @@ def explain_members(network: nn.Module, explain_one, progress=None):
         cams.append(explain_one(member, member_progress))
     raw = np.mean([cam.raw for cam in cams], axis=0)
     heatmap = upsample_to(torch.from_numpy(raw).clamp(min=0), tuple(cams[0].heatmap.shape)).numpy()
-    return replace(cams[0], raw=raw, heatmap=heatmap, score=float(np.mean([cam.score for cam in cams])))
+    return replace(cams[0], raw=raw, heatmap=heatmap, target_score=float(np.mean([cam.target_score for cam in cams])))
