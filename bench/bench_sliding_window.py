@@ -51,10 +51,11 @@ def inference(model, image):
 
 
 def cam(model, image, mask, method, window=WINDOW):
-    from SegHiResGradCAMLib import explain
+    from SegHiResGradCAMLib import Tiling, explain
 
-    # at the layer before the head, where the README's table was measured
-    explain(model, image, 2, mask=mask, method=method, layer="last-before-head", window=window, overlap=OVERLAP)
+    # at the layer before the head, where docs/methods.md's table was measured
+    tiling = Tiling.monai(window, OVERLAP)
+    explain(model, image, 2, mask=mask, method=method, layer="last-before-head", window=tiling)
 
 
 def computation(name: str):

@@ -36,7 +36,7 @@ def case():
 def test_every_question_gives_exactly_explain_s_map(network, case, method, tiled):
     image, tumour, kidney = case
     tiling = Tiling.monai((12, 16, 16), overlap=0.5) if tiled else None
-    window = dict(window=(12, 16, 16), overlap=0.5) if tiled else {}
+    window = dict(window=tiling) if tiled else {}
     with Explainer(network, layer="4", method=method, tiling=tiling, device="cpu") as explainer:
         answers = [
             explainer(image, SegmentTarget(2, tumour)),
@@ -142,3 +142,7 @@ def test_the_names_before_0_2_still_work_for_one_release_and_say_so(network, cas
     np.testing.assert_array_equal(earlier.raw, current.raw)
     with pytest.warns(DeprecationWarning, match="target_score"):
         assert earlier.score == current.target_score
+    tiled = explain(network, image, 2, tumour, layer="4", window=Tiling.monai((12, 16, 16), 0.5, "constant"))
+    with pytest.warns(DeprecationWarning, match=r"Tiling\.monai"):
+        sized = explain(network, image, 2, tumour, layer="4", window=(12, 16, 16), overlap=0.5, blend="constant")
+    np.testing.assert_array_equal(sized.raw, tiled.raw)

@@ -9,7 +9,7 @@ from monai.networks.nets import BasicUNet, UNet
 from torch import nn
 
 from conftest import plain_autograd_layer
-from SegHiResGradCAMLib import METHODS, ExplainInputError, explain
+from SegHiResGradCAMLib import METHODS, ExplainInputError, Tiling, explain
 from SegHiResGradCAMLib.cam.methods import xgrad_weights
 
 
@@ -224,7 +224,7 @@ def test_score_cam_needs_no_gradient():
 def test_methods_that_need_the_whole_layer_refuse_windows_with_advice(method):
     model = BasicUNet(3, 1, 2, features=(4, 4, 8, 8, 16, 4))
     with pytest.raises(ExplainInputError, match="window=None"):
-        explain(model, torch.randn(1, 32, 32, 16), 1, window=(16, 16, 16), method=method)
+        explain(model, torch.randn(1, 32, 32, 16), 1, window=Tiling.monai((16, 16, 16)), method=method)
 
 
 def test_every_method_states_its_cost_and_reference():

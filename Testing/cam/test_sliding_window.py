@@ -14,6 +14,7 @@ from SegHiResGradCAMLib import (
     ExplainCancelled,
     ExplainInputError,
     ExplainResourceError,
+    Tiling,
     explain,
     sliding_window_logits,
 )
@@ -66,7 +67,7 @@ def test_a_volume_that_fits_one_window_gives_the_whole_image_result(method):
     mask = box_mask((32, 32, 16), (5, 5, 3), (10, 15, 6))
     for layer in ["upcat_1", "down_1"]:
         whole = explain(model, image, 2, mask=mask, layer=layer, method=method)
-        windowed = explain(model, image, 2, mask=mask, layer=layer, method=method, window=(32, 32, 16))
+        windowed = explain(model, image, 2, mask=mask, layer=layer, method=method, window=Tiling.monai((32, 32, 16)))
         assert windowed.raw_grid == "layer"
         np.testing.assert_allclose(windowed.raw, whole.raw, rtol=1e-5, atol=1e-6 * np.abs(whole.raw).max())
         np.testing.assert_allclose(windowed.heatmap, whole.heatmap, rtol=1e-5, atol=1e-6 * whole.heatmap.max())
@@ -81,7 +82,7 @@ def test_hires_map_sums_to_the_blended_target_through_eight_overlapping_windows(
     mask = box_mask((40, 40, 24), (4, 8, 2), (30, 28, 20))
     window, overlap = (24, 24, 16), 0.25
     assert len(window_grid(image.shape[1:], window, overlap).starts) >= 8
-    result = explain(model, image, 1, mask=mask, layer="decoder", window=window, overlap=overlap)
+    result = explain(model, image, 1, mask=mask, layer="decoder", window=Tiling.monai(window, overlap))
     blended = monai_blended_logits(model, image, window, overlap, "gaussian")
     assert result.target_score == pytest.approx(blended[1][mask].sum().item(), rel=1e-5)
     assert result.raw.shape == (40, 40, 24)
@@ -95,7 +96,7 @@ def test_hires_sum_is_kept_on_the_image_grid_when_windows_do_not_align_with_the_
     grid = window_grid(image.shape[1:], window, 0.25)
     assert {start[0] for start in grid.starts} == {0, 12, 15}  # the last window, moved back, starts at an odd voxel
     mask = box_mask((31, 27, 12), (3, 3, 2), (24, 20, 8))
-    result = explain(model, image, 0, mask=mask, layer="5", window=window)
+    result = explain(model, image, 0, mask=mask, layer="5", window=Tiling.monai(window))
     assert result.raw_grid == "image"
     assert result.raw.shape == (31, 27, 12)
     assert result.raw.sum(dtype=np.float64) == pytest.approx(result.target_score, rel=1e-4)
@@ -105,7 +106,7 @@ def test_hires_sum_is_kept_on_the_image_grid_when_windows_do_not_align_with_the_
         0,
         mask=box_mask((28, 28, 12), (3, 3, 2), (20, 20, 8)),
         layer="5",
-        window=(16, 16, 12),
+        window=Tiling.monai((16, 16, 12)),
         overlap=0.25,
     )
     assert aligned.raw_grid == "layer" and aligned.raw.shape == (14, 14, 6)
@@ -116,7 +117,7 @@ def test_skipping_windows_that_do_not_reach_the_mask_changes_nothing(method):
     model = small_basic_unet()
     image = torch.randn(1, 48, 48, 24)
     mask = box_mask((48, 48, 24), (2, 2, 2), (8, 8, 6))  # one corner: most windows never see it
-    arguments = dict(mask=mask, method=method, window=(32, 32, 16), overlap=0.25)
+    arguments = dict(mask=mask, method=method, window=Tiling.monai((32, 32, 16), overlap=0.25))
     steps_with, steps_without = [], []
     skipping = explain(model, image, 1, progress=lambda f, m: steps_with.append(m), **arguments)
     everything = explain(
@@ -131,7 +132,7 @@ def test_probability_target_is_the_probability_of_the_blended_logits():
     model = small_basic_unet(2)
     image = torch.randn(1, 48, 40)
     mask = box_mask((48, 40), (10, 8), (20, 20))
-    result = explain(model, image, 2, mask=mask, window=(32, 32), output="probability", head="softmax")
+    result = explain(model, image, 2, mask=mask, window=Tiling.monai((32, 32)), output="probability", head="softmax")
     blended = monai_blended_logits(model, image, (32, 32), 0.25, "gaussian")
     expected = torch.softmax(blended, dim=0)[2][mask].sum().item()
     assert result.target_score == pytest.approx(expected, rel=1e-5)
@@ -145,7 +146,7 @@ def test_progress_is_monotone_and_ends_at_one():
         torch.randn(1, 40, 40, 20),
         1,
         mask=None,
-        window=(32, 32, 16),
+        window=Tiling.monai((32, 32, 16)),
         method="seg-grad-cam",
         progress=lambda fraction, message: fractions.append(fraction),
     )
@@ -169,7 +170,13 @@ def test_cancelling_at_a_random_window_raises_and_leaves_the_model_as_it_was(met
 
     with pytest.raises(ExplainCancelled):
         explain(
-            model, torch.randn(1, 48, 48, 24), 1, window=(32, 32, 16), method=method, progress=progress, cancel=cancel
+            model,
+            torch.randn(1, 48, 48, 24),
+            1,
+            window=Tiling.monai((32, 32, 16)),
+            method=method,
+            progress=progress,
+            cancel=cancel,
         )
     assert len(calls) == stop_at  # stopped at the next window
     assert model.training
@@ -182,7 +189,7 @@ def test_monai_unet_with_a_coarse_default_layer_and_windows():
     model = UNet(3, 1, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
     image = torch.randn(1, 40, 32, 24)
     mask = box_mask((40, 32, 24), (10, 8, 4), (16, 12, 12))
-    result = explain(model, image, 2, mask=mask, window=(32, 32, 16), overlap=0.5)
+    result = explain(model, image, 2, mask=mask, window=Tiling.monai((32, 32, 16), overlap=0.5))
     assert result.layer == "model.1" and result.raw_grid == "layer"
     assert result.raw.shape == (20, 16, 12)
     assert result.heatmap.shape == (40, 32, 24)
@@ -192,17 +199,17 @@ def test_bad_window_arguments_are_refused():
     model = small_basic_unet()
     image = torch.randn(1, 32, 32, 16)
     with pytest.raises(ExplainInputError, match="does not fit a 3D image"):
-        explain(model, image, 1, window=(32, 32))
+        explain(model, image, 1, window=Tiling.monai((32, 32)))
     with pytest.raises(ExplainInputError, match=r"Overlap 1\.0 is out of range"):
-        explain(model, image, 1, window=(32, 32, 16), overlap=1.0)
+        explain(model, image, 1, window=Tiling.monai((32, 32, 16), overlap=1.0))
     with pytest.raises(ExplainInputError, match="Unknown blend"):
-        explain(model, image, 1, window=(32, 32, 16), blend="median")
+        explain(model, image, 1, window=Tiling.monai((32, 32, 16), mode="median"))
     with pytest.raises(ExplainInputError, match=r"mask has shape \(8, 8, 8\)"):
-        explain(model, image, 1, window=(32, 32, 16), mask=torch.ones(8, 8, 8, dtype=torch.bool))
+        explain(model, image, 1, window=Tiling.monai((32, 32, 16)), mask=torch.ones(8, 8, 8, dtype=torch.bool))
     with pytest.raises(ExplainInputError, match="no CUDA GPU"):
         if torch.cuda.is_available():
             raise ExplainInputError("no CUDA GPU (skipped: a GPU is present)")
-        explain(model, image, 1, window=(32, 32, 16), device="cuda")
+        explain(model, image, 1, window=Tiling.monai((32, 32, 16)), device="cuda")
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -210,8 +217,8 @@ def test_batches_of_windows_give_the_same_result_as_one_at_a_time(method):
     model = small_basic_unet()
     image = torch.randn(1, 48, 40, 24)
     mask = box_mask((48, 40, 24), (8, 8, 4), (30, 20, 16))
-    one = explain(model, image, 1, mask=mask, method=method, window=(32, 32, 16), batch_size=1)
-    three = explain(model, image, 1, mask=mask, method=method, window=(32, 32, 16), batch_size=3)
+    one = explain(model, image, 1, mask=mask, method=method, window=Tiling.monai((32, 32, 16)), batch_size=1)
+    three = explain(model, image, 1, mask=mask, method=method, window=Tiling.monai((32, 32, 16)), batch_size=3)
     np.testing.assert_allclose(three.raw, one.raw, rtol=1e-5, atol=1e-6 * np.abs(one.raw).max())
     assert three.target_score == pytest.approx(one.target_score, rel=1e-6)
 
@@ -229,8 +236,12 @@ def test_running_out_of_device_memory_says_what_to_do():
 
     image = torch.randn(1, 24, 24, 24)
     with pytest.raises(ExplainResourceError, match=r"smaller window or batch size.*device='cpu'"):
-        explain(Greedy(), image, 1, layer="conv", window=(16, 16, 16), batch_size=4)
-    assert explain(Greedy(), image, 1, layer="conv", window=(16, 16, 16), batch_size=1).raw.shape == (24, 24, 24)
+        explain(Greedy(), image, 1, layer="conv", window=Tiling.monai((16, 16, 16)), batch_size=4)
+    assert explain(Greedy(), image, 1, layer="conv", window=Tiling.monai((16, 16, 16)), batch_size=1).raw.shape == (
+        24,
+        24,
+        24,
+    )
 
 
 def test_activation_sums_over_windows_equal_those_of_monai_blended_activations():

@@ -24,7 +24,7 @@ from .model_inspection import (
     resolve_layer,
 )
 from .passes import Target, as_mask, autocast, forward_backward, upsample_to
-from .sliding_window import as_tiling, check_windowed, explain_by_windows
+from .sliding_window import Tiling, as_tiling, check_windowed, explain_by_windows
 
 OUTPUTS = ("logits", "probability")
 HEADS = ("softmax", "sigmoid")
@@ -87,10 +87,10 @@ def explain(
     ``mask``: boolean array over the output's spatial shape; None means the whole image.
     ``output``: "logits" or "probability" (softmax over classes for a ``head="softmax"``
     network, sigmoid of the channel for ``head="sigmoid"`` region or multi-label heads).
-    ``window``: run the network window by window (MONAI's sliding-window grid, ``overlap``,
-    ``blend`` "gaussian" or "constant", ``batch_size`` windows at a time) and explain the
-    blended output exactly; a ``Tiling`` instead of sizes brings its own grid and blend
-    (nnU-Net's); None runs one pass over the whole image.
+    ``window``: a ``Tiling`` (``Tiling.monai(size, overlap, mode)``, or a model format's own,
+    e.g. nnU-Net's) runs the network window by window, ``batch_size`` windows at a time, and
+    explains the blended output exactly; None runs one pass over the whole image. (Window
+    sizes with ``overlap`` and ``blend``, as 0.1 took them, still work and warn.)
     ``device``: None follows the model; "auto" picks CUDA, then MPS, then the CPU.
     ``progress(fraction, message)`` is called as windows finish; ``cancel`` (anything with
     ``is_set()``, e.g. a threading.Event) stops the run with ExplainCancelled.
@@ -102,6 +102,13 @@ def explain(
     if score is not None:  # the name before 0.2
         warnings.warn("explain(score=...) is now explain(output=...)", DeprecationWarning, stacklevel=2)
         output = score
+    if window is not None and not isinstance(window, Tiling):  # 0.1 took sizes with overlap= and blend=
+        warnings.warn(
+            "explain(window=sizes, overlap=..., blend=...) is deprecated: "
+            "pass window=Tiling.monai(sizes, overlap, mode)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
     _check_choice("output", output, OUTPUTS)
     _check_choice("head", head, HEADS)
     return explain_target(
