@@ -5,7 +5,7 @@ INSTALLED := $(VENV)/.installed
 DEMO_INSTALLED := $(VENV)/.installed-demo
 SYSTEM_PYTHON ?= python3
 
-.PHONY: venv demo test test-oldest lint bench bench-methods bench-layers clean
+.PHONY: venv demo test test-quick test-oldest lint bench bench-methods bench-layers clean
 
 # nnU-Net (for its results folders and their tests) goes in without its declared dependencies,
 # which would replace PyTorch: see requirements-nnunet.txt.
@@ -37,6 +37,11 @@ lint: $(INSTALLED)
 
 test: lint
 	$(PYTHON) -m pytest -q
+
+# The quick loop while editing (under 3 minutes on 2 cores): no slow, nnU-Net, Ray or Slicer
+# tests; `make test` (and CI) runs everything.
+test-quick: $(INSTALLED)
+	$(PYTHON) -m pytest -q -m "not slow and not nnunet and not ray and not slicer"
 
 # The lowest declared versions (requirements.txt's minimums, pinned) and the quick tests; not
 # part of `make test` (another 1.5 GB environment).

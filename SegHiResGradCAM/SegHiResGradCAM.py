@@ -26,12 +26,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 DEVICES = ("auto", "cuda", "cpu")
-BUNDLED, MODEL_CARD, MONAI_BUNDLE, NNUNET_FOLDER = MODEL_KINDS = (
-    "bundled KiTS-like demo model",
-    "model card (JSON file)",
-    "MONAI bundle (folder)",
-    "nnU-Net results (folder)",
-)
+BUNDLED = "bundled KiTS-like demo model"
 DEFAULT_METHOD = "seg-hires-grad-cam"
 SETTINGS_GROUP = "SegHiResGradCAM"
 POLL_MILLISECONDS = 200
@@ -42,6 +37,21 @@ TOO_OLD = (  # translated when shown
     "Seg-HiRes-Grad CAM needs Slicer 5.10 or newer (Python 3.10 or newer); this Slicer runs Python {version}. "
     "Install a current Slicer from download.slicer.org to use it."
 )
+
+
+def _modelFormats():
+    """Label -> model format, for every registered format (a format file of the library adds
+    itself to the model-kind selector); none where the library cannot be imported (the panel
+    then says why)."""
+    if sys.version_info < MINIMUM_PYTHON:
+        return {}
+    from SegHiResGradCAMLib.models.formats import registered_formats
+
+    return {modelFormat.label: modelFormat for modelFormat in registered_formats()}
+
+
+MODEL_FORMATS = _modelFormats()
+MODEL_KINDS = (BUNDLED, *MODEL_FORMATS)
 
 
 def pythonTooOld():
@@ -298,12 +308,17 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # Model choice ------------------------------------------------------------------------
 
     def _modelEditor(self, kind):
-        """The path box of a model kind; None for the bundled model."""
-        return {
-            MODEL_CARD: self.ui.modelFileLineEdit,
-            MONAI_BUNDLE: self.ui.modelFolderLineEdit,
-            NNUNET_FOLDER: self.ui.modelFolderLineEdit,
-        }.get(kind)
+        """The path box of a model kind (a file or a folder picker, as its format says); None
+        for the bundled model."""
+        modelFormat = MODEL_FORMATS.get(kind)
+        if modelFormat is None:
+            return None
+        return self.ui.modelFileLineEdit if modelFormat.picks == "file" else self.ui.modelFolderLineEdit
+
+    def _takes(self, option):
+        """Whether the chosen model kind takes an option (trusting a bundle, choosing folds)."""
+        modelFormat = MODEL_FORMATS.get(self._parameterNode.modelKind) if self._parameterNode else None
+        return modelFormat is not None and option in modelFormat.options
 
     def _modelEditorFor(self, kind, path):
         """Shows a kind's stored path in its path box (an empty one keeps what the box holds)."""
@@ -327,56 +342,51 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 settings.setValue(f"{SETTINGS_GROUP}/{key}", editor.currentPath.strip())
 
     def _showModelControls(self):
-        kind = self._parameterNode.modelKind if self._parameterNode else BUNDLED
-        folder = kind in (MONAI_BUNDLE, NNUNET_FOLDER)
+        from SegHiResGradCAMLib.models.formats import FOLDS, TRUST
+
+        editor = self._modelEditor(self._parameterNode.modelKind if self._parameterNode else BUNDLED)
+        picksFile, picksFolder = editor is self.ui.modelFileLineEdit, editor is self.ui.modelFolderLineEdit
         shown = {
-            self.ui.modelFileLabel: kind == MODEL_CARD,
-            self.ui.modelFileLineEdit: kind == MODEL_CARD,
-            self.ui.modelFolderLabel: folder,
-            self.ui.modelFolderLineEdit: folder,
-            self.ui.trustBundleCheckBox: kind == MONAI_BUNDLE,
-            self.ui.foldsLabel: kind == NNUNET_FOLDER,
-            self.ui.foldsLineEdit: kind == NNUNET_FOLDER,
+            self.ui.modelFileLabel: picksFile,
+            self.ui.modelFileLineEdit: picksFile,
+            self.ui.modelFolderLabel: picksFolder,
+            self.ui.modelFolderLineEdit: picksFolder,
+            self.ui.trustBundleCheckBox: self._takes(TRUST),
+            self.ui.foldsLabel: self._takes(FOLDS),
+            self.ui.foldsLineEdit: self._takes(FOLDS),
         }
         for widget, visible in shown.items():
             widget.visible = visible
 
-    def _modelPath(self):
-        """The chosen model's path; None for the bundled model."""
+    def _modelSource(self):
+        """The chosen model with its options (a ModelSource); the bundled model's has no path."""
         from SegHiResGradCAMLib.errors import ExplainInputError
+        from SegHiResGradCAMLib.models.formats import FOLDS, TRUST, ModelSource
 
         kind = self._parameterNode.modelKind
         if kind == BUNDLED:
-            return None
+            return ModelSource()
         path = self._parameterNode.modelPath.strip()
         if not path:
-            what = _("model card file") if kind == MODEL_CARD else _("model folder")
+            what = _("model card file") if MODEL_FORMATS[kind].picks == "file" else _("model folder")
             raise ExplainInputError(_("Choose the {what}, or choose the bundled demo model.").format(what=what))
-        return Path(path)
-
-    def _folds(self):
-        if self._parameterNode.modelKind != NNUNET_FOLDER:
-            return None
-        return self.ui.foldsLineEdit.text.replace(",", " ").split() or None
-
-    def _trusted(self):
-        return self._parameterNode.modelKind == MONAI_BUNDLE and self.ui.trustBundleCheckBox.checked
+        folds = self.ui.foldsLineEdit.text.replace(",", " ").split() if self._takes(FOLDS) else None
+        trusted = self._takes(TRUST) and self.ui.trustBundleCheckBox.checked
+        return ModelSource(Path(path), trusted, tuple(folds) if folds else None)
 
     def onModelChanged(self):
         """Fills the classes from the model card at once (no torch needed), then the methods
         and layers from a background inspection (cached per model file version), started by
         the next timer tick, so that setting up the panel starts no process; nothing is
         inspected while packages are missing."""
-        from SegHiResGradCAMLib.models.formats import read_model_card
-
         if not self._parameterNode:
             return
         self._inspectionTimer.stop()
         self._inspector.cancel()
         self._inspectionWanted = None
         try:
-            model = self._modelPath()
-            card = read_model_card(model, trust_bundle=self._trusted(), folds=self._folds())
+            model = self._modelSource()
+            card = model.read()
         except Exception as error:  # a bad or unfinished choice: say why, keep the UI usable
             self.ui.modelStatusLabel.text = _("Model not usable: {error}").format(error=error)
             return
@@ -392,7 +402,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelStatusLabel.text = _("{model}: reading its layers and methods in the background ...").format(
             model=card.name
         )
-        self._inspectionWanted = (model, self._trusted(), self._folds())  # asked at the next timer tick
+        self._inspectionWanted = model  # asked at the next timer tick
         self._inspectionTimer.start()
 
     def _inspecting(self):
@@ -401,7 +411,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onInspectionPoll(self):
         if self._inspectionWanted is not None:
             wanted, self._inspectionWanted = self._inspectionWanted, None
-            description = self._inspector.request(*wanted)
+            description = self._inspector.request(wanted)
             if description is not None:
                 self._inspectionTimer.stop()
                 self._applyDescription(description)
@@ -479,13 +489,11 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             method=method,
             segmentation_node=None if use_prediction else self.ui.segmentSelector.currentNode(),
             segment_id=None if use_prediction else self.ui.segmentSelector.currentSegmentID(),
-            model=self._modelPath(),
+            model=self._modelSource(),
             layer=(self.ui.layerComboBox.itemData(layer_index) if layer_index >= 0 else "") or None,
             device=self.ui.deviceComboBox.currentText,
             with_prediction=self.ui.withPredictionCheckBox.checked,
             with_metrics=self.ui.withMetricsCheckBox.checked,
-            trust_bundle=self._trusted(),
-            folds=self._folds(),
             replace_previous=self.ui.replaceCheckBox.checked,
             signed=self.ui.signedCheckBox.checked,
             atlas=self.ui.layerAtlasCheckBox.checked,

@@ -2,15 +2,33 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 pytest_plugins = ["slicer_app.fixtures"]  # the widget-flow tests' application stand-in
+
+# Markers given by where a test lives or what it uses (`slow` is written on each test):
+# `make test-quick` leaves all four out, `make test` runs everything.
+SLICER_FOLDERS = {"mrml", "slicer_widget"}  # real MRML through slicer-core, the widget driven from its .ui
+NNUNET_FILES = {"test_nnunet.py"}  # nnU-Net's own planner, trainer and predictor
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        path = Path(str(item.fspath))
+        if SLICER_FOLDERS & set(path.parts):
+            item.add_marker(pytest.mark.slicer)
+        if path.name in NNUNET_FILES:
+            item.add_marker(pytest.mark.nnunet)
+        if "ray_runtime" in getattr(item, "fixturenames", ()) or re.search(r"\bray\b", item.name, flags=re.I):
+            item.add_marker(pytest.mark.ray)
 
 
 def bias_free_cnn(spatial_dims: int, in_channels: int = 1, classes: int = 3, width: int = 6) -> nn.Sequential:

@@ -500,6 +500,11 @@ CASES = {
         2,
         r"--mask-threshold must be a finite number .*got NaN",
     ),
+    "deletion fractions that decrease": (
+        lambda f: [*good(f, metrics=True), "--fractions", "0.05", "0"],
+        2,
+        "at least two increasing fractions between 0 and 1",
+    ),
     "out given as a folder with a slash": (
         lambda f: good(f, out=f"{f / 'results'}/"),
         2,
@@ -573,6 +578,7 @@ def test_bad_input_one_line_exit_code_no_output_inputs_unchanged(case, originals
     assert not (tmp_path / "should-not-exist").exists()
 
 
+@pytest.mark.slow
 def test_a_failure_while_writing_leaves_no_output(originals, tmp_path, capsys, monkeypatch):
     """The summary cannot be written (say, the disk is full) after the heatmap and the
     prediction have been: neither is left on disk."""
@@ -591,6 +597,7 @@ def test_a_failure_while_writing_leaves_no_output(originals, tmp_path, capsys, m
     assert not (folder / "out").exists(), "the folder made for the outputs is removed too"
 
 
+@pytest.mark.slow
 def test_a_run_replaces_an_output_and_says_so_and_clears_a_killed_run_s_leftovers(originals, tmp_path, capsys):
     folder = tmp_path / "case"
     prepare(originals, folder)
@@ -609,6 +616,7 @@ def test_a_run_replaces_an_output_and_says_so_and_clears_a_killed_run_s_leftover
     assert not leftover.exists() and mine.exists()
 
 
+@pytest.mark.slow
 def test_a_label_map_with_several_labels_is_explained_as_the_target_class_label_and_says_so(
     originals, tmp_path, capsys
 ):
@@ -637,6 +645,7 @@ def test_a_label_map_that_does_not_hold_the_target_class_is_refused_with_its_lab
     assert not (folder / "out" / "heat.nrrd").exists()
 
 
+@pytest.mark.slow
 def test_segment_names_in_a_seg_nrrd_header_choose_the_label(originals, tmp_path, capsys):
     """A Slicer .seg.nrrd names its segments: the name decides, even when the label values
     are not the model's class indices."""
@@ -657,6 +666,7 @@ def test_segment_names_in_a_seg_nrrd_header_choose_the_label(originals, tmp_path
     assert "holds the segments 'Tumor', 'Kidney': choose one with --segment NAME" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_probability_map_is_explained_with_a_threshold(originals, tmp_path, capsys):
     folder = tmp_path / "case"
     prepare(originals, folder)
@@ -707,6 +717,7 @@ def test_a_huge_header_is_refused_quickly_and_in_little_memory(tmp_path):
     assert torch_loaded == "False"
 
 
+@pytest.mark.slow
 def test_listing_layers_into_a_closed_pipe_ends_quietly():
     """``seghiresgradcam layers --json | true``: the reader is gone before anything is
     written, so every write fails; no traceback, no 'Exception ignored' at exit."""
@@ -795,6 +806,7 @@ def leftovers(folder: Path) -> list[Path]:
     return [path for path in folder.rglob("*") if path.name.startswith(PARTIAL_PREFIX) or path.parent.name == "out"]
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_run_as_ctrl_c_does_leaving_no_output(originals, tmp_path):
     """kill, timeout, docker stop and SLURM send SIGTERM: the run stops, says so in one line,
     exits 143 and leaves no partial output."""
@@ -815,6 +827,7 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_leaving_no_output(originals, tmp_path
     assert leftovers(folder) == [] and not (folder / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(originals, tmp_path):
     """Run as a process whose files may not grow past 4 KiB (a write fails as on a full disk):
     ITK's many-line report becomes one line, and nothing is left behind."""

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
+from SegHiResGradCAMLib.demo.run_demo import sample_case
 from SegHiResGradCAMLib.models.formats import BUNDLED_MODEL
 from SegHiResGradCAMLib.volumes.volume_io import reorient
 
@@ -35,6 +36,7 @@ def kits_like_case(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_explain_writes_the_heatmap_and_prediction_in_the_ct_geometry(kits_like_case, tmp_path):
     ct_path = kits_like_case / "imaging.nii.gz"
     run = seghiresgradcam(
@@ -68,6 +70,7 @@ def test_explain_writes_the_heatmap_and_prediction_in_the_ct_geometry(kits_like_
     assert values[truth > 0].sum() > values[sitk.GetArrayFromImage(ct) < -900].sum()
 
 
+@pytest.mark.slow
 def test_json_progress_is_monotone_and_ends_at_one(kits_like_case, tmp_path):
     run = seghiresgradcam(
         "explain",
@@ -88,6 +91,7 @@ def test_json_progress_is_monotone_and_ends_at_one(kits_like_case, tmp_path):
     assert len(fractions) > 5 and fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
+@pytest.mark.slow
 def test_layers_lists_the_bundled_model_s_layers_with_a_recommended_one_and_the_rules():
     run = seghiresgradcam("layers")
     assert run.returncode == 0, run.stderr
@@ -109,6 +113,7 @@ def test_explain_help_names_every_layer_rule():
     assert all(rule in printed for rule in LAYER_RULES)
 
 
+@pytest.mark.slow
 def test_explain_takes_a_layer_rule_for_a_layer(kits_like_case, tmp_path):
     """--layer stage-below-finest explains the layer that rule selects; the summary names it."""
     run = seghiresgradcam(
@@ -144,6 +149,7 @@ def test_methods_lists_every_registered_method_with_its_cost():
     }
 
 
+@pytest.mark.slow
 def test_metrics_of_a_method_that_explains_a_crop_around_m(kits_like_case, tmp_path):
     """Seg-Eigen CAM cannot run window by window: the command explains a crop around M,
     returns the map on the whole CT, and measures it (table on stdout, JSON in a file)."""
@@ -161,6 +167,10 @@ def test_metrics_of_a_method_that_explains_a_crop_around_m(kits_like_case, tmp_p
         tmp_path / "heat.nrrd",
         "--metrics",
         tmp_path / "metrics.json",
+        "--fractions",
+        "0",
+        "0.025",
+        "0.05",
         "--progress",
         "none",
     )
@@ -168,7 +178,8 @@ def test_metrics_of_a_method_that_explains_a_crop_around_m(kits_like_case, tmp_p
     metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
     assert set(metrics["mass_in_regions"]) == {"in kidney (predicted)", "in cyst (predicted)", "outside body"}
     assert metrics["mass_in_target"] + sum(metrics["mass_in_regions"].values()) <= 1 + 1e-6
-    assert len(metrics["deletion"]["scores"]) == len(metrics["insertion"]["scores"]) == 11
+    assert metrics["deletion"]["fractions"] == metrics["insertion"]["fractions"] == [0, 0.025, 0.05]
+    assert len(metrics["deletion"]["scores"]) == len(metrics["insertion"]["scores"]) == 3
     assert -1 <= metrics["randomisation_similarity"] <= 1
     assert "deletion area (lower is better)" in run.stdout and "heat mass inside M" in run.stdout
     heat = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "heat.nrrd")))
@@ -194,6 +205,7 @@ class Payload:
         return (Path.touch, (Path("/tmp/seghiresgradcam-payload-ran"),))
 
 
+@pytest.mark.slow
 def test_a_weights_file_that_would_run_code_is_refused_without_running_it(tmp_path):
     marker = Path("/tmp/seghiresgradcam-payload-ran")
     marker.unlink(missing_ok=True)
@@ -208,6 +220,7 @@ def test_a_weights_file_that_would_run_code_is_refused_without_running_it(tmp_pa
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_torchscript_model_is_refused_with_how_to_export_an_eager_one(tmp_path):
     import torch
     from monai.networks.nets import UNet
@@ -222,6 +235,7 @@ def test_a_torchscript_model_is_refused_with_how_to_export_an_eager_one(tmp_path
     assert "TorchScript" in run.stderr and "torch.save(model.state_dict()" in run.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["missing image", "not a CT", "truncated", "damaged", "missing", "bad class"])
 def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(problem, kits_like_case, tmp_path):
     models = bad_model_files(tmp_path)
@@ -243,6 +257,7 @@ def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(problem, kits_like_ca
     assert not (tmp_path / "heat.nrrd").exists()
 
 
+@pytest.mark.slow
 def test_demo_writes_the_case_heatmaps_and_figure_and_reuses_the_case(tmp_path):
     first = seghiresgradcam("demo", "--out", tmp_path, "--progress", "none")
     assert first.returncode == 0, first.stderr
@@ -260,8 +275,14 @@ def test_demo_writes_the_case_heatmaps_and_figure_and_reuses_the_case(tmp_path):
     assert "randomised network" in first.stdout and "flat map" in first.stdout
     assert "What it does not show" in first.stdout  # a random network also puts most heat in M at this layer
     assert "Seg-Grad CAM's map does not depend on M here" in first.stdout
-    second = seghiresgradcam("demo", "--out", tmp_path, "--progress", "none")
-    assert second.returncode == 0 and "Reusing the sample case" in second.stdout
+    # A second run reuses the case instead of making it again (without computing it all again here).
+    said, before = [], (tmp_path / "case_00007_ct.nii.gz").stat().st_mtime_ns
+    assert sample_case(tmp_path, 7, said.append) == (
+        tmp_path / "case_00007_ct.nii.gz",
+        tmp_path / "case_00007_ground_truth.nii.gz",
+    )
+    assert said == [f"Reusing the sample case in {tmp_path}/"]
+    assert (tmp_path / "case_00007_ct.nii.gz").stat().st_mtime_ns == before
 
 
 def test_version_prints_the_package_version(capsys):

@@ -151,6 +151,7 @@ def kits_like(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_a_segment_the_network_does_not_predict_is_warned_about(kits_like, capsys):
     def run(mask):
         code = cli_main(
@@ -203,6 +204,10 @@ def measured(folder, model, method, *extra):
             str(folder / "heat.nrrd"),
             "--metrics",
             str(folder / "metrics.json"),
+            "--fractions",  # three points of each curve: what is tested here is which numbers come with which
+            "0",
+            "0.025",
+            "0.05",
             "--progress",
             "none",
             *extra,
@@ -224,6 +229,7 @@ def randomised_card(folder) -> Path:
     return folder / "random.json"
 
 
+@pytest.mark.slow
 def test_every_metric_comes_with_its_baseline_and_every_check_with_its_criterion(kits_like, capsys):
     """At the default layer, next to the head, the heat in M is high whatever the weights: the
     randomised network's own share is printed beside it. Seg-Grad CAM's map there does not
@@ -255,6 +261,7 @@ def test_every_metric_comes_with_its_baseline_and_every_check_with_its_criterion
     assert "FAIL (rank similarity with the map of M moved aside below 0.9)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_untrained_network_s_map_is_flagged_by_its_baselines(kits_like, capsys):
     random_card = randomised_card(kits_like)
     hires = measured(kits_like, random_card, "seg-hires-grad-cam", "--measure", "randomisation", "dependence")

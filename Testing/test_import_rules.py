@@ -165,6 +165,7 @@ def test_reading_a_model_card_of_any_format_loads_no_torch():
     assert loaded_by_importing(readers, ["torch", "monai", "nnunetv2"]) == []
 
 
+@pytest.mark.slow
 def test_the_engine_imports_neither_slicer_nor_qt_nor_simpleitk():
     engine = room_modules("cam")
     assert loaded_by_importing(engine, ["slicer", "vtk", "qt", "SimpleITK"]) == []

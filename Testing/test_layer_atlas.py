@@ -83,6 +83,7 @@ def ct(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_the_command_line_atlas_writes_a_heatmap_per_stage_with_metrics_a_table_and_a_figure(ct, capsys):
     out = ct / "atlas"
     arguments = [
@@ -97,6 +98,10 @@ def test_the_command_line_atlas_writes_a_heatmap_per_stage_with_metrics_a_table_
         "atlas",
         "--out",
         str(out),
+        "--fractions",  # the plumbing of the table; the curves' maths is tested in cam/test_metrics.py
+        "0",
+        "0.025",
+        "0.05",
         "--progress",
         "none",
     ]
@@ -125,6 +130,7 @@ def test_the_command_line_atlas_writes_a_heatmap_per_stage_with_metrics_a_table_
     assert " ".join(cells).endswith(", ".join(failed) or "-")  # and the checks the layer's map fails
 
 
+@pytest.mark.slow
 def test_an_atlas_without_metrics_is_only_the_maps(ct, capsys):
     out = ct / "bare-atlas"
     arguments = [

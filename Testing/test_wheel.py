@@ -7,6 +7,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
 import SimpleITK as sitk
 
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
@@ -14,6 +15,7 @@ from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_installed_wheel_runs_without_the_source_tree(tmp_path):
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     source = tmp_path / "source"

@@ -20,7 +20,7 @@ into --out (default bench/results/layer_study/models, not committed):
     .venv/bin/python Utilities/train_layer_study_models.py [--arch basicunet plainconvunet] [--minutes 22]
         [--resume | --retrain]
 
-The networks of the README's study: 22 minutes each (both at once on the 2 cores), then
+The networks of the layer study (docs/layer-study.md): 22 minutes each (both at once on the 2 cores), then
 ``--resume --minutes 16`` (a second learning-rate cycle): 3800 and 3400 steps, tumour Dice
 0.37 (BasicUNet) and 0.31 (PlainConvUNet) on the validation cases.
 """

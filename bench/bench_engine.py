@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument(
         "--layer",
         default="last-before-head",
-        help="target layer or layer rule (default: the layer before the head, where the README's table was measured)",
+        help="target layer or layer rule (default: the layer before the head, as in docs/methods.md)",
     )
     parser.add_argument("--memory-probe", nargs=3, metavar=("SIZE", "COMPUTATION", "LAYER"))
     arguments = parser.parse_args()

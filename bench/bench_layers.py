@@ -11,8 +11,8 @@ inside M) and the CPU time of the explanation. The report gives mean ± sd per s
 shares of cases whose randomisation similarity (whole crop, inside M) is below 0.5, the
 stage each criterion "finest stage with similarity below 0.5 on most cases" (whole crop,
 inside M) selects, the layer each rule of ``LAYER_RULES`` selects, the two rules' paired
-differences, and a figure per architecture with one panel per stage. The README's
-"Which layer: the layer study" is this report.
+differences, and a figure per architecture with one panel per stage. docs/layer-study.md
+is this report.
 
     .venv/bin/python bench/bench_layers.py [--arch unet basicunet plainconvunet] [--cases 20] [--fractions 6]
     .venv/bin/python bench/bench_layers.py --report-only

@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument(
         "--layer",
         default="last-before-head",
-        help="layer or layer rule (default: the layer before the head, where the README's table was measured)",
+        help="layer or layer rule (default: the layer before the head, as in docs/methods.md)",
     )
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "methods"))
     parser.add_argument("--report-only", action="store_true", help="rebuild summary.md from per_case.json")

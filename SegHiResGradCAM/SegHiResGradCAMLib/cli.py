@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from . import __version__
-from .cam.metric_table import METRIC_GROUPS
+from .cam.metric_table import METRIC_GROUPS, check_fractions
 from .errors import ExplainCancelled, ExplainInputError, ExplainNoEvidence, ExplainResourceError
 
 
@@ -134,7 +134,7 @@ def _explain(arguments) -> int:
         heatmaps=heatmaps,
         layers=layers,
         extra=extra,
-        model=Path(arguments.model) if arguments.model else None,
+        model=model_source(arguments),
         mask=Path(arguments.mask) if arguments.mask else None,
         layer=arguments.layer,
         device=arguments.device,
@@ -142,11 +142,10 @@ def _explain(arguments) -> int:
         summary=Path(arguments.summary) if arguments.summary else None,
         metrics=_measuring(arguments),
         measure=tuple(group for group in arguments.measure or METRIC_GROUPS if group != "none"),
+        fractions=tuple(arguments.fractions) if arguments.fractions else None,
         metrics_file=Path(arguments.metrics) if arguments.metrics else None,
         mask_threshold=arguments.mask_threshold,
         mask_label=arguments.mask_label,
-        trust_bundle=arguments.trust_bundle,
-        folds=arguments.folds,
         signed=[Path(arguments.signed)] if arguments.signed else None,
         progress=_progress(arguments),
         command=arguments.command_line,
@@ -167,7 +166,7 @@ def _explain(arguments) -> int:
                 f"layer atlas of {result.class_name} ({arguments.method}) at {', '.join(layers)}: heatmaps, "
                 f"atlas.json and atlas.png written to {out}"
             )
-            # both similarities: near the head, the whole-image one mostly measures the map's support (README)
+            # both similarities: near the head, the whole-image one mostly measures its support (docs/layer-study.md)
             if result.metrics:
                 rows = [
                     (
@@ -296,9 +295,8 @@ def print_table(header: list[str], rows: list[tuple]) -> None:
 def _card_and_layers(arguments):
     from .cam.model_inspection import list_layers
     from .models.ensemble import ensemble_members
-    from .models.formats import read_model_card
 
-    card = read_model_card(arguments.model, trust_bundle=arguments.trust_bundle, folds=arguments.folds).resolved()
+    card = model_source(arguments).read().resolved()
     # The members of a fold ensemble share their architecture, and each is explained at the same layer.
     network = ensemble_members(card.build_network())[0]
     return card, list_layers(network, (card.in_channels, *card.window))
@@ -461,6 +459,8 @@ def _inspect(arguments) -> int:
 def _check_explain_arguments(arguments) -> None:
     """What argparse lets through but no run can use: a threshold that is not a number, a file
     output given as a folder (a trailing slash, which the path would silently drop)."""
+    if arguments.fractions:
+        check_fractions(arguments.fractions)
     threshold = arguments.mask_threshold
     if threshold is not None and not math.isfinite(threshold):
         raise ExplainInputError(
@@ -488,14 +488,12 @@ def _cohort(arguments) -> int:
     from .cohort.run import run_cohort
 
     settings = CohortSettings(
-        model=arguments.model,
+        model=model_source(arguments),
         target_class=arguments.target_class,
         methods=tuple(arguments.methods),
         explain=arguments.explain,
         metrics=arguments.metrics,
         device=arguments.device,
-        trust_bundle=arguments.trust_bundle,
-        folds=tuple(arguments.folds) if arguments.folds else None,
         layer=arguments.layer,
         mask_label=arguments.mask_label,
         command=arguments.command_line,
@@ -565,10 +563,22 @@ def _methods(arguments) -> int:
 TRUST_HELP = "the model is a MONAI bundle whose author you trust (its configuration can run arbitrary code)"
 FOLDS_HELP = "nnU-Net results folder: the folds to ensemble, e.g. --folds 0 1 2 (default: every fold with a final "
 FOLDS_HELP += "checkpoint)"
-MODEL_HELP = (
-    "model card JSON, model folder, MONAI bundle folder or nnU-Net results folder "
-    "(DatasetXXX_Name/<Trainer>__<Plans>__<configuration>); default: the bundled demo model"
-)
+
+
+def model_help() -> str:
+    """--model's help, from the registered formats."""
+    from .models.formats import registered_formats
+
+    kinds = "; ".join(model_format.help for model_format in registered_formats())
+    return f"the model: {kinds}. Default: the bundled demo model"
+
+
+def model_source(arguments):
+    """The model options as one ModelSource."""
+    from .models.formats import ModelSource
+
+    folds = tuple(arguments.folds) if arguments.folds else None
+    return ModelSource(Path(arguments.model) if arguments.model else None, arguments.trust_bundle, folds)
 
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
@@ -576,7 +586,7 @@ PROGRESS_STYLES = ["bar", "json", "none"]
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help=MODEL_HELP)
+    parser.add_argument("--model", help=model_help())
     parser.add_argument("--trust-bundle", action="store_true", help=TRUST_HELP)
     parser.add_argument("--folds", nargs="+", help=FOLDS_HELP)
 
@@ -677,6 +687,14 @@ def build_parser() -> argparse.ArgumentParser:
         "insertion, about 22 passes, and 22 more once for their random-order baseline), "
         "randomisation (one explanation of a randomised network), dependence (one explanation of M "
         "moved aside); default all; `none` skips the metrics of a layer atlas",
+    )
+    explain.add_argument(
+        "--fractions",
+        nargs="+",
+        type=float,
+        metavar="F",
+        help="the deletion and insertion curves' fractions of the image, increasing, between 0 and 1 (default "
+        "0 to 0.05 in steps of 0.005); fewer fractions cost fewer passes",
     )
     explain.add_argument("--progress", default="bar", choices=PROGRESS_STYLES)
     explain.set_defaults(run=_explain)

@@ -19,7 +19,7 @@ from .cam.evidence import Evidence, check_has_evidence, dice, lesion_overlap, si
 from .cam.metric_table import METRIC_GROUPS
 from .errors import ExplainInputError
 from .models.card import model_grid_memory_problem
-from .models.formats import read_model_card
+from .models.formats import ModelSource
 from .volumes.label_maps import TargetClass, segment_voxels
 from .volumes.outputs import OutputFiles
 from .volumes.preparation import check_looks_like_ct
@@ -33,7 +33,9 @@ class ExplainJob:
     target_class: str
     methods: list[str]
     heatmaps: list[Path]  # one output file per method
-    model: Path | None = None  # model card or folder; None: the bundled demo model
+    model: ModelSource = field(
+        default_factory=ModelSource
+    )  # any format, with its options; a bare path (or None: the bundled model) too
     mask: Path | None = None  # a label map whose nonzero voxels are M; None: the network's prediction
     layer: str | None = None
     device: str = "auto"
@@ -41,11 +43,10 @@ class ExplainJob:
     summary: Path | None = None  # where to write a JSON summary (method titles, T, layer, times)
     metrics: bool = False  # also measure each map (localisation, deletion/insertion, randomisation, M)
     measure: tuple[str, ...] = METRIC_GROUPS  # which metric groups, when measuring
+    fractions: tuple[float, ...] | None = None  # deletion and insertion fractions (None: the default, 0..5 %)
     metrics_file: Path | None = None  # where to write the first method's metrics as JSON, if wanted
     mask_threshold: float | None = None  # M = mask voxels at or above this (for probability maps)
     mask_label: int | None = None  # M = mask voxels of this label (default: the target class's, see label_maps)
-    trust_bundle: bool = False  # the model is a MONAI bundle the user trusts (its configuration can run code)
-    folds: list[str] | None = None  # nnU-Net results folder: the folds to ensemble (default: all)
     signed: list[Path] | None = None  # also write each method's signed map S here (see signed_on_model_grid)
     layers: list[str] | None = None  # a layer atlas: the first method at each of these layers, one output each
     per_component: Path | None = None  # a folder: each method for each connected component of M
@@ -56,6 +57,9 @@ class ExplainJob:
     series: str | None = None  # the DICOM series to read when ``image`` is a folder of several
     segment: str | None = None  # the segment of a Slicer segmentation file (.seg.nrrd) that is M, by name
     other_inputs: list[Path] = field(default_factory=list)  # more files the job reads (e.g. a figure's truth)
+
+    def __post_init__(self):
+        self.model = ModelSource.of(self.model)
 
     def explanations(self) -> list[tuple[str, str, str | None]]:
         """(key, method, layer) of each explanation, in order; the outputs follow this order.
@@ -159,7 +163,7 @@ def run(job: ExplainJob) -> JobResult:
     for path, what in ((job.image, "CT"), (job.mask, "mask")):
         if path is not None:
             check_readable_path(path, what)  # before the outputs are compared with the inputs
-    card = read_model_card(job.model, trust_bundle=job.trust_bundle, folds=job.folds)
+    card = job.model.read()
     class_index = card.class_index(job.target_class)
     outputs = output_files(job, card)
     outputs.check()
@@ -259,7 +263,7 @@ def provenance_record(job: ExplainJob, card, class_name: str, mask_source: str) 
         "command": job.command,
         "image": str(Path(job.image).resolve()),
         "model": card.name,
-        "model_file": str(Path(job.model).resolve()) if job.model is not None else "bundled demo model",
+        "model_file": str(job.model.path.resolve()) if job.model.path is not None else "bundled demo model",
         "model_sha256": files_digest(card.input_files),
         "class": class_name,
         "mask": mask_source,
@@ -433,6 +437,7 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
                 ),
                 measure=job.measure,
                 random_curves=random_curves.get(id(target)),
+                **({"fractions": job.fractions} if job.fractions else {}),
             )
             measured = result.metrics[key]
             if measured.deletion_random is not None:

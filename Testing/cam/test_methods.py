@@ -1,4 +1,4 @@
-"""The further CAM methods (the README's method table) against independent computations inside
+"""The further CAM methods (the method table of docs/methods.md) against independent computations inside
 the test, and properties that only a correct implementation has."""
 
 import numpy as np

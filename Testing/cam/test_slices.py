@@ -107,6 +107,7 @@ def two_d_model_and_case(tmp_path_factory):
     return folder, case
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["seg-hires-grad-cam", "seg-score-cam"])
 def test_the_command_runs_a_2d_model_slice_by_slice_on_a_ct(two_d_model_and_case, method, tmp_path):
     folder, case = two_d_model_and_case

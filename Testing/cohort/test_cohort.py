@@ -62,6 +62,7 @@ def assert_same_table(first: pandas.DataFrame, second: pandas.DataFrame) -> None
         np.testing.assert_allclose(first[column].astype(float), second[column].astype(float), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_layouts_are_read_alike_and_parquet_holds_the_same_table(cohorts, settings, tmp_path):
     sources, reference = cohorts
     assert len(reference) == 2 * len(SEEDS) and set(reference["status"]) == {"done"}
@@ -84,6 +85,7 @@ def ray_runtime():
     ray.shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["kits", "nnunet", "csv"])
 def test_the_same_table_on_a_local_ray_runtime_with_two_workers(layout, cohorts, settings, ray_runtime, tmp_path):
     sources, reference = cohorts
@@ -119,6 +121,7 @@ def exit_code(process: subprocess.Popen) -> int:
     return wait_while_working(lambda: process.poll() is not None and (process.returncode,), what="the cohort")[0]
 
 
+@pytest.mark.slow
 def test_a_ray_worker_killed_in_the_middle_of_a_case_is_retried(cohorts, model, tmp_path):
     sources, reference = cohorts
     results = tmp_path / "results"
@@ -138,6 +141,7 @@ def test_a_ray_worker_killed_in_the_middle_of_a_case_is_retried(cohorts, model, 
     assert_same_table(reference, table(results))
 
 
+@pytest.mark.slow
 def test_a_killed_driver_then_run_again_computes_only_the_missing_cases(cohorts, model, settings, tmp_path):
     sources, reference = cohorts
     results = tmp_path / "results"
@@ -217,6 +221,7 @@ def test_the_report_has_every_section_and_an_embedded_image_for_every_plot(cohor
     assert "HiRes better" in page and "6 cases explained, 0 failed" in page
 
 
+@pytest.mark.slow
 def test_a_measured_cohort_s_report_records_how_it_was_made_and_marks_what_fails(model, tmp_path, capsys):
     """Metrics beside their baselines, the inside-M similarity with its criterion, the maps
     that fail a check, the record (version, command, weights' digest, class, layer, M), links
@@ -279,6 +284,7 @@ def test_a_measured_cohort_s_report_records_how_it_was_made_and_marks_what_fails
     assert page.index("<td>1</td><td>") < no_truth  # the ranked cases come first
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_finished_cases_names_them_and_leaves_no_partial_case(model, tmp_path):
     dataset = write_cohort(tmp_path / "data", SEEDS, "kits", GRID)
     results = tmp_path / "results"
@@ -297,6 +303,7 @@ def test_ctrl_c_keeps_the_finished_cases_names_them_and_leaves_no_partial_case(m
     assert sorted(path.name for path in (results / "cases").iterdir()) == kept  # no partial case folder
 
 
+@pytest.mark.slow
 def test_per_component_gives_a_row_for_each_kidney_of_each_case(model, tmp_path, capsys):
     dataset = write_cohort(tmp_path / "data", SEEDS[:2], "kits", GRID)
     results = tmp_path / "results"
@@ -325,6 +332,7 @@ def test_per_component_gives_a_row_for_each_kidney_of_each_case(model, tmp_path,
     assert ", component 2 " in page and "HiRes better" in page
 
 
+@pytest.mark.slow
 def test_an_nnunet_raw_dataset_in_nrrd_is_found_by_its_declared_file_ending(cohorts, settings, tmp_path):
     import json
 

@@ -149,6 +149,7 @@ def test_there_are_at_least_twenty_kinds_of_bad_cohort_input():
     assert len(REFUSALS) + len(ROW_CASES) >= 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_a_refused_cohort_says_why_in_one_line_and_writes_nothing(case, originals, tmp_path, capsys):
     folder = tmp_path / "case"
@@ -302,6 +303,7 @@ def test_every_case_is_a_row_and_no_row_is_of_other_inputs(case, originals, tmp_
     assert not list(results.rglob(f"{PARTIAL_PREFIX}*"))
 
 
+@pytest.mark.slow
 def test_a_second_cohort_into_the_same_folder_is_refused_while_the_first_runs(originals, tmp_path, capsys):
     """Two cohorts writing one folder would each record failures of cases the other is
     writing; the second is refused at once, and the first finishes undisturbed."""
@@ -332,6 +334,7 @@ def test_a_second_cohort_into_the_same_folder_is_refused_while_the_first_runs(or
     assert not (folder / "results" / "failed").exists() or not list((folder / "results" / "failed").iterdir())
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_the_report_leaves_no_partial_report_or_table(originals, tmp_path):
     """Run as a process whose files may not grow past 64 KiB (as on a full disk): the finished
     cases are kept, the table and report are either whole or absent, and one line says why."""

@@ -28,7 +28,7 @@ from SegHiResGradCAMLib.cam.sliding_window import sliding_window_logits
 from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 from SegHiResGradCAMLib.errors import ExplainInputError
-from SegHiResGradCAMLib.models.formats import read_model_card
+from SegHiResGradCAMLib.models.formats import ModelSource, read_model_card
 from SegHiResGradCAMLib.pipeline import ExplainJob, run
 from SegHiResGradCAMLib.volumes.volume_io import reorient
 
@@ -257,6 +257,7 @@ def monai_own_run(bundle: Path, ct: Path, output: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(written)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_a_model_zoo_bundle_predicts_as_monai_runs_it_and_its_map_lies_on_the_ct(shape, las_ct, tmp_path):
     config, form = SHAPES[shape]
@@ -268,10 +269,9 @@ def test_a_model_zoo_bundle_predicts_as_monai_runs_it_and_its_map_lies_on_the_ct
         target_class="kidney",
         methods=["seg-hires-grad-cam"],
         heatmaps=[tmp_path / "heat.nrrd"],
-        model=bundle,
+        model=ModelSource(bundle, trust_bundle=True),
         mask=las_ct / "kidney.nii.gz",
         prediction=tmp_path / "prediction.nii.gz",
-        trust_bundle=True,
     )
     run(job)
     ct = sitk.ReadImage(str(ct_path))
@@ -454,10 +454,9 @@ def test_a_ct_that_is_not_nifti_is_given_to_the_bundle_as_the_same_image(las_ct,
             target_class="kidney",
             methods=["seg-hires-grad-cam"],
             heatmaps=[tmp_path / f"{name}-heat.nrrd"],
-            model=bundle,
+            model=ModelSource(bundle, trust_bundle=True),
             mask=las_ct / "kidney.nii.gz",
             prediction=tmp_path / f"{name}-labels.nrrd",
-            trust_bundle=True,
         )
         run(job)
         predictions[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{name}-labels.nrrd")))

@@ -23,7 +23,7 @@ from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 from SegHiResGradCAMLib.errors import ExplainInputError
 from SegHiResGradCAMLib.models.ensemble import FoldEnsemble, ensemble_members
-from SegHiResGradCAMLib.models.formats import read_model_card
+from SegHiResGradCAMLib.models.formats import ModelSource, read_model_card
 from SegHiResGradCAMLib.pipeline import anatomy_regions, explain_on_model_grid
 
 BUILDER = Path(__file__).with_name("nnunet_results.py")
@@ -88,6 +88,7 @@ def reference_logits(predictor, ct):
     return data, predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).float()
 
 
+@pytest.mark.slow
 def test_region_based_card_names_the_regions_as_nnunet_does(fullres):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -144,6 +145,7 @@ def test_logits_and_labels_match_nnunet_predictor(fullres, case):
     assert agreement > 0.995, agreement
 
 
+@pytest.mark.slow
 def test_fold_ensemble_is_the_mean_of_the_folds(fullres, case):
     ct, _ = case
     card = read_model_card(fullres)
@@ -160,6 +162,7 @@ def test_fold_ensemble_is_the_mean_of_the_folds(fullres, case):
     assert (ours - their_logits).abs().amax(0)[reliable].max() < FLOAT16_TOLERANCE
 
 
+@pytest.mark.slow
 def test_ensemble_explanation_is_the_mean_of_the_fold_explanations(fullres, case, tmp_path):
     ct, labels = case
     sitk.WriteImage(ct, str(tmp_path / "ct.nii.gz"))
@@ -315,6 +318,7 @@ def test_reading_the_folder_imports_neither_torch_nor_nnunet(fullres):
     assert "('kidney', 'masses', 'tumor') (16, 48, 48)" in completed.stdout
 
 
+@pytest.mark.slow
 def test_slicer_run_with_an_nnunet_folder_names_the_predicted_regions(fullres):
     import slicer
 
@@ -330,8 +334,7 @@ def test_slicer_run_with_an_nnunet_folder_names_the_predicted_regions(fullres):
             "tumor",
             segmentation_node=segmentation,
             segment_id=segment_id,
-            model=fullres,
-            folds=["0"],
+            model=ModelSource(fullres, folds=("0",)),
             with_prediction=True,
         )
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mrml_scene import new_scene, phantom_volume
+from SegHiResGradCAMLib.models.formats import ModelSource
 from SegHiResGradCAMLib.mrml.background import BackgroundRun, python_executable
 from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun, ExplainSettings, ModelInspector, layer_label
 from work_clock import wait_while_working
@@ -59,6 +60,7 @@ def wait_for(condition):
     wait_while_working(condition, what="the background run's step")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.name == "nt", reason="the launcher script needs a POSIX shebang")
 def test_cancel_ends_the_launcher_and_its_interpreter_then_removes_the_work_folder(launcher):
     script, pid_file = launcher
@@ -112,6 +114,7 @@ def test_inside_slicer_without_pythonslicer_nothing_starts_a_second_slicer(monke
         BackgroundRun(["methods"], tmp_path)
 
 
+@pytest.mark.slow
 def test_model_inspection_runs_once_per_model_version(tmp_path):
     """Methods and layers come from a background process; the same model file is not
     inspected again until it changes."""
@@ -120,9 +123,9 @@ def test_model_inspection_runs_once_per_model_version(tmp_path):
     card.write_text((bundled / "kits_demo_unet.json").read_text(encoding="utf-8"))
     (tmp_path / "kits_demo_unet.pt").write_bytes((bundled / "kits_demo_unet.pt").read_bytes())
     inspector = ModelInspector()
-    assert inspector.request(card) is None and inspector.busy
+    assert inspector.request(ModelSource(card)) is None and inspector.busy
     wait_for(lambda: inspector.poll() is not None or not inspector.busy)
-    description = inspector.request(card)  # cached now
+    description = inspector.request(ModelSource(card))  # cached now
     assert description is not None and not inspector.busy
     assert description["target_classes"] == ["kidney", "tumour", "cyst"]
     assert "seg-hires-grad-cam" in {method["name"] for method in description["methods"]}
@@ -132,11 +135,12 @@ def test_model_inspection_runs_once_per_model_version(tmp_path):
     assert marked == ["model.1.submodule.1 (stage-below-finest)", "model.1 (recommended)"]
     card.write_text(card.read_text(encoding="utf-8").replace("KiTS-like demo 3D U-Net", "renamed"))
     os.utime(card, ns=(time.time_ns(), time.time_ns() + 10**9))
-    assert inspector.request(card) is None  # changed file: inspected again
+    assert inspector.request(ModelSource(card)) is None  # changed file: inspected again
     wait_for(lambda: inspector.poll() is not None or not inspector.busy)
-    assert inspector.request(card)["name"] == "renamed"
+    assert inspector.request(ModelSource(card))["name"] == "renamed"
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_be_inspected_says_why(tmp_path):
     card = tmp_path / "card.json"
     card.write_text(
@@ -146,7 +150,7 @@ def test_a_model_that_cannot_be_inspected_says_why(tmp_path):
         '"sliding_window": {"size": [32, 32, 32]}}'
     )
     inspector = ModelInspector()
-    assert inspector.request(card) is None
+    assert inspector.request(ModelSource(card)) is None
     with pytest.raises(RuntimeError, match=r"network arguments do not fit|does not exist"):
         wait_for(lambda: inspector.poll() is not None)
     assert not inspector.busy

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import tomllib
 
+from SegHiResGradCAMLib.models.formats import NOTHING_MORE
 from SegHiResGradCAMLib.mrml import dependencies
 from SegHiResGradCAMLib.mrml.dependencies import (
     CORE,
+    NNUNET,
     NNUNET_OWN,
     NNUNET_PLAIN,
     UNKNOWN_VERSION,
@@ -51,7 +53,7 @@ def test_too_old_and_missing_packages_go_into_one_pip_call_after_pytorch():
 
 
 def test_nnunet_adds_its_plain_dependencies_then_its_own_packages_without_theirs():
-    plan = plan_installs(versions_from(WORKING), nnunet=True)
+    plan = plan_installs(versions_from(WORKING), extra=NNUNET)
     assert [step.installer for step in plan] == ["pip", "nnunet"]
     assert plan[0].arguments == tuple(requirement.distribution for requirement in NNUNET_PLAIN)
     own = (
@@ -67,17 +69,17 @@ def test_nnunet_adds_its_plain_dependencies_then_its_own_packages_without_theirs
         **{r.distribution: "1.0" for r in NNUNET_PLAIN},
         **{r.distribution: r.minimum for r in NNUNET_OWN},
     }
-    assert plan_installs(versions_from(installed), nnunet=True) == []
+    assert plan_installs(versions_from(installed), extra=NNUNET) == []
     for working in ("2.5.0", "2.8.1", "2.9.0"):  # a working nnU-Net, another extension's maybe, is left alone
-        assert plan_installs(versions_from({**installed, "nnunetv2": working}), nnunet=True) == []
-    plan = plan_installs(versions_from({**installed, "nnunetv2": "2.3.1"}), nnunet=True)
+        assert plan_installs(versions_from({**installed, "nnunetv2": working}), extra=NNUNET) == []
+    plan = plan_installs(versions_from({**installed, "nnunetv2": "2.3.1"}), extra=NNUNET)
     assert [step.arguments for step in plan] == [("--no-deps", "nnunetv2>=2.5")]
     assert plan[0].reasons == ("nnunetv2 2.3.1 is older than 2.5",)
 
 
 def test_nnunet_goes_to_its_own_installer_when_one_is_given():
     installers = Installers()
-    plan = plan_installs(versions_from(WORKING), nnunet=True)
+    plan = plan_installs(versions_from(WORKING), extra=NNUNET)
     nnunet_calls = []
     assert install(
         plan, installers.confirm, installers.install_torch, installers.pip_install, install_nnunet=nnunet_calls.append
@@ -86,7 +88,7 @@ def test_nnunet_goes_to_its_own_installer_when_one_is_given():
 
 
 def test_the_dialog_lists_what_is_missing_and_what_will_be_installed():
-    plan = plan_installs(versions_from({"numpy": "2.0"}), nnunet=False)
+    plan = plan_installs(versions_from({"numpy": "2.0"}), extra=NOTHING_MORE)
     text = dependencies.describe(plan)
     assert "torch is not installed" in text and "monai is not installed" in text
     assert "PyTorch >=2.5, by the PyTorch extension" in text
@@ -118,12 +120,12 @@ def run_install(plan, installers):
 
 def test_declining_installs_nothing():
     installers = Installers(answer=False)
-    assert run_install(plan_installs(versions_from({}), nnunet=True), installers) is False
+    assert run_install(plan_installs(versions_from({}), extra=NNUNET), installers) is False
     assert len(installers.asked) == 1 and installers.calls == []
 
 
 def test_accepting_installs_in_the_planned_order_after_asking_once():
-    plan = plan_installs(versions_from({"numpy": "2.0"}), nnunet=True)
+    plan = plan_installs(versions_from({"numpy": "2.0"}), extra=NNUNET)
     installers = Installers()
     assert run_install(plan, installers) is True
     assert len(installers.asked) == 1

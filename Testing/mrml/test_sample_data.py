@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
@@ -80,6 +81,7 @@ def test_the_sample_is_the_phantom_case_it_claims_to_be(tmp_path):
             np.testing.assert_array_equal(mask, case.labels == value)
 
 
+@pytest.mark.slow
 def test_the_module_explains_the_sample_s_ground_truth_tumour():
     scene = new_scene()
     volume, segmentation = load_sample(scene)

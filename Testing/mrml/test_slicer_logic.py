@@ -32,6 +32,7 @@ def leftover_work_dirs() -> list:
     return glob.glob(f"{tempfile.gettempdir()}/SegHiResGradCAM-*")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", [None, OBLIQUE, LEFT_HANDED], ids=["axial", "oblique", "left-handed"])
 def test_heatmap_node_has_the_ct_geometry_display_and_place(direction, tmp_path):
     scene = new_scene()
@@ -112,6 +113,7 @@ def table_rows(table_node) -> dict:
     return {table.GetValue(row, 0).ToString(): table.GetValue(row, 1).ToString() for row in rows}
 
 
+@pytest.mark.slow
 def test_metrics_table_sits_next_to_the_heatmap_and_is_replaced_with_it():
     scene = new_scene()
     volume, case = phantom_volume(scene)
@@ -165,6 +167,7 @@ def test_cancel_leaves_no_node_and_no_file():
     assert not leftover_work_dirs()
 
 
+@pytest.mark.slow
 def test_a_failing_run_reports_the_process_s_own_message_and_creates_nothing(tmp_path):
     scene = new_scene()
     volume, _ = phantom_volume(scene)
@@ -256,6 +259,7 @@ def test_bad_input_is_refused_before_anything_runs_and_creates_no_node(case, tmp
     assert not leftover_work_dirs()
 
 
+@pytest.mark.slow
 def test_signed_map_sums_to_t_and_is_shown_diverging_around_zero_and_heat_is_rendered_in_3d(tmp_path):
     """A bias-free network on a CT stored on the model's grid: the loaded signed map sums to
     T; its colours are blue-white-red with white at S = 0; Show in 3D volume-renders the heat
@@ -333,6 +337,7 @@ def test_signed_map_sums_to_t_and_is_shown_diverging_around_zero_and_heat_is_ren
     assert not segmentation.GetSegmentation().ContainsRepresentation("Closed surface")
 
 
+@pytest.mark.slow
 def test_a_layer_atlas_loads_one_heatmap_per_stage_and_a_metrics_row_per_layer():
     scene = new_scene()
     volume, case = phantom_volume(scene, shape=(96, 96, 24), spacing=(4.0, 4.0, 6.0))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import bias_free_model_card
-from SegHiResGradCAMLib.models.formats import BUNDLED_MODEL
+from SegHiResGradCAMLib.models.formats import BUNDLED_MODEL, ModelSource, registered_formats
 from slicer_app.application import ModuleSession, ModuleWidgetParent
 
 KINDS = ("bundled KiTS-like demo model", "model card (JSON file)", "MONAI bundle (folder)", "nnU-Net results (folder)")
@@ -32,9 +32,13 @@ def inspected(session, application):
     return session.ui.modelStatusLabel.text
 
 
+@pytest.mark.slow
 def test_opening_the_module_shows_the_bundled_model_and_disables_the_segment_selector(session, application):
     ui = session.ui
     assert ui.modelKindComboBox.currentText == BUNDLED
+    # the kinds are the bundled model and each registered format (models/formats/), in their order
+    offered = [ui.modelKindComboBox.itemText(index) for index in range(ui.modelKindComboBox.count)]
+    assert offered == [BUNDLED, *(model_format.label for model_format in registered_formats())] == list(KINDS)
     assert ui.usePredictionCheckBox.checked
     assert not ui.segmentSelector.enabled, "M is the prediction: a picked segment would be ignored"
     assert not ui.modelFileLineEdit.visible and not ui.modelFolderLineEdit.visible
@@ -45,6 +49,7 @@ def test_opening_the_module_shows_the_bundled_model_and_disables_the_segment_sel
     assert ui.segmentSelector.enabled
 
 
+@pytest.mark.slow
 def test_setting_up_the_panel_starts_no_process(application, module_file, monkeypatch):
     """Slicer calls setup() when the panel is first built; the model is inspected from the
     first timer tick on, once the panel is shown."""
@@ -64,6 +69,7 @@ def test_setting_up_the_panel_starts_no_process(application, module_file, monkey
     widget.cleanup()
 
 
+@pytest.mark.slow
 def test_switching_to_a_card_and_back_to_the_bundled_model(session, application, card_copy):
     ui = session.ui
     inspected(session, application)
@@ -78,7 +84,7 @@ def test_switching_to_a_card_and_back_to_the_bundled_model(session, application,
     assert ui.modelKindComboBox.currentText == BUNDLED, "the combo snapped back to the previous kind"
     assert node.modelKind == BUNDLED and not ui.modelFileLineEdit.visible
     assert inspected(session, application).startswith("Model: KiTS-like demo")
-    assert session.widget._settings("seg-hires-grad-cam").model is None
+    assert session.widget._settings("seg-hires-grad-cam").model.path is None  # the bundled model
 
     ui.modelKindComboBox.user_choose(CARD)  # the card's path is still there
     assert ui.modelKindComboBox.currentText == CARD and ui.modelFileLineEdit.currentPath == str(card_copy)
@@ -100,6 +106,7 @@ def test_switching_between_two_folder_kinds_with_a_path(session, application, tm
     session.widget._inspectionWanted = None
 
 
+@pytest.mark.slow
 def test_the_kind_and_paths_are_remembered_across_restarts(application, module_file, card_copy):
     first = ModuleSession(module_file, application)
     first.ui.modelKindComboBox.user_choose(CARD)
@@ -116,6 +123,7 @@ def test_the_kind_and_paths_are_remembered_across_restarts(application, module_f
         second.widget.cleanup()
 
 
+@pytest.mark.slow
 def test_closing_the_scene_while_shown_leaves_no_stale_model_control(session, application, tmp_path):
     """After File > Close Scene the module starts again from the model used last: the kind,
     its path box, the classes and the layers all belong to that one model."""
@@ -139,7 +147,7 @@ def test_closing_the_scene_while_shown_leaves_no_stale_model_control(session, ap
     assert "bias-free UNet" in inspected(session, application)
     settings = session.widget._settings("seg-hires-grad-cam")
     description = session.widget._inspector.request(settings.model)
-    assert settings.model == card and description["name"] == "bias-free UNet"
+    assert settings.model == ModelSource(card) and description["name"] == "bias-free UNet"
     assert [ui.layerComboBox.itemData(index) for index in range(ui.layerComboBox.count())] == [
         layer["name"] for layer in description["layers"]
     ]
@@ -151,7 +159,7 @@ def test_closing_the_scene_while_shown_leaves_no_stale_model_control(session, ap
     session.close_scene()
     assert ui.modelKindComboBox.currentText == BUNDLED and not ui.modelFileLineEdit.visible
     assert inspected(session, application).startswith("Model: KiTS-like demo")
-    assert session.widget._settings("seg-hires-grad-cam").model is None
+    assert session.widget._settings("seg-hires-grad-cam").model.path is None  # the bundled model
     assert ui.targetClassComboBox.count() == 3
 
 
@@ -176,7 +184,7 @@ def test_a_saved_scene_never_brings_back_trust_in_a_bundle(application, module_f
     try:
         assert second.ui.modelKindComboBox.currentText == BUNDLE
         assert not second.ui.trustBundleCheckBox.checked, "trust came back from the scene file"
-        assert not second.widget._trusted()
+        assert not second.widget._modelSource().trust_bundle
         application.processEvents()
         assert not second.widget._inspector.busy or not second.widget._inspector._pending[0][1]
     finally:

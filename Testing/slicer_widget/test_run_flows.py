@@ -6,6 +6,7 @@ import glob
 import tempfile
 
 import numpy as np
+import pytest
 import slicer
 import vtk
 
@@ -27,6 +28,7 @@ def work_folders():
     return glob.glob(f"{tempfile.gettempdir()}/SegHiResGradCAM-[!i]*")
 
 
+@pytest.mark.slow
 def test_apply_twice_with_replace_keeps_one_heatmap_and_one_prediction(session, application):
     volume, _ = phantom_volume(application.scene)
     ui = session.ui
@@ -91,6 +93,7 @@ def test_a_ct_too_large_for_memory_is_refused_before_the_run_with_the_estimate(s
     assert session.ui.statusLabel.text == "Not started: the CT would not fit in memory."
 
 
+@pytest.mark.slow
 def test_compare_shows_both_methods_side_by_side(session, application):
     phantom_volume(application.scene)
     session.ui.compareButton.click()
@@ -105,6 +108,7 @@ def test_compare_shows_both_methods_side_by_side(session, application):
     assert [node.GetName().rsplit(" - ", 1)[1] for node in shown] == ["Seg-Grad CAM", "Seg-HiRes-Grad CAM"]
 
 
+@pytest.mark.slow
 def test_a_ct_under_a_transform_gets_its_outputs_under_the_same_transform(session, application):
     scene = application.scene
     volume, case = phantom_volume(scene)
@@ -133,6 +137,7 @@ def test_a_ct_under_a_transform_gets_its_outputs_under_the_same_transform(sessio
     assert heat_array[tumour].sum() / heat_array.sum() > 0.5
 
 
+@pytest.mark.slow
 def test_first_use_without_torch_says_what_will_be_installed_and_installs_once(application, module_file, monkeypatch):
     """The packages' metadata says torch is missing (the installers are stand-ins; the
     background run then uses this machine's torch)."""
@@ -184,8 +189,9 @@ def test_first_use_without_torch_says_what_will_be_installed_and_installs_once(a
         session.widget.cleanup()
 
 
+@pytest.mark.slow
 def test_apply_with_the_sample_explains_the_picked_tumour_segment(session, application):
-    """The flow of the README: the sample from Sample Data, its tumour segment as M."""
+    """The flow of the README's Slicer quick start: the sample from Sample Data, its tumour segment as M."""
     from mrml_scene import load_sample
 
     volume, segmentation = load_sample(application.scene)
@@ -218,6 +224,7 @@ def segment_mask(segmentation, segment_id, volume) -> np.ndarray:
     return mask
 
 
+@pytest.mark.slow
 def test_a_layer_atlas_is_browsed_with_its_slider(session, application):
     phantom_volume(application.scene, shape=(64, 64, 20), spacing=(4.8, 4.8, 6.0))
     ui = session.ui
@@ -241,6 +248,7 @@ def test_a_layer_atlas_is_browsed_with_its_slider(session, application):
     assert not ui.atlasLayerSlider.visible
 
 
+@pytest.mark.slow
 def test_a_segment_drawn_in_the_world_on_a_moved_ct_is_explained_where_it_lies(session, application):
     """The CT is under a transform, its segmentation is not: M is taken where the segment
     lies in the world, i.e. in the CT's own frame (the export resamples through both)."""
@@ -273,6 +281,7 @@ def test_a_segment_drawn_in_the_world_on_a_moved_ct_is_explained_where_it_lies(s
     assert heat_array[case.labels == 2].sum() / heat_array.sum() > 0.5
 
 
+@pytest.mark.slow
 def test_a_segment_the_network_does_not_predict_is_explained_with_a_warning_in_the_status(session, application):
     """A tumour segment of another patient (here: in front of the spine) still gives a
     normal-looking map; the status and the result's provenance say why not to trust it."""
@@ -292,6 +301,7 @@ def test_a_segment_the_network_does_not_predict_is_explained_with_a_warning_in_t
     assert "warning: " in ui.provenanceLabel.text
 
 
+@pytest.mark.slow
 def test_each_kidney_on_its_own_is_browsed_with_the_slider(session, application):
     """Two kidneys as one segment: a heatmap per part (largest first), a table row per part,
     and the slider walks the parts."""

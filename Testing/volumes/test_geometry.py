@@ -55,6 +55,7 @@ def heatmap_in_physical_space(tmp_path, ct: sitk.Image, name: str, reference: si
     return sitk.GetArrayFromImage(common)
 
 
+@pytest.mark.slow
 def test_the_heatmap_follows_the_anatomy_not_the_storage(tmp_path, case_images_small):
     ct, _ = case_images_small
     reference = ct

@@ -3,7 +3,7 @@
 A method turns the target layer's activations ``A`` and the gradients ``G = dT/dA``
 (both shaped (channels, *layer_grid)) into a signed raw map on the layer grid. The
 engine never needs to know which methods exist: registering one here is enough.
-Definitions: the README's method table (T is the segmentation target, not a class score).
+Definitions: the method table of docs/methods.md (T is the segmentation target, not a class score).
 
 ``additive`` tells the sliding-window engine how windows combine. For an additive
 method the whole-volume map is the sum of the per-window maps: each window's activation

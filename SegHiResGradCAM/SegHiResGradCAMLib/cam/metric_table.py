@@ -6,7 +6,19 @@ number is shown beside its baseline, and each check as pass or FAIL with its cri
 
 from __future__ import annotations
 
+from ..errors import ExplainInputError
+
+
 # The metric groups a run can ask for; localisation costs nothing and is always measured.
+def check_fractions(fractions) -> list[float]:
+    """The deletion and insertion curves' fractions of the image: at least two, increasing,
+    between 0 and 1."""
+    values = [float(value) for value in fractions]
+    if len(values) < 2 or not all(0 <= value <= 1 for value in values) or values != sorted(set(values)):
+        raise ExplainInputError("Give at least two increasing fractions between 0 and 1, e.g. 0, 0.01, ..., 0.05.")
+    return values
+
+
 METRIC_GROUPS = ("localisation", "faithfulness", "randomisation", "dependence")
 
 

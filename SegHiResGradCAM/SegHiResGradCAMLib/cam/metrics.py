@@ -34,7 +34,7 @@ import torch
 from scipy import ndimage, stats
 
 from ..errors import ExplainInputError
-from .metric_table import METRIC_GROUPS, metric_rows
+from .metric_table import METRIC_GROUPS, check_fractions, metric_rows
 from .model_inspection import evaluation_mode
 from .passes import class_probability, run_network
 from .slices import slice_logits
@@ -143,9 +143,7 @@ def faithfulness_curves(
     image = torch.as_tensor(np.asarray(image), dtype=torch.float32)
     heatmap = np.asarray(heatmap, dtype=np.float64)
     _check_same_shape(heatmap, np.empty(image.shape[1:]), "heatmap")
-    fractions = [float(value) for value in fractions]
-    if len(fractions) < 2 or min(fractions) < 0 or max(fractions) > 1 or fractions != sorted(fractions):
-        raise ExplainInputError("Give at least two increasing fractions between 0 and 1, e.g. 0, 0.01, ..., 0.05.")
+    fractions = check_fractions(fractions)
     reference = _baseline(image, baseline)
     order = torch.from_numpy(np.argsort(-heatmap.ravel(), kind="stable").copy())
     voxels = heatmap.size

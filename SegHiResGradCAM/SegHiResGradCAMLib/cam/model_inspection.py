@@ -224,7 +224,7 @@ LAYER_RULES = {
         "context beyond M, but put 29-48 % of its heat outside the body in the layer study",
     ),
 }
-# Chosen by the layer study (bench/bench_layers.py, README "Which layer: the layer study").
+# Chosen by the layer study (bench/bench_layers.py, docs/layer-study.md).
 DEFAULT_LAYER_RULE = "last-before-head"
 
 

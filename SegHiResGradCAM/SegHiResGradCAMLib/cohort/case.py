@@ -25,6 +25,7 @@ import numpy as np
 
 from ..cam.metric_table import METRIC_GROUPS, failed_checks
 from ..errors import ExplainInputError
+from ..models.formats import ModelSource
 from ..volumes.outputs import write_atomically
 from .datasets import CohortCase
 
@@ -36,14 +37,14 @@ HEAD_BYTES = 1 << 16  # the part of a file hashed for its identity: the header a
 
 @dataclass(frozen=True)
 class CohortSettings:
-    model: str | None = None  # model card, bundle or nnU-Net folder; None: the bundled demo model
+    model: ModelSource = field(
+        default_factory=ModelSource
+    )  # any format, with its options; a bare path (or None: the bundled model) too
     target_class: str = "tumour"
     methods: tuple[str, ...] = ("seg-hires-grad-cam", "seg-grad-cam")
     explain: str = "prediction"  # M: "prediction" (the network's) or "truth" (the ground-truth segment)
     metrics: bool = False  # deletion/insertion and the randomisation check (about 25 more passes per map)
     device: str = "auto"
-    trust_bundle: bool = False
-    folds: tuple[str, ...] | None = None
     torch_threads: int | None = None  # torch's threads in the process that runs the case
     layer: str | None = None  # the layer or layer rule (None: the model's default)
     mask_label: int | None = None  # with a mask column: M = the mask's voxels of this label
@@ -51,6 +52,9 @@ class CohortSettings:
     command: str = ""  # the command line that made the cohort, for the report's record
     per_component: bool = False  # a row per connected component of M (several tumours) and method
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "model", ModelSource.of(self.model))  # a bare path is a source without options
 
 
 def case_folder(results: Path, name: str) -> Path:
@@ -174,7 +178,6 @@ def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> l
     from ..cam.methods import METHODS
     from ..cam.metrics import body_mask, mass_share
     from ..demo.run_demo import case_figure
-    from ..models.formats import read_model_card
     from ..pipeline import ExplainJob, run
     from ..volumes.volume_io import read_volume
 
@@ -183,7 +186,7 @@ def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> l
 
         torch.set_num_threads(settings.torch_threads)
     started = time.perf_counter()
-    card = read_model_card(settings.model, trust_bundle=settings.trust_bundle, folds=settings.folds)
+    card = settings.model.read()
     class_index = card.class_index(settings.target_class)
     mask, label = case.mask, settings.mask_label if case.mask is not None else None
     if mask is None and settings.explain == "truth":
@@ -203,13 +206,11 @@ def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> l
         device=settings.device,
         prediction=folder / "prediction.nrrd",
         metrics=settings.metrics,
-        trust_bundle=settings.trust_bundle,
         layer=settings.layer,
         measure=settings.measure,
         command=settings.command,
         series=case.series,
         segment=case.segment,
-        folds=list(settings.folds) if settings.folds else None,
     )
     result = run(job)
     sitk.WriteImage(result.segment, str(folder / "segment.nrrd"), useCompression=True)  # M, for the review

@@ -285,7 +285,7 @@ def _record(rows, layout: str, settings) -> str:
     """How the results were made, as a researcher would cite them."""
     done = [row for row in rows if row.get("status") == "done"]
     first = done[0] if done else {}
-    model = settings.model or "the bundled demo model"
+    model = settings.model.path or "the bundled demo model"
     source = (
         "the ground truth's " + settings.target_class
         if settings.explain == "truth"

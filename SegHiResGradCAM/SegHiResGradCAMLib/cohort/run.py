@@ -116,13 +116,12 @@ def check_settings(settings: CohortSettings) -> str:
     """Refuses, before any case runs, what would fail every case (a model that cannot be read
     or is not trusted, an unknown class or method); returns the model files' digest."""
     from ..cam.methods import METHODS
-    from ..models.formats import read_model_card
     from ..pipeline import files_digest
 
     unknown = [method for method in settings.methods if method not in METHODS]
     if unknown:
         raise ExplainInputError(f"Unknown CAM method {unknown[0]!r}: choose from {', '.join(METHODS)}.")
-    card = read_model_card(settings.model, trust_bundle=settings.trust_bundle, folds=settings.folds)
+    card = settings.model.read()
     card.class_index(settings.target_class)
     return files_digest(card.input_files)
 
@@ -132,7 +131,7 @@ def settings_record(dataset: Path, settings: CohortSettings) -> dict:
     record = {key: values.get(key) for key in RECORDED if key != "dataset"}
     record["dataset"] = os.path.realpath(dataset)
     record["methods"] = sorted(settings.methods)
-    record["folds"] = sorted(settings.folds) if settings.folds else None
+    record["folds"] = sorted(settings.model.folds) if settings.model.folds else None
     record["measure"] = sorted(settings.measure) if settings.metrics else None
     return json.loads(json.dumps(record))  # as it reads back from the file
 

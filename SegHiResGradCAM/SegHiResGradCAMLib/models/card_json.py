@@ -51,7 +51,7 @@ def check_known_entries(card: dict, known: dict, name: str, prefix: str = "") ->
             hint = f"did you mean {prefix + close[0]!r}? " if close else ""
             raise ExplainInputError(
                 f"The model card {name}: unknown entry {prefix + key!r}; {hint}The card can hold "
-                f"{', '.join(prefix + entry for entry in known)} (see the README's model card section)."
+                f"{', '.join(prefix + entry for entry in known)} (see 'Your own model' in docs/models.md)."
             )
         if isinstance(known[key], dict) and isinstance(value, dict):
             check_known_entries(value, known[key], name, f"{prefix}{key}.")

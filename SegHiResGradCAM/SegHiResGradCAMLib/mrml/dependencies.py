@@ -20,21 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..models.monai_bundle import CONFIG_NAMES, is_bundle
-from ..models.nnunet_folder import is_nnunet_folder
+from ..models.formats import NOTHING_MORE, ModelSource, Package, Packages, registered_formats
 
 TORCH = "torch"
-
-
-@dataclass(frozen=True)
-class Requirement:
-    distribution: str  # the name pip installs
-    module: str  # the name Python imports
-    minimum: str | None = None  # lowest version known to work
-
-    @property
-    def specifier(self) -> str:
-        return f"{self.distribution}>={self.minimum}" if self.minimum else self.distribution
+# A package to have installed (the formats declare theirs with the same type).
+Requirement = Package
 
 
 def declared_minimums() -> dict[str, str]:
@@ -57,36 +47,10 @@ CORE = tuple(
         ("scipy", "scipy"),
     )
 )
-# nnU-Net results folders only: nnU-Net's plain dependencies (the `nnunet` extra) ...
-NNUNET_PLAIN = tuple(
-    Requirement(name, module)
-    for name, module in (
-        ("threadpoolctl", "threadpoolctl"),
-        ("blosc2", "blosc2"),
-        ("scikit-image", "skimage"),
-        ("scikit-learn", "sklearn"),
-        ("pandas", "pandas"),
-        ("nibabel", "nibabel"),
-        ("einops", "einops"),
-        ("tqdm", "tqdm"),
-        ("seaborn", "seaborn"),
-        ("connected-components-3d", "cc3d"),
-    )
-)
-# ... and nnU-Net's own packages, installed with --no-deps, each at least the lowest version
-# whose API the pipeline uses (requirements-nnunet.txt pins the tested ones for `make test`).
-# An installed nnU-Net at or above these is left alone: TotalSegmentator and SlicerNNUNet share
-# Slicer's Python and may rely on its exact version.
-NNUNET_OWN = (
-    Requirement("nnunetv2", "nnunetv2", "2.5"),  # get_network_from_plans, PlansManager
-    Requirement("dynamic-network-architectures", "dynamic_network_architectures", "0.3.1"),
-    Requirement("batchgenerators", "batchgenerators", "0.25"),
-    Requirement("batchgeneratorsv2", "batchgeneratorsv2", "0.2"),
-    Requirement("acvl-utils", "acvl_utils", "0.2"),
-)
-NNUNET_INSTALLER = "nnunet"  # SlicerNNUNet's InstallLogic where that extension is installed, else pip --no-deps
-# MONAI bundles whose configuration is YAML (the `bundle` extra).
-PYYAML = Requirement("PyYAML", "yaml", "6")
+# nnU-Net results folders: nnU-Net's plain dependencies and its own packages, as the format declares them.
+NNUNET = next(model_format for model_format in registered_formats() if model_format.name == "nnunet").packages(Path())
+NNUNET_PLAIN, NNUNET_OWN = NNUNET.plain, NNUNET.without_dependencies
+NNUNET_INSTALLER = NNUNET.installer  # SlicerNNUNet's InstallLogic where that extension is installed, else pip --no-deps
 UNKNOWN_VERSION = "installed"  # importable, but without package metadata (built into Slicer)
 
 
@@ -124,40 +88,40 @@ def problem(requirement: Requirement, version: str | None) -> str | None:
 
 
 def plan_installs(
-    versions: Callable[[Requirement], str | None] | None = None, nnunet: bool = False, yaml: bool = False
+    versions: Callable[[Requirement], str | None] | None = None, extra: Packages = NOTHING_MORE
 ) -> list[InstallStep]:
     """What to install, in order: PyTorch first (the other packages' installers must find it
-    and not bring their own), then the plain packages in one pip call, then nnU-Net's own
-    packages without their dependencies. Empty when everything is there."""
+    and not bring their own), then the plain packages (the core ones and a format's
+    ``extra`` ones) in one pip call, then the format's packages that go in without their
+    dependencies (nnU-Net's own), through its installer. Empty when everything is there."""
     versions = versions or installed_version
     plan = []
     torch, *plain = CORE
     torch_problem = problem(torch, versions(torch))
     if torch_problem:
         plan.append(InstallStep("pytorch", (f">={torch.minimum}",), (torch_problem,)))
-    wanted = [*plain, *(NNUNET_PLAIN if nnunet else ()), *((PYYAML,) if yaml else ())]
+    wanted = [*plain, *extra.plain]
     problems = [(requirement, problem(requirement, versions(requirement))) for requirement in wanted]
     missing = [(requirement, reason) for requirement, reason in problems if reason]
     if missing:
         plan.append(InstallStep("pip", tuple(r.specifier for r, _ in missing), tuple(reason for _, reason in missing)))
-    if nnunet:
-        outdated = [(requirement, problem(requirement, versions(requirement))) for requirement in NNUNET_OWN]
-        outdated = [(requirement, reason) for requirement, reason in outdated if reason]
-        if outdated:
-            arguments = ("--no-deps", *(requirement.specifier for requirement, _ in outdated))
-            plan.append(InstallStep(NNUNET_INSTALLER, arguments, tuple(reason for _, reason in outdated)))
+    checked = [(requirement, problem(requirement, versions(requirement))) for requirement in extra.without_dependencies]
+    outdated = [(requirement, reason) for requirement, reason in checked if reason]
+    if outdated:
+        arguments = ("--no-deps", *(requirement.specifier for requirement, _ in outdated))
+        plan.append(InstallStep(extra.installer, arguments, tuple(reason for _, reason in outdated)))
     return plan
 
 
 def plan_for_model(
-    model: Path | None, versions: Callable[[Requirement], str | None] | None = None
+    model: ModelSource | Path | None, versions: Callable[[Requirement], str | None] | None = None
 ) -> list[InstallStep]:
-    """The install plan for explaining ``model`` (a card, bundle or nnU-Net folder; None: the
-    bundled model): nnU-Net's packages for its results folders, PyYAML for YAML bundles."""
-    path = Path(model) if model is not None else None
-    nnunet = path is not None and is_nnunet_folder(path)
-    yaml = path is not None and is_bundle(path) and not (path / "configs" / CONFIG_NAMES[0]).is_file()
-    return plan_installs(versions, nnunet=nnunet, yaml=yaml)
+    """The install plan for explaining ``model`` (any format; None: the bundled model): the
+    core packages and what the model's format needs (nnU-Net's packages for its results
+    folders, PyYAML for a YAML bundle)."""
+    source = ModelSource.of(model)
+    extra = source.format.packages(source.path) if source.path is not None else NOTHING_MORE
+    return plan_installs(versions, extra)
 
 
 def missing_summary(plan: list[InstallStep]) -> str:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cam.evidence import Evidence
 from ..cam.metric_table import METRIC_GROUPS, metric_rows
 from ..errors import ExplainInputError
-from ..models.formats import read_model_card
+from ..models.formats import ModelSource
 from . import mrml_adapter
 from .background import BackgroundQuery, BackgroundRun, Status, new_work_dir
 
@@ -27,18 +27,19 @@ class ExplainSettings:
     method: str = "seg-hires-grad-cam"
     segmentation_node: object = None  # with segment_id; None: explain the network's prediction
     segment_id: str | None = None
-    model: Path | None = None  # model card or folder; None: the bundled demo model
+    model: ModelSource = field(default_factory=ModelSource)  # any format with its options; or a bare path, None
     layer: str | None = None
     device: str = "auto"
     with_prediction: bool = False  # also load the predicted segmentation
     with_metrics: bool = False  # also measure the map and load the numbers as a table
-    trust_bundle: bool = False  # the user trusts the MONAI bundle given as the model (its config can run code)
-    folds: list[str] | None = None  # nnU-Net results folder: the folds to ensemble (None: all)
     replace_previous: bool = False  # replace this module's earlier output of the same name
     signed: bool = False  # also load the signed map S (diverging colours centred on 0)
     atlas: bool = False  # a layer atlas: one heatmap per decoder stage, with every layer's metrics
     per_component: bool = False  # one heatmap per connected part of the segment, largest first
     volume_rendering_logic: object = None  # show the heatmap in 3D with this (Slicer's volume rendering logic)
+
+    def __post_init__(self):
+        self.model = ModelSource.of(self.model)  # a bare path is a source without options
 
 
 # What a layer atlas measures at each layer unless the user asks for every metric: the cheap
@@ -67,7 +68,7 @@ class ExplainRun:
                 "layer atlas and the signed map, or the parts."
             )
         # Refuses a missing or unreadable card, or an untrusted bundle, before any work.
-        card = read_model_card(settings.model, trust_bundle=settings.trust_bundle, folds=settings.folds)
+        card = settings.model.read()
         self.class_index = card.class_index(settings.target_class)
         self.card = card
         with new_work_dir("SegHiResGradCAM-") as work_dir:
@@ -109,7 +110,7 @@ class ExplainRun:
             arguments += ["--measure", *ATLAS_MEASURES]
         if settings.signed:
             arguments += ["--signed", "signed.nrrd"]
-        arguments += model_arguments(settings.model, settings.trust_bundle, settings.folds)
+        arguments += settings.model.arguments()
         if settings.layer and not settings.atlas:
             arguments += ["--layer", settings.layer]
         return arguments
@@ -256,7 +257,7 @@ class ExplainRun:
             "Method": explained["title"],
             "Layer": explained["layer"],
             "Model": self.card.name,
-            "ModelFile": str(Path(settings.model).resolve()) if settings.model is not None else "bundled",
+            "ModelFile": str(settings.model.path.resolve()) if settings.model.path is not None else "bundled",
             "Class": self.card.classes[self.class_index],
             "TargetScore": str(explained["target_score"]),
             "Segment": self.segment_name,
@@ -288,16 +289,9 @@ def memory_warning(settings: ExplainSettings) -> str | None:
     as the pipeline judges it (the CT on the model's grid); None when it fits."""
     from ..models.card import model_grid_memory_problem
 
-    card = read_model_card(settings.model, trust_bundle=settings.trust_bundle, folds=settings.folds)
+    card = settings.model.read()
     size, spacing = settings.volume_node.GetImageData().GetDimensions(), settings.volume_node.GetSpacing()
     return model_grid_memory_problem(size, spacing, card, settings.volume_node.GetName())
-
-
-def model_arguments(model: Path | None, trust_bundle: bool, folds: list[str] | None) -> list[str]:
-    """The command line's model options for these settings."""
-    arguments = ["--model", str(Path(model).resolve())] if model is not None else []
-    arguments += ["--trust-bundle"] if trust_bundle else []
-    return arguments + (["--folds", *map(str, folds)] if folds else [])
 
 
 def model_version(model: Path | None) -> tuple:
@@ -331,15 +325,15 @@ class ModelInspector:
         self._cache: dict[tuple, dict] = {}
         self._pending: tuple | None = None  # (key, query, work folder)
 
-    def request(self, model: Path | None, trust_bundle: bool = False, folds: list[str] | None = None) -> dict | None:
+    def request(self, model: ModelSource) -> dict | None:
         """The description if known; else starts the inspection (replacing one under way)
         and returns None: ``poll()`` until it is there."""
-        key = (model_version(model), trust_bundle, tuple(folds or ()))
+        key = (model_version(model.path), model.trust_bundle, model.folds)
         if key in self._cache:
             return self._cache[key]
         self.cancel()
         with new_work_dir("SegHiResGradCAM-inspect-") as work_dir:
-            query = BackgroundQuery(["inspect", *model_arguments(model, trust_bundle, folds)], work_dir, self._python)
+            query = BackgroundQuery(["inspect", *model.arguments()], work_dir, self._python)
         self._pending = (key, query, work_dir)
         return None
 
