@@ -34,10 +34,16 @@ HEADS = ("softmax", "sigmoid")
 class CamResult:
     """A class activation map for one target.
 
-    ``raw`` is the signed map on the target layer's grid (for sliding windows whose offsets
-    do not align with the layer's stride: on the image grid, see ``raw_grid``);
-    ``heatmap`` is ReLU(raw) interpolated (bilinear / trilinear, align_corners=False) onto
-    the image grid, not normalised; ``target_score`` is T.
+    Attributes:
+        raw: the signed map S on the target layer's grid (for sliding windows whose offsets do
+            not align with the layer's stride: on the image grid, see ``raw_grid``).
+        heatmap: ReLU(raw) interpolated (bilinear / trilinear, align_corners=False) onto the
+            image grid, not normalised.
+        target_score: T, the value the map explains.
+        method: the method's registered name.
+        layer: the layer explained (a rule resolved to its module name).
+        target_class: the class of T; None for a ``CallableTarget``.
+        raw_grid: "layer" or "image", the grid of ``raw``.
     """
 
     raw: np.ndarray
@@ -81,23 +87,53 @@ def explain(
     score_cam_channels: int | None = None,
     score: str | None = None,
 ) -> CamResult:
-    """Explain T = sum over ``mask`` of the class-``target_class`` score at ``layer``.
+    """Explain T = sum over ``mask`` of the class's output at ``layer``, in one call.
 
-    ``image``: (C, *spatial) or (1, C, *spatial), 2D or 3D, array or tensor.
-    ``mask``: boolean array over the output's spatial shape; None means the whole image.
-    ``output``: "logits" or "probability" (softmax over classes for a ``head="softmax"``
-    network, sigmoid of the channel for ``head="sigmoid"`` region or multi-label heads).
-    ``window``: a ``Tiling`` (``Tiling.monai(size, overlap, mode)``, or a model format's own,
-    e.g. nnU-Net's) runs the network window by window, ``batch_size`` windows at a time, and
-    explains the blended output exactly; None runs one pass over the whole image. (Window
-    sizes with ``overlap`` and ``blend``, as 0.1 took them, still work and warn.)
-    ``device``: None follows the model; "auto" picks CUDA, then MPS, then the CPU.
-    ``progress(fraction, message)`` is called as windows finish; ``cancel`` (anything with
-    ``is_set()``, e.g. a threading.Event) stops the run with ExplainCancelled.
-    ``score_cam_channels``: Seg-Score CAM only, explain just this many channels (those with
-    the largest activation over M) to save forward passes; ``batch_size`` masked inputs
-    run at a time.
-    The model is evaluated in eval mode and left exactly as it was.
+    Made for one question; an ``Explainer`` answers many without placing the model each time,
+    with the same maps. The model is evaluated in eval mode and left exactly as it was.
+
+    Args:
+        model: the segmentation network, returning (1, classes, *spatial) logits.
+        image: (C, *spatial) or (1, C, *spatial), 2D or 3D, array or tensor.
+        target_class: the output channel c.
+        mask: M, a boolean array over the output's spatial shape; None: the whole image.
+        layer: a dotted module name or a layer rule; None: the recommended layer.
+        method: a registered method (``METHODS``).
+        output: "logits" or "probability" (softmax over the classes for ``head="softmax"``,
+            the channel's sigmoid for ``head="sigmoid"`` region or multi-label heads).
+        head: "softmax" or "sigmoid".
+        window: a ``Tiling`` (``Tiling.monai(size, overlap, mode)`` or a format's own) to run the
+            network window by window and explain the blended output exactly; None: one pass.
+        overlap: with window sizes (deprecated) only.
+        blend: with window sizes (deprecated) only.
+        batch_size: windows (or Score CAM's masked inputs) run together.
+        device: None follows the model; "auto" picks CUDA, then MPS, then the CPU.
+        mixed_precision: float16 autocast on CUDA (float32 accumulation).
+        progress: called as ``progress(fraction, message)`` while windows finish.
+        cancel: anything with ``is_set()`` (a ``threading.Event``) to stop the run.
+        skip_windows: skip the windows whose output does not reach M (the map is the same).
+        score_cam_channels: Seg-Score CAM only: explain just this many channels (those with the
+            largest activation over M).
+        score: the name of ``output`` before 0.2 (deprecated).
+
+    Returns:
+        A ``CamResult``.
+
+    Raises:
+        ExplainInputError: bad input (empty mask, wrong shape, unknown class, method or layer,
+            a layer off the output path, NaN), with what to do.
+        ExplainCancelled: ``cancel`` was set; nothing partial is returned.
+        ExplainResourceError: the device ran out of memory, with what to try.
+
+    Example:
+        >>> import torch
+        >>> from SegHiResGradCAMLib import explain
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 1))
+        >>> tumour = torch.zeros(16, 16, dtype=torch.bool)
+        >>> tumour[4:8, 4:8] = True
+        >>> result = explain(net, torch.randn(1, 16, 16), 2, tumour)
+        >>> result.heatmap.shape, result.layer
+        ((16, 16), '1')
     """
     if score is not None:  # the name before 0.2
         warnings.warn("explain(score=...) is now explain(output=...)", DeprecationWarning, stacklevel=2)

@@ -33,9 +33,21 @@ from .sliding_window import Tiling
 
 @dataclass(frozen=True)
 class SegmentTarget:
-    """T = sum over M (``mask``; None: the whole image) of the class's ``output``: "logits",
-    or "probability" (softmax over the classes for a ``head="softmax"`` network, the sigmoid
-    of the channel for ``head="sigmoid"`` region or multi-label networks)."""
+    """T as the paper defines it: the sum over M of one class's output.
+
+    Attributes:
+        class_index: the output channel c.
+        mask: M, a boolean array over the output's spatial shape; None: the whole image.
+        output: "logits", or "probability" (softmax over the classes for ``head="softmax"``,
+            the sigmoid of the channel for ``head="sigmoid"`` region or multi-label networks).
+        head: "softmax" or "sigmoid".
+
+    Example:
+        >>> import torch
+        >>> from SegHiResGradCAMLib import SegmentTarget
+        >>> SegmentTarget(2, torch.ones(8, 8, dtype=torch.bool), output="probability").output
+        'probability'
+    """
 
     class_index: int
     mask: Any = None
@@ -45,15 +57,34 @@ class SegmentTarget:
 
 @dataclass(frozen=True)
 class CallableTarget:
-    """T = ``function(logits)``, any differentiable scalar of the network's (blended) logits,
-    shaped (1, classes, *spatial); e.g. ``lambda y: y[0, 2][tumour].mean()``. Explained by
-    the gradient methods (Score CAM's weights are defined for a class over M only)."""
+    """T = ``function(logits)``, any differentiable scalar of the network's logits.
+
+    The logits are shaped (1, classes, *spatial), blended under a tiling. Explained by the
+    gradient methods (Score CAM's weights are defined for a class over M only).
+
+    Attributes:
+        function: maps the logits to a one-element tensor.
+
+    Example:
+        >>> import torch
+        >>> from SegHiResGradCAMLib import CallableTarget, Explainer
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 1))
+        >>> tumour = torch.zeros(16, 16, dtype=torch.bool)
+        >>> tumour[4:8, 4:8] = True
+        >>> with Explainer(net, layer="1") as explainer:
+        ...     result = explainer(torch.randn(1, 16, 16), CallableTarget(lambda y: y.softmax(1)[0, 2][tumour].mean()))
+        >>> result.target_class is None
+        True
+    """
 
     function: Callable[[torch.Tensor], torch.Tensor]
 
 
 class Explainer:
     """Explains segmentation targets of one network at one layer with one method.
+
+    Entering the ``with`` block places the model on the device once; leaving puts it back, with
+    its training flags, and removes every hook. Each answer equals ``explain()``'s.
 
     Args:
         model: the segmentation network (any ``torch.nn.Module`` returning logits shaped
@@ -67,9 +98,21 @@ class Explainer:
         mixed_precision: autocast on CUDA.
         score_cam_channels: Seg-Score CAM only, the number of channels explained.
 
+    Raises:
+        ExplainInputError: an unknown method, or a tiling that is not a ``Tiling``.
+
     Example:
-        >>> with Explainer(model, method="seg-hires-grad-cam") as explainer:  # doctest: +SKIP
-        ...     result = explainer(ct, SegmentTarget(2, tumour))
+        >>> import torch
+        >>> from SegHiResGradCAMLib import Explainer, SegmentTarget
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 1))
+        >>> tumour = torch.zeros(16, 16, dtype=torch.bool)
+        >>> tumour[4:8, 4:8] = True
+        >>> ct = torch.randn(1, 16, 16)
+        >>> with Explainer(net, method="seg-hires-grad-cam") as explainer:
+        ...     tumour_map = explainer(ct, SegmentTarget(2, tumour))
+        ...     everywhere = explainer(ct, SegmentTarget(1))
+        >>> tumour_map.heatmap.shape
+        (16, 16)
     """
 
     def __init__(

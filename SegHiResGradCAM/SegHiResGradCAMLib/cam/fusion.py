@@ -21,10 +21,36 @@ FUSION_RULES = ("mean", "max")
 
 
 def explain_layers(model, image, target_class: int, layers, mask=None, rule: str = "mean", **options) -> CamResult:
-    """``explain`` at each of ``layers`` (same method, target and options), fused by ``rule``.
+    """``explain`` at each of ``layers`` (same method, target and options), fused on the image grid.
 
-    The result's ``raw`` and ``heatmap`` are the fused map on the image grid (raw_grid
-    "image"); ``layer`` lists the layers joined by "+"."""
+    Each layer's heatmap is divided by its own maximum first (layers differ in scale by orders
+    of magnitude).
+
+    Args:
+        model: the segmentation network.
+        image: (C, *spatial) or (1, C, *spatial).
+        target_class: the output channel c.
+        layers: dotted module names (``list_layers`` shows them).
+        mask: M; None: the whole image.
+        rule: "mean" or "max" (voxel-wise).
+        **options: ``explain``'s other options (method, output, head, window, device, ...).
+
+    Returns:
+        A ``CamResult`` whose ``raw`` and ``heatmap`` are the fused map (``raw_grid`` "image")
+        and whose ``layer`` joins the layers with "+".
+
+    Raises:
+        ExplainInputError: no layer, or an unknown rule.
+
+    Example:
+        >>> import torch
+        >>> from SegHiResGradCAMLib import explain_layers
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 1))
+        >>> tumour = torch.zeros(16, 16, dtype=torch.bool)
+        >>> tumour[4:8, 4:8] = True
+        >>> explain_layers(net, torch.randn(1, 16, 16), 2, ["0", "1"], tumour).layer
+        '0+1'
+    """
     layers = list(layers)
     if not layers:
         raise ExplainInputError("Give at least one layer to fuse (list_layers() shows them).")

@@ -37,13 +37,25 @@ GRADIENT_PASS_COST = "1 forward + 1 backward pass (per window)"
 
 @dataclass(frozen=True)
 class CamMethod:
-    """A registered method.
+    """A registered method (``METHODS`` maps each name to one).
 
-    Channel-weight methods also give ``window_statistics`` (per-channel sums that add up
-    over windows) and ``channel_weights``, so that sliding windows never hold a channels x
-    volume array; ``needs_activation_sums`` asks for sum_u A_k(u) first. A gradient-free
-    method gives ``network_map(model, module, layer, image_batch, target, mask,
-    batch_size) -> (raw map, T)`` instead of ``raw_map``. ``cost`` is stated to users.
+    Channel-weight methods also give ``window_statistics`` (per-channel sums that add up over
+    windows) and ``channel_weights``, so that sliding windows never hold a channels x volume
+    array; ``needs_activation_sums`` asks for sum_u A_k(u) first. A gradient-free method gives
+    ``network_map(model, module, layer, image_batch, target, mask, batch_size) -> (raw map, T)``
+    instead of a ``raw_map``.
+
+    Attributes:
+        name: what ``method=`` takes.
+        title: the name shown to users.
+        raw_map: ``raw_map(activations, gradients) -> map`` on the layer grid.
+        additive: whether window maps add up to the whole-volume map.
+        reference: where the method comes from.
+        window_statistics: per-window channel statistics (channel-weight methods).
+        channel_weights: the weights from the summed statistics (channel-weight methods).
+        needs_activation_sums: whether the weights need sum_u A_k(u).
+        network_map: a gradient-free method's own computation.
+        cost: what one explanation costs, stated to users.
     """
 
     name: str
@@ -67,7 +79,33 @@ METHODS: dict[str, CamMethod] = {}
 
 
 def register_method(name: str, title: str, *, additive: bool, reference: str, cost: str | None = None):
-    """Decorator that registers ``raw_map(activations, gradients) -> map`` as a method."""
+    """A decorator that registers ``raw_map(activations, gradients) -> map`` as a method.
+
+    The engine needs no change: the method runs on whole images and, when ``additive``, window
+    by window (the whole-volume map is the sum of the windows' maps).
+
+    Args:
+        name: the name ``method=`` and ``--method`` take.
+        title: the name shown to users.
+        additive: whether the map of a sum of windows is the sum of their maps.
+        reference: where the method comes from.
+        cost: what one explanation costs, as ``seghiresgradcam methods`` states it.
+
+    Returns:
+        The decorator; it returns the function unchanged.
+
+    Raises:
+        ValueError: a name that is already registered.
+
+    Example:
+        >>> from SegHiResGradCAMLib import METHODS, register_method
+        >>> @register_method("positive-hires", "Positive HiRes", additive=True, reference="an example")
+        ... def positive_hires(activations, gradients):  # (channels, *layer_grid) each
+        ...     return (gradients.clamp(min=0) * activations).sum(dim=0)
+        >>> METHODS["positive-hires"].title
+        'Positive HiRes'
+        >>> del METHODS["positive-hires"]
+    """
 
     def register(raw_map: RawMapFunction) -> RawMapFunction:
         _add(CamMethod(name, title, raw_map, additive, reference, cost=cost or GRADIENT_PASS_COST))

@@ -67,6 +67,24 @@ class Check:
 
 @dataclass
 class ExplanationMetrics:
+    """The metrics of one map, each with its baseline; ``None`` where not measured.
+
+    Attributes:
+        mass_in_target: the share of the heat inside M.
+        peak_in_target: whether the map's maximum lies inside M.
+        mass_in_regions: the share of the heat in each named region.
+        deletion: the curve of P (mean class probability over M) as the hottest voxels go.
+        insertion: the curve of P as the hottest voxels are put back into the baseline.
+        randomisation_similarity: the rank similarity with a randomised network's map.
+        randomisation_similarity_in_target: the same over M's voxels only.
+        mass_in_target_uniform: a flat map's heat in M (M's share of the voxels).
+        mass_in_target_randomised: the randomised network's heat in M.
+        deletion_random: the deletion curve of a random voxel order.
+        insertion_random: the insertion curve of a random voxel order.
+        dependence_on_target: the rank similarity with the map of M moved aside.
+        checks: each comparison as (name, value, criterion, passed).
+    """
+
     mass_in_target: float
     peak_in_target: bool
     mass_in_regions: dict[str, float] = field(default_factory=dict)
@@ -344,14 +362,41 @@ def explanation_metrics(
 ) -> ExplanationMetrics:
     """All metrics of one heatmap on the network's input grid, with their baselines and checks.
 
-    ``image`` (C, *spatial) and ``mask``, ``heatmap`` and ``regions`` (*spatial) share the
-    grid. ``window``/``overlap``: run the network as it is run for the map. With
-    ``explain_again(network) -> heatmap`` (the same method, layer and target on another
-    network), the randomisation sanity check is added; with ``explain_for(mask) ->
-    heatmap`` (the same network for another M), the dependence on M. ``measure``: which of
-    ``METRIC_GROUPS``. ``random_curves``: the random-order deletion and insertion curves
-    when already measured for this image and M (they do not depend on the map).
-    ``slice_by_slice``: a 2D network on a volume (see ``slices``).
+    Args:
+        model: the segmentation network.
+        image: (C, *spatial), on the same grid as ``mask``, ``heatmap`` and ``regions``.
+        target_class: the output channel c.
+        mask: M, a boolean array.
+        heatmap: the map to measure.
+        regions: named boolean arrays to measure the heat in (e.g. ``{"outside body": ~body}``).
+        head: "softmax" or "sigmoid".
+        window: the network's tiling for the faithfulness curves, as it is run for the map.
+        overlap: with window sizes only.
+        fractions: the deletion and insertion curves' points (fractions of the image).
+        baseline: what deleted voxels become: "blur" (a 5-voxel Gaussian) or a number.
+        explain_again: ``explain_again(network) -> heatmap``, the same method, layer and target
+            on another network: adds the randomisation sanity check.
+        slice_by_slice: a 2D network on a volume.
+        explain_for: ``explain_for(mask) -> heatmap``, the same network for another M: adds the
+            dependence on M.
+        measure: which of ``METRIC_GROUPS`` (localisation, faithfulness, randomisation, dependence).
+        random_curves: the random-order deletion and insertion curves when already measured for
+            this image and M (they do not depend on the map).
+
+    Returns:
+        An ``ExplanationMetrics``, each number beside its baseline, and ``checks``.
+
+    Example:
+        >>> import numpy as np
+        >>> import torch
+        >>> from SegHiResGradCAMLib import explain, explanation_metrics
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 1))
+        >>> image, tumour = torch.randn(1, 16, 16), np.zeros((16, 16), bool)
+        >>> tumour[4:8, 4:8] = True
+        >>> heatmap = explain(net, image, 2, tumour).heatmap
+        >>> metrics = explanation_metrics(net, image, 2, tumour, heatmap, measure=("localisation",))
+        >>> 0 <= metrics.mass_in_target <= 1
+        True
     """
     unknown = set(measure) - set(METRIC_GROUPS)
     if unknown:

@@ -29,7 +29,14 @@ _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTra
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """A layer that can be explained: its dotted module name and output shape."""
+    """A layer that can be explained.
+
+    Attributes:
+        name: its dotted module name (what ``layer=`` takes).
+        type: its module's class name.
+        shape: its output, (channels, *spatial) on the layer's grid.
+        rules: the layer rules that select it (``recommended`` is the default rule's).
+    """
 
     name: str
     type: str
@@ -161,8 +168,25 @@ _layer_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def list_layers(model: nn.Module, image_shape) -> list[LayerInfo]:
-    """Layers that can be explained for images of ``image_shape`` ((C, *spatial) or with a
-    leading batch of 1), in execution order; one of them is marked ``recommended``."""
+    """The layers that can be explained, in execution order; one is marked ``recommended``.
+
+    A layer can be explained when it runs once, returns an image-shaped tensor and the output
+    depends on it.
+
+    Args:
+        model: the segmentation network.
+        image_shape: (C, *spatial), or with a leading batch of 1.
+
+    Returns:
+        A list of ``LayerInfo``.
+
+    Example:
+        >>> import torch
+        >>> from SegHiResGradCAMLib import list_layers
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 1))
+        >>> [(layer.name, layer.recommended) for layer in list_layers(net, (1, 16, 16))]
+        [('0', False), ('1', True)]
+    """
     probe = as_image_batch(torch.zeros(tuple(image_shape)), model)
     return _layers_for_batch_shape(model, probe)
 

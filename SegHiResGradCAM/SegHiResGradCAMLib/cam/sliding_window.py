@@ -93,9 +93,26 @@ def window_grid(image_shape, window, overlap: float) -> WindowGrid:
 
 @dataclass(frozen=True)
 class Tiling:
-    """How a volume is cut into windows and blended back. This one is MONAI's
-    sliding_window_inference (``window_grid``, ``importance_map``); a model format with its
-    own geometry (nnU-Net) subclasses it, and every windowed computation follows it."""
+    """How a volume is cut into windows and blended back.
+
+    This one is MONAI's ``sliding_window_inference`` (``window_grid``, ``importance_map``); a
+    model format with its own geometry (nnU-Net's) subclasses it, and every windowed
+    computation (logits, attribution, deletion and insertion) follows it.
+
+    Attributes:
+        window: the window's size, in the network's array order.
+        overlap: the windows' overlap, a fraction in [0, 1).
+        blend: "gaussian" or "constant" (MONAI's ``mode``).
+        sigma_scale: the Gaussian's width relative to the window (MONAI's ``sigma_scale``).
+        padding_mode: how images smaller than a window are padded (MONAI's ``padding_mode``).
+        padding_value: the constant of "constant" padding (MONAI's ``cval``).
+
+    Example:
+        >>> from SegHiResGradCAMLib import Tiling
+        >>> tiling = Tiling.monai((32, 32), overlap=0.5)
+        >>> len(tiling.grid((48, 48)).starts)
+        4
+    """
 
     window: tuple[int, ...]
     overlap: float = 0.25
@@ -114,9 +131,22 @@ class Tiling:
         padding_mode: str = "constant",
         cval: float = 0.0,
     ) -> Tiling:
-        """MONAI's ``sliding_window_inference`` (``SlidingWindowInferer``) tiling, in its
-        argument names: ``roi_size`` as ``size``, ``overlap``, ``mode``, ``sigma_scale``,
-        ``padding_mode`` and ``cval``."""
+        """MONAI's ``SlidingWindowInferer`` tiling, in its argument names.
+
+        Args:
+            size: MONAI's ``roi_size``, the window in the network's array order.
+            overlap: the windows' overlap, a fraction in [0, 1).
+            mode: "gaussian" or "constant".
+            sigma_scale: the Gaussian's width relative to the window.
+            padding_mode: how images smaller than a window are padded.
+            cval: the constant of "constant" padding.
+
+        Returns:
+            A ``Tiling``.
+
+        Raises:
+            ExplainInputError: an unknown mode, or an overlap outside [0, 1).
+        """
         check_blend(mode)
         tiling = cls(tuple(int(value) for value in size), float(overlap), mode, sigma_scale, padding_mode, float(cval))
         tiling.grid(tiling.window)  # checks the overlap now
@@ -258,13 +288,31 @@ def sliding_window_logits(
     cancel=None,
     mask=None,
 ) -> torch.Tensor:
-    """Blended logits (K, *spatial) on the CPU, equal to MONAI's sliding_window_inference
-    with the same window (roi_size), overlap and blend (mode); or following ``window`` when
-    it is a Tiling (overlap and blend are then its own).
+    """Blended logits (K, *spatial) on the CPU, equal to MONAI's ``sliding_window_inference``.
 
-    ``mask`` (M, a boolean mask over the image): run only the windows that reach it; the
-    logits are then exact inside M only (every window covering those voxels
-    runs), which is all a target over M needs."""
+    Args:
+        model: the segmentation network.
+        image: (C, *spatial) or (1, C, *spatial).
+        window: a ``Tiling``, or window sizes (MONAI's grid with ``overlap`` and ``blend``).
+        overlap: with window sizes: the windows' overlap.
+        blend: with window sizes: "gaussian" or "constant".
+        batch_size: windows per forward pass.
+        device: None follows the model; "auto" picks CUDA, then MPS, then the CPU.
+        progress: called as ``progress(fraction, message)``.
+        cancel: anything with ``is_set()``; stops the run with ExplainCancelled.
+        mask: M: run only the windows that reach it; the logits are then exact inside M only
+            (every window covering those voxels runs), which is all a target over M needs.
+
+    Returns:
+        The blended logits as a tensor shaped (classes, *spatial).
+
+    Example:
+        >>> import torch
+        >>> from SegHiResGradCAMLib import Tiling, sliding_window_logits
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 1))
+        >>> sliding_window_logits(net, torch.randn(1, 40, 40), Tiling.monai((32, 32))).shape
+        torch.Size([3, 40, 40])
+    """
     with placed_on(model, resolve_device(device)) as compute_device:
         image_batch = as_image_batch(image, model, torch.device("cpu"))
         tiling = as_tiling(window, overlap, blend, image_batch.dim() - 2)
