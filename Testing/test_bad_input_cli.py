@@ -729,12 +729,12 @@ def test_listing_layers_into_a_closed_pipe_ends_quietly():
 
 def test_an_error_after_the_progress_bar_starts_on_a_line_of_its_own(originals, tmp_path, capsys, monkeypatch):
     """An error raised while the bar is drawn (after inference: the explanation refuses)."""
-    from SegHiResGradCAMLib import pipeline
+    from SegHiResGradCAMLib.cam import volume_runner
 
     def refusing(*arguments, **options):
         raise ExplainInputError("the explanation refused this case")
 
-    monkeypatch.setattr(pipeline, "explain_on_model_grid", refusing)
+    monkeypatch.setattr(volume_runner, "explain_on_model_grid", refusing)
     folder = tmp_path / "case"
     prepare(originals, folder)
     arguments = [*[str(value) for value in good(folder)][:-2], "--progress", "bar"]

@@ -14,10 +14,10 @@ from SegHiResGradCAMLib import explain, list_layers
 from SegHiResGradCAMLib.cam.fusion import atlas_layers, layer_atlas
 from SegHiResGradCAMLib.cam.metrics import randomised_copy, rank_similarity
 from SegHiResGradCAMLib.cam.model_inspection import DEFAULT_LAYER_RULE, LAYER_RULES, decoder_stages
+from SegHiResGradCAMLib.cam.volume_runner import region_of_interest
 from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 from SegHiResGradCAMLib.models.formats import read_model_card
-from SegHiResGradCAMLib.pipeline import region_of_interest
 
 
 def spatial_size(layer) -> int:

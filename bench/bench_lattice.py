@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from SegHiResGradCAMLib.cam.volume_runner import explain_on_model_grid
 from SegHiResGradCAMLib.demo.phantom import case_images, make_case
 from SegHiResGradCAMLib.models.formats import read_model_card
-from SegHiResGradCAMLib.pipeline import explain_on_model_grid
 from SegHiResGradCAMLib.volumes.volume_io import reorient
 
 TUMOUR = 2

@@ -4,7 +4,7 @@ differences, and a figure with one panel per method on the same slice.
 
 Each case is made on the model's grid; M is the network's tumour prediction (cases where it
 predicts none are skipped and the next seed is drawn). Every method explains the same crop
-around M (pipeline.region_of_interest), so that all of them, including those that cannot
+around M (cam.volume_runner.region_of_interest), so that all of them, including those that cannot
 run window by window, see the same network input; the metrics are measured on that crop.
 
     .venv/bin/python bench/bench_methods.py [--cases 20] [--layer last-before-head] [--out bench/results/methods]
@@ -23,10 +23,10 @@ import torch
 from SegHiResGradCAMLib import METHODS, explain
 from SegHiResGradCAMLib.cam.metrics import body_mask, explanation_metrics
 from SegHiResGradCAMLib.cam.sliding_window import sliding_window_logits
+from SegHiResGradCAMLib.cam.volume_runner import region_of_interest
 from SegHiResGradCAMLib.demo.figures import method_panels
 from SegHiResGradCAMLib.demo.phantom import Grid, make_case
 from SegHiResGradCAMLib.models.formats import read_model_card
-from SegHiResGradCAMLib.pipeline import region_of_interest
 
 FIRST_SEED = 300  # not a training (1000-1047, 2000-) or validation (100-109) seed
 TUMOUR, KIDNEY = 2, 1

@@ -293,8 +293,8 @@ def print_table(header: list[str], rows: list[tuple]) -> None:
 
 
 def _card_and_layers(arguments):
+    from .cam.ensemble import ensemble_members
     from .cam.model_inspection import list_layers
-    from .models.ensemble import ensemble_members
 
     card = model_source(arguments).read().resolved()
     # The members of a fold ensemble share their architecture, and each is explained at the same layer.

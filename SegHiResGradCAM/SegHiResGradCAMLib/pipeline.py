@@ -314,89 +314,114 @@ def _stage(outputs: OutputFiles, job: ExplainJob, result: JobResult) -> None:
 
 
 def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, started: float) -> JobResult:
-    import torch
+    """Predict, segment, then explain and measure each target (see ``_Computation``)."""
+    computation = _Computation(job, card, class_index, ct, mask_image, device, started)
+    logits = computation.predict()
+    predicted, mask = computation.segment(logits)
+    result = computation.result
+    regions = anatomy_regions(card, class_index, logits, computation.model_input, mask) if job.metrics else {}
+    probabilities = computation.probabilities(logits)
+    targets = explanation_targets(job, mask)
+    if job.per_component:
+        for key, _, _, target in targets:
+            result.components[key], result.component_masks[key] = component_row(computation.model_input, target)
+    computation.plan_progress(len(targets))
+    for key, method, layer, target in targets:
+        explain_with = computation.explain(key, method, layer, target, predicted, probabilities)
+        if job.metrics:
+            computation.measure(key, target, regions, explain_with)
+    result.prediction = computation.model_input.labels_on_original(logits.numpy(), card.head)
+    result.segment = computation.model_input.to_original(mask.astype(np.uint8), labels=True)
+    result.seconds = computation.seconds
+    return result
 
-    from .cam.methods import METHODS
-    from .cam.metrics import explanation_metrics
-    from .cam.passes import class_probability
-    from .cam.slices import slice_logits
-    from .cam.sliding_window import sliding_window_logits
 
-    seconds = {}
-    network = card.build_network()
-    model_input = card.prepare_input(ct, job.image)
-    if model_input.array.shape[0] != card.in_channels:
-        raise ExplainInputError(f"The model expects {card.in_channels} input channels; a CT gives 1.")
-    # What would be refused after inference is refused before it (minutes on a large CT).
-    given_mask = model_input.mask_to_model(mask_image) if mask_image is not None else None
-    check_layers(network, card, job)
-    seconds["preparation"] = time.perf_counter() - started
-    share = 1.0 / (1 + len(job.explanations()) * (2 if job.metrics else 1))  # of the progress, per step
+class _Computation:
+    """One job's computation on the model grid, in the pipeline's (z, y, x) axis order: the
+    network run on the prepared CT (``predict``), M (``segment``), each target's map with its
+    evidence and outputs (``explain``) and its metrics (``measure``). How the format's network
+    sees a volume (axis order, 2D, tiling, crop) is ``cam.volume_runner``'s."""
 
-    def scaled(first: float, label: str, width=None):
+    def __init__(self, job: ExplainJob, card, class_index: int, ct, mask_image, device, started: float):
+        self.job, self.card, self.class_index, self.device = job, card, class_index, device
+        self.seconds: dict[str, float] = {}
+        self.network = card.network()  # built once per process while the model's files stay the same
+        self.model_input = card.prepare_input(ct, job.image)
+        if self.model_input.array.shape[0] != card.in_channels:
+            raise ExplainInputError(f"The model expects {card.in_channels} input channels; a CT gives 1.")
+        # What would be refused after inference is refused before it (minutes on a large CT).
+        self.given_mask = self.model_input.mask_to_model(mask_image) if mask_image is not None else None
+        check_layers(self.network, card, job)
+        self.seconds["preparation"] = time.perf_counter() - started
+        self.share = 1.0 / (1 + len(job.explanations()) * (2 if job.metrics else 1))  # of the progress, per step
+        self.step, self.done = self.share, self.share
+        self.result = JobResult(str(device), "", class_index, card.classes[class_index], {}, styles=card.segment_styles)
+        self.random_curves: dict[int, tuple] = {}  # M's id -> random-order curves (they depend on M, not the map)
+
+    def _progress(self, first: float, label: str, width=None):
         def report(fraction: float, message: str) -> None:
-            done = first + (width or share) * fraction * 0.95
-            _report(job, done, f"{label} finished" if message == "done" else message)
+            done = first + (width or self.share) * fraction * 0.95
+            _report(self.job, done, f"{label} finished" if message == "done" else message)
 
         return report
 
-    started = time.perf_counter()
-    run_inference = slice_logits if card.spatial_dims == 2 else sliding_window_logits
-    logits = run_inference(
-        network,
-        card.to_network_axes(model_input.array),
-        card.tiling,
-        device=device,
-        progress=scaled(0.0, "inference"),
-        cancel=job.cancel,
-    )
-    logits = torch.from_numpy(card.to_network_axes(logits.numpy()))  # (classes, z, y, x)
-    seconds["inference"] = time.perf_counter() - started
-    predicted = (logits.argmax(0) == class_index if card.head == "softmax" else logits[class_index] > 0).numpy()
-    if given_mask is not None:
-        mask = given_mask
-    else:
-        mask = predicted
-        if not mask.any():
+    def predict(self):
+        """The blended logits (classes, z, y, x) on the model grid."""
+        from .cam.volume_runner import volume_logits
+
+        started = time.perf_counter()
+        logits = volume_logits(
+            self.network,
+            self.card,
+            self.model_input.array,
+            self.device,
+            self._progress(0.0, "inference"),
+            self.job.cancel,
+        )
+        self.seconds["inference"] = time.perf_counter() - started
+        return logits
+
+    def segment(self, logits) -> tuple[np.ndarray, np.ndarray]:
+        """(the network's prediction of the class, M): M is the given mask, else the prediction."""
+        card, class_index = self.card, self.class_index
+        predicted = (logits.argmax(0) == class_index if card.head == "softmax" else logits[class_index] > 0).numpy()
+        if self.given_mask is not None:
+            return predicted, self.given_mask
+        if not predicted.any():
             raise ExplainInputError(
                 f"The network predicts no {card.classes[class_index]} voxel in this CT, so there is nothing to "
                 "explain: give a segment with --mask, or choose another class."
             )
-    probabilities = class_probability(logits[None].float(), class_index, card.head)[0].numpy()
-    result = JobResult(str(device), "", class_index, card.classes[class_index], {}, styles=card.segment_styles)
-    regions = anatomy_regions(card, class_index, logits, model_input, mask) if job.metrics else {}
-    in_network_axes = card.volume_to_network_axes
-    random_curves = {}  # M's id -> random-order deletion and insertion (they depend on M, not on the map)
-    targets = explanation_targets(job, mask)
-    if job.per_component:
-        for key, _, _, target in targets:
-            result.components[key], result.component_masks[key] = component_row(model_input, target)
-    steps = len(targets) * (2 if job.metrics else 1)
-    step, first = (1 - share) / steps, share
-    for key, method, layer, target in targets:
+        return predicted, predicted
+
+    def probabilities(self, logits) -> np.ndarray:
+        from .cam.passes import class_probability
+
+        return class_probability(logits[None].float(), self.class_index, self.card.head)[0].numpy()
+
+    def plan_progress(self, targets: int) -> None:
+        self.step = (1 - self.share) / (targets * (2 if self.job.metrics else 1))
+
+    def explain(self, key: str, method: str, layer, target: np.ndarray, predicted, probabilities):
+        """The map of one target with its evidence, as outputs on the CT's grid; returns the
+        function that explains it again (for the metrics)."""
+        from .cam.methods import METHODS
+        from .cam.volume_runner import explain_on_model_grid, signed_on_model_grid
+
+        job, card, result = self.job, self.card, self.result
         started = time.perf_counter()
 
-        def explain_with(net, progress=None, method=method, layer=layer, target=target):
-            return explain_on_model_grid(
-                net,
-                card,
-                model_input.array,
-                class_index,
-                target,
-                method,
-                layer or card.default_layer,
-                device,
-                progress,
-                job.cancel,
-            )
+        def explain_with(net, progress=None, target=target):
+            chosen = layer or card.default_layer
+            array, index, cancel = self.model_input.array, self.class_index, job.cancel
+            return explain_on_model_grid(net, card, array, index, target, method, chosen, self.device, progress, cancel)
 
-        heatmap, cam = explain_with(network, scaled(first, key, step))
-        first += step
+        heatmap, cam = explain_with(self.network, self._progress(self.done, key, self.step))
+        self.done += self.step
         overlap = lesion_overlap(target, predicted) if job.per_component else dice(target, predicted)
-        result.evidence[key] = Evidence(
-            cam.target_score, float(probabilities[target].mean()), overlap, *signed_masses(cam.raw)
-        )
-        for warning in result.evidence[key].warnings(result.class_name):
+        evidence = Evidence(cam.target_score, float(probabilities[target].mean()), overlap, *signed_masses(cam.raw))
+        result.evidence[key] = evidence
+        for warning in evidence.warnings(result.class_name):
             if warning not in result.warnings:
                 result.warnings.append(warning)
         if job.layers and not heatmap.max() > 0:  # an atlas shows every layer; a layer without evidence is said
@@ -404,50 +429,46 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
         else:
             check_has_evidence(heatmap, METHODS[method].title, cam.layer, result.class_name, cam.target_score)
         normalized = heatmap / heatmap.max() if heatmap.max() > 0 else heatmap
-        original = model_input.to_original(normalized.astype(np.float32))
+        original = self.model_input.to_original(normalized.astype(np.float32))
         original.SetMetaData("seghiresgradcam_method", method)
         original.SetMetaData("seghiresgradcam_target_score", f"{cam.target_score:.6g}")
         original.SetMetaData("seghiresgradcam_heatmap_max", f"{float(heatmap.max()):.6g}")
         original.SetMetaData("seghiresgradcam_layer", cam.layer)
         result.heatmaps[key] = original
         if job.signed is not None:
-            result.signed[key] = _signed_image(
-                model_input, signed_on_model_grid(card, cam, target), method, cam.target_score
-            )
+            signed = signed_on_model_grid(card, cam, target)
+            result.signed[key] = _signed_image(self.model_input, signed, method, cam.target_score)
         result.scores[key] = cam.target_score
         result.explained[key] = (method, cam.layer)
         result.layer = cam.layer
-        seconds[key] = time.perf_counter() - started
-        if job.metrics:
-            started = time.perf_counter()
-            _report(job, first, f"measuring {key}")
-            result.metrics[key] = explanation_metrics(
-                network,
-                card.to_network_axes(model_input.array),
-                class_index,
-                in_network_axes(target),
-                in_network_axes(heatmap),
-                {name: in_network_axes(region) for name, region in regions.items()},
-                card.head,
-                card.tiling,
-                slice_by_slice=card.spatial_dims == 2,
-                explain_again=lambda net, explain_with=explain_with: in_network_axes(explain_with(net)[0]),
-                explain_for=lambda moved, explain_with=explain_with: in_network_axes(
-                    explain_with(network, target=in_network_axes(moved))[0]
-                ),
-                measure=job.measure,
-                random_curves=random_curves.get(id(target)),
-                **({"fractions": job.fractions} if job.fractions else {}),
-            )
-            measured = result.metrics[key]
-            if measured.deletion_random is not None:
-                random_curves[id(target)] = (measured.deletion_random, measured.insertion_random)
-            first += step
-            seconds[f"{key} metrics"] = time.perf_counter() - started
-    result.prediction = model_input.labels_on_original(logits.numpy(), card.head)
-    result.segment = model_input.to_original(mask.astype(np.uint8), labels=True)
-    result.seconds = seconds
-    return result
+        self.heatmap = heatmap
+        self.seconds[key] = time.perf_counter() - started
+        return explain_with
+
+    def measure(self, key: str, target: np.ndarray, regions: dict[str, np.ndarray], explain_with) -> None:
+        """The metrics of the map ``explain`` made last, each beside its baseline."""
+        from .cam.volume_runner import metrics_on_model_grid
+
+        started = time.perf_counter()
+        _report(self.job, self.done, f"measuring {key}")
+        measured = metrics_on_model_grid(
+            self.network,
+            self.card,
+            self.model_input.array,
+            self.class_index,
+            target,
+            self.heatmap,
+            regions,
+            explain_with,
+            measure=self.job.measure,
+            random_curves=self.random_curves.get(id(target)),
+            **({"fractions": self.job.fractions} if self.job.fractions else {}),
+        )
+        self.result.metrics[key] = measured
+        if measured.deletion_random is not None:
+            self.random_curves[id(target)] = (measured.deletion_random, measured.insertion_random)
+        self.done += self.step
+        self.seconds[f"{key} metrics"] = time.perf_counter() - started
 
 
 def explanation_targets(job: ExplainJob, mask: np.ndarray) -> list[tuple[str, str, str | None, np.ndarray]]:
@@ -491,27 +512,11 @@ def _signed_image(model_input, signed: np.ndarray, method: str, target_score: fl
     return image
 
 
-def region_of_interest(mask: np.ndarray, window, multiple: int | None = None) -> tuple[slice, ...]:
-    """A box around M for methods that explain one crop: M's bounding box with half a
-    window of context on each side, at least one window, rounded up to a multiple of the
-    window's largest power-of-two divisor (so that a U-Net's strides fit), inside the image."""
-    positions = np.argwhere(mask)
-    low, high = positions.min(0), positions.max(0) + 1
-    box = []
-    for axis, (first, last, size) in enumerate(zip(low, high, window, strict=True)):
-        divisor = multiple or min(size & -size, 32)
-        wanted = max(last - first + size // 2 * 2, size)
-        wanted = min(-(-wanted // divisor) * divisor, mask.shape[axis] // divisor * divisor or mask.shape[axis])
-        start = int(np.clip((first + last - wanted) // 2, 0, mask.shape[axis] - wanted))
-        box.append(slice(start, start + wanted))
-    return tuple(box)
-
-
 def check_layers(network, card, job: ExplainJob) -> None:
     """Each layer the job names must exist and lie on the path to the output (as ``layers``
     lists them), judged on one window of zeros."""
+    from .cam.ensemble import ensemble_members
     from .cam.model_inspection import LAYER_RULES, find_layer, list_layers, reaches_output
-    from .models.ensemble import ensemble_members
 
     named = {layer or card.default_layer for _, _, layer in job.explanations()} - {None} - set(LAYER_RULES)
     if not named:
@@ -529,93 +534,6 @@ def check_layers(network, card, job: ExplainJob) -> None:
                 f"The output does not depend on layer {name!r} (no path from it to the "
                 "segmentation output): choose one that `layers` lists."
             )
-
-
-def explain_on_model_grid(network, card, array, class_index, mask, method, layer, device, progress=None, cancel=None):
-    """(heatmap on the whole model grid, CamResult): window by window where the method
-    allows, else on a crop around M (``region_of_interest``) with zeros elsewhere; a 2D
-    network slice by slice (whole slices for methods that cannot run window by window).
-    ``array`` (channels, z, y, x), ``mask`` and the heatmap are in the pipeline's axis
-    order; the network gets its own (``card.axis_order``)."""
-    heatmap, cam = _explain_in_network_axes(
-        network,
-        card,
-        card.to_network_axes(array),
-        class_index,
-        card.volume_to_network_axes(mask),
-        method,
-        layer,
-        device,
-        progress,
-        cancel,
-    )
-    return card.volume_to_network_axes(heatmap), cam
-
-
-def _explain_in_network_axes(network, card, array, class_index, mask, method, layer, device, progress, cancel):
-    """A fold ensemble is explained member by member (see ``ensemble``)."""
-    from .cam.engine import explain
-    from .cam.methods import get_method
-    from .cam.slices import explain_slices
-    from .models.ensemble import explain_members
-
-    options = dict(layer=layer, method=method, head=card.head, device=device, cancel=cancel)
-    windowed = get_method(method).windowed
-    box = _crop_box(card, method, mask)
-
-    def explain_one(member, member_progress):
-        if card.spatial_dims == 2:
-            window = card.tiling if windowed else None
-            return explain_slices(member, array, class_index, mask, window=window, progress=member_progress, **options)
-        if windowed:
-            return explain(
-                member, array, class_index, mask=mask, window=card.tiling, progress=member_progress, **options
-            )
-        return explain(
-            member,
-            array[(slice(None), *box)],
-            class_index,
-            mask=mask[box],
-            batch_size=8,
-            progress=member_progress,
-            **options,
-        )
-
-    cam = explain_members(network, explain_one, progress)
-    return _placed_in(cam.heatmap, box, mask.shape), cam
-
-
-def _crop_box(card, method: str, mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The crop that a method which cannot run window by window explains (3D networks), or None."""
-    from .cam.methods import get_method
-
-    if get_method(method).windowed or card.spatial_dims == 2:
-        return None
-    return region_of_interest(mask, card.window)
-
-
-def _placed_in(crop_map: np.ndarray, box, shape) -> np.ndarray:
-    if box is None:
-        return crop_map
-    whole = np.zeros(shape, dtype=np.float32)
-    whole[box] = crop_map
-    return whole
-
-
-def signed_on_model_grid(card, cam, mask: np.ndarray) -> np.ndarray:
-    """The signed raw map S on the whole model grid (the pipeline's axis order), its sum kept:
-    each layer voxel spread evenly over the model voxels it covers (``cam.passes.spread_to``),
-    zero outside the crop of a method that explains one. For Seg-HiRes-Grad CAM of a
-    bias-free network it sums to T; positive and negative evidence keep their signs."""
-    import torch
-
-    from .cam.passes import spread_to
-
-    network_mask = card.volume_to_network_axes(mask)
-    box = _crop_box(card, cam.method, network_mask)
-    shape = network_mask.shape if box is None else network_mask[box].shape
-    spread = spread_to(torch.from_numpy(np.asarray(cam.raw)), shape).numpy()
-    return card.volume_to_network_axes(_placed_in(spread, box, network_mask.shape))
 
 
 def anatomy_regions(card, class_index: int, logits, model_input, target_mask) -> dict[str, np.ndarray]:

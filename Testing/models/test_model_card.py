@@ -75,3 +75,21 @@ def test_constant_blending_is_used_when_the_card_asks_for_it(case, tmp_path):
     card_path.write_text(json.dumps(card))
     _, constant = heatmap(case, card_path, "constant")
     assert constant != pytest.approx(gaussian, rel=1e-3)  # the windows overlap, so the blend changes T
+
+
+def test_the_network_is_built_once_while_its_files_stay_the_same(tmp_path):
+    import os
+
+    from SegHiResGradCAMLib.models.formats import BUNDLED_MODEL, read_model_card
+
+    for source in BUNDLED_MODEL.parent.glob(f"{BUNDLED_MODEL.stem}.*"):
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+    card = read_model_card(tmp_path / BUNDLED_MODEL.name)
+    first = card.network()
+    assert read_model_card(tmp_path / BUNDLED_MODEL.name).network() is first
+    weights = tmp_path / BUNDLED_MODEL.with_suffix(".pt").name
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000))  # the weights changed
+    again = read_model_card(tmp_path / BUNDLED_MODEL.name).network()
+    assert again is not first and not again.training
+    for name, tensor in first.state_dict().items():
+        assert (tensor == again.state_dict()[name]).all()

@@ -17,14 +17,15 @@ import SimpleITK as sitk
 import torch
 
 from SegHiResGradCAMLib.cam.engine import explain, upsample_to
+from SegHiResGradCAMLib.cam.ensemble import FoldEnsemble, ensemble_members
 from SegHiResGradCAMLib.cam.slices import slice_logits
 from SegHiResGradCAMLib.cam.sliding_window import blend_count, sliding_window_logits
+from SegHiResGradCAMLib.cam.volume_runner import explain_on_model_grid
 from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 from SegHiResGradCAMLib.errors import ExplainInputError
-from SegHiResGradCAMLib.models.ensemble import FoldEnsemble, ensemble_members
 from SegHiResGradCAMLib.models.formats import ModelSource, read_model_card
-from SegHiResGradCAMLib.pipeline import anatomy_regions, explain_on_model_grid
+from SegHiResGradCAMLib.pipeline import anatomy_regions
 
 BUILDER = Path(__file__).with_name("nnunet_results.py")
 # A case larger than the 3D patch (16 x 48 x 48 after preprocessing: 12 windows), on another

@@ -1,6 +1,5 @@
 """A CT prepared by a MONAI bundle's own preprocessing, and the way back through MONAI's
-inverse of it (see ``monai_bundle``). The same interface as the other model inputs:
-``array``, ``original``, ``to_original``, ``mask_to_model``, ``labels_on_original``."""
+inverse of it (see ``monai_bundle``): a ``card.PreparedInput`` like the other formats'."""
 
 from __future__ import annotations
 

@@ -10,12 +10,54 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from ..errors import ExplainInputError, first_line
 
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+
+class PreparedInput(Protocol):
+    """A CT prepared as a model format prepares it, with the way back to the CT's grid: what
+    ``prepare_input`` of every format returns (``volumes.preparation.ModelInput`` for model
+    cards, ``bundle_input.BundleInput``, ``nnunet.NnUNetInput``; mypy checks each)."""
+
+    @property
+    def array(self) -> np.ndarray:
+        """(channels, z, y, x) float32 on the model grid, in the pipeline's axis order."""
+        ...
+
+    @property
+    def original(self) -> sitk.Image:
+        """The CT as given: the geometry that results are returned on."""
+        ...
+
+    def to_original(self, array: np.ndarray, labels: bool = False) -> sitk.Image:
+        """A map on the model grid (z, y, x), back on the CT's grid (nearest for labels)."""
+        ...
+
+    def mask_to_model(self, mask: sitk.Image) -> np.ndarray:
+        """M given on any grid, on the model grid (boolean, z, y, x)."""
+        ...
+
+    def labels_on_original(self, logits: np.ndarray, head: str) -> sitk.Image:
+        """The predicted label map on the CT's grid, as the format exports it."""
+        ...
+
+
 ARCHITECTURES = ("UNet", "BasicUNet", "AttentionUnet", "SegResNet", "DynUNet")
+
+
+# The network of the last model used in this process (see ModelCard.network).
+_BUILT: dict[tuple, object] = {}
+
+
+def _file_identity(path: Path) -> tuple:
+    status = Path(path).stat()
+    return (str(Path(path).resolve()), status.st_size, status.st_mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -62,6 +104,20 @@ class ModelCard:
                 f"{list(self.classes)}): a class name must say which output channel it is; "
                 "give each class its own name."
             )
+
+    def network(self):
+        """``build_network()``, built once per process while the model's files are unchanged.
+
+        A cohort explains many CTs with one model, as nnU-Net's predictor does: building the
+        network (reading and checking the weights, evaluating a bundle's configuration) is
+        done once per worker, not once per case. Every explanation leaves the network as it
+        was, so reusing it changes no map; a changed file is a new key. One network is kept.
+        """
+        key = (type(self).__name__, repr(self.kwargs), tuple(_file_identity(path) for path in self.input_files))
+        if key not in _BUILT:
+            _BUILT.clear()  # one model at a time: a network can be large
+            _BUILT[key] = self.build_network()
+        return _BUILT[key]
 
     @property
     def tiling(self):
@@ -143,7 +199,7 @@ class ModelCard:
         evaluated configuration); a plain card knows everything already."""
         return self
 
-    def prepare_input(self, ct, path=None):
+    def prepare_input(self, ct, path=None) -> PreparedInput:
         """The CT (a SimpleITK image; ``path``, its file, for formats that read it themselves)
         on the network's grid, with the way back to the CT's grid: reoriented, resampled and
         normalised as the card says (``volumes.preparation``)."""

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExplainInputError, first_line
-from .card import ModelCard, file_inside, read_json
+from .card import ModelCard, PreparedInput, file_inside, read_json
 
 TRUST_ADVICE = (
     "A MONAI bundle's configuration can run arbitrary Python code, so it is loaded only when you trust its "
@@ -157,7 +157,7 @@ class BundleCard(ModelCard):
             )
         return self._with_weights(network)
 
-    def prepare_input(self, ct, path=None):
+    def prepare_input(self, ct, path=None) -> PreparedInput:
         from .bundle_input import prepare_bundle_input
 
         return prepare_bundle_input(self, ct, path)

@@ -42,11 +42,11 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
+from ..cam.ensemble import FoldEnsemble
 from ..cam.sliding_window import Tiling, WindowGrid, symmetric_padding
 from ..errors import ExplainInputError, first_line
 from ..volumes.preparation import nonempty_segment, segment_on_grid
 from .card import check_window_fits, load_untrusted
-from .ensemble import FoldEnsemble
 from .nnunet_plans import INSTALL_ADVICE, TILE_STEP, NnUNetModel
 
 

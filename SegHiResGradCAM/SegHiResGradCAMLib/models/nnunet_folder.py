@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ExplainInputError
-from .card import ModelCard, file_inside, read_json
+from .card import ModelCard, PreparedInput, file_inside, read_json
 from .nnunet_plans import CHECKPOINT, TILE_STEP, NnUNetModel
 
 READERS = ("SimpleITKIO", "SimpleITKIOWithReorient")
@@ -65,7 +65,7 @@ class NnUNetCard(ModelCard):
     def prediction_labels(self) -> dict[int, int]:
         return super().prediction_labels if self.head == "softmax" else self.nnunet.region_labels
 
-    def prepare_input(self, ct, path=None):
+    def prepare_input(self, ct, path=None) -> PreparedInput:
         from .nnunet import prepare_nnunet_input
 
         return prepare_nnunet_input(ct, self.nnunet)

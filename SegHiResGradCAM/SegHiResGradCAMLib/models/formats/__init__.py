@@ -91,7 +91,9 @@ class ModelSource:
     @classmethod
     def of(cls, model: ModelSource | Path | str | None) -> ModelSource:
         """A source from a source or a bare path (no options)."""
-        return model if isinstance(model, ModelSource) else cls(model)
+        if isinstance(model, ModelSource):
+            return model
+        return cls(None if model is None else Path(model))
 
     @property
     def format(self) -> ModelFormat:

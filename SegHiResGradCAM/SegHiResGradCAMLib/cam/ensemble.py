@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cam.passes import upsample_to
+from .passes import upsample_to
 
 
 class FoldEnsemble(nn.Module):
