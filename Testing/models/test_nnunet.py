@@ -38,11 +38,35 @@ RELIABLE_WEIGHT = 1e-3
 FLOAT16_TOLERANCE = 0.02
 
 
+def _cached_build() -> Path:
+    """The folder nnU-Net's own planner and trainer make (BUILDER), made once per nnU-Net and
+    torch version and builder source and kept on disk (SEGHIRESGRADCAM_TEST_CACHE, default
+    ~/.cache/seghiresgradcam-tests): a clean checkout builds it, a second run reuses it."""
+    import hashlib
+    import tempfile
+    from importlib.metadata import version
+
+    versions = [version(name) for name in ("nnunetv2", "dynamic-network-architectures", "torch")]
+    key = hashlib.sha256((repr(versions) + BUILDER.read_text(encoding="utf-8")).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("SEGHIRESGRADCAM_TEST_CACHE", Path.home() / ".cache" / "seghiresgradcam-tests"))
+    built = cache / f"nnunet-{key}"
+    if not built.is_dir():
+        cache.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="nnunet-build-", dir=cache))
+        command = [sys.executable, str(BUILDER), str(scratch)]
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        try:
+            scratch.rename(built)  # whole or not at all, also when two runs build at once
+        except OSError:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return built
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("nnunet")
-    completed = subprocess.run([sys.executable, str(BUILDER), str(root)], capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    shutil.copytree(_cached_build() / "results", root / "results")  # the tests' own copy
     return root / "results" / "Dataset901_KiTSLike"
 
 
