@@ -45,9 +45,9 @@ def _modelFormats():
     then says why)."""
     if sys.version_info < MINIMUM_PYTHON:
         return {}
-    from SegHiResGradCAMLib.models.formats import registered_formats
+    from SegHiResGradCAMLib.models.formats import listed_formats
 
-    return {modelFormat.label: modelFormat for modelFormat in registered_formats()}
+    return {modelFormat.label: modelFormat for modelFormat in listed_formats()}
 
 
 MODEL_FORMATS = _modelFormats()

@@ -111,9 +111,9 @@ def module_constants() -> dict:
             elif isinstance(target, ast.Tuple):
                 constants.update({element.id: item for element, item in zip(target.elts, value, strict=True)})
     # The model kinds are the bundled model and the registered formats' labels, made at load time.
-    from SegHiResGradCAMLib.models.formats import registered_formats
+    from SegHiResGradCAMLib.models.formats import listed_formats
 
-    constants["MODEL_KINDS"] = (constants["BUNDLED"], *(model_format.label for model_format in registered_formats()))
+    constants["MODEL_KINDS"] = (constants["BUNDLED"], *(model_format.label for model_format in listed_formats()))
     return constants
 
 

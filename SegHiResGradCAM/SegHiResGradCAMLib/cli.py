@@ -567,9 +567,9 @@ FOLDS_HELP += "checkpoint)"
 
 def model_help() -> str:
     """--model's help, from the registered formats."""
-    from .models.formats import registered_formats
+    from .models.formats import listed_formats
 
-    kinds = "; ".join(model_format.help for model_format in registered_formats())
+    kinds = "; ".join(model_format.help for model_format in listed_formats())
     return f"the model: {kinds}. Default: the bundled demo model"
 
 

@@ -18,6 +18,7 @@ from SegHiResGradCAMLib.models.formats import (
     TRUST,
     ModelSource,
     format_of,
+    listed_formats,
     read_model_card,
     registered_formats,
 )
@@ -43,6 +44,7 @@ def test_each_format_file_registers_one_format_with_its_own_name_and_label():
     files = sorted(path.stem for path in (LIBRARY / "models" / "formats").glob("[!_]*.py"))
     assert len(formats) == len(files) == 3
     assert [model_format.name for model_format in formats] == ["bundle", "nnunet", "card"]  # the card is asked last
+    assert [model_format.name for model_format in listed_formats()] == ["card", "bundle", "nnunet"]  # simplest first
     assert len({model_format.label for model_format in formats}) == 3
     assert {model_format.name: model_format.options for model_format in formats} == {
         "bundle": {TRUST},

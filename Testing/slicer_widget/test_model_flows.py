@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import bias_free_model_card
-from SegHiResGradCAMLib.models.formats import BUNDLED_MODEL, ModelSource, registered_formats
+from SegHiResGradCAMLib.models.formats import BUNDLED_MODEL, ModelSource, listed_formats
 from slicer_app.application import ModuleSession, ModuleWidgetParent
 
 KINDS = ("bundled KiTS-like demo model", "model card (JSON file)", "MONAI bundle (folder)", "nnU-Net results (folder)")
@@ -36,9 +36,9 @@ def inspected(session, application):
 def test_opening_the_module_shows_the_bundled_model_and_disables_the_segment_selector(session, application):
     ui = session.ui
     assert ui.modelKindComboBox.currentText == BUNDLED
-    # the kinds are the bundled model and each registered format (models/formats/), in their order
-    offered = [ui.modelKindComboBox.itemText(index) for index in range(ui.modelKindComboBox.count)]
-    assert offered == [BUNDLED, *(model_format.label for model_format in registered_formats())] == list(KINDS)
+    # the kinds are the bundled model and each registered format (models/formats/), as they are listed
+    offered = [ui.modelKindComboBox.itemText(index) for index in range(ui.modelKindComboBox.count())]
+    assert offered == [BUNDLED, *(model_format.label for model_format in listed_formats())] == list(KINDS)
     assert ui.usePredictionCheckBox.checked
     assert not ui.segmentSelector.enabled, "M is the prediction: a picked segment would be ignored"
     assert not ui.modelFileLineEdit.visible and not ui.modelFolderLineEdit.visible

@@ -113,6 +113,8 @@ class ModelCard:
         done once per worker, not once per case. Every explanation leaves the network as it
         was, so reusing it changes no map; a changed file is a new key. One network is kept.
         """
+        if not all(Path(path).is_file() for path in self.input_files):
+            return self.build_network()  # which refuses the missing file, saying which
         key = (type(self).__name__, repr(self.kwargs), tuple(_file_identity(path) for path in self.input_files))
         if key not in _BUILT:
             _BUILT.clear()  # one model at a time: a network can be large

@@ -71,6 +71,7 @@ class ModelFormat:
     detects: Callable[[Path], bool]  # whether a path is a model of this format
     reads: Callable[[ModelSource], ModelCard]
     order: int = 50  # formats are asked in this order whether a path is theirs
+    listed: int = 50  # the place in the Slicer selector and the --model help (simplest first)
     options: frozenset[str] = frozenset()  # TRUST, FOLDS
     packages: Callable[[Path], Packages] = field(default=lambda path: NOTHING_MORE)
 
@@ -118,6 +119,11 @@ def registered_formats() -> tuple[ModelFormat, ...]:
         if not module.name.startswith("_"):
             found.append(importlib.import_module(f"{__name__}.{module.name}").FORMAT)
     return tuple(sorted(found, key=lambda model_format: (model_format.order, model_format.name)))
+
+
+def listed_formats() -> tuple[ModelFormat, ...]:
+    """The formats in the order people are shown them (the Slicer selector, --model's help)."""
+    return tuple(sorted(registered_formats(), key=lambda model_format: (model_format.listed, model_format.name)))
 
 
 def format_of(path: Path) -> ModelFormat:

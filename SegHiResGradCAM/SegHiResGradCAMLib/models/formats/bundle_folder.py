@@ -31,6 +31,7 @@ FORMAT = ModelFormat(
     detects=_detects,
     reads=_reads,
     order=10,
+    listed=20,
     options=frozenset({TRUST}),
     packages=_packages,
 )

@@ -17,4 +17,5 @@ FORMAT = ModelFormat(
     detects=lambda path: True,  # asked last: what no other format recognises is read as a card
     reads=_reads,
     order=1000,
+    listed=10,
 )

@@ -54,6 +54,7 @@ FORMAT = ModelFormat(
     detects=_detects,
     reads=_reads,
     order=20,
+    listed=30,
     options=frozenset({FOLDS}),
     packages=lambda path: PACKAGES,
 )
