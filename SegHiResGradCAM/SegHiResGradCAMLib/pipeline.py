@@ -327,9 +327,9 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
             result.components[key], result.component_masks[key] = component_row(computation.model_input, target)
     computation.plan_progress(len(targets))
     for key, method, layer, target in targets:
-        explain_with = computation.explain(key, method, layer, target, predicted, probabilities)
+        heatmap, explain_with = computation.explain(key, method, layer, target, predicted, probabilities)
         if job.metrics:
-            computation.measure(key, target, regions, explain_with)
+            computation.measure(key, target, heatmap, regions, explain_with)
     result.prediction = computation.model_input.labels_on_original(logits.numpy(), card.head)
     result.segment = computation.model_input.to_original(mask.astype(np.uint8), labels=True)
     result.seconds = computation.seconds
@@ -404,7 +404,7 @@ class _Computation:
 
     def explain(self, key: str, method: str, layer, target: np.ndarray, predicted, probabilities):
         """The map of one target with its evidence, as outputs on the CT's grid; returns the
-        function that explains it again (for the metrics)."""
+        map on the model grid and the function that explains it again (for the metrics)."""
         from .cam.methods import METHODS
         from .cam.volume_runner import explain_on_model_grid, signed_on_model_grid
 
@@ -441,12 +441,11 @@ class _Computation:
         result.scores[key] = cam.target_score
         result.explained[key] = (method, cam.layer)
         result.layer = cam.layer
-        self.heatmap = heatmap
         self.seconds[key] = time.perf_counter() - started
-        return explain_with
+        return heatmap, explain_with
 
-    def measure(self, key: str, target: np.ndarray, regions: dict[str, np.ndarray], explain_with) -> None:
-        """The metrics of the map ``explain`` made last, each beside its baseline."""
+    def measure(self, key: str, target: np.ndarray, heatmap: np.ndarray, regions: dict, explain_with) -> None:
+        """The metrics of a map ``explain`` made, each beside its baseline."""
         from .cam.volume_runner import metrics_on_model_grid
 
         started = time.perf_counter()
@@ -457,7 +456,7 @@ class _Computation:
             self.model_input.array,
             self.class_index,
             target,
-            self.heatmap,
+            heatmap,
             regions,
             explain_with,
             measure=self.job.measure,
