@@ -77,23 +77,24 @@ def test_the_layouts_are_read_alike_and_parquet_holds_the_same_table(cohorts, se
         assert_same_table(hires, table(tmp_path / layout))
 
 
-def test_a_cohort_builds_its_network_once_and_the_table_is_the_one_built_per_case(cohorts, settings, tmp_path):
+def test_a_cohort_builds_its_network_once_and_the_table_is_the_one_built_per_case(settings, tmp_path):
     """As nnU-Net's predictor does: one network per process for all its cases, equal results."""
     from SegHiResGradCAMLib.models import card as card_module
 
-    sources, _ = cohorts
+    seeds = SEEDS[:3]
+    dataset = write_cohort(tmp_path / "data", seeds, "csv", GRID)
     builds = []
     build = card_module.ModelCard.build_network
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(card_module.ModelCard, "build_network", lambda card: builds.append(card.name) or build(card))
         patch.setattr(card_module.ModelCard, "network", lambda card: card.build_network())  # no reuse
-        run_cohort(sources["csv"], tmp_path / "per-case", settings)
-        assert len(builds) == len(SEEDS)
+        run_cohort(dataset, tmp_path / "per-case", settings)
+        assert len(builds) == len(seeds)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(card_module.ModelCard, "build_network", lambda card: builds.append(card.name) or build(card))
         card_module._BUILT.clear()
-        run_cohort(sources["csv"], tmp_path / "reused", settings)
-    assert len(builds) == len(SEEDS) + 1
+        run_cohort(dataset, tmp_path / "reused", settings)
+    assert len(builds) == len(seeds) + 1
     assert_same_table(table(tmp_path / "per-case"), table(tmp_path / "reused"))
 
 
