@@ -49,9 +49,13 @@ def _cached_build() -> Path:
     versions = [version(name) for name in ("nnunetv2", "dynamic-network-architectures", "torch")]
     key = hashlib.sha256((repr(versions) + BUILDER.read_text(encoding="utf-8")).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("SEGHIRESGRADCAM_TEST_CACHE", Path.home() / ".cache" / "seghiresgradcam-tests"))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a home without room or rights: build in the temporary folder instead
+        cache = Path(tempfile.gettempdir()) / "seghiresgradcam-tests"
+        cache.mkdir(parents=True, exist_ok=True)
     built = cache / f"nnunet-{key}"
     if not built.is_dir():
-        cache.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix="nnunet-build-", dir=cache))
         command = [sys.executable, str(BUILDER), str(scratch)]
         completed = subprocess.run(command, capture_output=True, text=True, timeout=900)
