@@ -162,6 +162,30 @@ def write_small_case(folder, spacing=(6.0, 6.0, 6.0)):
     return folder
 
 
+def explain_small_case(folder, card, out, *extra):
+    """The command line on a write_small_case folder: its kidney explained by ``card`` into ``out``."""
+    from SegHiResGradCAMLib.cli import main as cli_main
+
+    return cli_main(
+        [
+            "explain",
+            "--image",
+            str(folder / "ct.nrrd"),
+            "--model",
+            str(card),
+            "--target-class",
+            "kidney",
+            "--mask",
+            str(folder / "kidney.nrrd"),
+            "--out",
+            str(out),
+            "--progress",
+            "none",
+            *extra,
+        ]
+    )
+
+
 @pytest.fixture(autouse=True, scope="session")
 def private_temporary_folder(tmp_path_factory):
     """Temporary files of this test run only (this process's and its children's), so that the

@@ -8,8 +8,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from conftest import bias_free_model_card, write_small_case
-from SegHiResGradCAMLib.cli import main as cli_main
+from conftest import bias_free_model_card, explain_small_case, write_small_case
 
 SPACING = (6.0, 6.0, 6.0)
 
@@ -23,35 +22,14 @@ def two_kidneys(tmp_path_factory):
     return folder, bias_free_model_card(folder, SPACING)
 
 
-def explain(folder, card, out, *extra):
-    return cli_main(
-        [
-            "explain",
-            "--image",
-            str(folder / "ct.nrrd"),
-            "--model",
-            str(card),
-            "--target-class",
-            "kidney",
-            "--mask",
-            str(folder / "kidney.nrrd"),
-            "--out",
-            str(out),
-            "--progress",
-            "none",
-            *extra,
-        ]
-    )
-
-
 def test_each_component_is_explained_alone_and_their_targets_add_up_to_the_whole(two_kidneys, capsys):
     folder, card = two_kidneys
-    assert explain(folder, card, folder / "whole.nrrd", "--summary", str(folder / "whole.json")) == 0
+    assert explain_small_case(folder, card, folder / "whole.nrrd", "--summary", str(folder / "whole.json")) == 0
     whole = json.loads((folder / "whole.json").read_text(encoding="utf-8"))["methods"]["seg-hires-grad-cam"][
         "target_score"
     ]
     out = folder / "components"
-    assert explain(folder, card, out, "--per-component", "--measure", "dependence") == 0
+    assert explain_small_case(folder, card, out, "--per-component", "--measure", "dependence") == 0
     printed = capsys.readouterr().out
     table = json.loads((out / "components.json").read_text(encoding="utf-8"))
     rows = table["components"]
@@ -77,6 +55,6 @@ def test_each_component_is_explained_alone_and_their_targets_add_up_to_the_whole
 
 def test_per_component_refuses_what_it_cannot_write(two_kidneys, capsys):
     folder, card = two_kidneys
-    code = explain(folder, card, folder / "refused", "--per-component", "--signed", str(folder / "s.nrrd"))
+    code = explain_small_case(folder, card, folder / "refused", "--per-component", "--signed", str(folder / "s.nrrd"))
     assert code == 2 and "leave out --layers, --signed" in capsys.readouterr().err
     assert not (folder / "refused").exists()

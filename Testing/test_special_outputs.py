@@ -6,8 +6,7 @@ import os
 import pytest
 import SimpleITK as sitk
 
-from conftest import bias_free_model_card, write_small_case
-from SegHiResGradCAMLib.cli import main as cli_main
+from conftest import bias_free_model_card, explain_small_case, write_small_case
 from SegHiResGradCAMLib.volumes.outputs import write_atomically
 
 SPACING = (6.0, 6.0, 6.0)
@@ -19,33 +18,12 @@ def case(tmp_path_factory):
     return folder, bias_free_model_card(folder, SPACING)
 
 
-def explain(folder, card, out, *extra):
-    return cli_main(
-        [
-            "explain",
-            "--image",
-            str(folder / "ct.nrrd"),
-            "--model",
-            str(card),
-            "--target-class",
-            "kidney",
-            "--mask",
-            str(folder / "kidney.nrrd"),
-            "--out",
-            str(out),
-            "--progress",
-            "none",
-            *extra,
-        ]
-    )
-
-
 def test_devices_and_pipes_are_refused_and_left_as_they_are(case, tmp_path, capsys):
     folder, card = case
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
     for extra in (["--summary", "/dev/null"], ["--metrics", str(pipe)], ["--prediction", "/dev/zero"]):
-        assert explain(folder, card, tmp_path / "heat.nrrd", *extra) == 2
+        assert explain_small_case(folder, card, tmp_path / "heat.nrrd", *extra) == 2
         assert "is not a regular file (a device, a pipe or a socket" in capsys.readouterr().err
     assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
     assert not os.path.isfile(pipe) and not (tmp_path / "heat.nrrd").exists()
@@ -60,6 +38,6 @@ def test_a_link_to_a_file_is_written_through_and_stays_a_link(case, tmp_path):
     target.write_text("old")
     link = tmp_path / "latest.nrrd"
     link.symlink_to(target)
-    assert explain(folder, card, link) == 0
+    assert explain_small_case(folder, card, link) == 0
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert sitk.ReadImage(str(target)).GetSize() == sitk.ReadImage(str(folder / "ct.nrrd")).GetSize()
