@@ -17,7 +17,7 @@ PACKAGE = "SegHiResGradCAMLib"
 LIBRARY = Path(__file__).resolve().parents[1] / "SegHiResGradCAM" / PACKAGE
 ROOMS = ("cam", "models", "volumes", "mrml", "demo", "cohort")
 # Which rooms (sub-packages, or top-level modules) a room's files may import; the
-# direction is one way: cli -> cohort -> demo -> pipeline -> models -> volumes, cam -> errors.
+# direction is one way: worker -> cli -> cohort -> demo -> pipeline -> reuse, models -> volumes, cam -> errors.
 ALLOWED = {
     "cam": {"errors"},
     "volumes": {"errors"},
@@ -29,10 +29,13 @@ ALLOWED = {
         "volumes",
         "__init__",
     },  # torch-free parts only (see below); __init__: the version
-    "pipeline": {"errors", "cam", "models", "volumes", "__init__"},  # __init__: the version in the record
+    "reuse": {"volumes"},
+    "pipeline": {"errors", "cam", "models", "volumes", "reuse", "__init__"},  # __init__: the version in the record
     "demo": {"errors", "cam", "models", "volumes", "pipeline"},
     "cohort": {"errors", "cam", "models", "volumes", "pipeline", "demo", "__init__"},  # __init__: the version
-    "cli": {"errors", "cam", "models", "volumes", "pipeline", "demo", "cohort", "__init__"},  # __init__: --version
+    # __init__: --version
+    "cli": {"errors", "cam", "models", "volumes", "pipeline", "reuse", "demo", "cohort", "__init__"},
+    "worker": {"cli", "reuse", "__init__"},
     "errors": set(),
     "__init__": {"errors", "cam"},  # the public API, loaded lazily
 }

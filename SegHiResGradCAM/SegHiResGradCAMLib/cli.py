@@ -48,10 +48,10 @@ def json_progress(fraction: float, message: str) -> None:
 
 
 def _progress(arguments):
-    """The run's progress reporter, kept on ``arguments`` so that errors can end its line."""
-    arguments.reporter = {"bar": TerminalProgress, "json": lambda: json_progress, "none": lambda: None}[
-        arguments.progress
-    ]()
+    """The run's progress reporter, kept on ``arguments`` so that errors can end its line; a
+    caller's own (``main(progress=...)``, the warm worker's) comes first."""
+    styles = {"bar": TerminalProgress, "json": lambda: json_progress, "none": lambda: None}
+    arguments.reporter = arguments.progress_hook or styles[arguments.progress]()
     return arguments.reporter
 
 
@@ -148,6 +148,7 @@ def _explain(arguments) -> int:
         mask_label=arguments.mask_label,
         signed=[Path(arguments.signed)] if arguments.signed else None,
         progress=_progress(arguments),
+        cancel=arguments.cancel_hook,
         command=arguments.command_line,
         other_inputs=inputs,
         per_component=out if arguments.per_component else None,
@@ -770,10 +771,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv=None, progress=None, cancel=None) -> int:
+    """Runs a command; returns its exit code. ``progress(fraction, message)`` and ``cancel()``
+    (true once the run should stop) let a host process (the warm worker) follow an explain
+    run and stop it without signals."""
     argv = sys.argv[1:] if argv is None else [str(argument) for argument in argv]
     arguments = build_parser().parse_args(argv)
-    arguments.reporter = None
+    arguments.reporter, arguments.progress_hook, arguments.cancel_hook = None, progress, cancel
     arguments.command_line = shlex.join(["seghiresgradcam", *argv])
     try:
         _check_encodable(argv)

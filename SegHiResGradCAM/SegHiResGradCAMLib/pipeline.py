@@ -20,6 +20,7 @@ from .cam.metric_table import METRIC_GROUPS
 from .errors import ExplainInputError
 from .models.card import model_grid_memory_problem
 from .models.formats import ModelSource
+from .reuse import content_key, kept_inputs
 from .volumes.label_maps import TargetClass, segment_voxels
 from .volumes.outputs import OutputFiles
 from .volumes.preparation import check_looks_like_ct
@@ -167,7 +168,9 @@ def run(job: ExplainJob) -> JobResult:
     class_index = card.class_index(job.target_class)
     outputs = output_files(job, card)
     outputs.check()
-    ct, notes = read_ct(job.image, job.series)
+    kept = kept_inputs()
+    image_key = content_key(job.image, job.series) if kept is not None else None
+    ct, notes = kept.read(image_key, lambda: read_ct(job.image, job.series)) if kept else read_ct(job.image, job.series)
     check_looks_like_ct(ct, Path(job.image).name)
     card = card.resolved()  # a bundle's evaluated configuration (its window, spacing)
     check_model_grid_memory(ct, card, Path(job.image).name)
@@ -184,7 +187,8 @@ def run(job: ExplainJob) -> JobResult:
         get_method(method)
     device = resolve_device(job.device)
     try:
-        result = _compute(job, card, class_index, ct, mask_image, device, started)
+        kept_case = kept.for_model(image_key, (card.identity(), repr(card), str(device))) if kept else None
+        result = _compute(job, card, class_index, ct, mask_image, device, started, kept_case)
         # The model's files were read by now, so their digest names what made the result.
         result.notes, result.ct = notes, ct
         result.record = provenance_record(job, card, card.classes[class_index], mask_source)
@@ -313,9 +317,11 @@ def _stage(outputs: OutputFiles, job: ExplainJob, result: JobResult) -> None:
         outputs.stage_text(label, make(result))
 
 
-def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, started: float) -> JobResult:
-    """Predict, segment, then explain and measure each target (see ``_Computation``)."""
-    computation = _Computation(job, card, class_index, ct, mask_image, device, started)
+def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, started: float, kept=None) -> JobResult:
+    """Predict, segment, then explain and measure each target (see ``_Computation``); with
+    ``kept`` (a ``reuse.PreparedCase``), the prepared CT and the logits of an earlier run on
+    the same CT and model are used, and this run's are kept."""
+    computation = _Computation(job, card, class_index, ct, mask_image, device, started, kept)
     logits = computation.predict()
     predicted, mask = computation.segment(logits)
     result = computation.result
@@ -342,11 +348,13 @@ class _Computation:
     evidence and outputs (``explain``) and its metrics (``measure``). How the format's network
     sees a volume (axis order, 2D, tiling, crop) is ``cam.volume_runner``'s."""
 
-    def __init__(self, job: ExplainJob, card, class_index: int, ct, mask_image, device, started: float):
-        self.job, self.card, self.class_index, self.device = job, card, class_index, device
+    def __init__(self, job: ExplainJob, card, class_index: int, ct, mask_image, device, started: float, kept=None):
+        self.job, self.card, self.class_index, self.device, self.kept = job, card, class_index, device, kept
         self.seconds: dict[str, float] = {}
         self.network = card.network()  # built once per process while the model's files stay the same
-        self.model_input = card.prepare_input(ct, job.image)
+        if kept is not None and kept.model_input is None:
+            kept.model_input = card.prepare_input(ct, job.image)
+        self.model_input = kept.model_input if kept is not None else card.prepare_input(ct, job.image)
         if self.model_input.array.shape[0] != card.in_channels:
             raise ExplainInputError(f"The model expects {card.in_channels} input channels; a CT gives 1.")
         # What would be refused after inference is refused before it (minutes on a large CT).
@@ -369,6 +377,10 @@ class _Computation:
         """The blended logits (classes, z, y, x) on the model grid."""
         from .cam.volume_runner import volume_logits
 
+        if self.kept is not None and self.kept.logits is not None:
+            _report(self.job, self.share, "inference kept from the previous run")
+            self.seconds["inference"] = 0.0
+            return self.kept.logits
         started = time.perf_counter()
         logits = volume_logits(
             self.network,
@@ -379,6 +391,8 @@ class _Computation:
             self.job.cancel,
         )
         self.seconds["inference"] = time.perf_counter() - started
+        if self.kept is not None:
+            self.kept.logits = logits
         return logits
 
     def segment(self, logits) -> tuple[np.ndarray, np.ndarray]:

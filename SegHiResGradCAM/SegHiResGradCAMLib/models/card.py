@@ -115,11 +115,16 @@ class ModelCard:
         """
         if not all(Path(path).is_file() for path in self.input_files):
             return self.build_network()  # which refuses the missing file, saying which
-        key = (type(self).__name__, repr(self.kwargs), tuple(_file_identity(path) for path in self.input_files))
+        key = self.identity()
         if key not in _BUILT:
             _BUILT.clear()  # one model at a time: a network can be large
             _BUILT[key] = self.build_network()
         return _BUILT[key]
+
+    def identity(self) -> tuple:
+        """What changes when the network would: the format, its arguments and each model
+        file's path, size and modification time."""
+        return (type(self).__name__, repr(self.kwargs), tuple(_file_identity(path) for path in self.input_files))
 
     @property
     def tiling(self):

@@ -63,9 +63,10 @@ def cli_command(python: str | None, arguments: list[str]) -> list[str]:
     return [python or python_executable(), "-m", "SegHiResGradCAMLib.cli", *arguments]
 
 
-def start_process(command: list[str], work_dir: Path) -> subprocess.Popen:
+def start_process(command: list[str], work_dir: Path, stdin: bool = False) -> subprocess.Popen:
     """Starts ``command`` in a process group of its own, without a console window on
-    Windows, with this package importable; stdout and stderr are piped as text."""
+    Windows, with this package importable; stdout and stderr (and stdin, if asked) are
+    piped as text."""
     environment = dict(os.environ)
     environment["PYTHONUTF8"] = "1"  # the child writes UTF-8 whatever the locale; read as such below
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), environment.get("PYTHONPATH")]))
@@ -78,6 +79,7 @@ def start_process(command: list[str], work_dir: Path) -> subprocess.Popen:
         command,
         cwd=work_dir,
         env=environment,
+        stdin=subprocess.PIPE if stdin else None,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -155,7 +157,7 @@ class BackgroundProcess:
     as UTF-8 with replacement, so the child can never block on a full pipe); the lines are
     logged and handed out on the thread that polls, Slicer's main thread."""
 
-    def __init__(self, command: list[str], work_dir: Path, log_prefix: str):
+    def __init__(self, command: list[str], work_dir: Path, log_prefix: str, stdin: bool = False):
         self.work_dir = Path(work_dir)
         self.log: list[str] = []  # progress messages and stderr, in order of arrival
         self._arrived: queue.Queue[tuple[str, str]] = queue.Queue()  # (stream, line) from the readers
@@ -163,7 +165,7 @@ class BackgroundProcess:
         self._errors: list[str] = []
         self._log_prefix = log_prefix
         LOGGER.info("%s: %s", log_prefix, " ".join(command))
-        self.process = start_process(command, self.work_dir)
+        self.process = start_process(command, self.work_dir, stdin)
         self._readers = [
             threading.Thread(target=self._read, args=(self.process.stdout, "stdout", self._arrived), daemon=True),
             threading.Thread(target=self._read, args=(self.process.stderr, "stderr", self._arrived), daemon=True),
@@ -305,3 +307,163 @@ class BackgroundQuery:
 
     def cancel(self) -> None:
         self._child.kill()
+
+
+CANCEL_GRACE_SECONDS = 5.0  # how long a cancelled question may take to stop before the worker is killed
+
+
+class WarmWorker:
+    """The warm worker process (``python -m SegHiResGradCAMLib.worker``), started on the
+    first question and kept between questions: the network, the prepared CT and the logits
+    stay loaded, so a second question about the same CT costs only its explanation. One
+    question at a time. It ends on ``release()``, when this object's owner goes (its input
+    pipe closes) or after ``idle_seconds`` without a question."""
+
+    def __init__(self, python: str | None = None, idle_seconds: float | None = None):
+        self._python, self._idle_seconds = python, idle_seconds
+        self._child: BackgroundProcess | None = None
+        self._next_id = 0
+        self._pending: list[str] = []  # protocol lines read but not yet taken by a run
+        self.loaded = ""  # what the last finished question left loaded (the model's name), for the status
+
+    @property
+    def alive(self) -> bool:
+        return self._child is not None and self._child.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.process.pid if self.alive else None
+
+    def _start(self) -> None:
+        self.release()
+        arguments = ["--idle-seconds", str(self._idle_seconds)] if self._idle_seconds else []
+        command = [self._python or python_executable(), "-m", "SegHiResGradCAMLib.worker", *arguments]
+        # Each question runs in its own folder; the worker itself writes nothing.
+        self._child = BackgroundProcess(command, Path(tempfile.gettempdir()), "worker", stdin=True)
+
+    def submit(self, arguments: list[str], work_dir: Path, loads: str = "") -> WarmRun:
+        """Starts ``seghiresgradcam ARGUMENTS`` in ``work_dir`` in the worker (starting the
+        worker first when there is none); ``loads`` names what it leaves loaded."""
+        if not self.alive:
+            self._start()
+        self._next_id += 1
+        self._send({"id": self._next_id, "run": list(arguments), "cwd": str(work_dir)})
+        return WarmRun(self, self._next_id, Path(work_dir), loads)
+
+    def _send(self, message: dict) -> None:
+        stream = self._child.process.stdin
+        stream.write(json.dumps(message) + "\n")
+        stream.flush()
+
+    def cancel(self, request_id: int) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._send({"cancel": request_id})
+
+    def messages(self, request_id: int) -> list[dict]:
+        """The protocol messages of this question that arrived since the last call."""
+        if self._child is None:
+            return []
+        self._pending += self._child.stdout_lines()
+        taken, later = [], []
+        for line in self._pending:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = {}
+            if message.get("id") == request_id:
+                taken.append(message)
+            elif isinstance(message.get("id"), int) and message["id"] > request_id:
+                later.append(line)
+            elif "ready" not in message:  # an earlier, cancelled question's last words, or not protocol
+                self._child.add_to_log(line)
+        self._pending = later
+        return taken
+
+    def error_message(self) -> str:
+        return self._child.error_message() if self._child is not None else "The worker is not running."
+
+    def release(self) -> None:
+        """Ends the worker (its memory goes with it); the next question starts a new one."""
+        child, self._child, self.loaded = self._child, None, ""
+        if child is not None:
+            with contextlib.suppress(OSError, ValueError):
+                child.process.stdin.close()  # the worker ends at the end of its input
+            try:
+                child.process.wait(timeout=CANCEL_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            child.kill()  # reaps it, and kills anything it left in its group
+
+    def kill(self) -> None:
+        """Kills the worker's whole process tree at once (a question that does not stop)."""
+        if self._child is not None:
+            self._child.kill()
+        self.release()
+
+
+class WarmRun:
+    """One question to a ``WarmWorker``, with ``BackgroundRun``'s interface: ``poll()``
+    until its state is not "running"; ``cancel()`` stops it (the worker is killed when it
+    does not stop within ``CANCEL_GRACE_SECONDS``) and removes its folder."""
+
+    def __init__(self, worker: WarmWorker, request_id: int, work_dir: Path, loads: str):
+        self.worker, self.request_id, self.work_dir, self._loads = worker, request_id, work_dir, loads
+        self._status = Status("running", 0.0, "starting")
+        self.log: list[str] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.worker.pid
+
+    def poll(self) -> Status:
+        if self._status.state != "running":
+            return self._status
+        for message in self.worker.messages(self.request_id):
+            if "exit" in message:
+                self._end(message)
+                return self._status
+            self._status = Status("running", float(message["fraction"]), str(message["message"]))
+            if not self.log or self.log[-1] != self._status.message:
+                self.log.append(self._status.message)
+                LOGGER.info("explain (warm): %s", self._status.message)
+        if not self.worker.alive:  # the worker died (out of memory, killed): this question failed
+            message = self.worker.error_message()
+            self.worker.release()
+            self._status = Status("failed", self._status.fraction, message)
+        return self._status
+
+    def _end(self, message: dict) -> None:
+        code = message["exit"]
+        if code == 0:
+            self.worker.loaded = self._loads
+            self._status = Status("finished", 1.0, "done")
+        elif code == 130:
+            self._status = Status("cancelled", self._status.fraction, "cancelled")
+        else:
+            self.log.append(f"exit code {code}")
+            error = message.get("error") or f"The computation stopped with exit code {code}."
+            self._status = Status("failed", self._status.fraction, error)
+
+    def wait(self, timeout: float | None = None) -> Status:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll().state == "running":
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("warm worker", timeout)
+            time.sleep(0.02)
+        return self._status
+
+    def cancel(self) -> None:
+        """Stops the question, cooperatively; a worker that does not stop in time is killed
+        as a tree (the next question starts a new one). Then removes the working folder."""
+        if self._status.state == "running":
+            self.worker.cancel(self.request_id)
+            deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+            while self.poll().state == "running" and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if self._status.state == "running":
+                self.worker.kill()
+            self._status = Status("cancelled", self._status.fraction, "cancelled")
+        self.remove_files()
+
+    def remove_files(self) -> None:
+        shutil.rmtree(self.work_dir, ignore_errors=True)

@@ -17,7 +17,7 @@ from ..cam.metric_table import METRIC_GROUPS, metric_rows
 from ..errors import ExplainInputError
 from ..models.formats import ModelSource
 from . import mrml_adapter
-from .background import BackgroundQuery, BackgroundRun, Status, new_work_dir
+from .background import BackgroundQuery, BackgroundRun, Status, WarmWorker, new_work_dir
 
 
 @dataclass
@@ -50,7 +50,7 @@ ATLAS_MEASURES = ("localisation", "randomisation", "dependence")
 class ExplainRun:
     """One background computation; poll() until its state is not "running"."""
 
-    def __init__(self, settings: ExplainSettings, python: str | None = None):
+    def __init__(self, settings: ExplainSettings, python: str | None = None, worker: WarmWorker | None = None):
         self.settings = settings
         self.heatmap_node = None
         self.signed_node = None
@@ -72,7 +72,11 @@ class ExplainRun:
         self.class_index = card.class_index(settings.target_class)
         self.card = card
         with new_work_dir("SegHiResGradCAM-") as work_dir:
-            self._run = BackgroundRun(self._export_inputs(work_dir), work_dir, python)
+            arguments = self._export_inputs(work_dir)
+            if worker is not None:  # the warm worker keeps the network, the CT and its logits
+                self._run = worker.submit(arguments, work_dir, loads=card.name)
+            else:
+                self._run = BackgroundRun(arguments, work_dir, python)
 
     def _export_inputs(self, work_dir: Path) -> list[str]:
         settings = self.settings
