@@ -185,6 +185,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.compareButton.connect("clicked(bool)", self.onCompare)
+        self.ui.releaseButton.connect("clicked(bool)", self.onRelease)
         # The model kind is bound to the parameter node; the module reacts to the node's value,
         # never to the combo box's signal, whose slots run before or after the binding's
         # depending on when connectGui last ran.
@@ -213,11 +214,13 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultSelector.addAttribute("vtkMRMLScalarVolumeNode", mrml_adapter.OUTPUT_ATTRIBUTE, "heatmap")
         self.ui.resultSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onResultSelected)
         self.ui.atlasLayerSlider.connect("valueChanged(int)", self.onAtlasLayerChanged)
+        self._showWarmState()
 
     def cleanup(self):
         if self.ui is None:  # a Slicer too old: nothing was set up
             return
         self.cancelRuns()
+        self.logic.releaseWorker()
         from SegHiResGradCAMLib.mrml.cohort_review import CohortReview
 
         CohortReview.unload(slicer.mrmlScene)
@@ -229,13 +232,19 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self):
         if self.ui is not None:
             self.initializeParameterNode()
+            self._showWarmState()
 
     def exit(self):
         if self.ui is not None:
             self.setParameterNode(None)
+            if self._run is None:  # else when the run ends (onRunPoll)
+                self.logic.releaseWorker()
+                self._showWarmState()
 
     def onSceneStartClose(self, caller, event):
         self.cancelRuns()
+        self.logic.releaseWorker()  # the CT it holds is gone
+        self._showWarmState()
         self.setParameterNode(None)
         self._closeCohortReview()
         self._hideAtlas()
@@ -573,6 +582,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.text = _("Cancel")
         self.ui.statusLabel.text = _("Starting on {device} ...").format(device=self._deviceText())
         self._checkCanApply()
+        self._showWarmState()
         self._runTimer.start()
 
     def onRunPoll(self):
@@ -592,6 +602,8 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._runTimer.stop()
         run, self._run = self._run, None
+        if not self.parent.isEntered:  # the module was left while the run went on
+            self.logic.releaseWorker()
         self._showIdle()
         if status.state == "failed":
             self._runs = []
@@ -667,6 +679,23 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _showIdle(self):
         self.ui.applyButton.text = _("Apply")
         self._checkCanApply()
+        self._showWarmState()
+
+    def _showWarmState(self):
+        """Whether the background process holds a model (the next question is faster), and
+        the Release button while it does and no run goes on."""
+        loaded = self.logic.loadedModel()
+        self.ui.warmLabel.text = (
+            _("Warm: {model} loaded; the next question about this CT answers faster.").format(model=loaded)
+            if loaded
+            else _("Model not loaded: the next run loads it.")
+        )
+        self.ui.releaseButton.enabled = bool(loaded) and self._run is None
+
+    def onRelease(self):
+        if self._run is None:
+            self.logic.releaseWorker()
+        self._showWarmState()
 
     def cancelRuns(self, message=None):
         """Kills the running computation's whole process tree, then removes its files."""
@@ -840,6 +869,12 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
     """Thin: the work is in SegHiResGradCAMLib.mrml (Qt-free, tested with slicer-core)."""
 
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleLogic.__init__(self, parent)
+        from SegHiResGradCAMLib.mrml.background import WarmWorker
+
+        self.worker = WarmWorker()  # started by the first run, kept between runs (see releaseWorker)
+
     def getParameterNode(self):
         return SegHiResGradCAMParameterNode(super().getParameterNode())
 
@@ -864,7 +899,15 @@ class SegHiResGradCAMLogic(ScriptedLoadableModuleLogic):
     def start(self, settings):
         from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun
 
-        return ExplainRun(settings)  # the child runs in PythonSlicer (found on the PATH)
+        return ExplainRun(settings, worker=self.worker)  # the worker runs in PythonSlicer (found on the PATH)
+
+    def loadedModel(self):
+        """The model the warm worker holds ("" when there is none: never started, released, ended idle)."""
+        return self.worker.loaded if self.worker.alive else ""
+
+    def releaseWorker(self):
+        """Ends the warm worker; its memory (network, CT, logits) goes with it."""
+        self.worker.release()
 
     def ensureDependencies(self, model=None, progress=None):
         """Installs what the background computation needs and is missing, after one

@@ -103,6 +103,11 @@ class Worker:
 
         request_id = message.get("id")
         cancelled = self._cancel_event(request_id)
+        if cancelled.is_set():  # cancelled while it waited
+            with self._lock:
+                self._cancelled.pop(request_id, None)
+            self.send({"id": request_id, "exit": 130, "error": "cancelled", "stdout": ""})
+            return
         errors, printed = _Recorder(passes_to=sys.stderr), _Recorder()
         folder = os.getcwd()
         try:

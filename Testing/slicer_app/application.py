@@ -359,8 +359,10 @@ class ModuleSession:
         self.widget.enter()
 
     def exit(self):
-        self.widget.exit()
+        # qSlicerScriptedLoadableModuleWidget::exit: the base class clears isEntered first,
+        # then the Python exit() runs.
         self.panel.isEntered = False
+        self.widget.exit()
 
     def close_scene(self):
         """File > Close Scene (qSlicerCoreApplication clears the scene, keeping singletons)."""

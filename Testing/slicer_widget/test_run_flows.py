@@ -327,3 +327,53 @@ def test_each_kidney_on_its_own_is_browsed_with_the_slider(session, application)
     assert table.GetNumberOfRows() == 2 and table.GetColumnName(1) == "volume (ml)"
     ui.atlasLayerSlider.user_drag(1)
     assert ui.atlasLayerLabel.text == f"Part 2 of 2: {parts[1].GetAttribute('SegHiResGradCAM.VolumeMl')} ml"
+
+
+@pytest.mark.slow
+def test_the_model_stays_loaded_between_questions_until_released_left_or_the_scene_closes(session, application):
+    """The warm path, the module's default: a second question (another method) runs in the
+    same process without inference; Cancel part-way leaves the process warm; Release, leaving
+    the module and closing the scene each end it."""
+    from SegHiResGradCAMLib.mrml.background import _group_alive
+
+    phantom_volume(application.scene)
+    ui, worker = session.ui, session.widget.logic.worker
+    assert ui.warmLabel.text.startswith("Model not loaded") and not ui.releaseButton.enabled
+    ui.applyButton.click()
+    assert not ui.releaseButton.enabled, "nothing to release while a run goes on"
+    finished(session, application)
+    assert ui.warmLabel.text.startswith("Warm: KiTS-like demo") and ui.releaseButton.enabled
+    pid = worker.pid
+
+    application.wait_until(lambda: not session.widget._inspecting(), what="the inspection")
+    ui.methodComboBox.user_choose("Seg-Grad CAM")
+    ui.applyButton.click()
+    finished(session, application)
+    assert "inference kept from the previous run" in ui.logTextEdit.lines and worker.pid == pid
+    assert len(nodes_named(application.scene, " - Seg-Grad CAM")) == 1
+
+    ui.withMetricsCheckBox.click()  # a long question, cancelled part-way
+    ui.applyButton.click()
+    application.wait_until(lambda: ui.progressBar.value >= 30, what="the metrics run to get going")
+    ui.applyButton.click()
+    assert ui.statusLabel.text == "Cancelled." and work_folders() == [] and worker.pid == pid
+    ui.withMetricsCheckBox.click()
+    ui.applyButton.click()
+    finished(session, application)
+    assert "inference kept from the previous run" in ui.logTextEdit.lines and worker.pid == pid
+
+    ui.releaseButton.click()
+    assert not worker.alive and not _group_alive(pid) and ui.warmLabel.text.startswith("Model not loaded")
+
+    ui.applyButton.click()
+    finished(session, application)
+    pid = worker.pid
+    session.exit()
+    assert not worker.alive and not _group_alive(pid), "leaving the module ends the process"
+    session.enter()
+    ui.applyButton.click()
+    finished(session, application)
+    pid = worker.pid
+    session.close_scene()
+    assert not worker.alive and not _group_alive(pid), "closing the scene ends the process"
+    assert ui.warmLabel.text.startswith("Model not loaded")
