@@ -115,6 +115,112 @@ def _case_figure(arguments):
 
 
 def _explain(arguments) -> int:
+    targets = _targets(arguments)
+    if len(targets) > 1 or arguments.all_classes:
+        return _explain_several(arguments, targets)
+    (arguments.target_class, arguments.mask_label), _ = targets[0]
+    return _explain_one(arguments)
+
+
+def _targets(arguments) -> list[tuple[tuple[str, int | None], str]]:
+    """((class, mask label), key) of each map asked for: several classes, several labels of
+    the mask (paired with as many classes, or each with the one class), or every class."""
+    labels = arguments.mask_label or [None]
+    classes = arguments.target_class
+    if arguments.all_classes:
+        if len(labels) > 1:
+            raise ExplainInputError("--all-classes takes at most one --mask-label; name the classes to pair labels.")
+        classes = list(model_source(arguments).read().target_classes)
+    if len(classes) > 1 and len(labels) > 1 and len(classes) != len(labels):
+        raise ExplainInputError(
+            f"{len(classes)} classes and {len(labels)} mask labels cannot be paired: give as many of each, "
+            "or one class for several labels."
+        )
+    if len(labels) == 1:
+        pairs = [(name, labels[0]) for name in classes]
+    elif len(classes) == 1:
+        pairs = [(classes[0], label) for label in labels]
+    else:
+        pairs = list(zip(classes, labels, strict=True))
+    keyed = [(pair, _target_key(pair, several_labels=len(set(labels)) > 1)) for pair in pairs]
+    keys = [key for _, key in keyed]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ExplainInputError(f"The target {repeated[0]} is asked for twice: name each class and label once.")
+    return keyed
+
+
+def _target_key(pair: tuple[str, int | None], several_labels: bool) -> str:
+    name, label = pair
+    key = "".join(character if character.isalnum() or character in "-_" else "_" for character in str(name))
+    return f"{key}_label{label}" if several_labels else key
+
+
+SEVERAL_TARGETS_REFUSE = {
+    "layers": "--layers",
+    "per_component": "--per-component",
+    "signed": "--signed",
+    "summary": "--summary",
+    "figure": "--figure",
+}
+
+
+def _explain_several(arguments, targets) -> int:
+    """One map per target, each written as the one-target run writes it, into the folder
+    ``--out``; the CT is read and prepared, and the network run over it, once (``reuse``).
+    All or nothing: the folder must be new or empty, and is removed when a target fails."""
+    import shutil
+
+    from .reuse import keep_prepared_inputs, kept_inputs
+
+    given = [option for name, option in SEVERAL_TARGETS_REFUSE.items() if getattr(arguments, name)]
+    given += ["--metrics FILE"] if arguments.metrics else []
+    if given:
+        raise ExplainInputError(
+            f"With several targets, --out is a folder that receives heatmap_<target>.nrrd and "
+            f"summary_<target>.json (and metrics_<target>.json) for each: leave out {', '.join(given)}."
+        )
+    out = Path(arguments.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExplainInputError(f"With several targets, --out is a new or empty folder; {out} is not one.")
+    _check_explain_arguments(arguments)
+    created = not out.exists()
+    kept_before = kept_inputs() is not None
+    keep_prepared_inputs()
+    prediction, written, skipped = arguments.prediction, [], []
+    try:
+        for (target_class, mask_label), key in targets:
+            arguments.target_class, arguments.mask_label = target_class, mask_label
+            arguments.out = str(out / f"heatmap_{key}.nrrd")
+            arguments.summary = str(out / f"summary_{key}.json")
+            arguments.metrics = str(out / f"metrics_{key}.json") if arguments.metrics is not None else None
+            arguments.prediction = None if written or skipped else prediction
+            try:
+                _explain_one(arguments)
+            except ExplainInputError as error:
+                if not (arguments.all_classes and arguments.from_prediction and "predicts no" in str(error)):
+                    raise ExplainInputError(f"{target_class}: {error}") from error
+                skipped.append(target_class)  # a class absent from this CT has no map
+                continue
+            written.append(key)
+    except BaseException:  # what this command wrote goes, the folder too if it made it
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for path in out.iterdir():
+                path.unlink()
+        raise
+    finally:
+        keep_prepared_inputs(kept_before)
+    if not written:
+        raise ExplainInputError(f"The network predicts none of {', '.join(skipped)} in this CT: nothing to explain.")
+    if arguments.progress != "json":
+        absent = f"; not predicted in this CT: {', '.join(skipped)}" if skipped else ""
+        print(f"{len(written)} maps ({', '.join(written)}) written to {out}, inference done once{absent}")
+    return 0
+
+
+def _explain_one(arguments) -> int:
     from .pipeline import ExplainJob, run
 
     _check_explain_arguments(arguments)
@@ -606,7 +712,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--series", metavar="UID", help="the DICOM series to explain when the folder holds several")
     _add_model_options(explain)
-    explain.add_argument("--target-class", required=True, help="output class, by name or index")
+    classes = explain.add_mutually_exclusive_group(required=True)
+    classes.add_argument(
+        "--target-class",
+        nargs="+",
+        metavar="CLASS",
+        help="output class, by name or index; several: one map each, inference done once (--out is "
+        "then a folder for heatmap_<class>.nrrd and summary_<class>.json)",
+    )
+    classes.add_argument(
+        "--all-classes",
+        action="store_true",
+        help="one map per class the model can explain (with --from-prediction: each class it "
+        "predicts in this CT), inference done once; --out is a folder as for several classes",
+    )
     which = explain.add_mutually_exclusive_group(required=True)
     which.add_argument("--mask", help="label map whose nonzero voxels are the segment M (any grid)")
     which.add_argument("--from-prediction", action="store_true", help="M = the network's own prediction")
@@ -624,10 +743,12 @@ def build_parser() -> argparse.ArgumentParser:
     reading.add_argument(
         "--mask-label",
         type=int,
+        nargs="+",
         metavar="N",
         help="M = the mask's voxels of label N (default: a mask of one label is M; of several, "
         "the target class's label where the mask says which: segment names in a .seg.nrrd, "
-        "or a softmax model's class index; otherwise the run is refused)",
+        "or a softmax model's class index; otherwise the run is refused); several: one map "
+        "each (paired with as many --target-class values, or all for one class)",
     )
     explain.add_argument("--method", default="seg-hires-grad-cam", help="CAM method (see `methods`)")
     explain.add_argument(
