@@ -83,8 +83,6 @@ class JobResult:
     seconds: dict[str, float] = field(default_factory=dict)
     heatmaps: dict[str, sitk.Image] = field(default_factory=dict)
     signed: dict[str, sitk.Image] = field(default_factory=dict)  # method -> signed map, when asked for
-    prediction: sitk.Image | None = None
-    segment: sitk.Image | None = None
     ct: sitk.Image | None = None  # the CT as the run read it (figures need it; no second read)
     metrics: dict = field(default_factory=dict)  # key (method, or layer in an atlas) -> ExplanationMetrics
     explained: dict = field(default_factory=dict)  # key -> (method, layer) of that explanation
@@ -96,6 +94,25 @@ class JobResult:
     components: dict = field(default_factory=dict)  # per component of M: key -> size and centre
     component_masks: dict = field(default_factory=dict)  # key -> the component on the CT's grid
     replaced: list[Path] = field(default_factory=list)  # existing files the outputs replaced
+    # The predicted label map and M on the CT's grid are made when first read: resampling
+    # every class's logits onto a large CT takes seconds that a heatmap alone does not need.
+    on_ct_grid: dict = field(default_factory=dict, repr=False)  # name -> the image, or how to make it
+
+    def _on_ct_grid(self, name: str) -> sitk.Image | None:
+        value = self.on_ct_grid.get(name)
+        if callable(value):
+            value = self.on_ct_grid[name] = value()
+        return value
+
+    @property
+    def prediction(self) -> sitk.Image | None:
+        """The predicted label map on the CT's grid."""
+        return self._on_ct_grid("prediction")
+
+    @property
+    def segment(self) -> sitk.Image | None:
+        """M on the CT's grid (1 inside)."""
+        return self._on_ct_grid("segment")
 
     def summary(self) -> dict:
         from .cam.methods import METHODS
@@ -196,7 +213,7 @@ def run(job: ExplainJob) -> JobResult:
             for key in result.heatmaps:
                 outputs.add(f"{key} heatmap", Path(job.per_component) / f"heatmap_{key}.nrrd", volume=True)
             outputs.check()
-        _label_outputs(result)
+        _label_outputs(job, result)
         _stage(outputs, job, result)
         result.replaced = outputs.commit()
     finally:
@@ -274,7 +291,7 @@ def provenance_record(job: ExplainJob, card, class_name: str, mask_source: str) 
     }
 
 
-def _label_outputs(result: JobResult) -> None:
+def _label_outputs(job: ExplainJob, result: JobResult) -> None:
     """Every output volume carries the record, its evidence and the run's warnings."""
     common = {**result.record, "warnings": " | ".join(result.warnings)}
     for key, heatmap in result.heatmaps.items():
@@ -285,7 +302,7 @@ def _label_outputs(result: JobResult) -> None:
         for volume in (heatmap, result.signed.get(key)):
             if volume is not None:
                 _set_metadata(volume, {**common, **evidence})
-    if result.prediction is not None:
+    if job.prediction is not None:  # the predicted label map is made only when written (or read)
         _set_metadata(result.prediction, common)
 
 
@@ -336,8 +353,9 @@ def _compute(job: ExplainJob, card, class_index: int, ct, mask_image, device, st
         heatmap, explain_with = computation.explain(key, method, layer, target, predicted, probabilities)
         if job.metrics:
             computation.measure(key, target, heatmap, regions, explain_with)
-    result.prediction = computation.model_input.labels_on_original(logits.numpy(), card.head)
-    result.segment = computation.model_input.to_original(mask.astype(np.uint8), labels=True)
+    model_input = computation.model_input
+    result.on_ct_grid["prediction"] = lambda: model_input.labels_on_original(logits.numpy(), card.head)
+    result.on_ct_grid["segment"] = lambda: model_input.to_original(mask.astype(np.uint8), labels=True)
     result.seconds = computation.seconds
     return result
 
