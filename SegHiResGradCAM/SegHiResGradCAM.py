@@ -179,7 +179,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = SegHiResGradCAMLogic()
         from SegHiResGradCAMLib.mrml.slicer_logic import ModelInspector
 
-        self._inspector = ModelInspector()
+        self._inspector = ModelInspector(worker=self.logic.worker)  # inspecting warms the worker for Apply
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -434,6 +434,7 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if description is not None:
             self._inspectionTimer.stop()
             self._applyDescription(description)
+            self._showWarmState()  # the inspection left the model loaded
 
     def _applyDescription(self, description):
         from SegHiResGradCAMLib.mrml.slicer_logic import layer_label

@@ -405,7 +405,7 @@ def _card_and_layers(arguments):
 
     card = model_source(arguments).read().resolved()
     # The members of a fold ensemble share their architecture, and each is explained at the same layer.
-    network = ensemble_members(card.build_network())[0]
+    network = ensemble_members(card.network())[0]  # built once per process: the warm worker keeps it
     return card, list_layers(network, (card.in_channels, *card.window))
 
 

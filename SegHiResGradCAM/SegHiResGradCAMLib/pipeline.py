@@ -416,7 +416,10 @@ class _Computation:
     def segment(self, logits) -> tuple[np.ndarray, np.ndarray]:
         """(the network's prediction of the class, M): M is the given mask, else the prediction."""
         card, class_index = self.card, self.class_index
-        predicted = (logits.argmax(0) == class_index if card.head == "softmax" else logits[class_index] > 0).numpy()
+        if card.head == "softmax":
+            predicted = (self._predicted_labels(logits) == class_index).numpy()
+        else:
+            predicted = (logits[class_index] > 0).numpy()
         if self.given_mask is not None:
             return predicted, self.given_mask
         if not predicted.any():
@@ -425,6 +428,15 @@ class _Computation:
                 "explain: give a segment with --mask, or choose another class."
             )
         return predicted, predicted
+
+    def _predicted_labels(self, logits):
+        """The softmax head's label per voxel (kept with the logits: on a large CT it takes a while)."""
+        kept = self.kept
+        if kept is None:
+            return logits.argmax(0)
+        if kept.labels is None:
+            kept.labels = logits.argmax(0)
+        return kept.labels
 
     def probabilities(self, logits) -> np.ndarray:
         from .cam.passes import class_probability

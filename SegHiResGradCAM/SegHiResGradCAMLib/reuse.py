@@ -28,6 +28,7 @@ class PreparedCase:
     notes: list[str]  # what the reading left out (a DICOM series), said again on every run
     model_input: object = None  # the format's PreparedInput
     logits: object = None  # the blended logits (classes, z, y, x), a CPU tensor
+    labels: object = None  # their argmax (a softmax head's prediction), made when first needed
 
 
 class PreparedInputs:

@@ -52,7 +52,8 @@ def test_opening_the_module_shows_the_bundled_model_and_disables_the_segment_sel
 @pytest.mark.slow
 def test_setting_up_the_panel_starts_no_process(application, module_file, monkeypatch):
     """Slicer calls setup() when the panel is first built; the model is inspected from the
-    first timer tick on, once the panel is shown."""
+    first timer tick on, once the panel is shown, in the warm worker (which keeps the network
+    built for the first Apply)."""
     import subprocess
 
     started = []
@@ -64,9 +65,11 @@ def test_setting_up_the_panel_starts_no_process(application, module_file, monkey
     widget.parent.isEntered = True
     widget.enter()
     application.processEvents()
-    assert len(started) == 1 and "inspect" in started[0][0]
+    assert len(started) == 1 and "SegHiResGradCAMLib.worker" in started[0][0]
     application.wait_until(lambda: not widget._inspecting(), 120, "the model inspection")
+    assert widget.ui.warmLabel.text.startswith("Warm: KiTS-like demo") and widget.ui.releaseButton.enabled
     widget.cleanup()
+    assert not widget.logic.worker.alive
 
 
 @pytest.mark.slow

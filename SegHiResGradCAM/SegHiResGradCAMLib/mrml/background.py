@@ -323,7 +323,8 @@ class WarmWorker:
         self._python, self._idle_seconds = python, idle_seconds
         self._child: BackgroundProcess | None = None
         self._next_id = 0
-        self._pending: list[str] = []  # protocol lines read but not yet taken by a run
+        self.generation = 0  # which worker process: a question asked of an earlier one has no answer coming
+        self._inbox: dict[int, list[dict]] = {}  # messages of the questions still awaited, by question
         self.loaded = ""  # what the last finished question left loaded (the model's name), for the status
 
     @property
@@ -341,12 +342,18 @@ class WarmWorker:
         # Each question runs in its own folder; the worker itself writes nothing.
         self._child = BackgroundProcess(command, Path(tempfile.gettempdir()), "worker", stdin=True)
 
-    def submit(self, arguments: list[str], work_dir: Path, loads: str = "") -> WarmRun:
-        """Starts ``seghiresgradcam ARGUMENTS`` in ``work_dir`` in the worker (starting the
-        worker first when there is none); ``loads`` names what it leaves loaded."""
+    def start(self) -> None:
+        """Starts the worker unless it runs (it imports its libraries while the caller goes on)."""
         if not self.alive:
             self._start()
+
+    def submit(self, arguments: list[str], work_dir: Path, loads: str = "") -> WarmRun:
+        """Starts ``seghiresgradcam ARGUMENTS`` in ``work_dir`` in the worker (starting the
+        worker first when there is none); ``loads`` names what it leaves loaded. Questions
+        are answered in the order asked."""
+        self.start()
         self._next_id += 1
+        self._inbox[self._next_id] = []
         self._send({"id": self._next_id, "run": list(arguments), "cwd": str(work_dir)})
         return WarmRun(self, self._next_id, Path(work_dir), loads)
 
@@ -356,28 +363,31 @@ class WarmWorker:
         stream.flush()
 
     def cancel(self, request_id: int) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._send({"cancel": request_id})
+        if self.alive:
+            with contextlib.suppress(OSError, ValueError):
+                self._send({"cancel": request_id})
 
     def messages(self, request_id: int) -> list[dict]:
         """The protocol messages of this question that arrived since the last call."""
-        if self._child is None:
-            return []
-        self._pending += self._child.stdout_lines()
-        taken, later = [], []
-        for line in self._pending:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                message = {}
-            if message.get("id") == request_id:
-                taken.append(message)
-            elif isinstance(message.get("id"), int) and message["id"] > request_id:
-                later.append(line)
-            elif "ready" not in message:  # an earlier, cancelled question's last words, or not protocol
-                self._child.add_to_log(line)
-        self._pending = later
+        if self._child is not None:
+            for line in self._child.stdout_lines():
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    message = {}
+                awaited = self._inbox.get(message.get("id")) if isinstance(message, dict) else None
+                if awaited is not None:
+                    awaited.append(message)
+                elif "ready" not in message:  # a forgotten question's last words, or not protocol
+                    self._child.add_to_log(line)
+        taken = self._inbox.get(request_id, [])
+        if taken:
+            self._inbox[request_id] = []
         return taken
+
+    def forget(self, request_id: int) -> None:
+        """The question's answer is no longer awaited."""
+        self._inbox.pop(request_id, None)
 
     def error_message(self) -> str:
         return self._child.error_message() if self._child is not None else "The worker is not running."
@@ -385,6 +395,9 @@ class WarmWorker:
     def release(self) -> None:
         """Ends the worker (its memory goes with it); the next question starts a new one."""
         child, self._child, self.loaded = self._child, None, ""
+        self._inbox.clear()
+        if child is not None:
+            self.generation += 1  # its unanswered questions fail (WarmRun.poll)
         if child is not None:
             with contextlib.suppress(OSError, ValueError):
                 child.process.stdin.close()  # the worker ends at the end of its input
@@ -408,8 +421,10 @@ class WarmRun:
 
     def __init__(self, worker: WarmWorker, request_id: int, work_dir: Path, loads: str):
         self.worker, self.request_id, self.work_dir, self._loads = worker, request_id, work_dir, loads
+        self.generation = worker.generation
         self._status = Status("running", 0.0, "starting")
         self.log: list[str] = []
+        self.printed = ""  # what the command printed (``inspect``'s JSON)
 
     @property
     def pid(self) -> int | None:
@@ -426,7 +441,9 @@ class WarmRun:
             if not self.log or self.log[-1] != self._status.message:
                 self.log.append(self._status.message)
                 LOGGER.info("explain (warm): %s", self._status.message)
-        if not self.worker.alive:  # the worker died (out of memory, killed): this question failed
+        if self.worker.generation != self.generation:  # released, or replaced after a kill
+            self._status = Status("failed", self._status.fraction, "The background process was ended.")
+        elif not self.worker.alive:  # the worker died (out of memory, killed): this question failed
             message = self.worker.error_message()
             self.worker.release()
             self._status = Status("failed", self._status.fraction, message)
@@ -434,6 +451,8 @@ class WarmRun:
 
     def _end(self, message: dict) -> None:
         code = message["exit"]
+        self.worker.forget(self.request_id)
+        self.printed = str(message.get("stdout", ""))
         if code == 0:
             self.worker.loaded = self._loads
             self._status = Status("finished", 1.0, "done")
@@ -456,14 +475,48 @@ class WarmRun:
         """Stops the question, cooperatively; a worker that does not stop in time is killed
         as a tree (the next question starts a new one). Then removes the working folder."""
         if self._status.state == "running":
-            self.worker.cancel(self.request_id)
-            deadline = time.monotonic() + CANCEL_GRACE_SECONDS
-            while self.poll().state == "running" and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if self._status.state == "running":
-                self.worker.kill()
+            if self.worker.generation == self.generation:
+                self.worker.cancel(self.request_id)
+                deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+                while self.poll().state == "running" and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if self._status.state == "running":
+                    self.worker.kill()
             self._status = Status("cancelled", self._status.fraction, "cancelled")
+        self.worker.forget(self.request_id)
         self.remove_files()
+
+    def drop(self) -> None:
+        """Cancels without waiting: the worker skips the question, or finishes it unread."""
+        if self._status.state == "running" and self.worker.generation == self.generation:
+            self.worker.cancel(self.request_id)
+        self._status = Status("cancelled", self._status.fraction, "cancelled")
+        self.worker.forget(self.request_id)
 
     def remove_files(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+class WarmQuery:
+    """``BackgroundQuery``'s interface over a ``WarmWorker``: a short command whose last
+    printed line is JSON (``inspect``). Inspecting in the worker also warms it: the libraries
+    are imported and the network built before the first run asks for them."""
+
+    def __init__(self, worker: WarmWorker, arguments: list[str], work_dir: Path):
+        self._run = worker.submit(arguments, work_dir)
+
+    def poll(self):
+        status = self._run.poll()
+        if status.state == "running":
+            return None
+        if status.state != "finished":
+            raise RuntimeError(status.message)
+        try:
+            description = json.loads(self._run.printed.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            raise RuntimeError("The model inspection printed no result.") from None
+        self._run.worker.loaded = description.get("name", "") if isinstance(description, dict) else ""
+        return description
+
+    def cancel(self) -> None:
+        self._run.drop()

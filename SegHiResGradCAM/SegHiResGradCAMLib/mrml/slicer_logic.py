@@ -17,7 +17,7 @@ from ..cam.metric_table import METRIC_GROUPS, metric_rows
 from ..errors import ExplainInputError
 from ..models.formats import ModelSource
 from . import mrml_adapter
-from .background import BackgroundQuery, BackgroundRun, Status, WarmWorker, new_work_dir
+from .background import BackgroundQuery, BackgroundRun, Status, WarmQuery, WarmWorker, new_work_dir
 
 
 @dataclass
@@ -71,6 +71,8 @@ class ExplainRun:
         card = settings.model.read()
         self.class_index = card.class_index(settings.target_class)
         self.card = card
+        if worker is not None:
+            worker.start()  # it imports its libraries while the CT is exported
         with new_work_dir("SegHiResGradCAM-") as work_dir:
             arguments = self._export_inputs(work_dir)
             if worker is not None:  # the warm worker keeps the network, the CT and its logits
@@ -324,8 +326,8 @@ class ModelInspector:
     Slicer process. Descriptions are kept per model version, so a model is inspected once
     until its files change."""
 
-    def __init__(self, python: str | None = None):
-        self._python = python
+    def __init__(self, python: str | None = None, worker: WarmWorker | None = None):
+        self._python, self._worker = python, worker  # with a worker, inspecting warms it for the runs
         self._cache: dict[tuple, dict] = {}
         self._pending: tuple | None = None  # (key, query, work folder)
 
@@ -337,7 +339,11 @@ class ModelInspector:
             return self._cache[key]
         self.cancel()
         with new_work_dir("SegHiResGradCAM-inspect-") as work_dir:
-            query = BackgroundQuery(["inspect", *model.arguments()], work_dir, self._python)
+            arguments = ["inspect", *model.arguments()]
+            if self._worker is not None:
+                query = WarmQuery(self._worker, arguments, work_dir)
+            else:
+                query = BackgroundQuery(arguments, work_dir, self._python)
         self._pending = (key, query, work_dir)
         return None
 
