@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -199,3 +200,29 @@ def private_temporary_folder(tmp_path_factory):
         os.environ.pop("TMPDIR", None)
     else:
         os.environ["TMPDIR"] = saved[1]
+
+
+def assert_warm_maps_equal_cold(make_job, questions: list, folder) -> list:
+    """Runs ``make_job(question, out)`` for each question with the prepared CT and logits
+    kept between runs (as the warm worker does), then again with nothing kept: the second and
+    later questions ran no inference, and every map and T equals the fresh run's, bit for bit.
+    Returns the warm results."""
+    import SimpleITK as sitk
+
+    from SegHiResGradCAMLib.pipeline import run
+    from SegHiResGradCAMLib.reuse import keep_prepared_inputs
+
+    store = keep_prepared_inputs()
+    store.clear()
+    try:
+        warm = [run(make_job(question, folder / f"warm{number}.nrrd")) for number, question in enumerate(questions)]
+        assert store.hits == len(questions) - 1
+    finally:
+        keep_prepared_inputs(False)
+    assert warm[0].seconds["inference"] > 0 and all(result.seconds["inference"] == 0.0 for result in warm[1:])
+    for number, question in enumerate(questions):
+        cold = run(make_job(question, folder / f"cold{number}.nrrd"))
+        assert cold.scores == warm[number].scores, question
+        warm_map, cold_map = (sitk.ReadImage(str(folder / f"{kind}{number}.nrrd")) for kind in ("warm", "cold"))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(warm_map), sitk.GetArrayFromImage(cold_map))
+    return warm

@@ -23,6 +23,7 @@ import torch
 import yaml
 from monai.networks import nets
 
+from conftest import assert_warm_maps_equal_cold
 from SegHiResGradCAMLib import explain
 from SegHiResGradCAMLib.cam.sliding_window import sliding_window_logits
 from SegHiResGradCAMLib.cli import main as cli_main
@@ -507,3 +508,25 @@ def test_a_network_def_that_is_not_a_torch_network_is_refused_naming_what_it_is(
     (bundle / "configs" / "inference.json").write_text(json.dumps(config))
     message = refused(small_ct, bundle, capsys)
     assert "network_def" in message and "ScaleIntensity" in message and "not a torch network" in message
+
+
+def test_questions_about_one_ct_kept_between_runs_give_the_maps_of_fresh_runs(las_ct, tmp_path):
+    """The warm worker's reuse with a bundle (its own preprocessing and inverse): a second
+    method and a second layer run no inference and give the fresh runs' maps."""
+    config, form = SHAPES["spleen_ct_segmentation"]
+    bundle = write_bundle(tmp_path / "bundle", config, form)
+
+    def make_job(question, out):
+        method, layer = question
+        return ExplainJob(
+            image=las_ct / "ct.nii.gz",
+            target_class="1",
+            methods=[method],
+            heatmaps=[out],
+            model=ModelSource(bundle, trust_bundle=True),
+            mask=las_ct / "kidney.nii.gz",
+            layer=layer,
+        )
+
+    questions = [("seg-hires-grad-cam", None), ("seg-grad-cam", None), ("seg-hires-grad-cam", "stage-below-finest")]
+    assert_warm_maps_equal_cold(make_job, questions, tmp_path)

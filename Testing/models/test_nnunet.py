@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from conftest import assert_warm_maps_equal_cold
 from SegHiResGradCAMLib.cam.engine import explain, upsample_to
 from SegHiResGradCAMLib.cam.ensemble import FoldEnsemble, ensemble_members
 from SegHiResGradCAMLib.cam.slices import slice_logits
@@ -25,7 +26,7 @@ from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 from SegHiResGradCAMLib.errors import ExplainInputError
 from SegHiResGradCAMLib.models.formats import ModelSource, read_model_card
-from SegHiResGradCAMLib.pipeline import anatomy_regions
+from SegHiResGradCAMLib.pipeline import ExplainJob, anatomy_regions
 
 BUILDER = Path(__file__).with_name("nnunet_results.py")
 # A case larger than the 3D patch (16 x 48 x 48 after preprocessing: 12 windows), on another
@@ -512,3 +513,29 @@ def test_bad_plans_values_are_refused_in_one_line_naming_the_entry(name, fullres
     assert re.search(message, lines[0]), lines[0]
     assert not out.parent.exists()
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+def test_questions_kept_between_runs_with_a_fold_ensemble_give_the_maps_of_fresh_runs(fullres, case, tmp_path):
+    """The warm worker's reuse with nnU-Net's preprocessing, export path and a two-fold
+    ensemble: another region and another method run no inference, maps and T unchanged."""
+    ct, labels = case
+    sitk.WriteImage(ct, str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(sitk.Equal(labels, 2), str(tmp_path / "tumour.nii.gz"))
+    sitk.WriteImage(sitk.NotEqual(labels, 0), str(tmp_path / "kidney.nii.gz"))
+    card = read_model_card(fullres)
+
+    def make_job(question, out):
+        region, mask, method = question
+        return ExplainJob(
+            image=tmp_path / "ct.nii.gz",
+            target_class=region,
+            methods=[method],
+            heatmaps=[out],
+            model=fullres,
+            mask=tmp_path / mask,
+        )
+
+    assert len(ensemble_members(card.network())) == 2, "a fold ensemble"
+    questions = [("tumor", "tumour.nii.gz", "seg-hires-grad-cam"), ("tumor", "tumour.nii.gz", "seg-grad-cam")]
+    questions += [("kidney", "kidney.nii.gz", "seg-hires-grad-cam")]
+    assert_warm_maps_equal_cold(make_job, questions, tmp_path)

@@ -30,6 +30,7 @@ from pathlib import Path
 LOGGER = logging.getLogger("SegHiResGradCAM")
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder holding SegHiResGradCAMLib
 TREE_GONE_SECONDS = 10.0  # how long Cancel waits for the killed processes to disappear
+LOG_LINES_KEPT = 1000
 
 
 @dataclass
@@ -193,6 +194,9 @@ class BackgroundProcess:
     def add_to_log(self, line: str) -> None:
         self.log.append(line)
         LOGGER.info("%s: %s", self._log_prefix, line)
+        if len(self.log) > 2 * LOG_LINES_KEPT:  # a long-lived process (the warm worker) keeps its recent lines
+            del self.log[:-LOG_LINES_KEPT]
+            del self._errors[:-LOG_LINES_KEPT]
 
     def stdout_lines(self) -> list[str]:
         self._take_arrived()
