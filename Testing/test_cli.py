@@ -146,6 +146,8 @@ def test_methods_lists_every_registered_method_with_its_cost():
         "seg-eigen-cam",
         "eigen-cam",
         "seg-score-cam",
+        "seg-ablation-cam",
+        "seg-occlusion",
     }
 
 

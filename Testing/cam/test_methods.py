@@ -111,13 +111,15 @@ def rescaled_channel_copy(model: ConvStack, channel: int, factor: float) -> Conv
 
 
 INVARIANT = ["seg-grad-cam", "seg-hires-grad-cam", "seg-layer-cam", "seg-xgrad-cam", "seg-grad-cam++", "seg-eigen-cam"]
+INVARIANT += ["seg-occlusion"]  # it perturbs the input, never reading the layer
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_maps_follow_the_function_not_how_a_channel_is_scaled(method):
     """A channel scaled by s with the next layer's weights divided by s is the same network.
-    Gradient-based maps (G_k -> G_k / s, A_k -> s A_k) cannot tell; maps that use A without
-    its gradient (target-free Eigen CAM, Score CAM's A_k in S) can, which shows the check bites."""
+    Gradient-based maps (G_k -> G_k / s, A_k -> s A_k) and occlusion cannot tell; maps that
+    use A without its gradient (target-free Eigen CAM, Score CAM's and Ablation CAM's A_k in
+    S) can, which shows the check bites."""
     torch.manual_seed(3)
     model = ConvStack(head_weights_positive=False)
     image, mask = torch.randn(1, 24, 24), torch.rand(24, 24) > 0.6

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ExplainInputError
+from .ablation import OCCLUDER_SIZE, OCCLUSION_REACH, ablation_map, occlusion_map
 from .score_cam import score_cam_map
 
 RawMapFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -302,6 +303,31 @@ _add(
         "Wang, Wang, Du, Yang, Zhang, Ding, Mardziel, Hu: Score-CAM, CVPR Workshops 2020 (transferred to segmentation)",
         network_map=score_cam_map,
         cost="gradient-free: 2 forward passes + 1 per channel (batch_size channels at a time); window=None",
+    )
+)
+
+
+_add(
+    CamMethod(
+        "seg-ablation-cam",
+        "Seg-Ablation CAM",
+        None,
+        False,
+        "Ramaswamy, Desai: Ablation-CAM, WACV 2020 (transferred to segmentation: the drop of T over M)",
+        network_map=ablation_map,
+        cost="gradient-free: 1 forward pass + 1 per channel of the layer (batch_size channels at a time); window=None",
+    )
+)
+_add(
+    CamMethod(
+        "seg-occlusion",
+        "Seg-Occlusion",
+        None,
+        False,
+        "Zeiler, Fergus: Visualizing and Understanding Convolutional Networks, ECCV 2014 (occlusion of T over M)",
+        network_map=occlusion_map,
+        cost=f"gradient-free: 1 forward pass + 1 per position of a {OCCLUDER_SIZE}-voxel occluder within "
+        f"{OCCLUSION_REACH} voxels of M (batch_size at a time); the map is on the input grid; window=None",
     )
 )
 
