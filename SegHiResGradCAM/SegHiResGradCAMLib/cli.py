@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from . import __version__
-from .cam.metric_table import METRIC_GROUPS, check_fractions
+from .cam.metric_table import EXTRA_GROUPS, METRIC_GROUPS, check_fractions
 from .errors import ExplainCancelled, ExplainInputError, ExplainNoEvidence, ExplainResourceError
 
 
@@ -803,12 +803,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--measure",
         nargs="+",
-        choices=[*METRIC_GROUPS, "none"],
+        choices=[*METRIC_GROUPS, *EXTRA_GROUPS, "none"],
         metavar="GROUP",
         help="which metrics (implies --metrics): localisation (free), faithfulness (deletion and "
         "insertion, about 22 passes, and 22 more once for their random-order baseline), "
         "randomisation (one explanation of a randomised network), dependence (one explanation of M "
-        "moved aside); default all; `none` skips the metrics of a layer atlas",
+        "moved aside), cascade (cascading randomisation from the output down: 4 more explanations; "
+        "only when named); default all but cascade; `none` skips the metrics of a layer atlas",
     )
     explain.add_argument(
         "--fractions",
@@ -859,9 +860,9 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument(
         "--measure",
         nargs="+",
-        choices=METRIC_GROUPS,
+        choices=[*METRIC_GROUPS, *EXTRA_GROUPS],
         metavar="GROUP",
-        help="with --metrics: which metrics (default all; see explain --measure)",
+        help="with --metrics: which metrics (default all but cascade; see explain --measure)",
     )
     cohort.add_argument("--layer", help="target layer or layer rule (default: the model's; see `layers`)")
     cohort.add_argument(

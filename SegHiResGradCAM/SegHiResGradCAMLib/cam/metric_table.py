@@ -20,6 +20,8 @@ def check_fractions(fractions) -> list[float]:
 
 
 METRIC_GROUPS = ("localisation", "faithfulness", "randomisation", "dependence")
+# Measured only when asked for (--measure cascade): one more explanation per cascade step.
+EXTRA_GROUPS = ("cascade",)
 
 
 def _percent(value) -> str:
@@ -51,6 +53,13 @@ def metric_rows(metrics: dict) -> list[tuple[str, str]]:
         rows.append(("similarity after randomising the network", f"{metrics['randomisation_similarity']:.3f}"))
     if metrics.get("randomisation_similarity_in_target") is not None:
         rows.append(("the same, inside M only", f"{metrics['randomisation_similarity_in_target']:.3f}"))
+    for step in metrics.get("cascade") or []:
+        rows.append(
+            (
+                f"cascade step {step['step']}: randomised down to {step['randomised_down_to']}",
+                f"similarity {step['similarity']:.3f}, inside M {step['similarity_in_target']:.3f}",
+            )
+        )
     if metrics.get("dependence_on_target") is not None:
         rows.append(("similarity with the map of M moved aside", f"{metrics['dependence_on_target']:.3f}"))
     rows += [

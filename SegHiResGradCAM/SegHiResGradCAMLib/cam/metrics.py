@@ -26,6 +26,7 @@ flat map (M's share of the voxels), deletion and insertion for voxels in random 
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -34,7 +35,7 @@ import torch
 from scipy import ndimage, stats
 
 from ..errors import ExplainInputError
-from .metric_table import METRIC_GROUPS, check_fractions, metric_rows
+from .metric_table import EXTRA_GROUPS, METRIC_GROUPS, check_fractions, metric_rows
 from .model_inspection import evaluation_mode
 from .passes import class_probability, run_network
 from .slices import slice_logits
@@ -82,6 +83,7 @@ class ExplanationMetrics:
         deletion_random: the deletion curve of a random voxel order.
         insertion_random: the insertion curve of a random voxel order.
         dependence_on_target: the rank similarity with the map of M moved aside.
+        cascade: cascading randomisation, one entry per step (``cascading_randomisation``).
         checks: each comparison as (name, value, criterion, passed).
     """
 
@@ -97,6 +99,7 @@ class ExplanationMetrics:
     deletion_random: Curve | None = None  # baseline: the voxels removed in random order
     insertion_random: Curve | None = None
     dependence_on_target: float | None = None  # similarity with the map of M moved aside
+    cascade: list[dict] | None = None  # per step: randomised_down_to, layers, similarity, similarity_in_target
     checks: list[Check] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -232,6 +235,57 @@ def randomised_copy(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return copy_
 
 
+CASCADE_STEPS = 4
+
+
+def cascade_groups(model: torch.nn.Module, steps: int = CASCADE_STEPS) -> list[list[str]]:
+    """The network's re-initialisable layers from the output down, in ``steps`` groups of
+    nearly equal size: step i randomises groups 1..i. "From the output down" is the reverse
+    of the order the layers are registered in, which for the U-Nets here (MONAI's, nnU-Net's)
+    runs from the head through the decoder to the encoder."""
+    names = [
+        name
+        for name, module in model.named_modules()
+        if callable(getattr(module, "reset_parameters", None)) and any(True for _ in module.parameters(recurse=False))
+    ][::-1]
+    steps = max(1, min(steps, len(names)))
+    bounds = np.linspace(0, len(names), steps + 1).round().astype(int)
+    return [names[first:last] for first, last in itertools.pairwise(bounds)]
+
+
+def cascading_randomisation(model, heatmap, mask, explain_again, steps: int = CASCADE_STEPS, seed: int = 0):
+    """Adebayo et al. 2018's cascading model-parameter randomisation: the layers are
+    re-initialised group by group from the output down (``cascade_groups``), and after each
+    step the map is made again and compared with the original (Spearman rank similarity, over
+    the whole image and inside M). A map that shows what the network learned departs from
+    the original as the cascade goes on; a map that ignores the weights stays at 1."""
+    copy_ = copy.deepcopy(model)
+    modules = dict(copy_.named_modules())
+    inside = np.asarray(mask, dtype=bool)
+    heatmap = np.asarray(heatmap)
+    generator_state = torch.random.get_rng_state()
+    rows, randomised = [], 0
+    try:
+        for step, group in enumerate(cascade_groups(copy_, steps), 1):
+            torch.manual_seed(seed + step)
+            for name in group:
+                modules[name].reset_parameters()
+            randomised += len(group)
+            again = np.asarray(explain_again(copy_))
+            rows.append(
+                {
+                    "step": step,
+                    "randomised_down_to": group[-1],
+                    "layers": randomised,
+                    "similarity": rank_similarity(heatmap, again),
+                    "similarity_in_target": rank_similarity(heatmap[inside], again[inside]),
+                }
+            )
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return rows
+
+
 def rank_similarity(first: np.ndarray, second: np.ndarray) -> float:
     """Spearman rank correlation of two maps: 1 when both are constant (they rank alike, so a
     sanity check must not pass on them), 0 when only one is."""
@@ -295,6 +349,16 @@ def sanity_checks(metrics: ExplanationMetrics) -> list[Check]:
                 similarity,
                 f"rank similarity with the randomised network's map below {RANDOMISATION_LIMIT}",
                 similarity < RANDOMISATION_LIMIT,
+            )
+        )
+    if metrics.cascade:
+        last = metrics.cascade[-1]["similarity_in_target" if inside else "similarity"]
+        checks.append(
+            Check(
+                f"cascading randomisation ({'inside M' if inside else 'whole image'})",
+                last,
+                f"rank similarity below {RANDOMISATION_LIMIT} once every layer is randomised, from the output down",
+                last < RANDOMISATION_LIMIT,
             )
         )
     if metrics.mass_in_target_randomised is not None:
@@ -379,7 +443,8 @@ def explanation_metrics(
         slice_by_slice: a 2D network on a volume.
         explain_for: ``explain_for(mask) -> heatmap``, the same network for another M: adds the
             dependence on M.
-        measure: which of ``METRIC_GROUPS`` (localisation, faithfulness, randomisation, dependence).
+        measure: which of ``METRIC_GROUPS`` (localisation, faithfulness, randomisation, dependence)
+            and ``EXTRA_GROUPS`` (cascade: cascading randomisation, needs ``explain_again``).
         random_curves: the random-order deletion and insertion curves when already measured for
             this image and M (they do not depend on the map).
 
@@ -398,9 +463,10 @@ def explanation_metrics(
         >>> 0 <= metrics.mass_in_target <= 1
         True
     """
-    unknown = set(measure) - set(METRIC_GROUPS)
+    unknown = set(measure) - set(METRIC_GROUPS) - set(EXTRA_GROUPS)
     if unknown:
-        raise ExplainInputError(f"Unknown metrics {sorted(unknown)}: choose from {', '.join(METRIC_GROUPS)}.")
+        known = ", ".join(METRIC_GROUPS + EXTRA_GROUPS)
+        raise ExplainInputError(f"Unknown metrics {sorted(unknown)}: choose from {known}.")
     metrics = localisation(heatmap, mask, regions)
     if "faithfulness" in measure:
         probability_in_mask = probability_target(model, target_class, mask, head, window, overlap, slice_by_slice)
@@ -417,6 +483,8 @@ def explanation_metrics(
         inside = np.asarray(mask, dtype=bool)
         metrics.randomisation_similarity_in_target = rank_similarity(np.asarray(heatmap)[inside], randomised[inside])
         metrics.mass_in_target_randomised = mass_share(randomised, inside)
+    if explain_again is not None and "cascade" in measure:
+        metrics.cascade = cascading_randomisation(model, heatmap, mask, explain_again)
     moved = moved_aside(mask) if explain_for is not None and "dependence" in measure else None
     if explain_for is not None and moved is not None:
         metrics.dependence_on_target = rank_similarity(heatmap, np.asarray(explain_for(moved)))

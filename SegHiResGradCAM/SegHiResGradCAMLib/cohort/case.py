@@ -288,6 +288,8 @@ def _metric_columns(measured: dict) -> dict:
         "randomisation_similarity": measured.get("randomisation_similarity"),
         "randomisation_similarity_in_m": measured.get("randomisation_similarity_in_target"),
         "dependence_on_m": measured.get("dependence_on_target"),
+        # the last step of cascading randomisation (every layer randomised, from the output down)
+        "cascade_similarity_in_m": (measured.get("cascade") or [{}])[-1].get("similarity_in_target"),
         "failed_checks": "; ".join(failed_checks(measured)),
     }
 

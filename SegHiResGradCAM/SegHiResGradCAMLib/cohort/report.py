@@ -27,6 +27,7 @@ DISTRIBUTIONS = (
     ("insertion_area", "insertion area (higher is better)", "insertion_area_random", None),
     ("randomisation_similarity_in_m", "similarity after randomising, inside M", None, RANDOMISATION_LIMIT),
     ("dependence_on_m", "similarity with M moved aside", None, DEPENDENCE_LIMIT),
+    ("cascade_similarity_in_m", "similarity after cascading randomisation, inside M", None, RANDOMISATION_LIMIT),
 )
 BASELINE_COLOUR = "#999999"
 PAIRED = (
