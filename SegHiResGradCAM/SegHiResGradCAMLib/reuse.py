@@ -67,7 +67,10 @@ _KEPT: PreparedInputs | None = None
 def keep_prepared_inputs(keep: bool = True) -> PreparedInputs | None:
     """Turns keeping on (or off, dropping what is kept) for this process; returns the store."""
     global _KEPT
-    _KEPT = PreparedInputs() if keep and _KEPT is None else _KEPT if keep else None
+    if not keep:
+        _KEPT = None
+    elif _KEPT is None:
+        _KEPT = PreparedInputs()
     return _KEPT
 
 

@@ -287,6 +287,14 @@ class BackgroundRun:
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
+def last_json_line(lines: list[str]):
+    """A query's result: the JSON of the last line it printed."""
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise RuntimeError("The model inspection printed no result.") from None
+
+
 class BackgroundQuery:
     """A short command whose last stdout line is JSON (``inspect --json``), run in the
     background; ``poll()`` returns None while it runs, then the parsed JSON, or raises
@@ -304,10 +312,7 @@ class BackgroundQuery:
         self._lines += self._child.stdout_lines()
         if code != 0:
             raise RuntimeError(self._child.error_message())
-        try:
-            return json.loads(self._lines[-1])
-        except (IndexError, ValueError):
-            raise RuntimeError("The model inspection printed no result.") from None
+        return last_json_line(self._lines)
 
     def cancel(self) -> None:
         self._child.kill()
@@ -378,8 +383,9 @@ class WarmWorker:
                 try:
                     message = json.loads(line)
                 except ValueError:
-                    message = {}
-                awaited = self._inbox.get(message.get("id")) if isinstance(message, dict) else None
+                    message = None
+                message = message if isinstance(message, dict) else {}
+                awaited = self._inbox.get(message.get("id"))
                 if awaited is not None:
                     awaited.append(message)
                 elif "ready" not in message:  # a forgotten question's last words, or not protocol
@@ -402,7 +408,6 @@ class WarmWorker:
         self._inbox.clear()
         if child is not None:
             self.generation += 1  # its unanswered questions fail (WarmRun.poll)
-        if child is not None:
             with contextlib.suppress(OSError, ValueError):
                 child.process.stdin.close()  # the worker ends at the end of its input
             try:
@@ -515,10 +520,7 @@ class WarmQuery:
             return None
         if status.state != "finished":
             raise RuntimeError(status.message)
-        try:
-            description = json.loads(self._run.printed.strip().splitlines()[-1])
-        except (IndexError, ValueError):
-            raise RuntimeError("The model inspection printed no result.") from None
+        description = last_json_line(self._run.printed.strip().splitlines())
         self._run.worker.loaded = description.get("name", "") if isinstance(description, dict) else ""
         return description
 
