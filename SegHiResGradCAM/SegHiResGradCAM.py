@@ -238,13 +238,11 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.ui is not None:
             self.setParameterNode(None)
             if self._run is None:  # else when the run ends (onRunPoll)
-                self.logic.releaseWorker()
-                self._showWarmState()
+                self._releaseWorker()
 
     def onSceneStartClose(self, caller, event):
         self.cancelRuns()
-        self.logic.releaseWorker()  # the CT it holds is gone
-        self._showWarmState()
+        self._releaseWorker()  # the CT it holds is gone
         self.setParameterNode(None)
         self._closeCohortReview()
         self._hideAtlas()
@@ -695,7 +693,10 @@ class SegHiResGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRelease(self):
         if self._run is None:
-            self.logic.releaseWorker()
+            self._releaseWorker()
+
+    def _releaseWorker(self):
+        self.logic.releaseWorker()
         self._showWarmState()
 
     def cancelRuns(self, message=None):
