@@ -226,3 +226,22 @@ def assert_warm_maps_equal_cold(make_job, questions: list, folder) -> list:
         warm_map, cold_map = (sitk.ReadImage(str(folder / f"{kind}{number}.nrrd")) for kind in ("warm", "cold"))
         np.testing.assert_array_equal(sitk.GetArrayFromImage(warm_map), sitk.GetArrayFromImage(cold_map))
     return warm
+
+
+def bundled_network_tumour_crop(seed: int = 300, tumour_label: int = 2):
+    """The bundled (trained) network, and a held-out demo case's crop around its tumour on
+    the network's grid: (network, image (1, *crop), tumour mask)."""
+    from SegHiResGradCAMLib.cam.volume_runner import region_of_interest
+    from SegHiResGradCAMLib.demo.phantom import Grid, make_case
+    from SegHiResGradCAMLib.models.formats import read_model_card
+
+    card = read_model_card()
+    field_of_view = (400, 400, 180)  # mm, as the demo's CTs
+    grid = Grid.centred(
+        tuple(round(size / step) for size, step in zip(field_of_view, card.spacing, strict=True)), card.spacing
+    )
+    case = make_case(seed, grid)
+    tumour = case.labels == tumour_label
+    box = region_of_interest(tumour, card.window)
+    image = torch.from_numpy(card.intensity.apply(case.hu)[None][(slice(None), *box)])
+    return card.network(), image, tumour[box]

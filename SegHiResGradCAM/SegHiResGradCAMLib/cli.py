@@ -808,8 +808,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="which metrics (implies --metrics): localisation (free), faithfulness (deletion and "
         "insertion, about 22 passes, and 22 more once for their random-order baseline), "
         "randomisation (one explanation of a randomised network), dependence (one explanation of M "
-        "moved aside), cascade (cascading randomisation from the output down: 4 more explanations; "
-        "only when named); default all but cascade; `none` skips the metrics of a layer atlas",
+        "moved aside), and, only when named, cascade (cascading randomisation from the output down: 4 "
+        "more explanations) and road (ROAD: the voxels removed by noisy linear imputation, most and "
+        "least relevant first: 2 passes and one imputation per fraction); default all but cascade and "
+        "road; `none` skips the metrics of a layer atlas",
     )
     explain.add_argument(
         "--fractions",
@@ -862,7 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=[*METRIC_GROUPS, *EXTRA_GROUPS],
         metavar="GROUP",
-        help="with --metrics: which metrics (default all but cascade; see explain --measure)",
+        help="with --metrics: which metrics (default all but cascade and road; see explain --measure)",
     )
     cohort.add_argument("--layer", help="target layer or layer rule (default: the model's; see `layers`)")
     cohort.add_argument(

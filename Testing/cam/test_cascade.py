@@ -4,32 +4,17 @@ from the output down, step by step, and the map is made again after each step.""
 import numpy as np
 import torch
 
+from conftest import bundled_network_tumour_crop
 from SegHiResGradCAMLib import explain, explanation_metrics
 from SegHiResGradCAMLib.cam.metric_table import metric_rows
 from SegHiResGradCAMLib.cam.metrics import cascade_groups
-from SegHiResGradCAMLib.cam.volume_runner import region_of_interest
 from SegHiResGradCAMLib.cohort.case import _metric_columns
-from SegHiResGradCAMLib.demo.phantom import Grid, make_case
-from SegHiResGradCAMLib.models.formats import read_model_card
 
 TUMOUR = 2
 
 
-def trained_case():
-    """The bundled (trained) network, and a demo case's tumour crop on its grid."""
-    card = read_model_card()
-    grid = Grid.centred(
-        tuple(round(size / step) for size, step in zip((400, 400, 180), card.spacing, strict=True)), card.spacing
-    )
-    case = make_case(300, grid)
-    tumour = case.labels == TUMOUR
-    box = region_of_interest(tumour, card.window)
-    image = torch.from_numpy(card.intensity.apply(case.hu)[None][(slice(None), *box)])
-    return card.network(), image, tumour[box]
-
-
 def test_a_trained_network_s_hires_map_passes_and_a_map_that_ignores_the_weights_fails():
-    network, image, tumour = trained_case()
+    network, image, tumour = bundled_network_tumour_crop()
 
     def hires(net):
         return explain(net, image, TUMOUR, tumour, layer="model.1").heatmap
@@ -58,7 +43,7 @@ def test_a_trained_network_s_hires_map_passes_and_a_map_that_ignores_the_weights
 
 
 def test_the_network_is_left_as_it_was():
-    network, image, tumour = trained_case()
+    network, image, tumour = bundled_network_tumour_crop()
     before = {name: value.clone() for name, value in network.state_dict().items()}
     explanation_metrics(
         network,

@@ -20,8 +20,9 @@ def check_fractions(fractions) -> list[float]:
 
 
 METRIC_GROUPS = ("localisation", "faithfulness", "randomisation", "dependence")
-# Measured only when asked for (--measure cascade): one more explanation per cascade step.
-EXTRA_GROUPS = ("cascade",)
+# Measured only when asked for (--measure cascade road): cascade costs one more explanation
+# per cascade step, road two passes and one imputation per fraction.
+EXTRA_GROUPS = ("cascade", "road")
 
 
 def _percent(value) -> str:
@@ -49,6 +50,10 @@ def metric_rows(metrics: dict) -> list[tuple[str, str]]:
             area = random["area"] if random else None
             shown = _beside(f"{metrics[curve]['area']:.4f}", [("random order", area, f"{area or 0:.4f}")])
             rows.append((f"{curve} area ({better} is better)", shown))
+    if metrics.get("road_most_relevant_first"):
+        most, least = metrics["road_most_relevant_first"]["area"], metrics["road_least_relevant_first"]["area"]
+        shown = _beside(f"{most:.4f}", [("least relevant first", least, f"{least:.4f}")])
+        rows.append(("ROAD area, most relevant removed first (lower is better)", shown))
     if metrics.get("randomisation_similarity") is not None:
         rows.append(("similarity after randomising the network", f"{metrics['randomisation_similarity']:.3f}"))
     if metrics.get("randomisation_similarity_in_target") is not None:

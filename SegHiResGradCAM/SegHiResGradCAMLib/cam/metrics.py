@@ -7,6 +7,8 @@
   baseline (insertion), and the probability target P = mean over M of the class
   probability is tracked. Areas are normalised by the fraction range (the mean of P over
   the curve): a faithful map has a small deletion area and a large insertion area.
+- ROAD (only when asked for): the same ranking, but the voxels are removed by noisy linear
+  imputation (see ``road``), most relevant first and least relevant first.
 - Sanity (Adebayo et al. 2018): the Spearman rank correlation between the map and the map
   of the same network with re-initialised parameters; a method that depends on what the
   network learned must give a low similarity. Over the whole image, a map whose support
@@ -26,6 +28,7 @@ flat map (M's share of the voxels), deletion and insertion for voxels in random 
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,6 +41,7 @@ from ..errors import ExplainInputError
 from .metric_table import EXTRA_GROUPS, METRIC_GROUPS, check_fractions, metric_rows
 from .model_inspection import evaluation_mode
 from .passes import class_probability, run_network
+from .road import removal_by_imputation
 from .slices import slice_logits
 from .sliding_window import sliding_window_logits
 
@@ -84,6 +88,8 @@ class ExplanationMetrics:
         insertion_random: the insertion curve of a random voxel order.
         dependence_on_target: the rank similarity with the map of M moved aside.
         cascade: cascading randomisation, one entry per step (``cascading_randomisation``).
+        road_most_relevant_first: ROAD's curve of P as the most relevant voxels are imputed away.
+        road_least_relevant_first: the same, least relevant first (its baseline).
         checks: each comparison as (name, value, criterion, passed).
     """
 
@@ -100,6 +106,8 @@ class ExplanationMetrics:
     insertion_random: Curve | None = None
     dependence_on_target: float | None = None  # similarity with the map of M moved aside
     cascade: list[dict] | None = None  # per step: randomised_down_to, layers, similarity, similarity_in_target
+    road_most_relevant_first: Curve | None = None  # P as the hottest voxels are imputed away
+    road_least_relevant_first: Curve | None = None  # its baseline: the coldest voxels imputed away
     checks: list[Check] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -169,21 +177,40 @@ def faithfulness_curves(
     order = torch.from_numpy(np.argsort(-heatmap.ravel(), kind="stable").copy())
     voxels = heatmap.size
 
-    def variant(fraction: float, deleting: bool) -> torch.Tensor:
+    def variant(deleting: bool, fraction: float) -> torch.Tensor:
         chosen = torch.zeros(voxels, dtype=torch.bool)
         chosen[order[: round(fraction * voxels)]] = True
         chosen = chosen.reshape(image.shape[1:])
         return torch.where(chosen, reference, image) if deleting else torch.where(chosen, image, reference)
 
-    curves = []
-    for deleting in (True, False):
-        values = []
-        for first in range(0, len(fractions), batch_size):
-            batch = torch.stack([variant(f, deleting) for f in fractions[first : first + batch_size]])
-            values += [float(v) for v in probability_in_mask(batch)]
-        area = float(np.trapezoid(values, fractions) / (fractions[-1] - fractions[0]))
-        curves.append(Curve(fractions, values, area))
-    return curves[0], curves[1]
+    deletion = _curve(probability_in_mask, fractions, functools.partial(variant, True), batch_size)
+    return deletion, _curve(probability_in_mask, fractions, functools.partial(variant, False), batch_size)
+
+
+def _curve(probability_in_mask, fractions: list[float], variant: Callable[[float], torch.Tensor], batch_size: int):
+    """P for each fraction's variant of the image, and the curve's normalised area."""
+    values: list[float] = []
+    for first in range(0, len(fractions), batch_size):
+        batch = torch.stack([variant(fraction) for fraction in fractions[first : first + batch_size]])
+        values += [float(value) for value in probability_in_mask(batch)]
+    return Curve(fractions, values, float(np.trapezoid(values, fractions) / (fractions[-1] - fractions[0])))
+
+
+def road_curves(
+    probability_in_mask: Callable[[torch.Tensor], torch.Tensor],
+    image,
+    heatmap,
+    fractions=DEFAULT_FRACTIONS,
+    batch_size: int = 4,
+) -> tuple[Curve, Curve]:
+    """ROAD's two curves of P (see ``road``): the voxels removed by noisy linear imputation
+    most relevant first (lower is better) and least relevant first (higher is better)."""
+    heatmap = np.asarray(heatmap, dtype=np.float64)
+    _check_same_shape(heatmap, np.empty(np.shape(image)[1:]), "heatmap")
+    fractions = check_fractions(fractions)
+    most_first, least_first = removal_by_imputation(image, heatmap)
+    most_relevant_first = _curve(probability_in_mask, fractions, most_first, batch_size)
+    return most_relevant_first, _curve(probability_in_mask, fractions, least_first, batch_size)
 
 
 def _baseline(image: torch.Tensor, baseline) -> torch.Tensor:
@@ -389,6 +416,16 @@ def sanity_checks(metrics: ExplanationMetrics) -> list[Check]:
                 insertion.area > insertion_random.area,
             )
         )
+    road_most, road_least = metrics.road_most_relevant_first, metrics.road_least_relevant_first
+    if road_most is not None and road_least is not None:
+        checks.append(
+            Check(
+                "ROAD, most relevant first beyond least relevant first",
+                road_most.area,
+                f"below least relevant first's {road_least.area:.4f}",
+                road_most.area < road_least.area,
+            )
+        )
     if metrics.dependence_on_target is not None:
         checks.append(
             Check(
@@ -444,7 +481,8 @@ def explanation_metrics(
         explain_for: ``explain_for(mask) -> heatmap``, the same network for another M: adds the
             dependence on M.
         measure: which of ``METRIC_GROUPS`` (localisation, faithfulness, randomisation, dependence)
-            and ``EXTRA_GROUPS`` (cascade: cascading randomisation, needs ``explain_again``).
+            and ``EXTRA_GROUPS`` (cascade: cascading randomisation, needs ``explain_again``; road:
+            ROAD's two curves over ``fractions``).
         random_curves: the random-order deletion and insertion curves when already measured for
             this image and M (they do not depend on the map).
 
@@ -468,15 +506,18 @@ def explanation_metrics(
         known = ", ".join(METRIC_GROUPS + EXTRA_GROUPS)
         raise ExplainInputError(f"Unknown metrics {sorted(unknown)}: choose from {known}.")
     metrics = localisation(heatmap, mask, regions)
+    probability_in_mask = probability_target(model, target_class, mask, head, window, overlap, slice_by_slice)
+    batch_size = 1 if window is not None else 4
     if "faithfulness" in measure:
-        probability_in_mask = probability_target(model, target_class, mask, head, window, overlap, slice_by_slice)
-        batch_size = 1 if window is not None else 4
 
         def curves(ranking):
             return faithfulness_curves(probability_in_mask, image, ranking, fractions, baseline, batch_size=batch_size)
 
         metrics.deletion, metrics.insertion = curves(heatmap)
         metrics.deletion_random, metrics.insertion_random = random_curves or curves(random_order(np.shape(heatmap)))
+    if "road" in measure:
+        curves = road_curves(probability_in_mask, image, heatmap, fractions, batch_size)
+        metrics.road_most_relevant_first, metrics.road_least_relevant_first = curves
     if explain_again is not None and "randomisation" in measure:
         randomised = np.asarray(explain_again(randomised_copy(model)))
         metrics.randomisation_similarity = rank_similarity(heatmap, randomised)

@@ -290,6 +290,8 @@ def _metric_columns(measured: dict) -> dict:
         "dependence_on_m": measured.get("dependence_on_target"),
         # the last step of cascading randomisation (every layer randomised, from the output down)
         "cascade_similarity_in_m": (measured.get("cascade") or [{}])[-1].get("similarity_in_target"),
+        "road_area": area("road_most_relevant_first"),
+        "road_area_least_relevant_first": area("road_least_relevant_first"),
         "failed_checks": "; ".join(failed_checks(measured)),
     }
 

@@ -28,7 +28,12 @@ DISTRIBUTIONS = (
     ("randomisation_similarity_in_m", "similarity after randomising, inside M", None, RANDOMISATION_LIMIT),
     ("dependence_on_m", "similarity with M moved aside", None, DEPENDENCE_LIMIT),
     ("cascade_similarity_in_m", "similarity after cascading randomisation, inside M", None, RANDOMISATION_LIMIT),
+    ("road_area", "ROAD area, most relevant first (lower is better)", "road_area_least_relevant_first", None),
 )
+BASELINE_NAMES = {
+    "heat_in_m_randomised": "randomised network",
+    "road_area_least_relevant_first": "least relevant first",
+}
 BASELINE_COLOUR = "#999999"
 PAIRED = (
     ("heat_in_m", "heat inside M", 1),
@@ -77,7 +82,7 @@ def _distributions(rows, methods) -> str:
             colours.append("black")
             if baseline and _values(rows, method, baseline):
                 boxes.append(_values(rows, method, baseline))
-                labels.append("randomised network" if baseline == "heat_in_m_randomised" else "random order")
+                labels.append(BASELINE_NAMES.get(baseline, "random order"))
                 colours.append(BASELINE_COLOUR)
         figure, axis = plt.subplots(figsize=(1.6 + 1.1 * len(boxes), 3.2), constrained_layout=True)
         plot = axis.boxplot(boxes, showmeans=True)
