@@ -516,8 +516,8 @@ def explanation_metrics(
         metrics.deletion, metrics.insertion = curves(heatmap)
         metrics.deletion_random, metrics.insertion_random = random_curves or curves(random_order(np.shape(heatmap)))
     if "road" in measure:
-        curves = road_curves(probability_in_mask, image, heatmap, fractions, batch_size)
-        metrics.road_most_relevant_first, metrics.road_least_relevant_first = curves
+        road = road_curves(probability_in_mask, image, heatmap, fractions, batch_size)
+        metrics.road_most_relevant_first, metrics.road_least_relevant_first = road
     if explain_again is not None and "randomisation" in measure:
         randomised = np.asarray(explain_again(randomised_copy(model)))
         metrics.randomisation_similarity = rank_similarity(heatmap, randomised)
