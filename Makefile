@@ -12,7 +12,7 @@ SYSTEM_PYTHON ?= python3
 $(INSTALLED): pyproject.toml constraints.txt requirements-nnunet.txt SegHiResGradCAM/SegHiResGradCAMLib/requirements.txt
 	test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -c constraints.txt -e ".[dev,nnunet,bundle,cohort,cluster,segmentation]"
+	$(PYTHON) -m pip install --quiet -c constraints.txt -e ".[dev,nnunet,bundle,cohort,cluster,segmentation,training,torchio]"
 	$(PYTHON) -m pip install --quiet --no-deps -c constraints.txt -r requirements-nnunet.txt
 	touch $(INSTALLED)
 

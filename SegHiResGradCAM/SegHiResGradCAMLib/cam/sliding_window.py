@@ -152,6 +152,20 @@ class Tiling:
         tiling.grid(tiling.window)  # checks the overlap now
         return tiling
 
+    @classmethod
+    def of_monai_inferer(cls, inferer) -> Tiling:
+        """The tiling of a MONAI ``SlidingWindowInferer`` (read from its attributes; MONAI is
+        not imported here)."""
+        sigma = inferer.sigma_scale
+        return cls(
+            tuple(int(size) for size in inferer.roi_size),
+            float(inferer.overlap),
+            blend=str(getattr(inferer.mode, "value", inferer.mode)),
+            sigma_scale=tuple(sigma) if isinstance(sigma, list | tuple) else float(sigma),
+            padding_mode=str(getattr(inferer.padding_mode, "value", inferer.padding_mode)),
+            padding_value=float(inferer.cval),
+        )
+
     def grid(self, image_shape: tuple[int, ...]) -> WindowGrid:
         return window_grid(image_shape, self.window, self.overlap)
 

@@ -135,16 +135,7 @@ class BundleCard(ModelCard):
     def tiling(self):
         from ..cam.sliding_window import Tiling
 
-        inferer = self.parsed("inferer")
-        sigma = inferer.sigma_scale
-        return Tiling(
-            self.window,
-            float(inferer.overlap),
-            blend=str(getattr(inferer.mode, "value", inferer.mode)),
-            sigma_scale=tuple(sigma) if isinstance(sigma, list | tuple) else float(sigma),
-            padding_mode=str(getattr(inferer.padding_mode, "value", inferer.padding_mode)),
-            padding_value=float(inferer.cval),
-        )
+        return Tiling.of_monai_inferer(self.parsed("inferer"))
 
     def build_network(self):
         import torch

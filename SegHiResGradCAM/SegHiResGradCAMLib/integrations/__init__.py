@@ -1,0 +1,1 @@
+"""Where ML researchers work: MONAI workflows, training and validation loops, TorchIO patches."""
