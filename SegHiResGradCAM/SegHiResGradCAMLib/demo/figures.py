@@ -53,16 +53,22 @@ def paper_figure(path, image, ground_truth, prediction, segment, heatmaps: dict[
 def method_panels(path, image, segment, heatmaps: dict[str, np.ndarray], title="", columns: int = 4):
     """Writes a PNG with one panel per method (normalised heatmap over the slice, M's
     outline in cyan), in rows of ``columns``."""
+    heat_panels(path, [(name, image, segment, heat) for name, heat in heatmaps.items()], title, columns)
+
+
+def heat_panels(path, panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], title="", columns: int = 4):
+    """Writes a PNG with one panel per (name, image slice, M's slice, normalised heatmap
+    slice), in rows of ``columns``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = -(-len(heatmaps) // columns)
+    rows = -(-len(panels) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(2.9 * columns, 3.0 * rows), constrained_layout=True)
     axes = np.atleast_1d(axes).ravel()
-    pairs = zip(axes, heatmaps.items(), strict=False)  # the last row may have empty panels
-    shown = [_heat_panel(axis, image, heat, segment, name) for axis, (name, heat) in pairs]
+    pairs = zip(axes, panels, strict=False)  # the last row may have empty panels
+    shown = [_heat_panel(axis, image, heat, segment, name) for axis, (name, image, segment, heat) in pairs]
     _finish(figure, axes, path, title, shown)
 
 
