@@ -264,9 +264,18 @@ def test_activation_sums_over_windows_equal_those_of_monai_blended_activations()
     grid = window_grid(image.shape[2:], window, overlap)
     assert len(grid.starts) >= 8
     weight = importance_map(window, "gaussian")
-    count, cpu = blend_count(grid, weight), torch.device("cpu")
+    count, cpu = blend_count(grid, lambda start: weight), torch.device("cpu")
     sums = _blended_activation_sums(
-        model, model[1], "1", pad_to_grid(image, grid), grid, weight, count, 2, cpu, Progress(1, None, None)
+        model,
+        model[1],
+        "1",
+        pad_to_grid(image, grid),
+        grid,
+        lambda start: weight,
+        count,
+        2,
+        cpu,
+        Progress(1, None, None),
     )
     truncated = model[:2]  # the network up to and including the layer
     with torch.no_grad():

@@ -160,7 +160,7 @@ def test_logits_and_labels_match_nnunet_predictor(fullres, case):
 
     network = card.build_network()
     ours = sliding_window_logits(network, prepared.array, card.tiling)
-    reliable = blend_count(grid, card.tiling.weight()) >= RELIABLE_WEIGHT
+    reliable = blend_count(grid, card.tiling.window_weights(grid)) >= RELIABLE_WEIGHT
     assert reliable.float().mean() > 0.7
     difference = (ours - their_logits).abs().amax(0)
     assert difference[reliable].max() < FLOAT16_TOLERANCE, difference[reliable].max()
@@ -188,7 +188,13 @@ def test_fold_ensemble_is_the_mean_of_the_folds(fullres, case):
     assert (per_fold[0] - per_fold[1]).abs().max() > 0.1  # the folds differ, so the mean means something
 
     _, their_logits = reference_logits(reference_predictor(fullres, [0, 1]), ct)
-    reliable = blend_count(card.tiling.grid(prepared.array.shape[1:]), card.tiling.weight()) >= RELIABLE_WEIGHT
+    reliable = (
+        blend_count(
+            card.tiling.grid(prepared.array.shape[1:]),
+            card.tiling.window_weights(card.tiling.grid(prepared.array.shape[1:])),
+        )
+        >= RELIABLE_WEIGHT
+    )
     assert (ours - their_logits).abs().amax(0)[reliable].max() < FLOAT16_TOLERANCE
 
 
@@ -266,7 +272,13 @@ def test_2d_configuration_runs_slice_by_slice_like_nnunet(results, case):
     their_input, their_logits = reference_logits(predictor, ct)
     assert np.array_equal(prepared.array, their_input)
     ours = slice_logits(card.build_network(), prepared.array, card.tiling)
-    reliable = blend_count(card.tiling.grid(prepared.array.shape[2:]), card.tiling.weight()) >= RELIABLE_WEIGHT
+    reliable = (
+        blend_count(
+            card.tiling.grid(prepared.array.shape[2:]),
+            card.tiling.window_weights(card.tiling.grid(prepared.array.shape[2:])),
+        )
+        >= RELIABLE_WEIGHT
+    )
     difference = (ours - their_logits).abs().amax(0)  # (slices, rows, columns)
     assert difference[:, reliable].max() < FLOAT16_TOLERANCE
 

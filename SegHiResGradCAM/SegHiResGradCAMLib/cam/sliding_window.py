@@ -38,6 +38,7 @@ from .model_inspection import as_image_batch, evaluation_mode, placed_on, resolv
 from .passes import check_window, forward_activations, forward_backward, run_network
 
 BLENDS = ("gaussian", "constant")
+WeightAt = Callable[[tuple[int, ...]], torch.Tensor]  # a window's start -> its blending weight
 GAUSSIAN_SIGMA_SCALE = 0.125  # MONAI's default: sigma = 0.125 x window size
 
 
@@ -172,6 +173,12 @@ class Tiling:
     def weight(self) -> torch.Tensor:
         return importance_map(self.window, self.blend, self.sigma_scale)
 
+    def window_weights(self, grid: WindowGrid) -> WeightAt:
+        """Each window's blending weight, by its start: here one map for every window; a
+        tiling whose weights depend on where the window lies overrides this."""
+        weight = self.weight()
+        return lambda start: weight
+
     def pad(self, image_batch: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
         return pad_to_grid(image_batch, grid, self.padding_mode, self.padding_value)
 
@@ -215,12 +222,14 @@ def importance_map(window: tuple[int, ...], blend: str, sigma_scale=GAUSSIAN_SIG
     return weight.clamp(min=max(weight.min().item(), 1e-3))
 
 
-def blend_count(grid: WindowGrid, weight: torch.Tensor) -> torch.Tensor:
+def blend_count(grid: WindowGrid, weight_at: WeightAt) -> torch.Tensor:
     """N = sum over windows of the placed importance maps."""
     count = torch.zeros(grid.padded_shape)
     for start in grid.starts:
-        count[grid.slices(start)] += weight
-    return count
+        count[grid.slices(start)] += weight_at(start)
+    # Where no window weighs (the margins a cropping tiling leaves out) every weight is zero
+    # too: dividing by 1 there keeps the shares 0 instead of 0 / 0.
+    return torch.where(count > 0, count, torch.ones(()))
 
 
 def pad_to_grid(image_batch: torch.Tensor, grid: WindowGrid, mode: str = "constant", value: float = 0.0):
@@ -274,7 +283,7 @@ def _out_of_memory_guard(device: torch.device, window: tuple[int, ...], batch_si
 
 
 def _blend_logits(
-    model, padded, grid, weight, batch_size, device, tracker, message, chosen_starts=None
+    model, padded, grid, weight_at: WeightAt, batch_size, device, tracker, message, chosen_starts=None
 ) -> torch.Tensor:
     blended = None
     for starts in batches(list(grid.starts if chosen_starts is None else chosen_starts), batch_size):
@@ -283,10 +292,10 @@ def _blend_logits(
         if blended is None:
             blended = torch.zeros((logits.shape[1], *grid.padded_shape))
         for index, start in enumerate(starts):
-            blended[(slice(None), *grid.slices(start))] += logits[index] * weight
+            blended[(slice(None), *grid.slices(start))] += logits[index] * weight_at(start)
         tracker.step(len(starts), message)
     assert blended is not None  # a grid has at least one window
-    blended /= blend_count(grid, weight)
+    blended /= blend_count(grid, weight_at)
     return blended
 
 
@@ -338,7 +347,7 @@ def sliding_window_logits(
                 model,
                 tiling.pad(image_batch, grid),
                 grid,
-                tiling.weight(),
+                tiling.window_weights(grid),
                 batch_size,
                 compute_device,
                 tracker,
@@ -459,7 +468,7 @@ def _fold_margins(total: torch.Tensor, region: tuple[slice, ...]) -> torch.Tenso
     return total
 
 
-def _blended_activation_sums(model, module, layer_name, padded, grid, weight, count, batch_size, device, tracker):
+def _blended_activation_sums(model, module, layer_name, padded, grid, weight_at, count, batch_size, device, tracker):
     """sum_u A_k(u) of the activations blended like the logits: each window's activation
     weighted by its share g_w / N of the blend (averaged over each layer voxel's footprint)."""
     sums, stride = None, None
@@ -468,7 +477,7 @@ def _blended_activation_sums(model, module, layer_name, padded, grid, weight, co
         activations = forward_activations(model, module, layer_name, _window_batch(padded, grid, starts, device))
         stride = stride or layer_stride(grid.window, tuple(activations.shape[2:]))
         for index, start in enumerate(starts):
-            window_share = average_pooled(weight / count[grid.slices(start)], stride)
+            window_share = average_pooled(weight_at(start) / count[grid.slices(start)], stride)
             contribution = (activations[index].float().cpu() * window_share).flatten(1).sum(1)
             sums = contribution if sums is None else sums + contribution
         tracker.step(len(starts), "activation sums")
@@ -500,8 +509,8 @@ def explain_by_windows(
     grid = tiling.grid(tuple(image_batch.shape[2:]))
     mask_on_padded_grid = _padded_mask(grid, mask)
     reached = _windows_reaching(grid, mask_on_padded_grid)
-    weight = tiling.weight()
-    count = blend_count(grid, weight)
+    weight_at = tiling.window_weights(grid)
+    count = blend_count(grid, weight_at)
     padded = tiling.pad(image_batch, grid)
     backward_starts = reached if skip_windows else list(grid.starts)
     nonlinear_score = target.output != "logits"
@@ -512,7 +521,7 @@ def explain_by_windows(
         output_gradient = None  # dT/dY on the blended logits, for a score that is not linear in Y
         score_value = torch.zeros((), dtype=torch.float64)
         if nonlinear_score:
-            blended = _blend_logits(model, padded, grid, weight, batch_size, device, tracker, "inference")
+            blended = _blend_logits(model, padded, grid, weight_at, batch_size, device, tracker, "inference")
             unpadded = (slice(None), *grid.unpadded())
             score_value, gradient = target.value_and_gradient(blended[unpadded][None], mask)
             output_gradient = torch.zeros_like(blended)
@@ -520,7 +529,7 @@ def explain_by_windows(
             del blended
 
         def window_upstream(starts) -> torch.Tensor:
-            shares = torch.stack([weight / count[grid.slices(start)] for start in starts])
+            shares = torch.stack([weight_at(start) / count[grid.slices(start)] for start in starts])
             if output_gradient is not None:
                 chosen = torch.stack([output_gradient[(slice(None), *grid.slices(start))] for start in starts])
                 return (shares[:, None] * chosen).to(device)
@@ -529,7 +538,7 @@ def explain_by_windows(
         activation_sums = None
         if cam_method.needs_activation_sums:
             activation_sums = _blended_activation_sums(
-                model, module, layer_name, padded, grid, weight, count, batch_size, device, tracker
+                model, module, layer_name, padded, grid, weight_at, count, batch_size, device, tracker
             )
         accumulator = None
         statistics = None
@@ -584,7 +593,7 @@ def explain_by_windows(
                 )
                 for index, start in enumerate(starts):
                     window_map = torch.einsum("k,k...->...", channel_weights, activations[index].float())
-                    accumulator.blend(start, window_map, weight)
+                    accumulator.blend(start, window_map, weight_at(start))
                 tracker.step(len(starts), "blending activations")
     if progress is not None:
         progress(1.0, "done")
