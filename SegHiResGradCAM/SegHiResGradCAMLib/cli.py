@@ -818,7 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=float,
         metavar="F",
-        help="the deletion and insertion curves' fractions of the image, increasing, between 0 and 1 (default "
+        help="the deletion, insertion and ROAD curves' fractions of the image, increasing, between 0 and 1 (default "
         "0 to 0.05 in steps of 0.005); fewer fractions cost fewer passes",
     )
     explain.add_argument("--progress", default="bar", choices=PROGRESS_STYLES)

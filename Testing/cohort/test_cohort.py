@@ -376,3 +376,22 @@ def test_an_nnunet_raw_dataset_in_nrrd_is_found_by_its_declared_file_ending(coho
     (dataset / "dataset.json").write_text(json.dumps({"file_ending": "nrrd"}))
     with pytest.raises(ExplainInputError, match="file_ending must be a file ending"):
         run_cohort(dataset, tmp_path / "again", settings)
+
+
+@pytest.mark.slow
+def test_the_gradient_free_references_and_road_in_a_cohort_s_method_comparison(model, tmp_path, capsys):
+    dataset = write_cohort(tmp_path / "data", SEEDS[:2], "csv", GRID)
+    methods = ["seg-hires-grad-cam", "seg-ablation-cam", "seg-occlusion"]
+    arguments = ["cohort", "--cases", str(dataset), "--out", str(tmp_path / "results"), "--model", str(model)]
+    arguments += ["--target-class", "kidney", "--explain", "truth", "--methods", *methods, "--progress", "none"]
+    arguments += ["--metrics", "--measure", "road"]
+    assert cli_main(arguments) == 0, capsys.readouterr().err
+    rows = pandas.read_csv(tmp_path / "results" / "results.csv")
+    assert sorted(rows["method"]) == sorted(methods * 2) and set(rows["status"]) == {"done"}
+    assert rows["road_area"].notna().all() and rows["road_area_least_relevant_first"].notna().all()
+    assert rows["deletion_area"].isna().all()  # only ROAD was asked for
+    page = (tmp_path / "results" / "report.html").read_text(encoding="utf-8")
+    parser = Sections()
+    parser.feed(page)
+    assert len(parser.images["distributions"]) == 4  # heat in M, outside the body, ROAD (beside its baseline), Dice
+    assert all(method in page for method in methods)
