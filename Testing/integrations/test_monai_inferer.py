@@ -96,6 +96,8 @@ def test_m_can_come_from_the_batch_s_label_and_what_cannot_be_followed_is_refuse
         ExplainingInferer(TUMOUR, inferer=SaliencyInferer("CAM", "2"))
     with pytest.raises(ExplainInputError, match="not both"):
         ExplainingInferer(TUMOUR, inferer=SlidingWindowInferer((16, 16)), roi_size=(8, 8))
+    with pytest.raises(ExplainInputError, match="nope"):
+        ExplainingInferer(TUMOUR, method="nope")
     with pytest.raises(ExplainInputError, match="No map is waiting"):
         HeatmapFromInferer(ExplainingInferer(TUMOUR))({"pred": None})
 

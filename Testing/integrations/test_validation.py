@@ -126,6 +126,8 @@ def test_every_k_epochs_with_a_sliding_window_and_the_refusals(tmp_path):
         ValidationExplanations([ValidationCase("a", image), ValidationCase("a", image)], 1, tmp_path)
     with pytest.raises(ExplainInputError, match="file names"):
         ValidationExplanations([ValidationCase("../a", image)], 1, tmp_path)
+    with pytest.raises(ExplainInputError, match="nope"):
+        ValidationExplanations([ValidationCase("a", image)], 1, tmp_path, method="nope")
     with pytest.raises(ExplainInputError, match="every"):
         ValidationExplanations([ValidationCase("a", image)], 1, tmp_path, every=0)
 

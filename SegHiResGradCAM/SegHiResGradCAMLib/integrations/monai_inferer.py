@@ -21,6 +21,7 @@ from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 
 from ..cam.engine import CamResult
 from ..cam.explainer import Explainer, SegmentTarget
+from ..cam.methods import get_method
 from ..cam.sliding_window import Tiling
 from ..errors import ExplainInputError
 
@@ -100,7 +101,7 @@ class ExplainingInferer(Inferer):
         self.class_index, self.layer, self.method = int(class_index), layer, method
         self.mask_from, self.head, self.output = mask_from, head, output
         self.batch_size = int(getattr(inferer, "sw_batch_size", 1))
-        Explainer(torch.nn.Identity(), method=method, tiling=self.tiling)  # an unknown method is refused now
+        get_method(method)  # an unknown method is refused now, not at the first call
         self.heatmaps: list[MetaTensor] = []
         self.results: list[CamResult | None] = []
 

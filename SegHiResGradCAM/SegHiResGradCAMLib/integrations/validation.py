@@ -28,6 +28,7 @@ import SimpleITK as sitk
 import torch
 
 from ..cam.explainer import Explainer, SegmentTarget
+from ..cam.methods import get_method
 from ..cam.metrics import mass_share, randomised_copy, rank_similarity
 from ..cam.sliding_window import Tiling
 from ..demo.figures import heat_panels, largest_cross_section
@@ -104,7 +105,7 @@ class ValidationExplanations:
             raise ExplainInputError(f"Case names become file names: use letters, digits, - and _ (not {unusable}).")
         if int(every) < 1:
             raise ExplainInputError(f"every must be a whole number of epochs, 1 or more; got {every}.")
-        Explainer(torch.nn.Identity(), method=method, tiling=tiling)  # an unknown method is refused now
+        get_method(method)  # an unknown method is refused now, not at the first call
         self.cases, self.class_index, self.every = list(cases), int(class_index), int(every)
         self.layer, self.method, self.tiling, self.randomisation = layer, method, tiling, randomisation
         self.folder = Path(output_folder)
