@@ -137,6 +137,12 @@ class ValidationExplanations:
         self._to_tensorboard(rows, folder / "montage.png", epoch)
         return rows
 
+    def close(self) -> None:
+        """Closes the TensorBoard writer this object opened (a later call opens a new one)."""
+        if self._writer is not None and self._tensorboard in (None, True):
+            self._writer.close()
+        self._writer = None
+
     def _explain(self, network, case: ValidationCase, mask=None) -> tuple[np.ndarray, np.ndarray]:
         image = torch.as_tensor(np.asarray(case.image), dtype=torch.float32)
         if mask is None:
@@ -232,6 +238,7 @@ class ExplanationHandler:
         from ignite.engine import Events
 
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, lambda _: self.explanations.close())
 
     def __call__(self, engine) -> None:
         network = self.network if self.network is not None else getattr(engine, "network", None)
