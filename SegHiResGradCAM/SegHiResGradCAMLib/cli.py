@@ -563,6 +563,17 @@ def _inspect(arguments) -> int:
     return 0
 
 
+def _add_fractions_option(parser) -> None:
+    parser.add_argument(
+        "--fractions",
+        nargs="+",
+        type=float,
+        metavar="F",
+        help="the deletion, insertion and ROAD curves' fractions of the image, increasing, between 0 and 1 (default "
+        "0 to 0.05 in steps of 0.005); fewer fractions cost fewer passes",
+    )
+
+
 def _check_explain_arguments(arguments) -> None:
     """What argparse lets through but no run can use: a threshold that is not a number, a file
     output given as a folder (a trailing slash, which the path would silently drop)."""
@@ -594,6 +605,8 @@ def _cohort(arguments) -> int:
     from .cohort.case import CohortSettings
     from .cohort.run import run_cohort
 
+    if arguments.fractions:
+        check_fractions(arguments.fractions)
     settings = CohortSettings(
         model=model_source(arguments),
         target_class=arguments.target_class,
@@ -605,6 +618,7 @@ def _cohort(arguments) -> int:
         mask_label=arguments.mask_label,
         command=arguments.command_line,
         measure=tuple(arguments.measure or METRIC_GROUPS),
+        fractions=tuple(arguments.fractions) if arguments.fractions else None,
         per_component=arguments.per_component,
     )
     address = None if arguments.ray is None else (arguments.ray or "local")
@@ -813,14 +827,7 @@ def build_parser() -> argparse.ArgumentParser:
         "least relevant first: 2 passes and one imputation per fraction); default all but cascade and "
         "road; `none` skips the metrics of a layer atlas",
     )
-    explain.add_argument(
-        "--fractions",
-        nargs="+",
-        type=float,
-        metavar="F",
-        help="the deletion, insertion and ROAD curves' fractions of the image, increasing, between 0 and 1 (default "
-        "0 to 0.05 in steps of 0.005); fewer fractions cost fewer passes",
-    )
+    _add_fractions_option(explain)
     explain.add_argument("--progress", default="bar", choices=PROGRESS_STYLES)
     explain.set_defaults(run=_explain)
 
@@ -866,6 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GROUP",
         help="with --metrics: which metrics (default all but cascade and road; see explain --measure)",
     )
+    _add_fractions_option(cohort)
     cohort.add_argument("--layer", help="target layer or layer rule (default: the model's; see `layers`)")
     cohort.add_argument(
         "--per-component",

@@ -4,6 +4,7 @@ error row; the report has every section with its plots."""
 
 import dataclasses
 import html.parser
+import json
 import os
 import signal
 import subprocess
@@ -384,12 +385,14 @@ def test_the_gradient_free_references_and_road_in_a_cohort_s_method_comparison(m
     methods = ["seg-hires-grad-cam", "seg-ablation-cam", "seg-occlusion"]
     arguments = ["cohort", "--cases", str(dataset), "--out", str(tmp_path / "results"), "--model", str(model)]
     arguments += ["--target-class", "kidney", "--explain", "truth", "--methods", *methods, "--progress", "none"]
-    arguments += ["--metrics", "--measure", "road"]
+    arguments += ["--metrics", "--measure", "road", "--fractions", "0", "0.02", "0.05"]
     assert cli_main(arguments) == 0, capsys.readouterr().err
     rows = pandas.read_csv(tmp_path / "results" / "results.csv")
     assert sorted(rows["method"]) == sorted(methods * 2) and set(rows["status"]) == {"done"}
     assert rows["road_area"].notna().all() and rows["road_area_least_relevant_first"].notna().all()
     assert rows["deletion_area"].isna().all()  # only ROAD was asked for
+    record = json.loads((tmp_path / "results" / "cohort.json").read_text(encoding="utf-8"))
+    assert record["settings"]["fractions"] == [0.0, 0.02, 0.05]
     page = (tmp_path / "results" / "report.html").read_text(encoding="utf-8")
     parser = Sections()
     parser.feed(page)

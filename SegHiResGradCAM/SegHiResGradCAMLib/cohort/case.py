@@ -49,6 +49,7 @@ class CohortSettings:
     layer: str | None = None  # the layer or layer rule (None: the model's default)
     mask_label: int | None = None  # with a mask column: M = the mask's voxels of this label
     measure: tuple[str, ...] = METRIC_GROUPS  # which metric groups, with metrics
+    fractions: tuple[float, ...] | None = None  # the deletion, insertion and ROAD fractions (None: 0..5 %)
     command: str = ""  # the command line that made the cohort, for the report's record
     per_component: bool = False  # a row per connected component of M (several tumours) and method
     extra: dict = field(default_factory=dict)
@@ -208,6 +209,7 @@ def _explain_case(case: CohortCase, settings: CohortSettings, folder: Path) -> l
         metrics=settings.metrics,
         layer=settings.layer,
         measure=settings.measure,
+        fractions=settings.fractions,
         command=settings.command,
         series=case.series,
         segment=case.segment,

@@ -42,6 +42,7 @@ RECORDED = {
     "explain": "--explain",
     "metrics": "--metrics",
     "measure": "--measure",
+    "fractions": "--fractions",
     "layer": "--layer",
     "mask_label": "--mask-label",
     "per_component": "--per-component",
