@@ -157,6 +157,24 @@ def test_an_atlas_without_metrics_is_only_the_maps(ct, capsys):
     assert (out / "atlas.png").is_file() and "randomisation similarity" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_an_atlas_measures_road_at_every_stage_when_asked(ct, capsys):
+    out = ct / "road-atlas"
+    _, labels = case_images(make_case(7, Grid.centred((96, 96, 24), (4.0, 4.0, 6.0))))
+    sitk.WriteImage(sitk.Cast(labels == 2, sitk.sitkUInt8), str(ct / "tumour.nrrd"))  # small: few windows per pass
+    arguments = ["explain", "--image", str(ct / "ct.nii.gz"), "--target-class", "tumour"]
+    arguments += ["--mask", str(ct / "tumour.nrrd"), "--layers", "atlas", "--out", str(out)]
+    arguments += ["--measure", "localisation", "road", "--fractions", "0", "0.05", "--progress", "none"]
+    assert cli_main(arguments) == 0, capsys.readouterr().err
+    table = json.loads((out / "atlas.json").read_text(encoding="utf-8"))
+    for row in table["layers"]:
+        most, least = row["metrics"]["road_most_relevant_first"], row["metrics"]["road_least_relevant_first"]
+        assert most["fractions"] == least["fractions"] == [0.0, 0.05]
+        assert most["scores"][0] == least["scores"][0]  # nothing removed: the same image
+        assert row["metrics"]["deletion"] is None  # not asked for
+        assert any(check["name"].startswith("ROAD") for check in row["metrics"]["checks"])
+
+
 def test_an_atlas_with_a_layer_that_fails_writes_nothing(ct, capsys):
     out = ct / "failed-atlas"
     code = cli_main(

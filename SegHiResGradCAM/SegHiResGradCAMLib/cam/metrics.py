@@ -187,12 +187,22 @@ def faithfulness_curves(
     return deletion, _curve(probability_in_mask, fractions, functools.partial(variant, False), batch_size)
 
 
-def _curve(probability_in_mask, fractions: list[float], variant: Callable[[float], torch.Tensor], batch_size: int):
-    """P for each fraction's variant of the image, and the curve's normalised area."""
-    values: list[float] = []
-    for first in range(0, len(fractions), batch_size):
-        batch = torch.stack([variant(fraction) for fraction in fractions[first : first + batch_size]])
-        values += [float(value) for value in probability_in_mask(batch)]
+def _curve(
+    probability_in_mask,
+    fractions: list[float],
+    variant: Callable[[float], torch.Tensor],
+    batch_size: int,
+    known: dict[float, float] | None = None,
+):
+    """P for each fraction's variant of the image (taken from ``known`` where given), and the
+    curve's normalised area."""
+    known = dict(known or {})
+    missing = [fraction for fraction in fractions if fraction not in known]
+    for first in range(0, len(missing), batch_size):
+        chosen = missing[first : first + batch_size]
+        measured = probability_in_mask(torch.stack([variant(fraction) for fraction in chosen]))
+        known.update({fraction: float(value) for fraction, value in zip(chosen, measured, strict=True)})
+    values = [known[fraction] for fraction in fractions]
     return Curve(fractions, values, float(np.trapezoid(values, fractions) / (fractions[-1] - fractions[0])))
 
 
@@ -209,8 +219,10 @@ def road_curves(
     _check_same_shape(heatmap, np.empty(np.shape(image)[1:]), "heatmap")
     fractions = check_fractions(fractions)
     most_first, least_first = removal_by_imputation(image, heatmap)
-    most_relevant_first = _curve(probability_in_mask, fractions, most_first, batch_size)
-    return most_relevant_first, _curve(probability_in_mask, fractions, least_first, batch_size)
+    # Nothing removed is the image itself, for both curves: measured once.
+    unchanged = {0.0: float(probability_in_mask(most_first(0.0)[None])[0])} if fractions[0] == 0 else {}
+    most_relevant_first = _curve(probability_in_mask, fractions, most_first, batch_size, unchanged)
+    return most_relevant_first, _curve(probability_in_mask, fractions, least_first, batch_size, unchanged)
 
 
 def _baseline(image: torch.Tensor, baseline) -> torch.Tensor:
