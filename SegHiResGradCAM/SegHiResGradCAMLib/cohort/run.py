@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,10 +240,13 @@ def _case_runner(address: str | None, workers: int, gpus_per_case: float):
             )
         else:
             try:
-                ray.init(address=address, log_to_driver=False, runtime_env=environment, logging_level=logging.ERROR)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # Ray's own warning would be a second message beside ours
+                    ray.init(address=address, log_to_driver=False, runtime_env=environment, logging_level=logging.ERROR)
             except (ValueError, ConnectionError, RuntimeError) as error:  # ray:// without ray[client], no cluster
                 raise ExplainInputError(
-                    f"Cannot join the Ray cluster at {address}: {' '.join(str(error).split())[:300]}"
+                    f"Cannot join the Ray cluster at {address}: {' '.join(str(error).split())[:300]}. Check the "
+                    "address and that the cluster is running and reachable, or run without --ray."
                 ) from None
 
     def on_ray(cases, settings, results, identities, tracker) -> None:
