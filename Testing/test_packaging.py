@@ -108,7 +108,8 @@ def test_make_demo_installs_only_the_package_and_make_test_adds_the_extras(tmp_p
     assert len(demo) == 1 and demo[0].rstrip().endswith("-e .")  # no extras: no Ray, nnU-Net, slicer-core
     assert "requirements-nnunet" not in planned("demo")
     test = planned("test")
-    assert '-e ".[dev,nnunet,bundle,cohort,cluster,segmentation,training,torchio]"' in test and "requirements-nnunet.txt" in test
+    assert '-e ".[dev,nnunet,bundle,cohort,cluster,segmentation,training,torchio]"' in test
+    assert "requirements-nnunet.txt" in test
 
 
 def test_no_file_points_to_a_planning_note_outside_the_repository():
