@@ -35,8 +35,11 @@ lint: $(INSTALLED)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/codespell $$(git ls-files 2>/dev/null || echo .)
 
+# In TEST_PROCESSES processes (one per core of a 2-core machine); the Ray tests share one, as
+# do the nnU-Net ones (Testing/conftest.py).
+TEST_PROCESSES ?= 2
 test: lint
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup
 
 # The quick loop while editing (under 3 minutes on 2 cores): no slow, nnU-Net, Ray or Slicer
 # tests; `make test` (and CI) runs everything.

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,16 @@ SLICER_FOLDERS = {"mrml", "slicer_widget"}  # real MRML through slicer-core, the
 NNUNET_FILES = {"test_nnunet.py"}  # nnU-Net's own planner, trainer and predictor
 
 
+def pytest_configure(config):
+    # `make test` runs the suite in two processes (pytest-xdist), one per core: each computes
+    # with one thread, as do the programs it starts, so that the two never fight over the cores
+    # (two-thread PyTorch in each of two processes doubles the CPU time on a 2-core machine).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[variable] = "1"
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         path = Path(str(item.fspath))
@@ -28,8 +39,11 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slicer)
         if path.name in NNUNET_FILES:
             item.add_marker(pytest.mark.nnunet)
+            # one process builds (or reads) the trained nnU-Net folder and uses it for all
+            item.add_marker(pytest.mark.xdist_group("nnunet"))
         if "ray_runtime" in getattr(item, "fixturenames", ()) or re.search(r"\bray\b", item.name, flags=re.I):
             item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.xdist_group("ray"))  # one Ray runtime at a time on the machine
 
 
 def bias_free_cnn(spatial_dims: int, in_channels: int = 1, classes: int = 3, width: int = 6) -> nn.Sequential:
@@ -188,10 +202,12 @@ def explain_small_case(folder, card, out, *extra):
 
 
 @pytest.fixture(autouse=True, scope="session")
-def private_temporary_folder(tmp_path_factory):
+def private_temporary_folder():
     """Temporary files of this test run only (this process's and its children's), so that the
     checks for leftover work folders see nothing of other programs on the machine."""
-    folder = tmp_path_factory.mktemp("tmp")
+    # A short path: Ray puts its sockets under it, and a socket's path has at most 107 bytes
+    # (pytest's own folders under a test process of pytest-xdist come close to that alone).
+    folder = Path(tempfile.mkdtemp(prefix="shgc-"))
     saved = tempfile.tempdir, os.environ.get("TMPDIR")
     tempfile.tempdir, os.environ["TMPDIR"] = str(folder), str(folder)
     yield folder
@@ -200,6 +216,7 @@ def private_temporary_folder(tmp_path_factory):
         os.environ.pop("TMPDIR", None)
     else:
         os.environ["TMPDIR"] = saved[1]
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def assert_warm_maps_equal_cold(make_job, questions: list, folder) -> list:

@@ -126,6 +126,7 @@ def test_metrics_table_sits_next_to_the_heatmap_and_is_replaced_with_it():
         segment_id=segment_id,
         with_metrics=True,
         replace_previous=True,
+        fractions=(0, 0.025, 0.05),  # the table's plumbing; the curves' maths is tested in cam/test_metrics.py
     )
     first = ExplainRun(settings)
     assert finish(first).state == "finished"
@@ -153,6 +154,8 @@ def test_metrics_table_sits_next_to_the_heatmap_and_is_replaced_with_it():
     tables = scene.GetNodesByClass("vtkMRMLTableNode")
     assert tables.GetNumberOfItems() == 1 and tables.GetItemAsObject(0) is second.metrics_node
     assert not leftover_work_dirs()
+    with pytest.raises(ExplainInputError, match="increasing fractions"):
+        ExplainSettings(volume, "tumour", with_metrics=True, fractions=(0.05, 0))
 
 
 def test_cancel_leaves_no_node_and_no_file():

@@ -9,7 +9,6 @@ from __future__ import annotations
 from ..errors import ExplainInputError
 
 
-# The metric groups a run can ask for; localisation costs nothing and is always measured.
 def check_fractions(fractions) -> list[float]:
     """The deletion and insertion curves' fractions of the image: at least two, increasing,
     between 0 and 1."""
@@ -19,6 +18,7 @@ def check_fractions(fractions) -> list[float]:
     return values
 
 
+# The metric groups a run can ask for; localisation costs nothing and is always measured.
 METRIC_GROUPS = ("localisation", "faithfulness", "randomisation", "dependence")
 # Measured only when asked for (--measure cascade road): cascade costs one more explanation
 # per cascade step, road two passes and one imputation per fraction.

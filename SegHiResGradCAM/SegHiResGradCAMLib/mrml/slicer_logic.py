@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cam.evidence import Evidence
-from ..cam.metric_table import METRIC_GROUPS, metric_rows
+from ..cam.metric_table import METRIC_GROUPS, check_fractions, metric_rows
 from ..errors import ExplainInputError
 from ..models.formats import ModelSource
 from . import mrml_adapter
@@ -37,9 +37,14 @@ class ExplainSettings:
     atlas: bool = False  # a layer atlas: one heatmap per decoder stage, with every layer's metrics
     per_component: bool = False  # one heatmap per connected part of the segment, largest first
     volume_rendering_logic: object = None  # show the heatmap in 3D with this (Slicer's volume rendering logic)
+    # the deletion and insertion curves' fractions of the image (None: the command line's default);
+    # fewer fractions cost fewer passes
+    fractions: tuple[float, ...] | None = None
 
     def __post_init__(self):
         self.model = ModelSource.of(self.model)  # a bare path is a source without options
+        if self.fractions is not None:
+            self.fractions = tuple(check_fractions(self.fractions))
 
 
 # What a layer atlas measures at each layer unless the user asks for every metric: the cheap
@@ -114,6 +119,8 @@ class ExplainRun:
             arguments += ["--measure", *METRIC_GROUPS]
         if settings.atlas and not settings.with_metrics:  # the slider's numbers, without the costly curves
             arguments += ["--measure", *ATLAS_MEASURES]
+        if settings.with_metrics and settings.fractions:
+            arguments += ["--fractions", *map(str, settings.fractions)]
         if settings.signed:
             arguments += ["--signed", "signed.nrrd"]
         arguments += settings.model.arguments()
