@@ -40,9 +40,11 @@ def test_the_installed_wheel_runs_without_the_source_tree(tmp_path):
     )
     wheel = next((tmp_path / "dist").glob("seghiresgradcam-*.whl"))
     environment = tmp_path / "environment"
-    subprocess.run([sys.executable, "-m", "venv", str(environment)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(environment)], check=True)
     python = environment / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True)
+    # this environment's pip installs into the new one (seeding it with its own pip costs seconds)
+    install = ["install", "--quiet", "--no-deps", "--no-index", str(wheel)]
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), *install], check=True)
     # The dependencies (torch, MONAI, ...) come from this environment's site-packages, added
     # after the new environment's own: the package itself is the installed wheel's.
     site = subprocess.run(

@@ -126,15 +126,16 @@ class ExplainingInferer(Inferer):
                 e(image, SegmentTarget(self.class_index, mask, self.output, self.head)) if mask.any() else None
                 for image, mask in zip(plain, masks, strict=True)
             ]
-        for case in [case for case, result in enumerate(self.results) if result is None]:
-            LOG.warning("Case %d of the batch has no voxel of class %d in M: its map is zero.", case, self.class_index)
-        maps = torch.stack(
-            [
-                torch.zeros(image.shape[1:]) if result is None else torch.as_tensor(result.heatmap)
-                for image, result in zip(plain, self.results, strict=True)
-            ]
-        )[:, None]
-        maps = maps.to(device=plain.device, dtype=torch.float32)
+        case_maps = []
+        for case, (image, result) in enumerate(zip(plain, self.results, strict=True)):
+            if result is None:
+                LOG.warning(
+                    "Case %d of the batch has no voxel of class %d in M: its map is zero.", case, self.class_index
+                )
+                case_maps.append(torch.zeros(image.shape[1:]))
+            else:
+                case_maps.append(torch.as_tensor(result.heatmap))
+        maps = torch.stack(case_maps)[:, None].to(device=plain.device, dtype=torch.float32)
         if isinstance(inputs, MetaTensor):
             maps = MetaTensor(maps, meta=inputs.meta, applied_operations=inputs.applied_operations)
             maps.is_batch = True

@@ -155,11 +155,12 @@ class ValidationExplanations:
 
     def _predicted(self, network, image: torch.Tensor) -> np.ndarray:
         from ..cam.model_inspection import evaluation_mode, model_device
+        from ..cam.passes import run_network
         from ..cam.sliding_window import sliding_window_logits
 
         with evaluation_mode(network), torch.no_grad():
             if self.tiling is None:
-                logits = network(image[None].to(model_device(network)))[0]
+                logits = run_network(network, image[None].to(model_device(network)))[0]
             else:
                 logits = sliding_window_logits(network, image, self.tiling, self.tiling.overlap)
         return (logits.argmax(0) == self.class_index).cpu().numpy()
