@@ -35,16 +35,17 @@ lint: $(INSTALLED)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/codespell $$(git ls-files 2>/dev/null || echo .)
 
-# In TEST_PROCESSES processes (one per core of a 2-core machine); the Ray tests share one, as
-# do the nnU-Net ones (Testing/conftest.py).
+# In TEST_PROCESSES processes (pytest-xdist; one per core of a 2-core machine): each file's
+# tests in one of them, the Ray tests of all files in one (Testing/conftest.py).
 TEST_PROCESSES ?= 2
+PYTEST := $(PYTHON) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup
 test: lint
-	$(PYTHON) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup
+	$(PYTEST)
 
 # The quick loop while editing (under 3 minutes on 2 cores): no slow, nnU-Net, Ray or Slicer
 # tests; `make test` (and CI) runs everything.
 test-quick: $(INSTALLED)
-	$(PYTHON) -m pytest -q -m "not slow and not nnunet and not ray and not slicer"
+	$(PYTEST) -m "not slow and not nnunet and not ray and not slicer"
 
 # The lowest declared versions (requirements.txt's minimums, pinned) and the quick tests; not
 # part of `make test` (another 1.5 GB environment).

@@ -35,15 +35,18 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(items):
     for item in items:
         path = Path(str(item.fspath))
+        # Under `make test` (pytest-xdist, --dist loadgroup) a file's tests run in one process, so
+        # that its module fixtures (trained networks, cohorts, the nnU-Net folder) are made once;
+        # the Ray tests of all files share one process: one Ray runtime at a time on the machine.
+        group = item.nodeid.split("::")[0]  # the file
         if SLICER_FOLDERS & set(path.parts):
             item.add_marker(pytest.mark.slicer)
         if path.name in NNUNET_FILES:
             item.add_marker(pytest.mark.nnunet)
-            # one process builds (or reads) the trained nnU-Net folder and uses it for all
-            item.add_marker(pytest.mark.xdist_group("nnunet"))
         if "ray_runtime" in getattr(item, "fixturenames", ()) or re.search(r"\bray\b", item.name, flags=re.I):
             item.add_marker(pytest.mark.ray)
-            item.add_marker(pytest.mark.xdist_group("ray"))  # one Ray runtime at a time on the machine
+            group = "ray"
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def bias_free_cnn(spatial_dims: int, in_channels: int = 1, classes: int = 3, width: int = 6) -> nn.Sequential:
