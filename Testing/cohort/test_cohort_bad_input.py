@@ -154,7 +154,7 @@ def test_there_are_at_least_twenty_kinds_of_bad_cohort_input():
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_a_refused_cohort_says_why_in_one_line_and_writes_nothing(case, originals, tmp_path, capsys, monkeypatch):
-    if importlib.util.find_spec("grpc") is not None:  # Ray's client: 3 tries of 5, 10 and 15 s; here 3 of 1 s
+    if all(importlib.util.find_spec(name) for name in ("ray", "grpc")):  # Ray's client: tries of 5, 10, 15 s; here 1 s
         from ray.util.client import worker
 
         monkeypatch.setattr(worker, "INITIAL_TIMEOUT_SEC", 1)
