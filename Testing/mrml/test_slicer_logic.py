@@ -136,6 +136,7 @@ def test_metrics_table_sits_next_to_the_heatmap_and_is_replaced_with_it():
     assert float(rows["heat mass inside M"].split(" %")[0]) > 50  # a tumour segment's heat is mostly in the tumour
     assert "(randomised network " in rows["heat mass inside M"]  # beside its baseline
     assert rows["maximum inside M"] in {"yes", "no"}
+    assert table.GetAttribute("SegHiResGradCAM.Fractions") == "0 0.025 0.05"  # as asked, not the default
     assert {
         "heat mass in kidney (predicted)",
         "heat mass outside body",

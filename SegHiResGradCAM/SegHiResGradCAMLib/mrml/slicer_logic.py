@@ -201,8 +201,13 @@ class ExplainRun:
                 layer_rows = {row["layer"]: metric_rows(row["metrics"]) for row in atlas}
                 self.metrics_node = mrml_adapter.import_layer_table(layer_rows, self.heatmap_node, f"{name} - metrics")
             elif settings.with_metrics:
-                rows = metric_rows(json.loads((work_dir / "metrics.json").read_text(encoding="utf-8")))
-                self.metrics_node = mrml_adapter.import_metrics_table(rows, self.heatmap_node, f"{name} - metrics")
+                measured = json.loads((work_dir / "metrics.json").read_text(encoding="utf-8"))
+                self.metrics_node = mrml_adapter.import_metrics_table(
+                    metric_rows(measured), self.heatmap_node, f"{name} - metrics"
+                )
+                if measured.get("deletion"):  # the fractions the curves' areas were measured over
+                    fractions = " ".join(f"{value:g}" for value in measured["deletion"]["fractions"])
+                    self.metrics_node.SetAttribute(mrml_adapter.PROVENANCE + "Fractions", fractions)
             if settings.with_prediction:
                 self.prediction_node = mrml_adapter.import_prediction(
                     work_dir / "prediction.nrrd",
