@@ -1,5 +1,7 @@
 """The Slicer side against a real MRML scene (slicer-core), real storage nodes and the real
-command line in a background process."""
+command line in a background process: the module's warm worker, kept between the file's
+questions as the module keeps it between Apply clicks, and the one-shot process a script gets
+without one (cancelled, failing)."""
 
 import dataclasses
 import glob
@@ -17,11 +19,21 @@ from conftest import bias_free_model_card
 from mrml_scene import finish, matrix_of, new_scene, phantom_volume, render_red_slice, segment_from_labels
 from SegHiResGradCAMLib.errors import ExplainInputError
 from SegHiResGradCAMLib.mrml import mrml_adapter
+from SegHiResGradCAMLib.mrml.background import WarmWorker
 from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun, ExplainSettings
 
 _C, _S = np.cos(np.deg2rad(20)), np.sin(np.deg2rad(20))
 OBLIQUE = np.array([[0.0, -1.0, 0.0], [-_C, 0.0, _S], [_S, 0.0, _C]])  # rotated by 20 degrees, permuted, left-handed
 LEFT_HANDED = np.diag([-1.0, -1.0, -1.0])  # LPS axes with the slice axis flipped
+
+
+@pytest.fixture(scope="module")
+def worker():
+    """One warm worker for the file: it imports PyTorch once, and each question still gets its
+    own CT, model, work folder and nodes."""
+    kept = WarmWorker()
+    yield kept
+    kept.release()
 
 
 def node_ids(scene) -> set:
@@ -34,13 +46,14 @@ def leftover_work_dirs() -> list:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("direction", [None, OBLIQUE, LEFT_HANDED], ids=["axial", "oblique", "left-handed"])
-def test_heatmap_node_has_the_ct_geometry_display_and_place(direction, tmp_path):
+def test_heatmap_node_has_the_ct_geometry_display_and_place(direction, worker, tmp_path):
     scene = new_scene()
     volume, case = phantom_volume(scene, direction_ras=direction)
     segmentation, segment_id = segment_from_labels(scene, volume, case.labels, 2, "tumour")
     before = {name: scene.GetNodeByID(name).GetMTime() for name in (volume.GetID(), segmentation.GetID())}
     run = ExplainRun(
-        ExplainSettings(volume, "tumour", segmentation_node=segmentation, segment_id=segment_id, with_prediction=True)
+        ExplainSettings(volume, "tumour", segmentation_node=segmentation, segment_id=segment_id, with_prediction=True),
+        worker=worker,
     )
     status = finish(run)
     assert status.state == "finished", status.message
@@ -114,7 +127,7 @@ def table_rows(table_node) -> dict:
 
 
 @pytest.mark.slow
-def test_metrics_table_sits_next_to_the_heatmap_and_is_replaced_with_it():
+def test_metrics_table_sits_next_to_the_heatmap_and_is_replaced_with_it(worker):
     scene = new_scene()
     volume, case = phantom_volume(scene)
     segmentation, segment_id = segment_from_labels(scene, volume, case.labels, 2, "tumour")
@@ -128,7 +141,7 @@ def test_metrics_table_sits_next_to_the_heatmap_and_is_replaced_with_it():
         replace_previous=True,
         fractions=(0, 0.025, 0.05),  # the table's plumbing; the curves' maths is tested in cam/test_metrics.py
     )
-    first = ExplainRun(settings)
+    first = ExplainRun(settings, worker=worker)
     assert finish(first).state == "finished"
     table = first.metrics_node
     assert table.GetName() == "CT - tumour - Seg-Layer CAM - metrics"
@@ -149,7 +162,7 @@ def test_metrics_table_sits_next_to_the_heatmap_and_is_replaced_with_it():
     assert parent == hierarchy.GetItemParent(hierarchy.GetItemByDataNode(first.heatmap_node))
     assert parent == hierarchy.GetItemByDataNode(volume)
 
-    second = ExplainRun(settings)
+    second = ExplainRun(settings, worker=worker)
     assert finish(second).state == "finished"
     assert scene.GetNodeByID(table.GetID()) is None and scene.GetNodeByID(first.heatmap_node.GetID()) is None
     tables = scene.GetNodesByClass("vtkMRMLTableNode")
@@ -264,7 +277,7 @@ def test_bad_input_is_refused_before_anything_runs_and_creates_no_node(case, tmp
 
 
 @pytest.mark.slow
-def test_signed_map_sums_to_t_and_is_shown_diverging_around_zero_and_heat_is_rendered_in_3d(tmp_path):
+def test_signed_map_sums_to_t_and_is_shown_diverging_around_zero_and_heat_is_rendered_in_3d(worker, tmp_path):
     """A bias-free network on a CT stored on the model's grid: the loaded signed map sums to
     T; its colours are blue-white-red with white at S = 0; Show in 3D volume-renders the heat
     (low heat transparent) without touching the user's segmentation, and a replaced result
@@ -285,7 +298,7 @@ def test_signed_map_sums_to_t_and_is_shown_diverging_around_zero_and_heat_is_ren
         volume_rendering_logic=rendering,
         replace_previous=True,
     )
-    run = ExplainRun(settings)
+    run = ExplainRun(settings, worker=worker)
     assert finish(run).state == "finished"
     signed = run.signed_node
     assert signed.GetName() == "CT - kidney - Seg-HiRes-Grad CAM - signed"
@@ -328,13 +341,13 @@ def test_signed_map_sums_to_t_and_is_shown_diverging_around_zero_and_heat_is_ren
     assert not segmentation.GetSegmentation().ContainsRepresentation("Closed surface")
 
     nodes = node_ids(scene)
-    again = ExplainRun(settings)
+    again = ExplainRun(settings, worker=worker)
     assert finish(again).state == "finished"
     assert len(node_ids(scene)) == len(nodes)  # the first result's map, signed map and rendering nodes are gone
     assert scene.GetNodeByID(heat.GetID()) is None and scene.GetNodeByID(signed.GetID()) is None
     assert not leftover_work_dirs()
     # The module's own predicted segmentation is shown with its surfaces.
-    with_prediction = ExplainRun(dataclasses.replace(settings, with_prediction=True))
+    with_prediction = ExplainRun(dataclasses.replace(settings, with_prediction=True), worker=worker)
     assert finish(with_prediction).state == "finished"
     assert with_prediction.prediction_node.GetSegmentation().ContainsRepresentation("Closed surface")
     assert with_prediction.prediction_node.GetDisplayNode().GetVisibility3D()
@@ -342,13 +355,14 @@ def test_signed_map_sums_to_t_and_is_shown_diverging_around_zero_and_heat_is_ren
 
 
 @pytest.mark.slow
-def test_a_layer_atlas_loads_one_heatmap_per_stage_and_a_metrics_row_per_layer():
+def test_a_layer_atlas_loads_one_heatmap_per_stage_and_a_metrics_row_per_layer(worker):
     scene = new_scene()
     volume, case = phantom_volume(scene, shape=(96, 96, 24), spacing=(4.0, 4.0, 6.0))
     segmentation, segment_id = segment_from_labels(scene, volume, case.labels, 1, "kidney")
     nodes = node_ids(scene)
     run = ExplainRun(
-        ExplainSettings(volume, "kidney", segmentation_node=segmentation, segment_id=segment_id, atlas=True)
+        ExplainSettings(volume, "kidney", segmentation_node=segmentation, segment_id=segment_id, atlas=True),
+        worker=worker,
     )
     assert finish(run).state == "finished"
     stages = ["model.1.submodule.1.submodule.1", "model.1.submodule.1", "model.1"]
