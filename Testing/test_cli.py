@@ -1,4 +1,6 @@
-"""The installed ``seghiresgradcam`` command, run as a user would, on real files."""
+"""The ``seghiresgradcam`` command on real files: started as a user starts it where the
+process is part of what is checked (its exit code, its one-line errors, the demo), its entry
+point called in the test's process where what it computes and prints is."""
 
 import json
 import pickle
@@ -23,6 +25,15 @@ BUNDLED = BUNDLED_MODEL
 
 def seghiresgradcam(*arguments):
     return subprocess.run([*COMMAND, *map(str, arguments)], capture_output=True, text=True)
+
+
+def in_this_process(capsys, *arguments):
+    """The command's entry point called here, for tests of what it computes and prints (the
+    process itself, its exit and its stray output are what the tests that start one check):
+    no second interpreter importing PyTorch."""
+    code = cli_main([str(argument) for argument in arguments])
+    printed = capsys.readouterr()
+    return subprocess.CompletedProcess(arguments, code, printed.out, printed.err)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +82,9 @@ def test_explain_writes_the_heatmap_and_prediction_in_the_ct_geometry(kits_like_
 
 
 @pytest.mark.slow
-def test_json_progress_is_monotone_and_ends_at_one(kits_like_case, tmp_path):
-    run = seghiresgradcam(
+def test_json_progress_is_monotone_and_ends_at_one(kits_like_case, tmp_path, capsys):
+    run = in_this_process(
+        capsys,
         "explain",
         "--image",
         kits_like_case / "imaging.nii.gz",
@@ -92,8 +104,8 @@ def test_json_progress_is_monotone_and_ends_at_one(kits_like_case, tmp_path):
 
 
 @pytest.mark.slow
-def test_layers_lists_the_bundled_model_s_layers_with_a_recommended_one_and_the_rules():
-    run = seghiresgradcam("layers")
+def test_layers_lists_the_bundled_model_s_layers_with_a_recommended_one_and_the_rules(capsys):
+    run = in_this_process(capsys, "layers")
     assert run.returncode == 0, run.stderr
     recommended = [line for line in run.stdout.splitlines() if "(recommended)" in line]
     assert len(recommended) == 1 and recommended[0].split()[0] == "model.1"
@@ -114,9 +126,10 @@ def test_explain_help_names_every_layer_rule():
 
 
 @pytest.mark.slow
-def test_explain_takes_a_layer_rule_for_a_layer(kits_like_case, tmp_path):
+def test_explain_takes_a_layer_rule_for_a_layer(kits_like_case, tmp_path, capsys):
     """--layer stage-below-finest explains the layer that rule selects; the summary names it."""
-    run = seghiresgradcam(
+    run = in_this_process(
+        capsys,
         "explain",
         "--image",
         kits_like_case / "imaging.nii.gz",
@@ -152,10 +165,11 @@ def test_methods_lists_every_registered_method_with_its_cost():
 
 
 @pytest.mark.slow
-def test_metrics_of_a_method_that_explains_a_crop_around_m(kits_like_case, tmp_path):
+def test_metrics_of_a_method_that_explains_a_crop_around_m(kits_like_case, tmp_path, capsys):
     """Seg-Eigen CAM cannot run window by window: the command explains a crop around M,
     returns the map on the whole CT, and measures it (table on stdout, JSON in a file)."""
-    run = seghiresgradcam(
+    run = in_this_process(
+        capsys,
         "explain",
         "--image",
         kits_like_case / "imaging.nii.gz",
