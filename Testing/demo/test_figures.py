@@ -98,3 +98,47 @@ def test_classes_without_colours_of_their_own_get_distinct_ones_in_the_figure():
     assert shown[1][1] != shown[2][1]
     own = {1: ("kidney", (0.8, 0.5, 0.2)), 2: ("tumour", (0.8, 0.1, 0.2))}
     assert distinct_styles(own) == own  # a model's own colours are kept
+
+
+@pytest.mark.parametrize("dpi", [100, 200])
+def test_a_figure_laid_out_once_has_the_pixels_savefig_s_own_layout_gives(dpi):
+    """Panels with titles, row labels, a colour bar and a legend outside the axes, saved by
+    savefig (which runs the constrained layout in a dry run) and by save_laid_out (which runs
+    it once and fixes it): the same PNG pixels at the saved resolution."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from PIL import Image
+
+    from SegHiResGradCAMLib.demo.figures import save_laid_out
+
+    def figure():
+        drawn, axes = plt.subplots(2, 3, figsize=(6.6, 5.0), squeeze=False, constrained_layout=True)
+        picture = np.linspace(0, 1, 48 * 64).reshape(48, 64)
+        for row in range(2):
+            for column in range(3):
+                shown = axes[row][column].imshow(picture ** (column + 1), cmap="inferno", aspect=1.5 - row)
+                axes[row][column].set_xticks([])
+                axes[row][column].set_yticks([])
+                axes[row][column].set_title(f"method {column}", fontsize=9)
+            axes[row][0].set_ylabel(f"view {row}\nS {12.5 * row:.1f} mm", fontsize=8)
+        drawn.legend(handles=[Patch(color="red", label="tumour")], loc="outside lower center", frameon=False)
+        drawn.colorbar(shown, ax=axes[:, -1].tolist(), fraction=0.05, label="normalised heat")
+        drawn.suptitle("a case", fontsize=10)
+        return drawn
+
+    def pixels(save) -> np.ndarray:
+        buffer = io.BytesIO()
+        drawn = figure()
+        save(drawn, buffer)
+        plt.close(drawn)
+        return np.asarray(Image.open(io.BytesIO(buffer.getvalue())))
+
+    by_savefig = pixels(lambda drawn, buffer: drawn.savefig(buffer, dpi=dpi, format="png"))
+    laid_out = pixels(lambda drawn, buffer: save_laid_out(drawn, buffer, dpi, format="png"))
+    assert by_savefig.shape == laid_out.shape == (5 * dpi, round(6.6 * dpi), 4)
+    np.testing.assert_array_equal(by_savefig, laid_out)

@@ -48,8 +48,10 @@ SHOWN_SUSPICIOUS = 10
 def _png(figure) -> str:
     import matplotlib.pyplot as plt
 
+    from ..demo.figures import save_laid_out
+
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    save_laid_out(figure, buffer, 100, format="png")
     plt.close(figure)
     return _image(buffer.getvalue(), "plot")
 

@@ -89,8 +89,18 @@ def _finish(figure, axes, path, title, shown):
         figure.colorbar(shown[-1], ax=list(axes), fraction=0.02, label="normalised heat")
     if title:
         figure.suptitle(title)
-    figure.savefig(path, dpi=110)
+    save_laid_out(figure, path, 110)
     plt.close(figure)
+
+
+def save_laid_out(figure, target, dpi: int, **options) -> None:
+    """``figure.savefig`` with the constrained layout run once, at the saved resolution, and
+    then fixed: savefig would run it in a dry-run draw of every panel before the real draw
+    (the same pixels in three quarters of the time; most of a small cohort case's time)."""
+    figure.set_dpi(dpi)
+    figure.get_layout_engine().execute(figure)
+    figure.set_layout_engine(None)
+    figure.savefig(target, dpi=dpi, **options)
 
 
 # (name, array axis the slice is taken along, (left, right, top, bottom) orientation letters,
@@ -245,5 +255,5 @@ def case_views_figure(
         figure.colorbar(heat_image, ax=axes[:, -1].tolist(), fraction=0.05, label="normalised heat")
     if title:
         figure.suptitle(title, fontsize=10)
-    figure.savefig(target, dpi=FIGURE_DPI, format="png")
+    save_laid_out(figure, target, FIGURE_DPI, format="png")
     plt.close(figure)
