@@ -20,6 +20,10 @@ from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 from SegHiResGradCAMLib.models.formats import read_model_card
 
 
+# The command-line atlas's CT: the demo model's grid makes it 8 windows (2 x 2 x 2).
+ATLAS_GRID = Grid.centred((64, 64, 20), (4.8, 4.8, 6.0))
+
+
 def spatial_size(layer) -> int:
     return int(np.prod(layer.shape[1:]))
 
@@ -77,7 +81,7 @@ def test_the_python_atlas_is_explain_at_each_stage():
 @pytest.fixture(scope="module")
 def ct(tmp_path_factory):
     folder = tmp_path_factory.mktemp("atlas")
-    image, labels = case_images(make_case(7, Grid.centred((96, 96, 24), (4.0, 4.0, 6.0))))
+    image, labels = case_images(make_case(7, ATLAS_GRID))
     sitk.WriteImage(image, str(folder / "ct.nii.gz"))
     sitk.WriteImage(sitk.Cast(labels == 1, sitk.sitkUInt8), str(folder / "kidney.nrrd"))
     return folder
@@ -160,7 +164,7 @@ def test_an_atlas_without_metrics_is_only_the_maps(ct, capsys):
 @pytest.mark.slow
 def test_an_atlas_measures_road_at_every_stage_when_asked(ct, capsys):
     out = ct / "road-atlas"
-    _, labels = case_images(make_case(7, Grid.centred((96, 96, 24), (4.0, 4.0, 6.0))))
+    _, labels = case_images(make_case(7, ATLAS_GRID))
     sitk.WriteImage(sitk.Cast(labels == 2, sitk.sitkUInt8), str(ct / "tumour.nrrd"))  # small: few windows per pass
     arguments = ["explain", "--image", str(ct / "ct.nii.gz"), "--target-class", "tumour"]
     arguments += ["--mask", str(ct / "tumour.nrrd"), "--layers", "atlas", "--out", str(out)]
