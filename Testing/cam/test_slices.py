@@ -1,8 +1,6 @@
 """2D networks on 3D volumes, slice by slice: each slice explained with its own target."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from monai.networks.nets import UNet
 from conftest import bias_free_cnn
 from SegHiResGradCAMLib import explain
 from SegHiResGradCAMLib.cam.slices import explain_slices, slice_logits
+from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 from SegHiResGradCAMLib.volumes.volume_io import reorient
 
@@ -109,7 +108,7 @@ def two_d_model_and_case(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["seg-hires-grad-cam", "seg-score-cam"])
-def test_the_command_runs_a_2d_model_slice_by_slice_on_a_ct(two_d_model_and_case, method, tmp_path):
+def test_the_command_runs_a_2d_model_slice_by_slice_on_a_ct(two_d_model_and_case, method, tmp_path, capsys):
     folder, case = two_d_model_and_case
     arguments = [
         "explain",
@@ -130,10 +129,7 @@ def test_the_command_runs_a_2d_model_slice_by_slice_on_a_ct(two_d_model_and_case
     ]
     if method == "seg-hires-grad-cam":
         arguments += ["--metrics", tmp_path / "metrics.json"]
-    run = subprocess.run(
-        [sys.executable, "-m", "SegHiResGradCAMLib.cli", *map(str, arguments)], capture_output=True, text=True
-    )
-    assert run.returncode == 0, run.stderr
+    assert cli_main([str(argument) for argument in arguments]) == 0, capsys.readouterr().err
     heat_image = sitk.ReadImage(str(tmp_path / "heat.nrrd"))
     ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
     assert heat_image.GetSize() == ct.GetSize() and np.allclose(heat_image.GetDirection(), ct.GetDirection())
