@@ -19,7 +19,6 @@ from SegHiResGradCAMLib.cli import main as cli_main
 from SegHiResGradCAMLib.demo.phantom import Grid, case_images, make_case
 from SegHiResGradCAMLib.models.formats import read_model_card
 
-
 # The command-line atlas's CT: the demo model's grid makes it 8 windows (2 x 2 x 2).
 ATLAS_GRID = Grid.centred((64, 64, 20), (4.8, 4.8, 6.0))
 
