@@ -35,10 +35,11 @@ lint: $(INSTALLED)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/codespell $$(git ls-files 2>/dev/null || echo .)
 
-# In TEST_PROCESSES processes (pytest-xdist; one per core of a 2-core machine): each file's
-# tests in one of them, the Ray tests of all files in one (Testing/conftest.py).
+# In TEST_PROCESSES processes (pytest-xdist; one per core of a 2-core machine), each file's
+# tests in one of them: a file's module fixtures (trained networks, cohorts, the nnU-Net
+# folder) are made once, and the tests that start Ray runtimes (one file) run one after another.
 TEST_PROCESSES ?= 2
-PYTEST := $(PYTHON) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup
+PYTEST := $(PYTHON) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
 test: lint
 	$(PYTEST)
 

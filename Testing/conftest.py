@@ -39,21 +39,14 @@ def _starts_ray(item) -> bool:
 
 
 def pytest_collection_modifyitems(items):
-    # Under `make test` (pytest-xdist, --dist loadgroup) a file's tests run in one process, so
-    # that its module fixtures (trained networks, cohorts, the nnU-Net folder) are made once;
-    # the files with Ray tests share one process: one Ray runtime at a time on the machine, and
-    # their module fixtures (the cohorts and their reference table) made once too.
-    with_ray = {item.nodeid.split("::")[0] for item in items if _starts_ray(item)}
     for item in items:
         path = Path(str(item.fspath))
-        file = item.nodeid.split("::")[0]
         if SLICER_FOLDERS & set(path.parts):
             item.add_marker(pytest.mark.slicer)
         if path.name in NNUNET_FILES:
             item.add_marker(pytest.mark.nnunet)
         if _starts_ray(item):
             item.add_marker(pytest.mark.ray)
-        item.add_marker(pytest.mark.xdist_group("ray" if file in with_ray else file))
 
 
 def bias_free_cnn(spatial_dims: int, in_channels: int = 1, classes: int = 3, width: int = 6) -> nn.Sequential:
