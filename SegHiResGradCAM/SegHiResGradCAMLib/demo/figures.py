@@ -94,9 +94,10 @@ def _finish(figure, axes, path, title, shown):
 
 
 def save_laid_out(figure, target, dpi: int, **options) -> None:
-    """``figure.savefig`` with the constrained layout run once, at the saved resolution, and
-    then fixed: savefig would run it in a dry-run draw of every panel before the real draw
-    (the same pixels in three quarters of the time; most of a small cohort case's time)."""
+    """``figure.savefig`` of a figure made with constrained layout, the layout run once, at
+    the saved resolution, and then fixed: savefig would run it in a dry-run draw of every
+    panel before the real draw (the same pixels in three quarters of the time; most of a
+    small cohort case's time)."""
     figure.set_dpi(dpi)
     figure.get_layout_engine().execute(figure)
     figure.set_layout_engine(None)
