@@ -7,7 +7,9 @@ allow-list of MONAI architectures, so a card never names code to run.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -198,8 +200,9 @@ class ModelCard:
             message = f"Model card {self.path.name}: the network arguments do not fit: {error}."
             raise ExplainInputError(message) from None
         weights_bytes = check_network_memory(probe, self.path.name)
-        check_window_fits(probe, self.window, self.in_channels, f"Model card {self.path.name}")
-        return self._with_weights(architecture(**self.kwargs), weights_bytes)
+        network = self._with_weights(architecture(**self.kwargs), weights_bytes)
+        check_window_fits(probe, self.window, self.in_channels, f"Model card {self.path.name}", network)
+        return network
 
     def resolved(self) -> ModelCard:
         """The card with what only the computation can know filled in (a MONAI bundle's
@@ -276,41 +279,66 @@ def check_network_memory(network, name: str) -> int:
     return parameters
 
 
-def check_window_fits(probe, window, in_channels: int, name: str) -> None:
-    """Runs the network on meta tensors over one window (shapes only: no memory, no
-    arithmetic): refuses a window the network cannot take (smaller than its downsampling or
-    its normalisation allows) and one whose activations and their gradients would not fit in
-    memory, before any real tensor is made."""
+def check_window_fits(probe, window, in_channels: int, name: str, network=None) -> None:
+    """Refuses a window the network cannot take (smaller than its downsampling or its
+    normalisation allows) and one whose activations and their gradients would not fit in
+    memory, before any tensor of that size is made.
+
+    The shapes come from ``network`` (the built network, in eval mode) run on an empty batch:
+    no arithmetic and no memory. A network that refuses an empty batch or reshapes its
+    activations into another rank (a Swin transformer's windows of tokens, where the batch
+    axis no longer counts samples), or none given, is run on one sample of meta tensors
+    (``probe``, built on the meta device), which decides: the same shapes, but PyTorch's meta
+    kernels first import its symbolic-shape and compiler modules, a second of CPU per process.
+    """
     import torch
 
     from ..volumes.volume_io import check_memory
 
-    sizes = []
-
-    def record(module, inputs, output):
-        if isinstance(output, torch.Tensor):
-            sizes.append(output.numel() * output.element_size())
-
-    handles = [module.register_forward_hook(record) for module in probe.modules() if not any(module.children())]
     shown = " x ".join(map(str, window))
-    try:
-        with torch.no_grad():
-            probe(torch.empty((1, in_channels, *window), device="meta"))
-    except (RuntimeError, ValueError, AssertionError, IndexError, TypeError) as error:
-        raise ExplainInputError(
-            f"{name}: the network cannot run on a window of {shown} voxels "
-            f"({first_line(error, 160)}): give a larger sliding window."
-        ) from None
-    finally:
-        for handle in handles:
-            handle.remove()
-    activations = float(sum(sizes))
+    refusals = (RuntimeError, ValueError, AssertionError, IndexError, TypeError)
+    activations = None
+    if network is not None:
+        empty = torch.empty((0, in_channels, *window))
+        with contextlib.suppress(*refusals):
+            outputs = _leaf_outputs(network, empty)
+            if all(len(shape) == empty.dim() for shape, _ in outputs):  # the first axis still counts samples
+                activations = float(sum(math.prod(shape[1:]) * size for shape, size in outputs))
+    if activations is None:
+        try:
+            outputs = _leaf_outputs(probe, torch.empty((1, in_channels, *window), device="meta"))
+        except refusals as error:
+            raise ExplainInputError(
+                f"{name}: the network cannot run on a window of {shown} voxels "
+                f"({first_line(error, 160)}): give a larger sliding window."
+            ) from None
+        activations = float(sum(math.prod(shape) * size for shape, size in outputs))
     check_memory(
         f"{name}: one window of {shown} voxels ({activations / 2**30:.1f} GB of activations, as much again "
         "for their gradients)",
         2 * activations,
         "give a smaller sliding window.",
     )
+
+
+def _leaf_outputs(network, batch) -> list[tuple[tuple[int, ...], int]]:
+    """(shape, bytes per element) of each tensor the network's leaf modules return on ``batch``."""
+    import torch
+
+    outputs = []
+
+    def record(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            outputs.append((tuple(output.shape), output.element_size()))
+
+    handles = [module.register_forward_hook(record) for module in network.modules() if not any(module.children())]
+    try:
+        with torch.no_grad():
+            network(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
 
 
 def file_inside(folder: Path, name, what: str) -> Path:

@@ -73,7 +73,7 @@ def build_network(model: NnUNetModel) -> nn.Module:
 
     channels = determine_num_input_channels(plans_manager, configuration, model.dataset_json)
     heads = plans_manager.get_label_manager(model.dataset_json).num_segmentation_heads
-    with torch.device("meta"):  # shapes only: the patch is checked before anything real is made
+    with torch.device("meta"):  # no memory: the patch check falls back on it (check_window_fits)
         probe = get_network_from_plans(
             configuration.network_arch_class_name,
             configuration.network_arch_init_kwargs,
@@ -83,7 +83,6 @@ def build_network(model: NnUNetModel) -> nn.Module:
             allow_init=False,
             deep_supervision=False,
         )
-    check_window_fits(probe, tuple(configuration.patch_size), channels, f"{model.folder.name}/plans.json's patch")
     members = []
     for fold, checkpoint in zip(model.folds, model.checkpoints, strict=True):
         network = get_network_from_plans(
@@ -104,6 +103,8 @@ def build_network(model: NnUNetModel) -> nn.Module:
                 "architecture? Only the architecture the plans describe is supported."
             ) from None
         members.append(network.eval())
+    patch_name = f"{model.folder.name}/plans.json's patch"
+    check_window_fits(probe, tuple(configuration.patch_size), channels, patch_name, members[0])
     return members[0] if len(members) == 1 else FoldEnsemble(members).eval()
 
 
