@@ -44,21 +44,51 @@ def test_the_documents_are_the_readme_and_the_subjects_it_links():
     assert "CHANGELOG.md" in readme and (ROOT / "CHANGELOG.md").is_file()
 
 
-@pytest.mark.parametrize("document", [d for d in DOCUMENTS if _python_blocks(d)], ids=lambda d: d.name)
-def test_the_python_examples_run_as_written(document, tmp_path):
-    """A document's blocks run in order in one fresh interpreter (as a reader pastes them),
-    and using a name this package deprecated counts as a failure."""
-    script = "\n".join(_python_blocks(document))
+EXAMPLES = [document for document in DOCUMENTS if _python_blocks(document)]
+# Runs each document's blocks, in order, in a namespace and folder of its own, in this fresh
+# interpreter; what a document prints and its traceback go under its own heading.
+EXAMPLE_RUNNER = """
+import json, os, sys, traceback
+for name, script, folder in json.loads(sys.argv[1]):
+    os.chdir(folder)
+    print("@@@ " + name, flush=True)
+    print("@@@ " + name, file=sys.stderr, flush=True)
+    try:
+        exec(compile(script, name, "exec"), {"__name__": "__main__"})
+    except BaseException:
+        traceback.print_exc()
+        print("!!! this example failed", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def example_runs(tmp_path_factory) -> dict[str, tuple[str, str]]:
+    """(printed, errors) of each document's examples, all run in one fresh interpreter: each as
+    a reader pastes its blocks into a new session, with names this package deprecated counted
+    as failures (one interpreter for all: starting one costs seconds of imports)."""
+    plan = [
+        (document.name, "\n".join(_python_blocks(document)), str(tmp_path_factory.mktemp(document.stem)))
+        for document in EXAMPLES
+    ]
     run = subprocess.run(
-        [sys.executable, "-W", "error::DeprecationWarning:__main__", "-c", script],
-        cwd=tmp_path,
+        [sys.executable, "-W", "error::DeprecationWarning:__main__", "-c", EXAMPLE_RUNNER, json.dumps(plan)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert run.returncode == 0, run.stderr[-3000:]
+    printed, errors = (
+        dict(re.findall(r"^@@@ (\S+)\n(.*?)(?=^@@@ \S+\n|\Z)", text, flags=re.S | re.M))
+        for text in (run.stdout, run.stderr)
+    )
+    return {name: (printed[name], errors[name]) for name, _, _ in plan}
+
+
+@pytest.mark.parametrize("document", EXAMPLES, ids=lambda d: d.name)
+def test_the_python_examples_run_as_written(document, example_runs):
+    printed, errors = example_runs[document.name]
+    assert "!!! this example failed" not in printed, errors[-3000:]
     if document.name == "README.md":
-        printed = run.stdout
         assert "upcat_1" in printed and "(recommended)" in printed
         score, shape = printed.strip().splitlines()[-1].split(" ", 1)
         assert float(score) != 0 and shape == "(64, 64, 64)"
