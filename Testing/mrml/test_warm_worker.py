@@ -13,6 +13,7 @@ import slicer
 from mrml.test_slicer_logic import leftover_work_dirs, node_ids
 
 from mrml_scene import finish, new_scene, phantom_volume, segment_from_labels
+from SegHiResGradCAMLib.mrml import background
 from SegHiResGradCAMLib.mrml.background import WarmWorker, _group_alive
 from SegHiResGradCAMLib.mrml.slicer_logic import ExplainRun, ExplainSettings
 
@@ -80,7 +81,8 @@ def test_questions_about_one_ct_reuse_its_inference_and_give_the_fresh_process_s
 
 
 @pytest.mark.slow
-def test_a_worker_that_does_not_stop_is_killed_and_the_next_question_starts_another(worker):
+def test_a_worker_that_does_not_stop_is_killed_and_the_next_question_starts_another(worker, monkeypatch):
+    monkeypatch.setattr(background, "CANCEL_GRACE_SECONDS", 1.0)  # the grace is waited in full here
     scene = new_scene()
     volume, _ = phantom_volume(scene)
     nodes = node_ids(scene)
