@@ -12,7 +12,7 @@
   of 2d, which writes checkpoint_final.pth exactly as in real training.
 
 Runs in its own process because nnU-Net reads its nnUNet_* folders from the environment
-and its fingerprinting starts worker processes.
+and patches its own pools (``in_this_process``).
 """
 
 from __future__ import annotations
@@ -68,6 +68,28 @@ def adjust_plans(plans_file: Path) -> None:
     plans_file.write_text(json.dumps(plans, indent=2))
 
 
+class _ThreadContext:
+    """What nnU-Net asks ``multiprocessing.get_context("spawn")`` for (a Pool), as threads."""
+
+    def __init__(self, method):
+        from multiprocessing.pool import ThreadPool
+
+        self.Pool = ThreadPool
+
+
+def in_this_process() -> None:
+    """nnU-Net's fingerprinting and preprocessing run their cases in a pool of spawned
+    processes, each importing nnU-Net and PyTorch anew (seconds each, for two small cases):
+    here the pool's workers are threads of this process, running nnU-Net's same functions."""
+    import types
+
+    from nnunetv2.experiment_planning.dataset_fingerprint import fingerprint_extractor
+    from nnunetv2.preprocessing.preprocessors import default_preprocessor
+
+    for module in (fingerprint_extractor, default_preprocessor):
+        module.multiprocessing = types.SimpleNamespace(get_context=_ThreadContext)  # type: ignore[attr-defined]
+
+
 def main(root: Path) -> None:
     for name in ("raw", "preprocessed", "results"):
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -85,6 +107,7 @@ def main(root: Path) -> None:
         preprocess,
     )
 
+    in_this_process()
     extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=False)
     plan_experiments([DATASET_ID])
     preprocessed = root / "preprocessed" / DATASET
