@@ -5,7 +5,7 @@ INSTALLED := $(VENV)/.installed
 DEMO_INSTALLED := $(VENV)/.installed-demo
 SYSTEM_PYTHON ?= python3
 
-.PHONY: venv demo test test-quick test-oldest lint bench bench-methods bench-layers clean
+.PHONY: venv demo test test-quick test-seconds test-oldest lint bench bench-methods bench-layers clean
 
 # nnU-Net (for its results folders and their tests) goes in without its declared dependencies,
 # which would replace PyTorch: see requirements-nnunet.txt.
@@ -38,10 +38,15 @@ lint: $(INSTALLED)
 # In TEST_PROCESSES processes (pytest-xdist; one per core of a 2-core machine), each file's
 # tests in one of them: a file's module fixtures (trained networks, cohorts, the nnU-Net
 # folder) are made once, and the tests that start Ray runtimes (one file) run one after another.
+# Files are handed out longest first (Testing/file_seconds.json), so both processes end together.
 TEST_PROCESSES ?= 2
-PYTEST := $(PYTHON) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
+PYTEST := $(PYTHON) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder
 test: lint
 	$(PYTEST)
+
+# Measures each test file's seconds again, for the order above (after adding a long file).
+test-seconds: $(INSTALLED)
+	$(PYTEST) --record-file-seconds
 
 # The quick loop while editing (under 3 minutes on 2 cores): no slow, nnU-Net, Ray or Slicer
 # tests; `make test` (and CI) runs everything.

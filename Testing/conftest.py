@@ -47,6 +47,35 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.nnunet)
         if _starts_ray(item):
             item.add_marker(pytest.mark.ray)
+    # Longest files first (`make test` hands out whole files, in this order): the last files
+    # to start are short ones, so the two processes finish together.
+    seconds = json.loads(FILE_SECONDS.read_text(encoding="utf-8"))
+    items.sort(key=lambda item: -seconds.get(_file_of(item.nodeid), 0.0))  # stable: new files last, as collected
+
+
+FILE_SECONDS = Path(__file__).with_name("file_seconds.json")  # `make test-seconds` measures it again
+
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--record-file-seconds", action="store_true", help=f"write each file's seconds to {FILE_SECONDS}")
+
+
+_file_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    file = _file_of(report.nodeid)
+    _file_seconds[file] = _file_seconds.get(file, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    if session.config.getoption("--record-file-seconds") and not hasattr(session.config, "workerinput"):
+        measured = {file: round(value, 1) for file, value in sorted(_file_seconds.items())}
+        FILE_SECONDS.write_text(json.dumps(measured, indent=1) + "\n", encoding="utf-8")
 
 
 def bias_free_cnn(spatial_dims: int, in_channels: int = 1, classes: int = 3, width: int = 6) -> nn.Sequential:
