@@ -14,7 +14,7 @@ from scipy import ndimage
 from ..cam.evidence import dice
 from ..cam.metrics import body_mask, mass_share
 from ..pipeline import ExplainJob, run
-from ..volumes.volume_io import reorient, write_volume
+from ..volumes.volume_io import array_in_orientation, reorient, write_volume
 from .phantom import case_images, make_case
 
 DEMO_METHODS = ("seg-grad-cam", "seg-hires-grad-cam")
@@ -89,7 +89,7 @@ def run_demo(out: Path, seed: int = 7, device: str = "auto", progress=None, say=
 
 
 def _lps(image: sitk.Image) -> np.ndarray:
-    return sitk.GetArrayFromImage(reorient(image, "LPS"))
+    return array_in_orientation(image, "LPS")
 
 
 def _slice_view(ct: sitk.Image, truth: sitk.Image | None, result):

@@ -318,6 +318,24 @@ def reorient(image: sitk.Image, code: str) -> sitk.Image:
     return sitk.DICOMOrient(image, code)
 
 
+_POINTS_TO = {"L": (0, 1), "R": (0, -1), "P": (1, 1), "A": (1, -1), "S": (2, 1), "I": (2, -1)}  # LPS axis, sign
+
+
+def array_in_orientation(image: sitk.Image, code: str) -> np.ndarray:
+    """``sitk.GetArrayFromImage(reorient(image, code))`` of a 3D scalar image, the index axes
+    permuted and flipped on the array (SimpleITK's filter copies the whole image first: a fifth
+    of a second for a 512 x 512 x 60 CT, paid by every view of the demo's figure)."""
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        return sitk.GetArrayFromImage(reorient(image, code))
+    source = orientation_code(image)
+    source_axes = [_POINTS_TO[letter][0] for letter in source]
+    taken = [source_axes.index(_POINTS_TO[want][0]) for want in code]  # the source index axis of each
+    flipped = [_POINTS_TO[source[i]][1] != _POINTS_TO[want][1] for i, want in zip(taken, code, strict=True)]
+    # The array's axes are the index axes reversed (z, y, x).
+    array = np.transpose(sitk.GetArrayViewFromImage(image), [2 - taken[2 - axis] for axis in range(3)])
+    return np.ascontiguousarray(array[tuple(slice(None, None, -1 if flipped[2 - axis] else 1) for axis in range(3))])
+
+
 def rotated(image: sitk.Image, degrees: tuple[float, float, float], labels: bool = False) -> sitk.Image:
     """The image resampled onto an oblique grid (rotated about its centre), for geometry tests."""
     centre = image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()])
