@@ -74,8 +74,12 @@ def pytest_runtest_logreport(report):
 
 def pytest_sessionfinish(session):
     if session.config.getoption("--record-file-seconds") and not hasattr(session.config, "workerinput"):
-        measured = {file: round(value, 1) for file, value in sorted(_file_seconds.items())}
-        FILE_SECONDS.write_text(json.dumps(measured, indent=1) + "\n", encoding="utf-8")
+        # The files this run measured replace their entries; the others keep theirs while they exist.
+        known = json.loads(FILE_SECONDS.read_text(encoding="utf-8"))
+        root = Path(str(session.config.rootpath))
+        kept = {file: seconds for file, seconds in known.items() if (root / file).is_file()}
+        measured = {**kept, **{file: round(value, 1) for file, value in _file_seconds.items()}}
+        FILE_SECONDS.write_text(json.dumps(dict(sorted(measured.items())), indent=1) + "\n", encoding="utf-8")
 
 
 def bias_free_cnn(spatial_dims: int, in_channels: int = 1, classes: int = 3, width: int = 6) -> nn.Sequential:

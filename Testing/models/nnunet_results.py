@@ -87,7 +87,7 @@ def in_this_process() -> None:
     from nnunetv2.preprocessing.preprocessors import default_preprocessor
 
     for module in (fingerprint_extractor, default_preprocessor):
-        module.multiprocessing = types.SimpleNamespace(get_context=_ThreadContext)  # type: ignore[attr-defined]
+        module.multiprocessing = types.SimpleNamespace(get_context=_ThreadContext)
 
 
 def main(root: Path) -> None:

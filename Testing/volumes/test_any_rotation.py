@@ -50,7 +50,11 @@ def test_an_array_in_an_orientation_is_the_reoriented_image_s_array():
         image.SetDirection(matrix.ravel().tolist())
         for code in ("LPS", "RAS", "IPL"):
             expected = sitk.GetArrayFromImage(reorient(image, code))
-            np.testing.assert_array_equal(array_in_orientation(image, code), expected, err_msg=code)
+            array = array_in_orientation(image, code)
+            np.testing.assert_array_equal(array, expected, err_msg=code)
+            assert array.flags.owndata and array.flags.writeable and array.flags.c_contiguous
+    image.SetDirection(np.eye(3).ravel().tolist())  # already LPS: nothing to permute, still a copy
+    assert array_in_orientation(image, "LPS").flags.owndata
 
 
 @pytest.fixture(scope="module")

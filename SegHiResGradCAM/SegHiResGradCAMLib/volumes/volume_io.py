@@ -331,9 +331,10 @@ def array_in_orientation(image: sitk.Image, code: str) -> np.ndarray:
     source_axes = [_POINTS_TO[letter][0] for letter in source]
     taken = [source_axes.index(_POINTS_TO[want][0]) for want in code]  # the source index axis of each
     flipped = [_POINTS_TO[source[i]][1] != _POINTS_TO[want][1] for i, want in zip(taken, code, strict=True)]
-    # The array's axes are the index axes reversed (z, y, x).
+    # The array's axes are the index axes reversed (z, y, x); the copy owns its memory, as
+    # GetArrayFromImage's does (a view would live no longer than the image, and is read-only).
     array = np.transpose(sitk.GetArrayViewFromImage(image), [2 - taken[2 - axis] for axis in range(3)])
-    return np.ascontiguousarray(array[tuple(slice(None, None, -1 if flipped[2 - axis] else 1) for axis in range(3))])
+    return array[tuple(slice(None, None, -1 if flipped[2 - axis] else 1) for axis in range(3))].copy()
 
 
 def rotated(image: sitk.Image, degrees: tuple[float, float, float], labels: bool = False) -> sitk.Image:
