@@ -37,19 +37,6 @@ class CheckedBytes:
         )
 
 
-@pytest.mark.parametrize("name", list(NETWORKS))
-def test_an_empty_batch_measures_what_one_meta_sample_measures_and_leaves_the_network_as_it_was(name, monkeypatch):
-    network, probe = built_and_probe(NETWORKS[name])
-    before = {key: value.clone() for key, value in network.state_dict().items()}
-    checked = CheckedBytes(monkeypatch)
-    check_window_fits(probe, WINDOWS[name], 1, name)  # the meta copy only
-    check_window_fits(probe, WINDOWS[name], 1, name, network)
-    assert len(checked.needed) == 2 and checked.needed[0] == checked.needed[1] > 0
-    assert not network.training and not network._forward_hooks
-    assert all(not module._forward_hooks for module in network.modules())
-    assert all(torch.equal(before[key], value) for key, value in network.state_dict().items())
-
-
 class MeasuredBatches:
     """The devices of the batches the check runs networks on."""
 
@@ -61,11 +48,19 @@ class MeasuredBatches:
         self.devices.append(batch.device.type)
 
 
-def test_the_built_network_decides_without_the_meta_copy_when_it_can(monkeypatch):
-    network, probe = built_and_probe(NETWORKS["bundled UNet"])
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_an_empty_batch_measures_what_one_meta_sample_measures_and_leaves_the_network_as_it_was(name, monkeypatch):
+    network, probe = built_and_probe(NETWORKS[name])
+    before = {key: value.clone() for key, value in network.state_dict().items()}
+    checked = CheckedBytes(monkeypatch)
+    check_window_fits(probe, WINDOWS[name], 1, name)  # the meta copy only
     measured = MeasuredBatches(monkeypatch)
-    check_window_fits(probe, WINDOWS["bundled UNet"], 1, "bundled", network)
+    check_window_fits(probe, WINDOWS[name], 1, name, network)
     assert measured.devices == ["cpu"]  # the meta kernels (and the modules they import) are not needed
+    assert len(checked.needed) == 2 and checked.needed[0] == checked.needed[1] > 0
+    assert not network.training and not network._forward_hooks
+    assert all(not module._forward_hooks for module in network.modules())
+    assert all(torch.equal(before[key], value) for key, value in network.state_dict().items())
 
 
 class Tokens(torch.nn.Module):
