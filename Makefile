@@ -37,7 +37,7 @@ lint: $(INSTALLED)
 
 # In TEST_PROCESSES processes (pytest-xdist; one per core of a 2-core machine), each file's
 # tests in one of them: a file's module fixtures (trained networks, cohorts, the nnU-Net
-# folder) are made once, and the tests that start Ray runtimes (one file) run one after another.
+# folder) are made once and its Ray tests run one after another (the two cohort files' may overlap).
 # Files are handed out longest first (Testing/file_seconds.json), so both processes end together.
 TEST_PROCESSES ?= 2
 PYTEST := $(PYTHON) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder

@@ -83,6 +83,7 @@ def ct(tmp_path_factory):
     image, labels = case_images(make_case(7, ATLAS_GRID))
     sitk.WriteImage(image, str(folder / "ct.nii.gz"))
     sitk.WriteImage(sitk.Cast(labels == 1, sitk.sitkUInt8), str(folder / "kidney.nrrd"))
+    sitk.WriteImage(sitk.Cast(labels == 2, sitk.sitkUInt8), str(folder / "tumour.nrrd"))  # small: few windows per pass
     return folder
 
 
@@ -163,8 +164,6 @@ def test_an_atlas_without_metrics_is_only_the_maps(ct, capsys):
 @pytest.mark.slow
 def test_an_atlas_measures_road_at_every_stage_when_asked(ct, capsys):
     out = ct / "road-atlas"
-    _, labels = case_images(make_case(7, ATLAS_GRID))
-    sitk.WriteImage(sitk.Cast(labels == 2, sitk.sitkUInt8), str(ct / "tumour.nrrd"))  # small: few windows per pass
     arguments = ["explain", "--image", str(ct / "ct.nii.gz"), "--target-class", "tumour"]
     arguments += ["--mask", str(ct / "tumour.nrrd"), "--layers", "atlas", "--out", str(out)]
     arguments += ["--measure", "localisation", "road", "--fractions", "0", "0.05", "--progress", "none"]
