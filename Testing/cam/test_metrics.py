@@ -88,6 +88,45 @@ def test_a_perfect_map_beats_a_random_map_on_deletion_and_insertion():
     assert perfect_deletion.scores[6] == pytest.approx(perfect_insertion.scores[0])
 
 
+def test_the_curves_ends_are_measured_once_for_every_map_of_an_image_and_m():
+    """No voxel replaced is the image, every voxel replaced is the baseline, whatever the map:
+    P of each is measured once and is every deletion and insertion curve's start or end."""
+    generator = np.random.default_rng(1)
+    evidence = torch.zeros(16, 16, dtype=torch.bool)
+    evidence[2:6, 9:13] = True
+    image = torch.full((1, 16, 16), 0.1)
+    image[0, evidence] = 1.0
+    model = EvidenceNetwork(evidence)
+    images_run = []
+    model.register_forward_hook(lambda module, inputs, output: images_run.append(len(inputs[0])))
+    mask = np.zeros((16, 16), dtype=bool)
+    mask[10:14, 2:6] = True
+    score = probability_target(model, 1, mask)
+    fractions = [0.0, 0.25, 0.5, 0.75, 1.0]
+    p_image, p_baseline = (float(score(whole[None])[0]) for whole in (image, torch.zeros_like(image)))
+    images_run.clear()
+    ends: dict[str, float] = {}
+    first = faithfulness_curves(score, image, generator.random((16, 16)), fractions, baseline=0.0, ends=ends)
+    assert sum(images_run) == 2 + 2 * 3  # the two ends, then the three inner fractions of each curve
+    assert ends == {"image": p_image, "baseline": p_baseline}
+    second = faithfulness_curves(score, image, evidence.numpy(), fractions, baseline=0.0, ends=ends)
+    assert sum(images_run) == 2 + 4 * 3  # the second map measures only its inner fractions
+    for deletion, insertion in (first, second):
+        assert deletion.scores[0] == insertion.scores[-1] == p_image
+        assert deletion.scores[-1] == insertion.scores[0] == p_baseline
+    assert second[0].scores[1] == pytest.approx(p_baseline)  # the evidence is the first quarter deleted
+    # Metrics given a map's random-order curves read the ends from them, and agree with a fresh measure.
+    heatmap = generator.random((16, 16))
+    options = dict(fractions=fractions, baseline=0.0, measure=("faithfulness",))
+    fresh = explanation_metrics(model, image, 1, mask, heatmap, **options)
+    images_run.clear()
+    again = explanation_metrics(
+        model, image, 1, mask, heatmap, random_curves=(fresh.deletion_random, fresh.insertion_random), **options
+    )
+    assert sum(images_run) == 2 * 3
+    assert (again.deletion, again.insertion) == (fresh.deletion, fresh.insertion)
+
+
 def test_curve_area_is_the_mean_of_the_trapezoids():
     def constant_half(batch):
         return torch.full((len(batch),), 0.5)

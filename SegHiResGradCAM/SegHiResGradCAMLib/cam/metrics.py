@@ -161,6 +161,7 @@ def faithfulness_curves(
     fractions=DEFAULT_FRACTIONS,
     baseline="blur",
     batch_size: int = 4,
+    ends: dict[str, float] | None = None,
 ) -> tuple[Curve, Curve]:
     """Deletion and insertion curves of ``heatmap`` (on the image's spatial grid).
 
@@ -168,6 +169,11 @@ def faithfulness_curves(
     ``probability_target``). ``baseline``: "blur" (the image smoothed with a Gaussian of
     5 voxels, which removes structure but keeps the overall intensities) or a number in
     the network's input units. Ties in the heatmap are broken by voxel order.
+
+    ``ends``: P of the image itself ("image") and of the baseline ("baseline"), where a
+    fraction replaces no voxel or every voxel. They do not depend on the map, so a dict
+    passed here is read where it has them and filled where it does not: the curves of
+    several maps of the same image, M and baseline measure them once.
     """
     image = torch.as_tensor(np.asarray(image), dtype=torch.float32)
     heatmap = np.asarray(heatmap, dtype=np.float64)
@@ -183,8 +189,24 @@ def faithfulness_curves(
         chosen = chosen.reshape(image.shape[1:])
         return torch.where(chosen, reference, image) if deleting else torch.where(chosen, image, reference)
 
-    deletion = _curve(probability_in_mask, fractions, functools.partial(variant, True), batch_size)
-    return deletion, _curve(probability_in_mask, fractions, functools.partial(variant, False), batch_size)
+    ends = _measured_ends(probability_in_mask, image, reference, fractions, voxels, ends)
+    curves = []
+    for deleting, start, end in ((True, "image", "baseline"), (False, "baseline", "image")):
+        known = {f: ends[start] for f in fractions if round(f * voxels) == 0}
+        known.update({f: ends[end] for f in fractions if round(f * voxels) == voxels})
+        curves.append(_curve(probability_in_mask, fractions, functools.partial(variant, deleting), batch_size, known))
+    return curves[0], curves[1]
+
+
+def _measured_ends(probability_in_mask, image, reference, fractions, voxels, ends) -> dict[str, float]:
+    """``ends`` (see ``faithfulness_curves``), measured where not given if a fraction reaches
+    an end (no voxel or every voxel replaced: one curve's start is the other's end)."""
+    ends = {} if ends is None else ends
+    if any(round(f * voxels) in (0, voxels) for f in fractions):
+        for name, whole in (("image", image), ("baseline", reference)):
+            if name not in ends:
+                ends[name] = float(probability_in_mask(whole[None])[0])
+    return ends
 
 
 def _curve(
@@ -450,6 +472,17 @@ def sanity_checks(metrics: ExplanationMetrics) -> list[Check]:
     return checks
 
 
+def _ends_of(deletion: Curve, voxels: int) -> dict[str, float]:
+    """The ends (see ``faithfulness_curves``) that a deletion curve has measured."""
+    ends = {}
+    for fraction, value in zip(deletion.fractions, deletion.scores, strict=True):
+        if round(fraction * voxels) == 0:
+            ends["image"] = value
+        elif round(fraction * voxels) == voxels:
+            ends["baseline"] = value
+    return ends
+
+
 def random_order(shape, seed: int = 0) -> np.ndarray:
     """A map that ranks the voxels in a random order: the baseline of deletion and insertion."""
     return np.random.default_rng(seed).random(shape)
@@ -521,9 +554,12 @@ def explanation_metrics(
     probability_in_mask = probability_target(model, target_class, mask, head, window, overlap, slice_by_slice)
     batch_size = 1 if window is not None else 4
     if "faithfulness" in measure:
+        ends = _ends_of(random_curves[0], np.size(heatmap)) if random_curves else {}
 
         def curves(ranking):
-            return faithfulness_curves(probability_in_mask, image, ranking, fractions, baseline, batch_size=batch_size)
+            return faithfulness_curves(
+                probability_in_mask, image, ranking, fractions, baseline, batch_size=batch_size, ends=ends
+            )
 
         metrics.deletion, metrics.insertion = curves(heatmap)
         metrics.deletion_random, metrics.insertion_random = random_curves or curves(random_order(np.shape(heatmap)))
