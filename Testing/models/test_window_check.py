@@ -87,7 +87,18 @@ def test_a_network_that_turns_voxels_into_tokens_is_measured_on_the_meta_copy(mo
     assert checked.needed == [2 * (4 + 4 + 2) * 8**3 * 4]
 
 
-def test_a_window_the_network_cannot_take_is_refused_with_the_meta_copy_s_reason():
-    network, probe = built_and_probe(NETWORKS["bundled UNet"])
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("bundled UNet", ""),  # refuses an empty batch too
+        # Group normalisation of one voxel: one sample has one value per channel, which it
+        # refuses; an empty batch has none, which it lets through.
+        ("SegResNet", "more than 1 value per channel"),
+    ],
+)
+def test_a_window_the_network_cannot_take_is_refused_with_the_meta_copy_s_reason(name, reason):
+    network, probe = built_and_probe(NETWORKS[name])
     with pytest.raises(ExplainInputError, match=r"cannot run on a window of 1 x 1 x 1 voxels .*larger sliding window"):
-        check_window_fits(probe, (1, 1, 1), 1, "bundled", network)
+        check_window_fits(probe, (1, 1, 1), 1, name, network)
+    with pytest.raises(ValueError, match=reason):
+        network(torch.zeros(1, 1, 1, 1, 1))  # the reason is the network's own

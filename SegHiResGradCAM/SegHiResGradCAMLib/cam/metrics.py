@@ -529,7 +529,7 @@ def explanation_metrics(
             and ``EXTRA_GROUPS`` (cascade: cascading randomisation, needs ``explain_again``; road:
             ROAD's two curves over ``fractions``).
         random_curves: the random-order deletion and insertion curves when already measured for
-            this image and M (they do not depend on the map).
+            this image and M (they do not depend on the map); the curves' ends are read from them.
 
     Returns:
         An ``ExplanationMetrics``, each number beside its baseline, and ``checks``.

@@ -285,11 +285,13 @@ def check_window_fits(probe, window, in_channels: int, name: str, network=None) 
     memory, before any tensor of that size is made.
 
     The shapes come from ``network`` (the built network, in eval mode) run on an empty batch:
-    no arithmetic and no memory. A network that refuses an empty batch or reshapes its
+    no arithmetic and no memory. A network that refuses an empty batch, reshapes its
     activations into another rank (a Swin transformer's windows of tokens, where the batch
-    axis no longer counts samples), or none given, is run on one sample of meta tensors
-    (``probe``, built on the meta device), which decides: the same shapes, but PyTorch's meta
-    kernels first import its symbolic-shape and compiler modules, a second of CPU per process.
+    axis no longer counts samples) or shrinks one to a single voxel (which a normalisation
+    refuses for one sample but lets through with none), or none given, is run on one sample
+    of meta tensors (``probe``, built on the meta device), which decides: the same shapes,
+    but PyTorch's meta kernels first import its symbolic-shape and compiler modules, a second
+    of CPU per process.
     """
     import torch
 
@@ -302,7 +304,7 @@ def check_window_fits(probe, window, in_channels: int, name: str, network=None) 
         empty = torch.empty((0, in_channels, *window))
         with contextlib.suppress(*refusals):
             outputs = _leaf_outputs(network, empty)
-            if all(len(shape) == empty.dim() for shape, _ in outputs):  # the first axis still counts samples
+            if all(_sample_shaped(shape, empty.dim()) for shape, _ in outputs):
                 activations = float(sum(math.prod(shape[1:]) * size for shape, size in outputs))
     if activations is None:
         try:
@@ -319,6 +321,12 @@ def check_window_fits(probe, window, in_channels: int, name: str, network=None) 
         2 * activations,
         "give a smaller sliding window.",
     )
+
+
+def _sample_shaped(shape: tuple[int, ...], rank: int) -> bool:
+    """Whether an activation of an empty batch measures one sample's: the input's rank (the
+    first axis still counts samples) and more than one voxel."""
+    return len(shape) == rank and math.prod(shape[2:]) > 1
 
 
 def _leaf_outputs(network, batch) -> list[tuple[tuple[int, ...], int]]:
